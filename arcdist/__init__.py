@@ -1,0 +1,1 @@
+"""arcdist: ArcFace 2-D feature study on HF Accelerate."""

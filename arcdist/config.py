@@ -1,0 +1,206 @@
+"""Configuration as data: one frozen dataclass tree per run, every field with its unit.
+
+A variant (see variants.py) is a named `Config`; a run is that config plus command-line
+overrides (`--set head.margin=0.3`), each checked against the field's declared type.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# A backbone is a tuple of layer entries:
+#   ("conv", in_ch, out_ch, kernel, stride, padding)  -> ConvLayer (Conv2d no bias, BN, PReLU)
+#   ("pool", kernel, stride)                          -> MaxPool2d
+# The feature head ("fc") is one entry:
+#   ("linear", in_features)                           -> Flatten, Linear(in_features, 2)
+#   ("conv", in_ch, kernel, stride, padding)          -> Conv2d(in_ch, 2, ...), Flatten
+Layer = tuple
+Layers = tuple[tuple, ...]
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message names the problem and the fix (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: Layers = ()
+    fc: tuple = ("linear", 64)
+    feature_dim: int = 2  # the post's 2-D feature
+    in_channels: int = 1
+    image_size: int = 28  # pixels, square
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """ArcFace head. Defaults are for 10 classes in 2-D (see README, 'Head defaults')."""
+
+    scale: float = 16.0  # s, logit scale
+    margin: float = 0.2  # m, additive angular margin in radians (0.2 rad = 11.5 deg)
+    margin_warmup_epochs: float = 1.0  # margin grows linearly from 0 to m over this many epochs
+    num_classes: int = 10
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Two optimizers, as in the post: one for the backbone ('net'), one for the head ('arc')."""
+
+    net: Literal["adam", "sgd"] = "sgd"
+    lr: float = 0.001  # backbone learning rate
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    step_size: int = 20  # epochs between StepLR decays (SGD only, as in the post)
+    gamma: float = 0.8  # StepLR factor; 1.0 disables the schedule
+    head: Literal["adam", "sgd"] = "sgd"
+    head_lr: float = 0.5
+    head_momentum: float = 0.0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    data_dir: str = "./data"
+    batch_size: int = 256  # global batch (images per step, summed over ranks)
+    limit_train: int = 0  # use only the first N training images (0 = all)
+    limit_test: int = 0  # use only the first N test images (0 = all)
+    download: bool = True  # try torchvision's download when files are missing
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100  # the post's length
+    seed: int = 0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    cpu: bool = False  # force CPU even when a GPU is present
+    eval_batch_size: int = 1000  # images per forward pass at evaluation, per rank
+    keep_checkpoints: int = 2  # newest K complete checkpoints are kept
+    on_diverge: Literal["stop", "rollback"] = "stop"
+    max_rollbacks: int = 3  # with on_diverge=rollback: lr halved and retried up to N times
+
+
+@dataclass(frozen=True)
+class Config:
+    variant: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def to_dict(cfg: Any) -> dict:
+    """JSON-ready dict (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def _tupleize(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tupleize(v) for v in value)
+    return value
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of `to_dict`: rebuilds a Config from its JSON form."""
+    sections = {}
+    for f in dataclasses.fields(Config):
+        if f.name == "variant":
+            continue
+        cls = typing.get_type_hints(Config)[f.name]
+        raw = d.get(f.name, {})
+        sections[f.name] = cls(**{k: _tupleize(v) for k, v in raw.items()})
+    return Config(variant=d.get("variant", ""), **sections)
+
+
+def _coerce(text: str, tp: Any, key: str) -> Any:
+    """Parse `text` as a value of type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if text not in choices:
+            raise ConfigError(f"--set {key}={text}: expected one of {', '.join(map(str, choices))}")
+        return text
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _coerce(text, args[0], key)
+    if tp is bool:
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {key}={text}: expected a boolean (true/false)")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--set {key}={text}: expected an integer") from None
+    if tp is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"--set {key}={text}: expected a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"--set {key}={text}: expected a finite number")
+        return value
+    if tp is str:
+        return text
+    if origin is tuple or tp is tuple:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"--set {key}={text}: expected a Python tuple literal, e.g. ((\"pool\", 2, 2),)") from None
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"--set {key}={text}: expected a tuple")
+        return _tupleize(list(value)) if isinstance(value, list) else value
+    raise ConfigError(f"--set {key}: fields of type {tp} cannot be set from the command line")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply "section.field=value" strings, each parsed to the field's declared type."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. head.margin=0.3")
+        section, name = key.split(".", 1)
+        hints = typing.get_type_hints(Config)
+        if section not in hints or section == "variant":
+            valid = ", ".join(n for n in hints if n != "variant")
+            raise ConfigError(f"--set {key}: unknown section {section!r}; valid sections: {valid}")
+        sub = getattr(cfg, section)
+        sub_hints = typing.get_type_hints(type(sub))
+        if name not in sub_hints:
+            raise ConfigError(f"--set {key}: unknown field {name!r}; valid fields of {section}: {', '.join(sub_hints)}")
+        value = _coerce(text.strip(), sub_hints[name], key)
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **{name: value})})
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that cannot train; each message says how to fix it."""
+    checks = [
+        (cfg.train.epochs > 0, f"epochs must be > 0 (got {cfg.train.epochs}); pass --epochs N with N >= 1"),
+        (cfg.optim.lr > 0, f"optim.lr must be > 0 (got {cfg.optim.lr}); pass --set optim.lr=0.001"),
+        (cfg.optim.head_lr > 0, f"optim.head_lr must be > 0 (got {cfg.optim.head_lr}); pass --set optim.head_lr=0.5"),
+        (cfg.data.batch_size > 0, f"batch size must be > 0 (got {cfg.data.batch_size}); pass --set data.batch_size=256"),
+        (cfg.train.eval_batch_size > 0, "train.eval_batch_size must be > 0; pass --set train.eval_batch_size=1000"),
+        (cfg.head.scale > 0, f"head.scale must be > 0 (got {cfg.head.scale}); pass --set head.scale=16"),
+        (0 <= cfg.head.margin < math.pi / 2, f"head.margin must be in [0, pi/2) radians (got {cfg.head.margin}); pass --set head.margin=0.2"),
+        (cfg.head.margin_warmup_epochs >= 0, "head.margin_warmup_epochs must be >= 0; pass --set head.margin_warmup_epochs=1"),
+        (cfg.optim.step_size > 0, "optim.step_size must be > 0; pass --set optim.step_size=20"),
+        (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
+        (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

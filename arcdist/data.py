@@ -1,0 +1,187 @@
+"""IDX files -> uint8 tensors, the dataset registry, and device-resident batches.
+
+The whole dataset lives on the training device as one uint8 tensor; a batch is an index slice
+normalised on the device. No DataLoader and no per-sample Python on the hot path.
+
+Order (fixed for a given seed and world size): each epoch draws a permutation of the training set
+from a generator seeded with (seed, epoch); global batch i is perm[i*B:(i+1)*B] (the last partial
+batch is dropped); rank r takes the r-th contiguous chunk of B/world images of it.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from arcdist.config import ConfigError
+
+IDX_DTYPE_UBYTE = 0x08
+
+
+class DataError(ConfigError):
+    """Missing or malformed data files."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: str  # torchvision's folder name under the data dir
+    files: tuple[str, str, str, str]  # train images, train labels, test images, test labels
+    mean: tuple[float, ...]  # per-channel, on the 0..1 scale
+    std: tuple[float, ...]
+    torchvision_class: str
+    channels: int = 1
+    image_size: int = 28
+    classes: tuple[str, ...] = tuple(str(d) for d in range(10))
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec("MNIST", MNIST_FILES, (0.1307,), (0.3081,), "MNIST"),
+    "fashion-mnist": DatasetSpec("FashionMNIST", MNIST_FILES, (0.2860,), (0.3530,), "FashionMNIST",
+                                 classes=("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                          "Sneaker", "Bag", "Boot")),
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; valid datasets: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def read_idx(path: str | os.PathLike) -> torch.Tensor:
+    """Read an IDX file (raw or .gz) of unsigned bytes into a uint8 tensor of its declared shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e}); replace the file with a good copy") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != IDX_DTYPE_UBYTE:
+        raise DataError(f"{path}: not an IDX ubyte file (bad magic number {data[:4].hex()}); "
+                        "replace it with the original dataset file")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header:
+        raise DataError(f"{path}: truncated IDX header; replace it with the original dataset file")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = header + int(torch.tensor(shape).prod())
+    if len(data) != expected:
+        raise DataError(f"{path}: truncated or padded: {len(data)} bytes, header says {expected}; "
+                        "replace it with the original dataset file")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _network_reachable(host: str = "ossci-datasets.s3.amazonaws.com", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download(spec: DatasetSpec, root: Path) -> None:
+    import torchvision
+
+    getattr(torchvision.datasets, spec.torchvision_class)(root=str(root), train=True, download=True)
+    getattr(torchvision.datasets, spec.torchvision_class)(root=str(root), train=False, download=True)
+
+
+@dataclass
+class Splits:
+    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_y: torch.Tensor  # (N,) int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True) -> Splits:
+    """The four IDX files of `name` under `data_dir/<folder>/raw/` as uint8 image and int64 label tensors."""
+    spec = get_spec(name)
+    raw = Path(data_dir) / spec.folder / "raw"
+    paths = [_find(raw, f) for f in spec.files]
+    if None in paths and download and _network_reachable():
+        try:
+            _download(spec, Path(data_dir))
+        except Exception as e:  # noqa: BLE001 - any download failure becomes the one-line error below
+            print(f"warning: download of {name} failed: {e}")
+        paths = [_find(raw, f) for f in spec.files]
+    if None in paths:
+        missing = [f for f, p in zip(spec.files, paths) if p is None]
+        raise DataError(f"{name}: missing {', '.join(missing)} in {raw} (expects {', '.join(spec.files)}, raw or .gz); "
+                        f"point --data-dir or ARCDIST_DATA_DIR at a folder holding {spec.folder}/raw/")
+    train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
+    for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+        if x.ndim != 3 or y.ndim != 1:
+            raise DataError(f"{name} {split}: expected images (N, H, W) and labels (N,), got {tuple(x.shape)} and "
+                            f"{tuple(y.shape)}; replace the files with the originals")
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"{name} {split}: {x.shape[0]} images but {y.shape[0]} labels; "
+                            "replace the files with the originals")
+    return Splits(train_x[:, None], train_y.long(), test_x[:, None], test_y.long())
+
+
+def resolve_data_dir(flag: str | None) -> str:
+    """--data-dir, else $ARCDIST_DATA_DIR, else ./data."""
+    return flag or os.environ.get("ARCDIST_DATA_DIR") or "./data"
+
+
+class DeviceData:
+    """A split resident on `device` as uint8, served as normalised float batches."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, spec: DatasetSpec, device: torch.device):
+        self.x = x.to(device)
+        self.y = y.to(device)
+        self.device = device
+        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) * self.inv_std
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.normalise(self.x[idx]), self.y[idx]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's shuffled order; a pure function of (seed, epoch) so resume replays it exactly."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size
+
+
+def train_batches(data: DeviceData, batch_size: int, seed: int, epoch: int, rank: int, world: int,
+                  start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of each global batch of the epoch (see the module docstring for the order)."""
+    per_rank = batch_size // world
+    perm = epoch_permutation(len(data), seed, epoch).to(data.device)
+    for step in range(start_step, steps_per_epoch(len(data), batch_size)):
+        lo = step * batch_size + rank * per_rank
+        yield data.batch(perm[lo:lo + per_rank])
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous evaluation shard [lo, hi) of rank `rank`; shards cover 0..n once, sizes differ by at most 1."""
+    base, extra = divmod(n, world)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)

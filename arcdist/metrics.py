@@ -1,0 +1,52 @@
+"""What the post judged by eye, as numbers: from gathered (features, labels, W)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _angles_deg(cos: torch.Tensor) -> torch.Tensor:
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
+
+
+def class_centres(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Unit mean direction of each class's normalised features (num_classes, D); zero rows for absent classes."""
+    x = F.normalize(features.double(), dim=1)
+    sums = torch.zeros(num_classes, x.shape[1], dtype=x.dtype).index_add_(0, labels, x)
+    return F.normalize(sums, dim=1)
+
+
+def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> dict[str, float]:
+    """Test accuracy (nearest class direction by cosine), intra-class spread and smallest centre angle.
+
+    - accuracy: fraction whose highest cosine to the rows of W is their own class;
+    - intra_spread_deg: mean over classes of the mean angle between a feature and its class centre;
+    - min_centre_angle_deg: smallest angle between two class centres (the centre is the mean direction);
+    - min_weight_angle_deg: smallest angle between two rows of W.
+    """
+    features, labels, weight = features.detach().cpu(), labels.detach().cpu().long(), weight.detach().cpu()
+    num_classes = weight.shape[0]
+    x = F.normalize(features.double(), dim=1)
+    w = F.normalize(weight.double(), dim=1)
+    accuracy = (x @ w.t()).argmax(1).eq(labels).double().mean().item()
+    centres = class_centres(features, labels, num_classes)
+    present = torch.bincount(labels, minlength=num_classes) > 0
+    own = _angles_deg((x * centres[labels]).sum(1))
+    per_class = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, own)
+    per_class = per_class[present] / torch.bincount(labels, minlength=num_classes)[present]
+    return dict(
+        accuracy=accuracy,
+        intra_spread_deg=per_class.mean().item(),
+        min_centre_angle_deg=_min_pairwise_angle(centres[present]),
+        min_weight_angle_deg=_min_pairwise_angle(w),
+    )
+
+
+def _min_pairwise_angle(directions: torch.Tensor) -> float:
+    if directions.shape[0] < 2:
+        return math.nan
+    angles = _angles_deg(directions @ directions.t())
+    angles.fill_diagonal_(math.inf)
+    return angles.min().item()

@@ -1,0 +1,118 @@
+"""Backbone built from a layer list, and the ArcFace ("ArcMargin") head."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arcdist.config import ConfigError, HeadConfig, ModelConfig
+
+
+class ConvLayer(nn.Sequential):
+    """The post's undefined block, read as Conv2d(bias=False) -> BatchNorm2d -> PReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int):
+        super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.PReLU())
+
+
+def build_backbone(cfg: ModelConfig) -> nn.Sequential:
+    """Image (N, C, H, W) -> feature (N, feature_dim), from the config's layer list and fc entry."""
+    modules: list[nn.Module] = []
+    for entry in cfg.layers:
+        kind, *args = entry
+        if kind == "conv":
+            modules.append(ConvLayer(*args))
+        elif kind == "pool":
+            modules.append(nn.MaxPool2d(*args))
+        else:
+            raise ConfigError(f"unknown layer kind {kind!r} in {entry}; use 'conv' or 'pool'")
+    kind, *args = cfg.fc
+    if kind == "linear":
+        modules += [nn.Flatten(), nn.Linear(args[0], cfg.feature_dim)]
+    elif kind == "conv":
+        cin, k, s, p = args
+        modules += [nn.Conv2d(cin, cfg.feature_dim, k, s, p), nn.Flatten()]
+    else:
+        raise ConfigError(f"unknown fc kind {kind!r}; use 'linear' or 'conv'")
+    return nn.Sequential(*modules)
+
+
+def _out(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def describe(cfg: ModelConfig) -> dict:
+    """Parameters, forward FLOPs per image (2 x multiply-adds of conv/linear) and shapes, from the layer list."""
+    c, h = cfg.in_channels, cfg.image_size
+    params = flops = 0
+    for kind, *a in cfg.layers:
+        if kind == "conv":
+            cin, cout, k, s, p = a
+            if cin != c:
+                raise ConfigError(f"layer {('conv', *a)} expects {cin} input channels but gets {c}")
+            h = _out(h, k, s, p)
+            params += cout * cin * k * k + 2 * cout + 1  # conv weight, BN affine, PReLU
+            flops += 2 * cout * cin * k * k * h * h
+            c = cout
+        else:
+            k, s = a
+            h = _out(h, k, s, 0)
+    pre_head = (c, h, h)
+    kind, *a = cfg.fc
+    if kind == "linear":
+        if a[0] != c * h * h:
+            raise ConfigError(f"fc expects {a[0]} inputs but the backbone gives {c}x{h}x{h} = {c * h * h}")
+        params += a[0] * cfg.feature_dim + cfg.feature_dim
+        flops += 2 * a[0] * cfg.feature_dim
+    else:
+        cin, k, s, p = a
+        ho = _out(h, k, s, p)
+        if cin != c or ho != 1:
+            raise ConfigError(f"conv fc on a {c}x{h}x{h} map must give a 1x1 map of {cfg.feature_dim} channels")
+        params += cfg.feature_dim * cin * k * k + cfg.feature_dim
+        flops += 2 * cfg.feature_dim * cin * k * k * ho * ho
+    return dict(params=params, flops=flops, pre_head_shape=pre_head)
+
+
+def arc_margin_logits(features: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      scale: float, margin: float) -> torch.Tensor:
+    """ArcFace logits: s*cos(theta_y + m) for the target, s*cos(theta_j) otherwise, in fp32.
+
+    When theta_y + m > pi, cos(theta + m) would turn back up; the target logit then
+    continues monotonically as cos(theta_y) - m*sin(m) (insightface's fallback).
+    """
+    x = F.normalize(features.float(), dim=1, eps=1e-6)
+    w = F.normalize(weight.float(), dim=1, eps=1e-6)
+    cos = (x @ w.t()).clamp(-1.0, 1.0)
+    if margin == 0.0:
+        return scale * cos
+    cos_y = cos.gather(1, labels[:, None])
+    # clamp inside the sqrt: its derivative is infinite at cos = +-1; clamp passes a zero gradient there
+    sin_y = (1.0 - cos_y * cos_y).clamp_min(1e-7).sqrt()
+    phi = cos_y * math.cos(margin) - sin_y * math.sin(margin)
+    phi = torch.where(cos_y > math.cos(math.pi - margin), phi, cos_y - margin * math.sin(margin))
+    return scale * cos.scatter(1, labels[:, None], phi)
+
+
+class ArcMarginHead(nn.Module):
+    """Class directions W (num_classes x feature_dim); returns logits with the angular margin applied."""
+
+    def __init__(self, cfg: HeadConfig, feature_dim: int = 2):
+        super().__init__()
+        self.scale = cfg.scale
+        self.weight = nn.Parameter(torch.empty(cfg.num_classes, feature_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+        # the margin arithmetic needs fp32 even under bf16/fp16 autocast
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return arc_margin_logits(features, self.weight, labels, self.scale, margin)
+
+
+def margin_at(cfg: HeadConfig, epoch_progress: float) -> float:
+    """Margin after `epoch_progress` epochs (fractional), with the linear warm-up."""
+    if cfg.margin_warmup_epochs <= 0:
+        return cfg.margin
+    return cfg.margin * min(1.0, epoch_progress / cfg.margin_warmup_epochs)

@@ -1,0 +1,25 @@
+"""`python -m arcdist.plot RUN_DIR`: re-render every plot and the GIF from saved features, no training."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="arcdist.plot", description=__doc__)
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    if not (args.run_dir / "features").is_dir():
+        print(f"arcdist.plot: error: {args.run_dir} has no features/ folder; pass a run folder written by "
+              "arcdist.train", file=sys.stderr)
+        return 2
+    from arcdist import plots
+
+    written = plots.render_all(args.run_dir)
+    print(f"wrote {len(written)} files under {args.run_dir / 'plots'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

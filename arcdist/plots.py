@@ -1,0 +1,149 @@
+"""2-D feature plots from saved features (matplotlib, headless). Never imported by the training step.
+
+Per epoch, for the test set (and the fixed training sample when saved):
+  plots/<split>-raw-epoch-NNNN.png     the post's figure: raw 2-D features, one colour per class
+  plots/<split>-circle-epoch-NNNN.png  normalised features on the unit circle, W directions, margin wedges
+  plots/test-raw.gif                   the raw plots over the epochs, axes fixed for the whole run
+`python -m arcdist.plot RUN_DIR` re-renders all of it from RUN_DIR/features/.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Wedge  # noqa: E402
+
+COLOURS = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]  # the same 10 in every run
+_NAME = re.compile(r"(test|train)-epoch-(\d{4})\.npz$")
+
+
+def feature_files(run_dir: Path, split: str = "test") -> dict[int, Path]:
+    """Saved feature files of one split by epoch."""
+    out = {}
+    for path in (Path(run_dir) / "features").glob(f"{split}-epoch-*.npz"):
+        m = _NAME.search(path.name)
+        if m:
+            out[int(m.group(2))] = path
+    return dict(sorted(out.items()))
+
+
+def axis_limit(paths: list[Path]) -> float:
+    """Half-width of square axes that hold every feature of every given epoch."""
+    lim = max((float(np.abs(np.load(p)["features"]).max()) for p in paths), default=1.0)
+    return lim * 1.05 if math.isfinite(lim) and lim > 0 else 1.0
+
+
+def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: str,
+               class_names: list[str] | None = None) -> Figure:
+    """The post's plot: every feature as a point coloured by its class, axes [-limit, limit]^2."""
+    fig, ax = plt.subplots(figsize=(5.2, 5), dpi=100)
+    for c in range(10):
+        pts = features[labels == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=(class_names or [str(d) for d in range(10)])[c],
+                   linewidths=0, rasterized=True)
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=7, markerscale=4, framealpha=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str) -> Figure:
+    """Features projected onto the unit circle, each class direction W_c and a +-margin wedge around it."""
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit = features / np.maximum(norms, 1e-12)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.7", lw=0.8))
+    for c in range(10):
+        w = weight[c] / max(np.linalg.norm(weight[c]), 1e-12)
+        angle = math.degrees(math.atan2(w[1], w[0]))
+        if margin > 0:
+            ax.add_patch(Wedge((0, 0), 1.25, angle - math.degrees(margin), angle + math.degrees(margin),
+                               color=COLOURS[c], alpha=0.15, lw=0))
+        ax.plot([0, 1.25 * w[0]], [0, 1.25 * w[1]], color=COLOURS[c], lw=1.5)
+        pts = unit[labels == c]
+        ax.scatter(pts[:, 0], pts[:, 1], s=3, c=COLOURS[c], label=str(c), linewidths=0, rasterized=True)
+    ax.set_xlim(-1.35, 1.35)
+    ax.set_ylim(-1.35, 1.35)
+    ax.set_aspect("equal")
+    ax.set_title(f"{title}\nW directions, margin {math.degrees(margin):.1f} deg", fontsize=10)
+    ax.legend(loc="upper right", fontsize=7, markerscale=3, framealpha=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def render(run_dir: Path, split: str, epoch: int, limit: float) -> dict[str, Path]:
+    """Both plots of one split at one epoch; returns {name: png path}."""
+    run_dir = Path(run_dir)
+    out = run_dir / "plots"
+    out.mkdir(exist_ok=True)
+    d = np.load(feature_files(run_dir, split)[epoch])
+    title = f"{run_dir.name}  {split}  epoch {epoch}  ({len(d['labels']):,} points)"
+    return {
+        f"{split}_raw": _save(raw_figure(d["features"], d["labels"], limit, title),
+                              out / f"{split}-raw-epoch-{epoch:04d}.png"),
+        f"{split}_circle": _save(circle_figure(d["features"], d["labels"], d["W"], float(d["margin"]), title),
+                                 out / f"{split}-circle-epoch-{epoch:04d}.png"),
+    }
+
+
+def render_epoch(run_dir: Path, epoch: int) -> dict[str, Path]:
+    """During training: the epoch's plots, axes as wide as every epoch so far needs (they only grow)."""
+    images = {}
+    for split in ("test", "train"):
+        files = feature_files(run_dir, split)
+        if epoch in files:
+            images.update(render(run_dir, split, epoch, axis_limit(list(files.values()))))
+    return images
+
+
+def render_gif(run_dir: Path, split: str = "test", frame_ms: int = 400) -> Path | None:
+    """One frame per epoch of the raw plot, axes fixed for the whole run, re-rendered from the features."""
+    from PIL import Image
+
+    files = feature_files(run_dir, split)
+    if not files:
+        return None
+    limit = axis_limit(list(files.values()))
+    frames = []
+    for epoch, path in files.items():
+        d = np.load(path)
+        fig = raw_figure(d["features"], d["labels"], limit, f"{Path(run_dir).name}  {split}  epoch {epoch}")
+        fig.canvas.draw()
+        frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB"))
+        plt.close(fig)
+    out = Path(run_dir) / "plots" / f"{split}-raw.gif"
+    out.parent.mkdir(exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    tmp.replace(out)
+    return out
+
+
+def render_all(run_dir: Path) -> list[Path]:
+    """Every epoch's plots and the GIF, with axes fixed over the whole run."""
+    written = []
+    for split in ("test", "train"):
+        files = feature_files(run_dir, split)
+        limit = axis_limit(list(files.values()))
+        for epoch in files:
+            written += render(run_dir, split, epoch, limit).values()
+    gif = render_gif(run_dir)
+    return written + ([gif] if gif else [])

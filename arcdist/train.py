@@ -1,0 +1,440 @@
+"""The training job: `accelerate launch arcdist/train.py --variant V1.1 ...`.
+
+One code path for one CPU process, gloo DDP on CPU, and one or many GPUs (NCCL, AMP).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from arcdist import checkpoint, runinfo, tracking
+from arcdist.config import Config, ConfigError, apply_overrides, from_dict, validate
+from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset, resolve_data_dir, shard_bounds,
+                          steps_per_epoch, train_batches)
+from arcdist.metrics import separation_metrics
+from arcdist.model import ArcMarginHead, build_backbone, describe, margin_at
+from arcdist.variants import DEFAULT_VARIANT, get_variant
+
+TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are plotted (at most)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit status 2 (argparse's default prints the usage too)
+        self.exit(2, f"arcdist: error: {message}; see --help\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(prog="arcdist.train", description=__doc__)
+    p.add_argument("--variant", default=None, help=f"variant name (default {DEFAULT_VARIANT}); see python -m arcdist.variants")
+    p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the variant's, 100)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
+    p.add_argument("--dataset", default=None, help="mnist (default) or fashion-mnist")
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default $ARCDIST_DATA_DIR or ./data)")
+    p.add_argument("--output-dir", default=None, help="run folder (default runs/<variant>-s<seed>)")
+    p.add_argument("--limit-train", type=int, default=None, help="train on the first N images only")
+    p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images only")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set head.margin=0.3 (repeatable)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR after its last checkpoint")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    p.add_argument("--wandb", choices=tracking.WANDB_MODES, default=None,
+                   help="W&B mode (default: online with credentials, else offline)")
+    p.add_argument("--group", default=None, help="W&B group (the grid id when run from a grid)")
+    p.add_argument("--plot-every", type=int, default=1, help="render plots every N epochs (0 = never)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace, saved: Config | None = None) -> Config:
+    """The variant's config (or the saved one on resume) with command-line flags and --set applied."""
+    if saved is not None:
+        if args.variant is not None and args.variant != saved.variant:
+            raise ConfigError(f"--resume: the run is variant {saved.variant}, not {args.variant}; "
+                              f"drop --variant or pick another run folder")
+        cfg = saved
+    else:
+        cfg = get_variant(args.variant or DEFAULT_VARIANT).config
+    flags = {"train.epochs": args.epochs, "train.seed": args.seed, "train.mixed_precision": args.mixed_precision,
+             "data.dataset": args.dataset, "data.limit_train": args.limit_train, "data.limit_test": args.limit_test,
+             "train.cpu": True if args.cpu else None}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
+    cfg = apply_overrides(cfg, overrides)
+    cfg = replace(cfg, data=replace(cfg.data, data_dir=resolve_data_dir(args.data_dir)))
+    if saved is not None:
+        changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
+        if changed or cfg.data.dataset != saved.data.dataset or cfg.train.seed != saved.train.seed:
+            raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
+    get_spec(cfg.data.dataset)
+    describe(cfg.model)  # shape check of the layer list
+    validate(cfg)
+    return cfg
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+class Trainer:
+    """Owns models, optimizers, data and the run folder. init / train_step / train_epoch / evaluate / fit."""
+
+    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None):
+        self.cfg, self.run_dir, self.acc = cfg, run_dir, accelerator
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        spec = get_spec(cfg.data.dataset)
+        splits = data or load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+        lt, le = cfg.data.limit_train or None, cfg.data.limit_test or None
+        self.train_data = DeviceData(splits.train_x[:lt], splits.train_y[:lt], spec, accelerator.device)
+        self.test_data = DeviceData(splits.test_x[:le], splits.test_y[:le], spec, accelerator.device)
+        n = len(self.train_data)
+        if cfg.data.batch_size > n:
+            raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {n} training images; "
+                              "lower --set data.batch_size or raise --limit-train")
+        if cfg.data.batch_size % self.world:
+            raise ConfigError(f"batch size {cfg.data.batch_size} does not split over {self.world} processes; "
+                              "use a multiple of the process count")
+        sample = epoch_permutation(n, cfg.train.seed, -1)[:TRAIN_SAMPLE_SIZE].sort().values
+        self.train_sample = DeviceData(splits.train_x[:lt][sample], splits.train_y[:lt][sample], spec,
+                                       accelerator.device)
+        self.steps_per_epoch = steps_per_epoch(n, cfg.data.batch_size)
+
+        set_seed(cfg.train.seed)
+        backbone = build_backbone(cfg.model)
+        head = ArcMarginHead(cfg.head, cfg.model.feature_dim)
+        opt_net = _optimizer(cfg.optim.net, backbone.parameters(), cfg.optim.lr, cfg.optim.momentum,
+                             cfg.optim.weight_decay)
+        opt_head = _optimizer(cfg.optim.head, head.parameters(), cfg.optim.head_lr, cfg.optim.head_momentum, 0.0)
+        sched = torch.optim.lr_scheduler.StepLR(opt_net, cfg.optim.step_size, cfg.optim.gamma)
+        (self.backbone, self.head, self.opt_net, self.opt_head, self.sched) = accelerator.prepare(
+            backbone, head, opt_net, opt_head, sched)
+        self.state = dict(epoch=0, step=0, loss_sum=0.0, best_accuracy=0.0, best_epoch=0, status="running",
+                          wandb_id=None, rollbacks=0, lr_scale=1.0)
+        self.stop_requested = False  # set by a signal handler (preemption)
+
+    # -- one optimisation step ------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, margin: float) -> tuple[float, list[str]]:
+        """Forward, backward and both optimizer steps. Returns (global mean loss, non-finite tensors).
+
+        Nothing is stepped when a loss, feature or gradient is non-finite on any rank.
+        """
+        with self.acc.autocast():
+            features = self.backbone(x)
+        logits = self.head(features, y, margin)
+        loss = F.cross_entropy(logits, y)
+        self.acc.backward(loss)
+        grads = [p.grad for p in (*self.backbone.parameters(), *self.head.parameters()) if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
+                             (~torch.isfinite(features).all()).float(), (~torch.isfinite(grad_norm)).float(),
+                             torch.tensor(float(self.stop_requested), device=loss.device)])
+        if self.world > 1:
+            flags = self.acc.reduce(flags, reduction="sum")
+        values = flags.tolist()
+        bad = [name for name, v in zip(("loss", "features", "gradients"), values[1:4]) if v > 0]
+        self.stop_requested = values[4] > 0
+        if not bad:
+            self.opt_net.step()
+            self.opt_head.step()
+        self.opt_net.zero_grad(set_to_none=True)
+        self.opt_head.zero_grad(set_to_none=True)
+        return values[0] / self.world, bad
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Train the rest of `epoch` (from state['step']). Returns the epoch's stats, or where it stopped."""
+        self.backbone.train()
+        self.head.train()
+        start_step, t0 = self.state["step"], time.perf_counter()
+        bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+                   disable=not self.acc.is_main_process or self.no_progress, leave=False, dynamic_ncols=True)
+        batches = train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
+                                self.world, start_step)
+        for step, (x, y) in enumerate(batches, start=start_step):
+            margin = margin_at(self.cfg.head, epoch + step / self.steps_per_epoch)
+            loss, bad = self.train_step(x, y, margin)
+            if bad:
+                bar.close()
+                return dict(diverged=dict(epoch=epoch + 1, step=step, tensors=bad))
+            self.state["loss_sum"] += loss
+            self.state["step"] = step + 1
+            done = step + 1 - start_step
+            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{done * self.cfg.data.batch_size / (time.perf_counter() - t0):.0f}")
+            bar.update()
+            if self.stop_requested and self.state["step"] < self.steps_per_epoch:
+                bar.close()
+                return dict(preempted=True)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        self.sched.step()
+        return dict(train_loss=self.state["loss_sum"] / self.steps_per_epoch, epoch_time_s=seconds,
+                    images_per_s=(self.steps_per_epoch - start_step) * self.cfg.data.batch_size / seconds,
+                    margin=margin_at(self.cfg.head, epoch + 1), lr=self.opt_net.param_groups[0]["lr"])
+
+    # -- features of all ranks -------------------------------------------------------------------
+    @torch.no_grad()
+    def extract_features(self, data: DeviceData) -> tuple[torch.Tensor, torch.Tensor]:
+        """2-D features and labels of all of `data`, each row once, in dataset order, on every rank.
+
+        Each rank embeds a contiguous shard; shards are padded to equal length for the gather and the
+        padding is cut off again, so the result has exactly len(data) rows for any number of ranks.
+        """
+        model = self.acc.unwrap_model(self.backbone)
+        if self.world > 1:  # BN running statistics drift apart per rank; use rank 0's, as the checkpoint does
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, src=0)
+        model.eval()
+        n = len(data)
+        lo, hi = shard_bounds(n, self.rank, self.world)
+        chunk = self.cfg.train.eval_batch_size
+        with self.acc.autocast():
+            parts = [model(data.normalise(data.x[i:min(i + chunk, hi)])).float() for i in range(lo, hi, chunk)]
+        model.train()
+        width = math.ceil(n / self.world)
+        feats = torch.zeros(width, self.cfg.model.feature_dim, device=self.acc.device)
+        labels = torch.full((width,), -1, dtype=torch.long, device=self.acc.device)
+        if parts:
+            feats[:hi - lo] = torch.cat(parts)
+        labels[:hi - lo] = data.y[lo:hi]
+        all_feats, all_labels = self.acc.gather((feats, labels))
+        keep = torch.cat([torch.arange(r * width, r * width + (shard_bounds(n, r, self.world)[1]
+                                                               - shard_bounds(n, r, self.world)[0]))
+                          for r in range(self.world)]).to(all_feats.device)
+        return all_feats[keep].cpu(), all_labels[keep].cpu()
+
+    def head_weight(self) -> torch.Tensor:
+        return self.acc.unwrap_model(self.head).weight.detach().float().cpu()
+
+    def evaluate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Metrics on the whole gathered test set (computed on every rank; only the main one writes)."""
+        feats, labels = self.extract_features(self.test_data)
+        metrics = separation_metrics(feats, labels, self.head_weight())
+        metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
+        return metrics, feats, labels
+
+    # -- run folder ------------------------------------------------------------------------------
+    def save_features(self, epoch: int, feats: torch.Tensor, labels: torch.Tensor, split: str = "test") -> None:
+        folder = self.run_dir / "features"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{split}-epoch-{epoch:04d}.npz"
+        np.savez(path, features=feats.numpy(), labels=labels.numpy(), W=self.head_weight().numpy(),
+                 margin=np.float64(margin_at(self.cfg.head, epoch)), epoch=np.int64(epoch))
+        if split == "test":
+            runinfo.atomic_copy(path, self.run_dir / "features.npz")
+
+    def checkpoint(self) -> None:
+        checkpoint.save_checkpoint(self.acc, self.run_dir, self.state["epoch"], self.state,
+                                   self.cfg.train.keep_checkpoints)
+
+    def resume(self) -> None:
+        path = checkpoint.latest_checkpoint(self.run_dir)
+        if path is None:
+            raise ConfigError(f"--resume {self.run_dir}: no complete checkpoint there; start a new run instead")
+        self.state.update(checkpoint.load_checkpoint(self.acc, path))
+        self.state["status"] = "running"
+        if self.acc.is_main_process:
+            runinfo.truncate_metrics(self.run_dir, self.state["epoch"])
+
+    def rollback(self) -> None:
+        """Restore the last checkpoint with both learning rates halved (--set train.on_diverge=rollback)."""
+        rollbacks, path = self.state["rollbacks"] + 1, checkpoint.latest_checkpoint(self.run_dir)
+        if path is not None:
+            self.state.update(checkpoint.load_checkpoint(self.acc, path))
+        else:  # diverged before the first checkpoint: the current weights are suspect, keep them but restart the epoch
+            self.state.update(step=0, loss_sum=0.0)
+        factor = 0.5 ** rollbacks / self.state["lr_scale"]  # the checkpoint's lrs already carry its lr_scale
+        for opt in (self.opt_net, self.opt_head):
+            for group in opt.param_groups:
+                group["lr"] *= factor
+        self.sched.scheduler.base_lrs = [lr * factor for lr in self.sched.scheduler.base_lrs]
+        self.state.update(rollbacks=rollbacks, lr_scale=0.5 ** rollbacks, status="running")
+
+    # -- the whole run ---------------------------------------------------------------------------
+    def fit(self, plot_every: int = 1) -> dict:
+        cfg, acc = self.cfg, self.acc
+        while self.state["epoch"] < cfg.train.epochs:
+            epoch = self.state["epoch"]
+            stats = self.train_epoch(epoch)
+            if "preempted" in stats:
+                self.state["status"] = "preempted"
+                self.checkpoint()  # mid-epoch: (epoch, step, loss_sum) let resume replay the rest exactly
+                return self.state
+            if "diverged" in stats:
+                if cfg.train.on_diverge == "rollback" and self.state["rollbacks"] < cfg.train.max_rollbacks:
+                    acc.print(f"diverged at {stats['diverged']}; rolling back with halved learning rates")
+                    self.rollback()
+                    continue
+                self.state.update(status="diverged", diverged=stats["diverged"])
+                if acc.is_main_process:
+                    runinfo.append_metrics(self.run_dir, dict(epoch=epoch + 1, status="diverged", **stats))
+                    self.log({"diverged": 1}, epoch + 1)
+                acc.print(f"diverged: non-finite {', '.join(stats['diverged']['tensors'])} at epoch "
+                          f"{stats['diverged']['epoch']}, step {stats['diverged']['step']}; stopped")
+                break
+            metrics, feats, labels = self.evaluate()
+            self.state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
+            record = dict(epoch=epoch + 1, **stats, **{f"test_{k}" if k == "accuracy" else k: v
+                                                       for k, v in metrics.items()})
+            if metrics["accuracy"] > self.state["best_accuracy"]:
+                self.state.update(best_accuracy=metrics["accuracy"], best_epoch=epoch + 1)
+            want_plots = plot_every and ((epoch + 1) % plot_every == 0 or epoch + 1 == cfg.train.epochs)
+            train_feats = self.extract_features(self.train_sample) if want_plots else None
+            if acc.is_main_process:
+                runinfo.append_metrics(self.run_dir, record)
+                self.save_features(epoch + 1, feats, labels)
+                images = {}
+                if train_feats is not None:
+                    self.save_features(epoch + 1, *train_feats, split="train")
+                    images = self.render_plots(epoch + 1)
+                self.log(record, epoch + 1, images)
+                acc.print(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {stats['train_loss']:.4f}  "
+                          f"test acc {metrics['accuracy']:.4f}  spread {metrics['intra_spread_deg']:.1f} deg  "
+                          f"min centre angle {metrics['min_centre_angle_deg']:.1f} deg  "
+                          f"{stats['images_per_s']:.0f} img/s")
+            self.checkpoint()
+        if self.state["status"] == "running":
+            self.state["status"] = "finished"
+        if acc.is_main_process:
+            runinfo.write_summary(self.run_dir, self.state)
+            self.write_wandb_summary()
+        return self.state
+
+    # -- plots and tracking (main process) -------------------------------------------------------
+    def render_plots(self, epoch: int) -> dict:
+        from arcdist import plots  # matplotlib stays out of the import path of the hot loop
+
+        return plots.render_epoch(self.run_dir, epoch)
+
+    def log(self, record: dict, epoch: int, images: dict | None = None) -> None:
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.acc.log(scalars, step=epoch)
+        run = tracking.wandb_run(self.acc)
+        if run is not None and images:
+            import wandb
+
+            run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()}, step=epoch)
+
+    def write_wandb_summary(self) -> None:
+        run = tracking.wandb_run(self.acc)
+        if run is None:
+            return
+        for key, value in runinfo.read_summary(self.run_dir).items():
+            if isinstance(value, (int, float, str, bool)):
+                run.summary[key] = value
+
+
+def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def prepare_run_dir(args: argparse.Namespace, cfg: Config, is_main: bool) -> Path:
+    """The run folder: new and empty (never overwrite a run), or the one being resumed."""
+    if args.resume:
+        return Path(args.resume)
+    run_dir = Path(args.output_dir or f"runs/{cfg.variant}-s{cfg.train.seed}")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                          "or choose another --output-dir")
+    if is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write to {run_dir} ({e.strerror}); choose a writable --output-dir") from None
+    return run_dir
+
+
+def load_saved_config(run_dir: Path) -> Config:
+    path = run_dir / "config.json"
+    try:
+        return from_dict(json.loads(path.read_text())["config"])
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {run_dir}: no config.json there, so it is not an arcdist run folder; "
+                          "pass the folder a run wrote") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume {run_dir}: config.json is unreadable ({_one_line(e)}); start a new run") from None
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse arguments, build everything, train. Raises ConfigError on bad input."""
+    args = parse_args(argv)
+    saved = load_saved_config(Path(args.resume)) if args.resume else None
+    if args.resume and checkpoint.latest_checkpoint(args.resume) is None:
+        raise ConfigError(f"--resume {args.resume}: no complete checkpoint there; start a new run instead")
+    cfg = build_config(args, saved)
+    use_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    if use_cpu:
+        torch.set_flush_denormal(True)  # MNIST's many exact zeros produce denormals that halve CPU speed
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision,
+                              step_scheduler_with_optimizer=False,
+                              log_with=None if resolve_wandb(args) == "disabled" else "wandb")
+    run_dir = prepare_run_dir(args, cfg, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    trainer = Trainer(cfg, run_dir, accelerator)
+    trainer.no_progress = args.no_progress or not sys.stderr.isatty() and os.environ.get("ARCDIST_PROGRESS") != "1"
+    if args.resume:
+        trainer.resume()
+    if accelerator.is_main_process and not args.resume:
+        runinfo.write_config(run_dir, cfg, world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
+                             distributed_type=str(accelerator.distributed_type))
+    mode = resolve_wandb(args)
+    if mode != "disabled":
+        trainer.state["wandb_id"] = trainer.state["wandb_id"] or runinfo.new_run_id()
+        mode = tracking.init_wandb(accelerator, mode, run_dir, trainer.state["wandb_id"],
+                                   name=f"{cfg.variant}-s{cfg.train.seed}", config=cfg.to_dict(), group=args.group,
+                                   job_type="train", tags=[cfg.variant, cfg.data.dataset])
+    install_signal_handlers(trainer)
+    try:
+        state = trainer.fit(plot_every=args.plot_every)
+    finally:
+        accelerator.end_training()
+    if state["status"] == "preempted" and accelerator.is_main_process:
+        from arcdist import preempt
+
+        preempt.requeue_self()
+    return state
+
+
+def resolve_wandb(args: argparse.Namespace) -> str:
+    return tracking.resolve_mode(args.wandb)
+
+
+def install_signal_handlers(trainer: Trainer) -> None:
+    """USR1/TERM (SLURM preemption) set a flag; all ranks agree on it at the next step and checkpoint."""
+    def handler(signum, frame):
+        trainer.stop_requested = True
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except ConfigError as e:
+        print(f"arcdist: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The post's 12 variants (and ours) as rows of data.
+
+Each row names its parent and says only what changed, via `dataclasses.replace`.
+Add a variant by adding one `_add(...)` line. `python -m arcdist.variants` prints the table.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+
+from arcdist.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    parent: str  # "" for a root
+    changed: str  # what differs from the parent
+    verdict: str  # the post's verdict ("" for our own rows)
+    config: Config
+
+
+def conv(cin: int, cout: int, k: int, s: int, p: int) -> tuple:
+    """A ConvLayer entry: Conv2d(cin, cout, k, s, p, bias=False) -> BatchNorm2d -> PReLU."""
+    return ("conv", cin, cout, k, s, p)
+
+
+M = ("pool", 2, 2)  # MaxPool2d(2, 2); the post's V0 writes MaxPool2d(2), the same layer
+
+ADAM = OptimConfig(net="adam", lr=0.001, momentum=0.0, gamma=1.0, head="adam", head_lr=0.001)
+
+
+def sgd(lr: float) -> OptimConfig:
+    """The post's SGD setting: net SGD(lr, momentum 0.9) + StepLR(20, 0.8), head SGD(0.5)."""
+    return OptimConfig(net="sgd", lr=lr, momentum=0.9, step_size=20, gamma=0.8, head="sgd", head_lr=0.5)
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def _add(name: str, parent: str, changed: str, verdict: str, config: Config) -> None:
+    VARIANTS[name] = Variant(name, parent, changed, verdict, replace(config, variant=name))
+
+
+def _from(parent: str, **changes) -> Config:
+    """The parent's config with whole sections replaced."""
+    return replace(VARIANTS[parent].config, **changes)
+
+
+def _model(layers: tuple, fc: tuple) -> ModelConfig:
+    return ModelConfig(layers=layers, fc=fc)
+
+
+V1_LAYERS = (conv(1, 32, 5, 1, 2), conv(32, 64, 5, 1, 2), M, conv(64, 128, 5, 1, 2), conv(128, 256, 5, 1, 2), M,
+             conv(256, 512, 5, 1, 2), conv(512, 512, 5, 1, 2), M, conv(512, 256, 5, 1, 2), conv(256, 128, 5, 1, 2),
+             conv(128, 64, 5, 1, 2), M)
+NARROW_LAYERS = (conv(1, 32, 5, 1, 2), conv(32, 32, 5, 1, 2), M, conv(32, 64, 5, 1, 2), conv(64, 64, 5, 1, 2), M,
+                 conv(64, 128, 5, 1, 2), conv(128, 128, 5, 1, 2), M, conv(128, 256, 5, 1, 2),
+                 conv(256, 128, 5, 1, 2), conv(128, 64, 5, 1, 2), M)
+V122_LAYERS = (conv(1, 32, 5, 1, 2), conv(32, 32, 5, 1, 2), M, conv(32, 64, 5, 1, 2), conv(64, 64, 5, 1, 2), M,
+               conv(64, 128, 5, 1, 2), conv(128, 128, 5, 1, 2), M)
+C32 = conv(32, 32, 5, 1, 2)
+V2_LAYERS = (conv(1, 32, 5, 1, 2), C32, M, C32, C32, M, C32, C32, C32, M, C32, C32, C32, M)
+
+# name, parent, what changed, the post's verdict, config
+_add("V0", "", "first try", "classes not separated; unstable mid-training, the plot explodes; no better after 100 epochs",
+     Config(model=_model((conv(1, 16, 3, 1, 0), M, conv(16, 32, 3, 1, 0), conv(32, 64, 3, 1, 0),
+                          conv(64, 128, 3, 1, 0), conv(128, 256, 3, 1, 0)), ("linear", 256 * 5 * 5)),
+            optim=ADAM, data=DataConfig(batch_size=256)))
+_add("V1", "V0", "deeper, 5x5 kernels", "loss stops falling after ~10 epochs",
+     _from("V0", model=_model(V1_LAYERS, ("linear", 64))))
+_add("V1.1", "V1", "Adam -> SGD", "best: clear separation, slower training",
+     _from("V1", optim=sgd(0.001)))
+_add("V1.1.2", "V1.1", "narrower", "good: clear separation, slower convergence",
+     _from("V1.1", model=_model(NARROW_LAYERS, ("linear", 64))))
+_add("V1.1.3", "V1.1.2", "fc -> conv", "classes overlap; worse than Linear",
+     _from("V1.1.2", model=_model(NARROW_LAYERS, ("conv", 64, 5, 1, 2))))
+_add("V1.1.4", "V1.1", "net lr 0.01", "classes overlap",
+     _from("V1.1", optim=sgd(0.01)))
+_add("V1.2", "V1.1", "fewer layers, 3x3 kernels", "trains faster per epoch, converges slower than the deep nets; overlap",
+     _from("V1.1", model=_model((conv(1, 32, 3, 1, 1), conv(32, 64, 3, 1, 2), M, conv(64, 128, 3, 1, 1),
+                                 conv(128, 256, 3, 1, 2), M, conv(256, 256, 3, 1, 1), conv(256, 128, 3, 1, 2), M),
+                                ("linear", 128 * 5 * 5))))
+_add("V1.2.2", "V1.2", "other widths, fewer parameters", "overlap",
+     _from("V1.2", model=_model(V122_LAYERS, ("linear", 128 * 3 * 3))))
+_add("V1.2.3", "V1.2.2", "net lr 0.01", "good: clear separation, converges fast",
+     _from("V1.2.2", optim=sgd(0.01)))
+_add("V1.2.4", "V1.2.3", "batch 512", "overlap",
+     _from("V1.2.3", data=DataConfig(batch_size=512)))
+_add("V2", "V1", "deeper and narrower (V1's optimizer)", "overlap",
+     _from("V1", model=_model(V2_LAYERS, ("linear", 32))))
+_add("V2.1", "V2", "optimizer SGD(0.01)", "overlap",
+     _from("V2", optim=sgd(0.01)))
+
+POST_VARIANTS = tuple(VARIANTS)  # the post's 12, in its order
+DEFAULT_VARIANT = "V1.1"  # the post's best
+
+
+def get_variant(name: str) -> Variant:
+    """The named variant, or a ConfigError listing the valid names."""
+    if name not in VARIANTS:
+        raise ConfigError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def table_rows() -> list[dict]:
+    """One dict per variant: name, parent, changed, params, forward FLOPs/image, map shape before the head."""
+    from arcdist.model import describe  # local import: keeps `arcdist.config` torch-free to import
+
+    rows = []
+    for v in VARIANTS.values():
+        info = describe(v.config.model)
+        rows.append(dict(name=v.name, parent=v.parent or "-", changed=v.changed, params=info["params"],
+                         flops=info["flops"], pre_head=info["pre_head_shape"], optim=_optim_label(v.config.optim),
+                         batch=v.config.data.batch_size, verdict=v.verdict or "(arcdist)"))
+    return rows
+
+
+def _optim_label(o: OptimConfig) -> str:
+    if o.net == "adam" and o.head == "adam":
+        return "Adam/Adam"
+    return f"{o.net.upper()}({o.lr:g})/{o.head.upper()}({o.head_lr:g})"
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table of `table_rows()`."""
+    head = "| name | parent | what changed | params | MFLOPs/img (fwd) | map before head | optimizer | batch |"
+    lines = [head, "|" + " --- |" * 8]
+    for r in rows:
+        shape = "x".join(map(str, r["pre_head"]))
+        lines.append(f"| {r['name']} | {r['parent']} | {r['changed']} | {r['params']:,} | {r['flops'] / 1e6:,.1f} "
+                     f"| {shape} | {r['optim']} | {r['batch']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    print(format_table(table_rows()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
