@@ -1,0 +1,91 @@
+"""Shared fixtures: the real data folder, tiny synthetic IDX datasets, and running the real entry points."""
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_DATA = Path(os.environ.get("ARCDIST_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    """Write `array` (uint8) as an IDX ubyte file, gzip-compressed when `gz`."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path = path.with_name(path.name + ".gz") if gz else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (gzip.open if gz else open)(path, "wb").write(payload)
+    return path
+
+
+def make_tiny_mnist(root: Path, n_train: int = 512, n_test: int = 101, seed: int = 0, gz: bool = True) -> Path:
+    """A learnable MNIST-shaped set: class c is a bright bar at row/column 2c+4 plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(y):
+            if c < 5:
+                x[i, 4 + 4 * c: 6 + 4 * c, 4:24] = 255
+            else:
+                x[i, 4:24, 4 + 4 * (c - 5): 6 + 4 * (c - 5)] = 255
+        return x, y
+
+    raw = root / "MNIST" / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        x, y = split(n)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", x, gz)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y, gz)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_tiny_mnist(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    if not (REAL_DATA / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real MNIST not found under {REAL_DATA}; set ARCDIST_DATA_DIR")
+    return REAL_DATA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_env(**extra) -> dict:
+    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(ROOT), **extra)
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | None = None,
+              check: bool = True) -> subprocess.CompletedProcess:
+    """Run arcdist/train.py as users do: plain python for 1 process, `accelerate launch` (gloo) for more."""
+    if world == 1:
+        cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), *args]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(ROOT / "arcdist" / "train.py"), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+TINY = ["--variant", "V2", "--no-progress", "--wandb", "disabled"]

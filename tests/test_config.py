@@ -1,0 +1,51 @@
+"""Typed dotted overrides and JSON round trips."""
+import pytest
+
+from arcdist.config import ConfigError, apply_overrides, from_dict, validate
+from arcdist.variants import VARIANTS
+
+
+def base():
+    return VARIANTS["V1.1"].config
+
+
+def test_overrides_are_parsed_to_the_fields_type():
+    cfg = apply_overrides(base(), ["head.margin=0.3", "train.epochs=5", "optim.net=adam", "data.download=false",
+                                   "data.batch_size=128"])
+    assert (cfg.head.margin, cfg.train.epochs, cfg.optim.net, cfg.data.download, cfg.data.batch_size) == \
+        (0.3, 5, "adam", False, 128)
+    assert isinstance(cfg.train.epochs, int) and isinstance(cfg.head.margin, float)
+    assert base().head.margin != 0.3  # the variant row itself is untouched
+
+
+@pytest.mark.parametrize("item,match", [
+    ("head.margin", "expected SECTION.FIELD=VALUE"),
+    ("margin=0.3", "expected SECTION.FIELD=VALUE"),
+    ("head.margin=abc", "expected a number"),
+    ("train.epochs=2.5", "expected an integer"),
+    ("optim.net=rmsprop", "expected one of adam, sgd"),
+    ("head.nope=1", "unknown field 'nope'"),
+    ("nope.margin=1", "unknown section 'nope'"),
+    ("head.scale=nan", "finite"),
+])
+def test_bad_overrides_name_the_problem(item, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(base(), [item])
+
+
+@pytest.mark.parametrize("item,match", [
+    ("train.epochs=0", "epochs must be > 0"), ("optim.lr=0", "optim.lr must be > 0"),
+    ("optim.lr=-1", "optim.lr must be > 0"), ("data.batch_size=0", "batch size must be > 0"),
+    ("optim.head_lr=-0.5", "head_lr must be > 0"), ("head.margin=2", "head.margin must be in"),
+])
+def test_validate_rejects_values_that_cannot_train(item, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(apply_overrides(base(), [item]))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_json_round_trip_is_exact(name):
+    import json
+
+    cfg = VARIANTS[name].config
+    assert from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -1,0 +1,101 @@
+"""IDX parsing (synthetic and real files), the data-dir rule, and the device-resident batch order."""
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from arcdist.data import (DataError, epoch_permutation, load_dataset, read_idx, resolve_data_dir, shard_bounds,
+                          train_batches, DeviceData, DATASETS)
+from conftest import make_tiny_mnist, write_idx
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip_raw_and_gz(tmp_path, gz):
+    x = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    got = read_idx(write_idx(tmp_path / "img-idx3-ubyte", x, gz))
+    assert got.dtype == torch.uint8 and tuple(got.shape) == (3, 4, 5)
+    assert torch.equal(got, torch.from_numpy(x))
+    labels = read_idx(write_idx(tmp_path / "lab-idx1-ubyte", np.array([7, 2, 1], dtype=np.uint8), gz))
+    assert labels.tolist() == [7, 2, 1]
+
+
+def test_wrong_magic_truncated_and_padded_files_are_refused(tmp_path):
+    good = write_idx(tmp_path / "a-idx3-ubyte", np.zeros((2, 3, 3), np.uint8), gz=False)
+    data = good.read_bytes()
+    cases = {"magic": b"\x00\x00\x0d\x03" + data[4:], "truncated": data[:-1], "padded": data + b"\x00",
+             "header": data[:6]}
+    for name, blob in cases.items():
+        path = tmp_path / f"{name}-idx3-ubyte"
+        path.write_bytes(blob)
+        with pytest.raises(DataError, match="magic|truncated"):
+            read_idx(path)
+    broken_gz = tmp_path / "b-idx3-ubyte.gz"
+    broken_gz.write_bytes(gzip.compress(data)[:-12])
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(broken_gz)
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    root = make_tiny_mnist(tmp_path, n_train=20, n_test=10)
+    write_idx(root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", np.zeros(9, np.uint8))
+    with pytest.raises(DataError, match="10 images but 9 labels"):
+        load_dataset("mnist", root, download=False)
+
+
+def test_missing_files_name_the_folder_and_all_four(tmp_path):
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", tmp_path, download=False)
+    msg = str(e.value)
+    assert str(tmp_path / "MNIST" / "raw") in msg and "\n" not in msg
+    for f in DATASETS["mnist"].files:
+        assert f in msg
+
+
+def test_data_dir_flag_then_env_then_default(monkeypatch):
+    monkeypatch.setenv("ARCDIST_DATA_DIR", "/env/dir")
+    assert resolve_data_dir("/flag") == "/flag"
+    assert resolve_data_dir(None) == "/env/dir"
+    monkeypatch.delenv("ARCDIST_DATA_DIR")
+    assert resolve_data_dir(None) == "./data"
+
+
+def test_real_mnist_against_the_published_facts(real_data):
+    s = load_dataset("mnist", real_data, download=False)
+    assert tuple(s.train_x.shape) == (60000, 1, 28, 28) and tuple(s.test_x.shape) == (10000, 1, 28, 28)
+    assert s.test_y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert s.train_y[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert torch.bincount(s.test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert s.train_x.dtype == torch.uint8 and int(s.train_x.max()) == 255
+
+
+def test_real_fashion_mnist_is_balanced(real_data):
+    s = load_dataset("fashion-mnist", real_data, download=False)
+    assert torch.bincount(s.train_y).tolist() == [6000] * 10
+    assert torch.bincount(s.test_y).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("n,world", [(1001, 2), (10000, 3), (5, 8), (7, 1)])
+def test_eval_shards_cover_every_row_once(n, world):
+    bounds = [shard_bounds(n, r, world) for r in range(world)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    sizes = [hi - lo for lo, hi in bounds]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_batch_order_is_fixed_and_ranks_split_each_global_batch():
+    x = torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1)
+    spec = DATASETS["mnist"]
+    data = DeviceData(x, torch.arange(50), spec, torch.device("cpu"))
+    one = [y for _, y in train_batches(data, 8, seed=3, epoch=2, rank=0, world=1)]
+    two = [list(train_batches(data, 8, seed=3, epoch=2, rank=r, world=2)) for r in range(2)]
+    assert len(one) == 6  # 50 // 8, the partial batch is dropped
+    for step, y in enumerate(one):
+        assert torch.equal(torch.cat([two[0][step][1], two[1][step][1]]), y)
+    assert torch.equal(torch.cat(one), epoch_permutation(50, 3, 2)[:48])
+    assert not torch.equal(epoch_permutation(50, 3, 2), epoch_permutation(50, 3, 3))
+    resumed = [y for _, y in train_batches(data, 8, seed=3, epoch=2, rank=0, world=1, start_step=4)]
+    assert all(torch.equal(a, b) for a, b in zip(resumed, one[4:]))
+    xb, _ = next(train_batches(data, 8, seed=3, epoch=2, rank=0, world=1))
+    assert xb.dtype == torch.float32 and xb.shape == (8, 1, 1, 1)

@@ -1,0 +1,71 @@
+"""The post's 12 variants: exact rows, every one builds, maps to 2-D, counts match an independent reference."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from arcdist.model import build_backbone, describe
+from arcdist.variants import POST_VARIANTS, VARIANTS, get_variant
+
+POST = ["V0", "V1", "V1.1", "V1.1.2", "V1.1.3", "V1.1.4", "V1.2", "V1.2.2", "V1.2.3", "V1.2.4", "V2", "V2.1"]
+
+
+def test_the_posts_twelve_in_order():
+    assert list(POST_VARIANTS) == POST
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_builds_maps_to_2d_and_counts_match_the_model(name):
+    cfg = VARIANTS[name].config
+    net = build_backbone(cfg.model).eval()
+    x = torch.randn(3, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+    with FlopCounterMode(display=False) as counter:
+        out = net(x[:1])
+    assert net(x).shape == (3, 2)
+    info = describe(cfg.model)
+    assert info["params"] == sum(p.numel() for p in net.parameters())
+    assert info["flops"] == counter.get_total_flops()  # conv + linear, 2 x multiply-adds
+    assert out.shape == (1, 2)
+
+
+def test_feature_map_shapes_before_the_head_match_the_post():
+    shapes = {n: describe(VARIANTS[n].config.model)["pre_head_shape"] for n in POST}
+    assert shapes["V0"] == (256, 5, 5)
+    for n in ("V1", "V1.1", "V1.1.2", "V1.1.3", "V1.1.4"):
+        assert shapes[n] == (64, 1, 1)
+    assert shapes["V1.2"] == (128, 5, 5)
+    assert shapes["V1.2.2"] == shapes["V1.2.3"] == shapes["V1.2.4"] == (128, 3, 3)
+    assert shapes["V2"] == shapes["V2.1"] == (32, 1, 1)
+
+
+def test_optimizers_batches_and_parents_match_the_table():
+    o = {n: VARIANTS[n].config.optim for n in POST}
+    for n in ("V0", "V1", "V2"):
+        assert (o[n].net, o[n].head, o[n].lr, o[n].head_lr, o[n].gamma) == ("adam", "adam", 0.001, 0.001, 1.0)
+    for n, lr in (("V1.1", 0.001), ("V1.1.2", 0.001), ("V1.1.3", 0.001), ("V1.1.4", 0.01), ("V1.2", 0.001),
+                  ("V1.2.2", 0.001), ("V1.2.3", 0.01), ("V1.2.4", 0.01), ("V2.1", 0.01)):
+        assert (o[n].net, o[n].lr, o[n].momentum, o[n].step_size, o[n].gamma) == ("sgd", lr, 0.9, 20, 0.8)
+        assert (o[n].head, o[n].head_lr, o[n].head_momentum) == ("sgd", 0.5, 0.0)
+    assert [VARIANTS[n].config.data.batch_size for n in POST] == [256] * 9 + [512, 256, 256]
+    parents = {n: VARIANTS[n].parent for n in POST}
+    assert parents == {"V0": "", "V1": "V0", "V1.1": "V1", "V1.1.2": "V1.1", "V1.1.3": "V1.1.2", "V1.1.4": "V1.1",
+                       "V1.2": "V1.1", "V1.2.2": "V1.2", "V1.2.3": "V1.2.2", "V1.2.4": "V1.2.3", "V2": "V1",
+                       "V2.1": "V2"}
+    assert VARIANTS["V1.1.3"].config.model.fc == ("conv", 64, 5, 1, 2)
+    assert VARIANTS["V1.1.3"].config.model.layers == VARIANTS["V1.1.2"].config.model.layers
+    assert all(v.config.variant == v.name for v in VARIANTS.values())
+
+
+def test_unknown_variant_lists_valid_names():
+    with pytest.raises(ValueError, match="valid variants: V0, V1, V1.1"):
+        get_variant("V9")
+
+
+def test_variants_command_prints_every_row_with_counts():
+    out = subprocess.run([sys.executable, "-m", "arcdist.variants"], capture_output=True, text=True, check=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| V") or line.startswith("| A")]
+    assert len(rows) == len(VARIANTS)
+    v122 = next(r for r in rows if r.startswith("| V1.2.2 |"))
+    assert f"{describe(VARIANTS['V1.2.2'].config.model)['params']:,}" in v122 and "| 128x3x3 |" in v122
