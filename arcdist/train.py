@@ -344,23 +344,28 @@ def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: floa
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def prepare_run_dir(args: argparse.Namespace, cfg: Config, is_main: bool) -> Path:
-    """The run folder: new and empty (never overwrite a run), or the one being resumed."""
+def check_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
+    """The run folder to use: the one being resumed, or a new one (never overwrite a run). Creates nothing."""
     if args.resume:
         return Path(args.resume)
     run_dir = Path(args.output_dir or f"runs/{cfg.variant}-s{cfg.train.seed}")
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                           "or choose another --output-dir")
-    if is_main:
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as e:
-            raise ConfigError(f"cannot write to {run_dir} ({e.strerror}); choose a writable --output-dir") from None
+    parent = run_dir.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create {run_dir} ({parent} is not a writable folder); "
+                          "choose a writable --output-dir")
     return run_dir
+
+
+def create_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {run_dir} ({e.strerror}); choose a writable --output-dir") from None
 
 
 def load_saved_config(run_dir: Path) -> Config:
@@ -387,9 +392,11 @@ def run(argv: list[str] | None = None) -> dict:
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision,
                               step_scheduler_with_optimizer=False,
                               log_with=None if resolve_wandb(args) == "disabled" else "wandb")
-    run_dir = prepare_run_dir(args, cfg, accelerator.is_main_process)
+    run_dir = check_run_dir(args, cfg)
+    trainer = Trainer(cfg, run_dir, accelerator)  # loads and checks the data before anything is written
+    if accelerator.is_main_process:
+        create_run_dir(run_dir)
     accelerator.wait_for_everyone()
-    trainer = Trainer(cfg, run_dir, accelerator)
     trainer.no_progress = args.no_progress or not sys.stderr.isatty() and os.environ.get("ARCDIST_PROGRESS") != "1"
     if args.resume:
         trainer.resume()

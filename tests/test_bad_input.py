@@ -1,0 +1,111 @@
+"""Bad input: one line naming the problem and the fix, exit status 2, no traceback, nothing on disk changed."""
+import gzip
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arcdist import train
+from conftest import TINY, make_tiny_mnist, run_train, write_idx
+
+
+def snapshot(*roots: Path) -> dict:
+    out = {}
+    for root in roots:
+        for p in sorted(Path(root).rglob("*")):
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A data folder, a good finished run, and broken variants of both."""
+    root = tmp_path_factory.mktemp("bad")
+    data = make_tiny_mnist(root / "data", n_train=128, n_test=20)
+    run = root / "run"
+    run_train([*TINY, "--epochs", "1", "--data-dir", str(data), "--output-dir", str(run),
+               "--set", "data.batch_size=32"])
+    broken = {}
+    raw_gz = lambda path: gzip.decompress(path.read_bytes())  # noqa: E731
+    for name, mutate in {
+        "missing": lambda raw: (raw / "t10k-labels-idx1-ubyte.gz").unlink(),
+        "magic": lambda raw: (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(b"\x00\x00\x09\x01" + raw_gz(raw / "t10k-labels-idx1-ubyte.gz")[4:])),
+        "truncated": lambda raw: (raw / "t10k-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(raw_gz(raw / "t10k-images-idx3-ubyte.gz")[:-100])),
+        "counts": lambda raw: write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(19, np.uint8)),
+    }.items():
+        d = make_tiny_mnist(root / f"data-{name}", n_train=128, n_test=20)
+        mutate(d / "MNIST" / "raw")
+        broken[name] = d
+    bad_ckpt = root / "bad-ckpt"
+    run_train([*TINY, "--epochs", "1", "--data-dir", str(data), "--output-dir", str(bad_ckpt),
+               "--set", "data.batch_size=32"])
+    model = bad_ckpt / "checkpoints" / "epoch-0001" / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:100])
+    no_ckpt = root / "no-ckpt"
+    no_ckpt.mkdir()
+    (no_ckpt / "config.json").write_text((run / "config.json").read_text())
+    blocker = root / "a-file"
+    blocker.write_text("not a folder")
+    return dict(root=root, data=data, run=run, broken=broken, bad_ckpt=bad_ckpt, no_ckpt=no_ckpt, blocker=blocker)
+
+
+CASES = {
+    "unknown variant": (lambda w: ["--variant", "V9"], "valid variants: V0, V1"),
+    "unknown dataset": (lambda w: ["--dataset", "cifar-100"], "valid datasets: mnist"),
+    "malformed override": (lambda w: ["--set", "head.margin"], "SECTION.FIELD=VALUE"),
+    "mistyped override": (lambda w: ["--set", "head.margin=wide"], "expected a number"),
+    "unknown field": (lambda w: ["--set", "head.width=3"], "unknown field"),
+    "epochs zero": (lambda w: ["--epochs", "0"], "epochs must be > 0"),
+    "epochs text": (lambda w: ["--epochs", "ten"], "invalid int value"),
+    "lr zero": (lambda w: ["--set", "optim.lr=0"], "optim.lr must be > 0"),
+    "lr negative": (lambda w: ["--set", "optim.lr=-0.1"], "optim.lr must be > 0"),
+    "batch zero": (lambda w: ["--set", "data.batch_size=0"], "batch size must be > 0"),
+    "batch above dataset": (lambda w: ["--set", "data.batch_size=4096"], "larger than the 128 training images"),
+    "data file missing": (lambda w: ["--data-dir", str(w["broken"]["missing"])], "missing t10k-labels-idx1-ubyte"),
+    "wrong magic": (lambda w: ["--data-dir", str(w["broken"]["magic"])], "bad magic number"),
+    "truncated idx": (lambda w: ["--data-dir", str(w["broken"]["truncated"])], "truncated"),
+    "count mismatch": (lambda w: ["--data-dir", str(w["broken"]["counts"])], "20 images but 19 labels"),
+    "existing run folder": (lambda w: ["--output-dir", str(w["run"])], "already holds a run; pass --resume"),
+    "unwritable output": (lambda w: ["--output-dir", str(w["blocker"] / "run")], "choose a writable --output-dir"),
+    "resume without checkpoint": (lambda w: ["--resume", str(w["no_ckpt"])], "no complete checkpoint"),
+    "resume a non-run folder": (lambda w: ["--resume", str(w["root"] / "data")], "not an arcdist run folder"),
+    "resume another variant": (lambda w: ["--resume", str(w["run"]), "--variant", "V0"], "is variant V2, not V0"),
+    "truncated checkpoint": (lambda w: ["--resume", str(w["bad_ckpt"]), "--epochs", "2"], "is unreadable"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, case, capsys):
+    make_args, message = CASES[case]
+    args = [*TINY, "--epochs", "1", "--data-dir", str(world["data"]), "--set", "data.batch_size=32",
+            "--output-dir", str(world["root"] / f"new-{case.replace(' ', '-')}")]
+    args += make_args(world)
+    before = snapshot(world["root"])
+    with pytest.raises(SystemExit) if case == "epochs text" else _nothing() as raised:
+        code = train.main(args)
+    if case == "epochs text":
+        code = raised.value.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert snapshot(world["root"]) == before
+
+
+def test_real_cli_exit_status_and_stderr(world):
+    proc = run_train([*TINY, "--variant", "nope", "--data-dir", str(world["data"])], check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("arcdist: error: unknown variant 'nope'")
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
