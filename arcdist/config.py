@@ -44,6 +44,7 @@ class HeadConfig:
     margin: float = 0.2  # m, additive angular margin in radians (0.2 rad = 11.5 deg)
     margin_warmup_epochs: float = 1.0  # margin grows linearly from 0 to m over this many epochs
     num_classes: int = 10
+    init: Literal["xavier", "even"] = "xavier"  # W init; "even": class directions 360/C degrees apart (2-D)
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,12 @@ class ArcMarginHead(nn.Module):
         super().__init__()
         self.scale = cfg.scale
         self.weight = nn.Parameter(torch.empty(cfg.num_classes, feature_dim))
-        nn.init.xavier_uniform_(self.weight)
+        if cfg.init == "even" and feature_dim == 2:
+            angles = torch.arange(cfg.num_classes) * (2 * math.pi / cfg.num_classes)
+            with torch.no_grad():
+                self.weight.copy_(torch.stack([angles.cos(), angles.sin()], dim=1))
+        else:
+            nn.init.xavier_uniform_(self.weight)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
         # the margin arithmetic needs fp32 even under bf16/fp16 autocast

@@ -125,17 +125,27 @@ def read_offline_run(run_dir: str | os.PathLike) -> dict:
         rec.ParseFromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "history":
-            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                   for item in rec.history.item})
+            row: dict = {}
+            for item in rec.history.item:
+                _put(row, item, json.loads(item.value_json))
+            out["history"].append(row)
         elif kind == "config":
             for item in rec.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
         elif kind == "summary":
             for item in rec.summary.update:
-                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+                _put(out["summary"], item, json.loads(item.value_json))
         elif kind == "run":
             out["run"] = dict(id=rec.run.run_id, name=rec.run.display_name, group=rec.run.run_group,
                               job_type=rec.run.job_type, tags=list(rec.run.tags))
             for item in rec.run.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
     return out
+
+
+def _put(target: dict, item, value) -> None:
+    """Store a history/summary item under its key, or nested along its nested_key path."""
+    path = [item.key] if item.key else list(item.nested_key)
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = value

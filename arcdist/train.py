@@ -312,6 +312,10 @@ class Trainer:
         if acc.is_main_process:
             runinfo.write_summary(self.run_dir, self.state)
             self.write_wandb_summary()
+            if plot_every:
+                from arcdist import plots
+
+                plots.render_gif(self.run_dir)
         return self.state
 
     # -- plots and tracking (main process) -------------------------------------------------------

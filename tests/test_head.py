@@ -75,3 +75,13 @@ def test_margin_warmup_is_linear_then_constant():
     cfg = HeadConfig(margin=0.4, margin_warmup_epochs=2.0)
     assert [margin_at(cfg, e) for e in (0, 0.5, 1, 2, 5)] == pytest.approx([0, 0.1, 0.2, 0.4, 0.4])
     assert margin_at(HeadConfig(margin=0.4, margin_warmup_epochs=0), 0) == 0.4
+
+
+def test_even_init_spaces_class_directions_36_degrees_apart():
+    from arcdist.metrics import separation_metrics
+
+    head = ArcMarginHead(HeadConfig(init="even"))
+    w = head.weight.detach()
+    assert torch.allclose(w.norm(dim=1), torch.ones(10))
+    m = separation_metrics(w, torch.arange(10), w)
+    assert m["min_weight_angle_deg"] == pytest.approx(36.0, abs=1e-4) and m["accuracy"] == 1.0
