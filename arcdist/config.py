@@ -55,8 +55,11 @@ class OptimConfig:
     lr: float = 0.001  # backbone learning rate
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
-    step_size: int = 20  # epochs between StepLR decays (SGD only, as in the post)
+    schedule: Literal["step", "cosine"] = "step"  # step: the post's StepLR; cosine: warm-up then cosine to 0
+    step_size: int = 20  # epochs between StepLR decays (the post's SGD setting)
     gamma: float = 0.8  # StepLR factor; 1.0 disables the schedule
+    warmup_epochs: float = 0.0  # cosine only: linear warm-up length
+    schedule_head: bool = False  # apply the schedule to the head's lr too (the post schedules only the net)
     head: Literal["adam", "sgd"] = "sgd"
     head_lr: float = 0.5
     head_momentum: float = 0.0
@@ -78,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     cpu: bool = False  # force CPU even when a GPU is present
+    threads: int = 0  # CPU threads per process; 0 = this node's cores / its processes (overrides OMP_NUM_THREADS)
     eval_batch_size: int = 1000  # images per forward pass at evaluation, per rank
     keep_checkpoints: int = 2  # newest K complete checkpoints are kept
     on_diverge: Literal["stop", "rollback"] = "stop"
@@ -201,6 +205,8 @@ def validate(cfg: Config) -> None:
         (cfg.optim.step_size > 0, "optim.step_size must be > 0; pass --set optim.step_size=20"),
         (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
+        (cfg.train.threads >= 0, "train.threads must be >= 0 (0 = automatic)"),
+        (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

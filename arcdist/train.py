@@ -30,8 +30,10 @@ from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset,
                           steps_per_epoch, train_batches)
 from arcdist.metrics import separation_metrics
 from arcdist.model import ArcMarginHead, build_backbone, describe, margin_at
+from arcdist.optim import build_optimizers, build_schedulers
 from arcdist.variants import DEFAULT_VARIANT, get_variant
 
+STOP_FILE = "PREEMPT"  # created by a batch script's signal trap: checkpoint at the next step and requeue
 TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are plotted (at most)
 
 
@@ -118,15 +120,14 @@ class Trainer:
         set_seed(cfg.train.seed)
         backbone = build_backbone(cfg.model)
         head = ArcMarginHead(cfg.head, cfg.model.feature_dim)
-        opt_net = _optimizer(cfg.optim.net, backbone.parameters(), cfg.optim.lr, cfg.optim.momentum,
-                             cfg.optim.weight_decay)
-        opt_head = _optimizer(cfg.optim.head, head.parameters(), cfg.optim.head_lr, cfg.optim.head_momentum, 0.0)
-        sched = torch.optim.lr_scheduler.StepLR(opt_net, cfg.optim.step_size, cfg.optim.gamma)
-        (self.backbone, self.head, self.opt_net, self.opt_head, self.sched) = accelerator.prepare(
-            backbone, head, opt_net, opt_head, sched)
+        opt_net, opt_head = build_optimizers(cfg.optim, backbone, head)
+        sched_net, sched_head = build_schedulers(cfg.optim, opt_net, opt_head, self.steps_per_epoch, cfg.train.epochs)
+        (self.backbone, self.head, self.opt_net, self.opt_head, self.sched_net, self.sched_head) = \
+            accelerator.prepare(backbone, head, opt_net, opt_head, sched_net, sched_head)
         self.state = dict(epoch=0, step=0, loss_sum=0.0, best_accuracy=0.0, best_epoch=0, status="running",
                           wandb_id=None, rollbacks=0, lr_scale=1.0)
         self.stop_requested = False  # set by a signal handler (preemption)
+        self.stop_file = run_dir / STOP_FILE  # or by this file: reaches every launcher topology (sbatch traps)
 
     # -- one optimisation step ------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor, margin: float) -> tuple[float, list[str]]:
@@ -143,7 +144,8 @@ class Trainer:
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
                              (~torch.isfinite(features).all()).float(), (~torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(self.stop_requested), device=loss.device)])
+                             torch.tensor(float(self.stop_requested or (self.rank == 0 and self.stop_file.exists())),
+                                          device=loss.device)])
         if self.world > 1:
             flags = self.acc.reduce(flags, reduction="sum")
         values = flags.tolist()
@@ -152,6 +154,8 @@ class Trainer:
         if not bad:
             self.opt_net.step()
             self.opt_head.step()
+            self.sched_net.step()
+            self.sched_head.step()
         self.opt_net.zero_grad(set_to_none=True)
         self.opt_head.zero_grad(set_to_none=True)
         return values[0] / self.world, bad
@@ -181,7 +185,6 @@ class Trainer:
                 return dict(preempted=True)
         bar.close()
         seconds = time.perf_counter() - t0
-        self.sched.step()
         return dict(train_loss=self.state["loss_sum"] / self.steps_per_epoch, epoch_time_s=seconds,
                     images_per_s=(self.steps_per_epoch - start_step) * self.cfg.data.batch_size / seconds,
                     margin=margin_at(self.cfg.head, epoch + 1), lr=self.opt_net.param_groups[0]["lr"])
@@ -261,7 +264,8 @@ class Trainer:
         for opt in (self.opt_net, self.opt_head):
             for group in opt.param_groups:
                 group["lr"] *= factor
-        self.sched.scheduler.base_lrs = [lr * factor for lr in self.sched.scheduler.base_lrs]
+        for sched in (self.sched_net, self.sched_head):
+            sched.scheduler.base_lrs = [lr * factor for lr in sched.scheduler.base_lrs]
         self.state.update(rollbacks=rollbacks, lr_scale=0.5 ** rollbacks, status="running")
 
     # -- the whole run ---------------------------------------------------------------------------
@@ -273,6 +277,9 @@ class Trainer:
             if "preempted" in stats:
                 self.state["status"] = "preempted"
                 self.checkpoint()  # mid-epoch: (epoch, step, loss_sum) let resume replay the rest exactly
+                if acc.is_main_process:
+                    runinfo.write_summary(self.run_dir, self.state)
+                    self.stop_file.unlink(missing_ok=True)
                 return self.state
             if "diverged" in stats:
                 if cfg.train.on_diverge == "rollback" and self.state["rollbacks"] < cfg.train.max_rollbacks:
@@ -342,12 +349,6 @@ class Trainer:
                 run.summary[key] = value
 
 
-def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
 def check_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     """The run folder to use: the one being resumed, or a new one (never overwrite a run). Creates nothing."""
     if args.resume:
@@ -393,6 +394,9 @@ def run(argv: list[str] | None = None) -> dict:
     use_cpu = cfg.train.cpu or not torch.cuda.is_available()
     if use_cpu:
         torch.set_flush_denormal(True)  # MNIST's many exact zeros produce denormals that halve CPU speed
+        # `accelerate launch` exports OMP_NUM_THREADS=1 by default, which halves a 2-core run
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(cfg.train.threads or max(1, len(os.sched_getaffinity(0)) // local))
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision,
                               step_scheduler_with_optimizer=False,
                               log_with=None if resolve_wandb(args) == "disabled" else "wandb")
@@ -400,6 +404,7 @@ def run(argv: list[str] | None = None) -> dict:
     trainer = Trainer(cfg, run_dir, accelerator)  # loads and checks the data before anything is written
     if accelerator.is_main_process:
         create_run_dir(run_dir)
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request from before a requeue
     accelerator.wait_for_everyone()
     trainer.no_progress = args.no_progress or not sys.stderr.isatty() and os.environ.get("ARCDIST_PROGRESS") != "1"
     if args.resume:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 
-from arcdist.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig
+from arcdist.config import Config, ConfigError, DataConfig, HeadConfig, ModelConfig, OptimConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,11 @@ _add("V2.1", "V2", "optimizer SGD(0.01)", "overlap",
      _from("V2", optim=sgd(0.01)))
 
 POST_VARIANTS = tuple(VARIANTS)  # the post's 12, in its order
+
+# arcdist's own rows
+_add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosine lr, 4 epochs", "",
+     _from("V2", optim=replace(ADAM, head_lr=0.01, schedule="cosine", warmup_epochs=0.25),
+           head=HeadConfig(init="even"), train=TrainConfig(epochs=4)))
 DEFAULT_VARIANT = "V1.1"  # the post's best
 
 

@@ -49,3 +49,33 @@ def test_json_round_trip_is_exact(name):
 
     cfg = VARIANTS[name].config
     assert from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_step_schedule_equals_torch_steplr_stepped_per_epoch():
+    import torch
+
+    from arcdist.optim import lr_factor
+
+    cfg = VARIANTS["V1.1"].config.optim
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    ref = torch.optim.lr_scheduler.StepLR(opt, cfg.step_size, cfg.gamma)
+    spe = 7
+    for epoch in range(65):
+        for i in range(spe):
+            assert lr_factor(cfg, epoch * spe + i, spe, 100) == pytest.approx(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    assert lr_factor(cfg, 60 * spe, spe, 100) == pytest.approx(0.8 ** 3)
+
+
+def test_cosine_schedule_exact_values():
+    from dataclasses import replace
+
+    from arcdist.optim import lr_factor
+
+    cfg = replace(VARIANTS["V2"].config.optim, schedule="cosine", warmup_epochs=1.0)
+    spe, epochs = 10, 5  # 10 warm-up steps, 40 cosine steps
+    assert [lr_factor(cfg, s, spe, epochs) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(cfg, 10, spe, epochs) == pytest.approx(1.0)
+    assert lr_factor(cfg, 30, spe, epochs) == pytest.approx(0.5)
+    assert lr_factor(cfg, 50, spe, epochs) == pytest.approx(0.0, abs=1e-12)

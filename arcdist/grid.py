@@ -1,0 +1,267 @@
+"""Run a grid of variants x seeds x datasets side by side: one GPU (or k) per job, or CPU threads split.
+
+    python -m arcdist.grid --grid-id study --variants V1.2.2,V2 --seeds 0,1 --epochs 5
+    python -m arcdist.grid --grid-id study --list              # job index -> run folder
+    python -m arcdist.grid --grid-id study --task-index 3      # one job in the foreground (SLURM arrays)
+
+Runs land in OUT/<grid-id>/<variant>-s<seed>/ (with the dataset in front when the grid has several).
+Rerunning skips finished runs and resumes unfinished ones. A failing run is recorded with its error
+in grid.json and does not stop the others. W&B runs are grouped by the grid id.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from arcdist import runinfo
+from arcdist.checkpoint import latest_checkpoint
+from arcdist.config import ConfigError
+from arcdist.data import get_spec
+from arcdist.variants import POST_VARIANTS, get_variant
+
+TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
+
+
+@dataclass
+class Job:
+    index: int
+    variant: str
+    seed: int
+    dataset: str
+    run_dir: str
+    status: str = "pending"  # pending | finished | diverged | failed | preempted | skipped
+    returncode: int | None = None
+    error: str | None = None
+    final_accuracy: float | None = None
+    best_accuracy: float | None = None
+    wall_time_s: float | None = None
+    log: str | None = None
+    devices: list[int] = field(default_factory=list)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="arcdist.grid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid-id", required=True, help="names the grid folder and the W&B group")
+    p.add_argument("--variants", default=",".join(POST_VARIANTS), help="comma-separated (default: the post's 12)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--datasets", default="mnist", help="comma-separated datasets (default mnist)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each variant's)")
+    p.add_argument("--out", default="runs", help="parent of the grid folder (default runs/)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--jobs", type=int, default=None,
+                   help="jobs side by side (default: GPUs // gpus-per-job, or 2 on a CPU-only node)")
+    p.add_argument("--gpus-per-job", type=int, default=1)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None)
+    p.add_argument("--list", action="store_true", help="print the job table and exit")
+    p.add_argument("--task-index", type=int, default=None, help="run only this job, in the foreground")
+    p.add_argument("train_args", nargs="*", help="extra arguments for train.py after --")
+    return p.parse_args(argv)
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_jobs(args: argparse.Namespace) -> list[Job]:
+    """variants x seeds x datasets, in that nesting order; validates every name first."""
+    variants, datasets = _split(args.variants), _split(args.datasets)
+    try:
+        seeds = [int(s) for s in _split(args.seeds)]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    for v in variants:
+        get_variant(v)
+    for d in datasets:
+        get_spec(d)
+    if not variants or not seeds or not datasets:
+        raise ConfigError("the grid is empty; give at least one variant, seed and dataset")
+    root = Path(args.out) / args.grid_id
+    jobs = []
+    for dataset in datasets:
+        for variant in variants:
+            for seed in seeds:
+                name = f"{variant}-s{seed}" if len(datasets) == 1 else f"{dataset}-{variant}-s{seed}"
+                jobs.append(Job(len(jobs), variant, seed, dataset, str(root / name)))
+    return jobs
+
+
+def train_command(job: Job, args: argparse.Namespace, port: int | None = None, threads: int = 0) -> list[str]:
+    """The command that runs one job: plain python for one process, `accelerate launch` for k GPUs."""
+    run_dir = Path(job.run_dir)
+    if latest_checkpoint(run_dir) is not None:
+        cmd = ["--resume", str(run_dir)]
+        if args.epochs is not None:
+            cmd += ["--epochs", str(args.epochs)]
+    else:
+        cmd = ["--variant", job.variant, "--seed", str(job.seed), "--dataset", job.dataset,
+               "--output-dir", str(run_dir)]
+        if args.epochs is not None:
+            cmd += ["--epochs", str(args.epochs)]
+        for item in args.overrides:
+            cmd += ["--set", item]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    if args.wandb:
+        cmd += ["--wandb", args.wandb]
+    cmd += ["--group", args.grid_id, "--no-progress", *args.train_args]
+    if threads:
+        cmd += ["--set", f"train.threads={threads}"]
+    if args.gpus_per_job > 1 and port is not None:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(args.gpus_per_job), "--main_process_port", str(port), str(TRAIN_SCRIPT), *cmd]
+    return [sys.executable, str(TRAIN_SCRIPT), *cmd]
+
+
+def is_finished(job: Job) -> bool:
+    return runinfo.read_summary(Path(job.run_dir)).get("status") in ("finished", "diverged")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gpu_ids() -> list[int]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [int(i) for i in visible.split(",") if i.strip().isdigit()]
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count()))
+    except ImportError:
+        return []
+
+
+def plan_slots(args: argparse.Namespace) -> list[dict]:
+    """One dict of environment settings per slot: GPUs per job, or an equal share of the CPU threads."""
+    gpus = _gpu_ids()
+    if gpus:
+        k = args.gpus_per_job
+        n = args.jobs or max(1, len(gpus) // k)
+        return [dict(CUDA_VISIBLE_DEVICES=",".join(map(str, gpus[i * k:(i + 1) * k]))) for i in range(n)
+                if len(gpus[i * k:(i + 1) * k]) == k]
+    n = args.jobs or 2
+    threads = max(1, len(os.sched_getaffinity(0)) // n)
+    return [dict(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="") for _ in range(n)]
+
+
+def finish(job: Job, returncode: int, started: float) -> None:
+    """Fill a job's status from its exit code, summary.json and log."""
+    job.returncode, job.wall_time_s = returncode, round(time.time() - started, 1)
+    summary = runinfo.read_summary(Path(job.run_dir))
+    job.final_accuracy, job.best_accuracy = summary.get("final_accuracy"), summary.get("best_accuracy")
+    if returncode == 0 and summary.get("status") in ("finished", "diverged", "preempted"):
+        job.status, job.error = summary["status"], None
+        return
+    job.status = "failed"
+    tail = Path(job.log).read_text(errors="replace").strip().splitlines() if job.log else []
+    errors = [line for line in tail if "error" in line.lower()]
+    job.error = (errors or tail or [f"exit status {returncode}"])[-1][-500:]
+
+
+def write_grid_json(root: Path, args: argparse.Namespace, jobs: list[Job]) -> None:
+    doc = dict(grid_id=args.grid_id, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs=args.epochs,
+               overrides=args.overrides, datasets=_split(args.datasets), jobs=[asdict(j) for j in jobs])
+    root.mkdir(parents=True, exist_ok=True)
+    runinfo.atomic_write(root / "grid.json", json.dumps(doc, indent=1))
+
+
+def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
+    """Run every unfinished job, `len(slots)` at a time; never stops on a failure."""
+    root = Path(args.out) / args.grid_id
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    queue = []
+    for job in jobs:
+        if is_finished(job):
+            job.status = "skipped"
+            summary = runinfo.read_summary(Path(job.run_dir))
+            job.final_accuracy, job.best_accuracy = summary.get("final_accuracy"), summary.get("best_accuracy")
+        else:
+            queue.append(job)
+    slots = plan_slots(args)
+    free = list(range(len(slots)))
+    running: dict[int, tuple[Job, subprocess.Popen, float, object]] = {}
+    while queue or running:
+        while queue and free:
+            job, slot = queue.pop(0), free.pop(0)
+            job.log = str(root / "logs" / f"{Path(job.run_dir).name}.log")
+            log = open(job.log, "a")
+            env = dict(os.environ, **slots[slot])
+            cmd = train_command(job, args, _free_port(), int(slots[slot].get("OMP_NUM_THREADS", 0)))
+            job.status, job.devices = "running", [int(i) for i in slots[slot].get("CUDA_VISIBLE_DEVICES", "").split(",") if i]
+            print(f"[grid] start {Path(job.run_dir).name} (slot {slot})", flush=True)
+            running[slot] = (job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), log)
+            write_grid_json(root, args, jobs)
+        time.sleep(0.5)
+        for slot, (job, proc, started, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            finish(job, proc.returncode, started)
+            print(f"[grid] {job.status:9s} {Path(job.run_dir).name}"
+                  + (f"  test acc {job.final_accuracy:.4f}" if job.final_accuracy is not None else "")
+                  + (f"  error: {job.error}" if job.error else ""), flush=True)
+            del running[slot]
+            free.append(slot)
+            write_grid_json(root, args, jobs)
+    write_grid_json(root, args, jobs)
+    return jobs
+
+
+def run_task(args: argparse.Namespace, jobs: list[Job]) -> int:
+    """Run job `--task-index` in this process's place (exec), so signals reach training directly."""
+    if not 0 <= args.task_index < len(jobs):
+        raise ConfigError(f"--task-index {args.task_index}: the grid has jobs 0..{len(jobs) - 1}")
+    job = jobs[args.task_index]
+    if is_finished(job):
+        print(f"[grid] {Path(job.run_dir).name} already finished; nothing to do")
+        return 0
+    Path(job.run_dir).parent.mkdir(parents=True, exist_ok=True)
+    cmd = train_command(job, args, _free_port())
+    print(f"[grid] task {job.index}: {' '.join(cmd)}", flush=True)
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
+def format_table(jobs: list[Job]) -> str:
+    lines = [f"{'run':24s} {'status':9s} {'final acc':>9s} {'best acc':>9s} {'time s':>8s}  error"]
+    for j in jobs:
+        acc = f"{j.final_accuracy:.4f}" if j.final_accuracy is not None else "-"
+        best = f"{j.best_accuracy:.4f}" if j.best_accuracy is not None else "-"
+        wall = f"{j.wall_time_s:.0f}" if j.wall_time_s is not None else "-"
+        lines.append(f"{Path(j.run_dir).name:24s} {j.status:9s} {acc:>9s} {best:>9s} {wall:>8s}  {j.error or ''}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        jobs = build_jobs(args)
+        if args.list:
+            for j in jobs:
+                print(f"{j.index}\t{j.variant}\t{j.seed}\t{j.dataset}\t{j.run_dir}")
+            return 0
+        if args.task_index is not None:
+            return run_task(args, jobs)
+        run_grid(args, jobs)
+    except ConfigError as e:
+        print(f"arcdist.grid: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(jobs))
+    print(f"grid.json: {Path(args.out) / args.grid_id / 'grid.json'}")
+    return 1 if any(j.status == "failed" for j in jobs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The two optimizers of the post (net and head) and their per-step learning-rate schedules."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from arcdist.config import OptimConfig
+
+
+def build_optimizers(cfg: OptimConfig, backbone: nn.Module, head: nn.Module) -> tuple[torch.optim.Optimizer, ...]:
+    """(net optimizer, head optimizer): Adam with library defaults, or SGD with the configured momentum."""
+    def make(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+        if name == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    return (make(cfg.net, backbone.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay),
+            make(cfg.head, head.parameters(), cfg.head_lr, cfg.head_momentum, 0.0))
+
+
+def lr_factor(cfg: OptimConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Multiplier of the base lr after `step` optimizer steps.
+
+    step:   gamma ** (epoch // step_size), i.e. StepLR stepped once per epoch as in the post;
+    cosine: linear warm-up over warmup_epochs, then cosine decay to 0 at the last step.
+    """
+    if cfg.schedule == "step":
+        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+    total = max(1, epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+
+def build_schedulers(cfg: OptimConfig, opt_net: torch.optim.Optimizer, opt_head: torch.optim.Optimizer,
+                     steps_per_epoch: int, epochs: int) -> tuple[torch.optim.lr_scheduler.LambdaLR, ...]:
+    """Per-step LambdaLR schedulers for (net, head); the head's is constant unless schedule_head."""
+    def net(step: int) -> float:
+        return lr_factor(cfg, step, steps_per_epoch, epochs)
+
+    def head(step: int) -> float:
+        return net(step) if cfg.schedule_head else 1.0
+
+    return (torch.optim.lr_scheduler.LambdaLR(opt_net, net), torch.optim.lr_scheduler.LambdaLR(opt_head, head))

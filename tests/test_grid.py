@@ -1,0 +1,76 @@
+"""The grid runner: jobs side by side, skip on rerun, failures recorded without stopping the rest."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from arcdist import grid
+from conftest import ROOT, cli_env, make_tiny_mnist
+
+
+def run_grid(args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "arcdist.grid", *args], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode not in (0, 1):
+        raise AssertionError(proc.stdout + proc.stderr)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    data = make_tiny_mnist(root / "data", n_train=256, n_test=50)
+    # V1.2.4's batch of 512 exceeds the 256 training images: that job must fail, alone
+    args = ["--grid-id", "g1", "--variants", "V2,V2.1,V1.2.4", "--seeds", "0", "--epochs", "1", "--out",
+            str(root / "runs"), "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",
+            "--set", "train.keep_checkpoints=1"]
+    first = run_grid(args)
+    return root, args, first
+
+
+def test_jobs_complete_side_by_side_and_failure_is_recorded(grid_run):
+    root, _, first = grid_run
+    assert first.returncode == 1  # one job failed
+    doc = json.loads((root / "runs" / "g1" / "grid.json").read_text())
+    status = {j["variant"]: j for j in doc["jobs"]}
+    assert status["V2"]["status"] == "finished" and status["V2.1"]["status"] == "finished"
+    assert status["V1.2.4"]["status"] == "failed"
+    assert "larger than the 256 training images" in status["V1.2.4"]["error"]
+    for v in ("V2", "V2.1"):
+        run = root / "runs" / "g1" / f"{v}-s0"
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+        assert status[v]["final_accuracy"] == json.loads((run / "summary.json").read_text())["final_accuracy"]
+    assert "V2-s0" in first.stdout and "failed" in first.stdout  # the terminal summary table
+
+
+def test_rerun_skips_finished_runs(grid_run):
+    root, args, _ = grid_run
+    log = root / "runs" / "g1" / "logs" / "V2-s0.log"
+    before = log.read_text()
+    again = run_grid(args)
+    doc = json.loads((root / "runs" / "g1" / "grid.json").read_text())
+    status = {j["variant"]: j["status"] for j in doc["jobs"]}
+    assert status == {"V2": "skipped", "V2.1": "skipped", "V1.2.4": "failed"}
+    assert log.read_text() == before
+    assert again.returncode == 1
+
+
+def test_unfinished_run_is_resumed(grid_run):
+    root, args, _ = grid_run
+    more = [a if a != "1" else "2" for a in args]  # --epochs 2: both runs are now unfinished
+    summary = root / "runs" / "g1" / "V2-s0" / "summary.json"
+    summary.unlink()
+    run_grid([*more[:more.index("--variants") + 1], "V2", *more[more.index("--variants") + 2:]])
+    rows = (root / "runs" / "g1" / "V2-s0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_task_index_and_list():
+    args = grid.parse_args(["--grid-id", "x", "--variants", "V0,V2", "--seeds", "0,1,2"])
+    jobs = grid.build_jobs(args)
+    assert [(j.index, j.variant, j.seed) for j in jobs] == [(0, "V0", 0), (1, "V0", 1), (2, "V0", 2),
+                                                            (3, "V2", 0), (4, "V2", 1), (5, "V2", 2)]
+    assert jobs[4].run_dir.endswith("x/V2-s1")
+    with pytest.raises(ValueError, match="valid variants"):
+        grid.build_jobs(grid.parse_args(["--grid-id", "x", "--variants", "V7"]))
