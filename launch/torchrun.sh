@@ -1,0 +1,28 @@
+#!/bin/bash
+# One training run on one node or several, launched by torchrun with c10d rendezvous.
+#
+#   NPROC=4 launch/torchrun.sh --variant V1 --epochs 100                          # one node, 4 GPUs
+#   NNODES=2 NPROC=8 HEAD=node1 PORT=29500 launch/torchrun.sh --variant V1       # run on every node
+#   NPROC=2 launch/torchrun.sh --cpu --variant V2 --set data.batch_size=64      # 2 CPU processes (gloo)
+#
+# Arguments go to arcdist/train.py unchanged. Environment:
+#   NNODES  nodes taking part, or MIN:MAX for elastic      (default 1)
+#   NPROC   processes per node (GPUs per node)             (default: visible GPUs, else 1)
+#   HEAD    rendezvous host, the same on every node        (default localhost)
+#   PORT    rendezvous port                                (default 29500)
+#   RDZV_ID rendezvous id, the same on every node          (default $SLURM_JOB_ID or arcdist)
+#   PYTHON  interpreter (default: the repository's .venv/bin/python if present, else python3)
+# train.py picks the CPU (gloo) when no GPU is visible or with --cpu; CPU threads per process default
+# to the node's cores / NPROC (--set train.threads=N to change).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python3; fi
+fi
+if [ -z "${NPROC:-}" ]; then
+  NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  [ "${NPROC:-0}" -gt 0 ] || NPROC=1
+fi
+exec "$PYTHON" -m torch.distributed.run --nnodes "${NNODES:-1}" --nproc_per_node "$NPROC" \
+  --rdzv_backend c10d --rdzv_endpoint "${HEAD:-localhost}:${PORT:-29500}" --rdzv_id "${RDZV_ID:-${SLURM_JOB_ID:-arcdist}}" \
+  arcdist/train.py "$@"

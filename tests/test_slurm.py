@@ -1,0 +1,191 @@
+"""SLURM and launcher scripts, for real: a one-node Slurm cluster (slurm/dev-cluster.sh) runs the grid
+as a job array, a preempted task checkpoints, requeues itself and resumes to the uninterrupted result;
+accelerate's CPU config and launch/torchrun.sh start 2 ranks."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli_env, free_port, make_tiny_mnist
+
+CLUSTER = ROOT / "slurm" / "dev-cluster.sh"
+VOLATILE = {"epoch_time_s", "images_per_s"}
+SCRIPTS = [ROOT / "slurm" / "dev-cluster.sh", ROOT / "slurm" / "grid.sbatch", ROOT / "slurm" / "multinode.sbatch",
+           ROOT / "launch" / "torchrun.sh", ROOT / "launch" / "grid.sh", ROOT / ".ci" / "system-deps"]
+
+
+def sh(*cmd, check=True, timeout=60, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The one-node cluster, started here (and stopped again if it was not running before)."""
+    if os.geteuid() != 0:
+        pytest.skip("Slurm tests need root (slurm/dev-cluster.sh installs and starts slurmctld/slurmd)")
+    was_up = sh(CLUSTER, "status", check=False).returncode == 0
+    up = sh(CLUSTER, "up", check=False, timeout=600)
+    if up.returncode == 3:  # not root, no apt-get, or apt-get failed
+        pytest.skip(f"Slurm cannot be installed here: {up.stderr.strip()}")
+    assert up.returncode == 0, f"slurm/dev-cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
+    yield
+    if not was_up:
+        sh(CLUSTER, "down", check=False, timeout=120)
+
+
+def job_env(**extra) -> dict:
+    # jobs get the submitter's environment (sbatch --export=ALL): this interpreter, no W&B
+    return cli_env(PYTHON=sys.executable, **extra)
+
+
+def sbatch(script: str, *options: str, env: dict) -> str:
+    out = sh("sbatch", "--parsable", f"--chdir={ROOT}", *options, ROOT / "slurm" / script, env=env).stdout
+    return out.strip().split(";")[0]
+
+
+def wait_gone(job: str, logs: list[Path], timeout: float) -> None:
+    """Poll squeue until `job` (all its array tasks) has left the queue."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not sh("squeue", "-h", "-j", job, check=False).stdout.strip():
+            return
+        time.sleep(0.5)
+    info = sh("scontrol", "show", "job", job, check=False).stdout
+    sh("scancel", job, check=False)
+    text = "\n".join(f"--- {p}\n{p.read_text() if p.exists() else '(missing)'}" for p in logs)
+    raise AssertionError(f"job {job} still queued after {timeout:.0f} s\n{info}\n{text}")
+
+
+def job_state(job: str) -> tuple[str, str]:
+    info = sh("scontrol", "show", "job", job).stdout
+    return re.search(r"JobState=(\S+)", info).group(1), re.search(r"\bExitCode=(\S+)", info).group(1)
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def world_size(run_dir: Path) -> int:
+    return json.loads((run_dir / "config.json").read_text())["world_size"]
+
+
+def test_scripts_parse():
+    for script in SCRIPTS:
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+        sh("bash", "-n", script)
+
+
+def test_grid_array_runs_every_task(cluster, tmp_path):
+    data = make_tiny_mnist(tmp_path / "data", n_train=64, n_test=20)
+    env = job_env(GRID_ID="arr", VARIANTS="V2,V2.1", EPOCHS="1", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
+                  EXTRA="--wandb disabled --set data.batch_size=32", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1")
+    # CPU cluster: the script's `#SBATCH --gres=gpu:1` is overridden by --gres=none
+    job = sbatch("grid.sbatch", "--array=0-1", "--gres=none", "--cpus-per-task=1", "--mem=2G",
+                 f"--output={tmp_path}/%x-%A_%a.out", env=env)
+    logs = [tmp_path / f"arcdist-grid-{job}_{i}.out" for i in (0, 1)]
+    wait_gone(job, logs, timeout=240)
+    for i, variant in enumerate(("V2", "V2.1")):
+        run, log = tmp_path / "runs" / "arr" / f"{variant}-s0", logs[i].read_text()
+        assert job_state(f"{job}_{i}") == ("COMPLETED", "0:0"), log
+        assert summary(run)["status"] == "finished", log
+        assert [r["epoch"] for r in metric_rows(run)] == [1]
+        assert "restart count 0" in log and f"task {i} -> {run}" in log
+        assert not (run / "PREEMPT").exists()
+
+
+def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_path):
+    data = make_tiny_mnist(tmp_path / "data", n_train=384, n_test=50)
+    train = ["--plot-every", "0", "--cpu", "--set", "train.threads=1"]
+    # the uninterrupted reference runs beside the SLURM job
+    reference = tmp_path / "reference"
+    ref_cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), "--variant", "V2", "--seed", "0", "--epochs", "2",
+               "--set", "data.batch_size=32", "--data-dir", str(data), "--output-dir", str(reference),
+               "--wandb", "disabled", "--no-progress", *train]
+    ref = subprocess.Popen(ref_cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    env = job_env(GRID_ID="pre", VARIANTS="V2", EPOCHS="2", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
+                  EXTRA="--wandb disabled --set data.batch_size=32", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1")
+    job = sbatch("grid.sbatch", "--array=0", "--gres=none", "--cpus-per-task=1", "--mem=2G",
+                 f"--output={tmp_path}/%x-%A_%a.out", env=env)
+    task, run = f"{job}_0", tmp_path / "runs" / "pre" / "V2-s0"
+    log = tmp_path / f"arcdist-grid-{task}.out"
+    deadline = time.time() + 120
+    while not (run / "config.json").exists():  # training has started (24 steps to go)
+        assert time.time() < deadline and sh("squeue", "-h", "-j", job).stdout.strip(), \
+            log.read_text() if log.exists() else "job left the queue before training started"
+        time.sleep(0.2)
+    # what SLURM does 90 s before the time limit (--signal=B:USR1@90): USR1 to the batch shell only
+    sh("scancel", "--signal=USR1", "--batch", task)
+    wait_gone(job, [log], timeout=240)
+    text = log.read_text()
+    assert "got SIGUSR1" in text, text
+    assert f"scontrol requeue {task}: ok" in text, text
+    assert "restart count 1" in text and f"--resume {run}" in text, text
+    assert job_state(task) == ("COMPLETED", "0:0"), text
+    assert summary(run)["status"] == "finished" and not (run / "PREEMPT").exists()
+
+    out, _ = ref.communicate(timeout=300)
+    assert ref.returncode == 0, out
+    assert metric_rows(run) == metric_rows(reference)
+    assert [r["epoch"] for r in metric_rows(run)] == [1, 2]
+
+
+def test_multinode_renders_one_launch_per_node(cluster, tmp_path):
+    env = job_env(DRY_RUN="1", SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu[07-08]", SLURM_JOB_ID="4242",
+                  GPUS_PER_NODE="4", VARIANT="V1", EPOCHS="3", RUN_DIR=str(tmp_path / "mn"),
+                  TRAIN_ARGS="--mixed-precision bf16")
+    out = sh("bash", ROOT / "slurm" / "multinode.sbatch", env=env, cwd=ROOT).stdout
+    cmd = out.strip().splitlines()[-1]
+    assert cmd.startswith("srun --nodes=2 --ntasks-per-node=1 ")
+    assert "bash -c '" in cmd
+    launch = cmd.split("bash -c '", 1)[1].rstrip("'")
+    for part in ("-m accelerate.commands.launch --multi_gpu", "--num_machines 2", "--num_processes 8",
+                 "--machine_rank $SLURM_NODEID", "--main_process_ip gpu07", "--main_process_port 29742",
+                 "--rdzv_backend c10d", f"arcdist/train.py --variant V1 --seed 0 --output-dir {tmp_path / 'mn'}",
+                 "--epochs 3", "--mixed-precision bf16"):
+        assert part in launch, (part, launch)
+    # a run folder with a checkpoint is resumed, not restarted
+    ckpt = tmp_path / "mn" / "checkpoints" / "epoch-0001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer.json").write_text("{}")
+    out = sh("bash", ROOT / "slurm" / "multinode.sbatch", env=env, cwd=ROOT).stdout
+    launch = out.strip().splitlines()[-1]
+    assert f"arcdist/train.py --resume {tmp_path / 'mn'} --epochs 3" in launch and "--variant" not in launch
+
+
+def test_accelerate_cpu_config_and_torchrun_start_two_ranks(tmp_path):
+    data = make_tiny_mnist(tmp_path / "data", n_train=64, n_test=20)
+    common = ["--variant", "V2", "--epochs", "1", "--data-dir", str(data), "--set", "data.batch_size=32",
+              "--wandb", "disabled", "--no-progress", "--plot-every", "0", "--set", "train.threads=1"]
+    env = cli_env(PYTHON=sys.executable, NPROC="2", PORT=str(free_port()))
+    procs = {
+        "accelerate": subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+             str(ROOT / "launch" / "accelerate" / "cpu_ddp.yaml"), str(ROOT / "arcdist" / "train.py"), *common,
+             "--output-dir", str(tmp_path / "accelerate")],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+        "torchrun": subprocess.Popen(
+            [str(ROOT / "launch" / "torchrun.sh"), *common, "--output-dir", str(tmp_path / "torchrun")],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+    }
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}:\n{out[-4000:]}"
+        assert world_size(tmp_path / name) == 2, name
+        assert summary(tmp_path / name)["status"] == "finished", name
+
