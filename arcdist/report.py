@@ -1,0 +1,519 @@
+"""One report for a grid: a self-contained HTML page, a markdown summary and a W&B Report spec.
+
+    python -m arcdist.report runs/study                      # -> runs/study/report/{report.html,report.md,...}
+    python -m arcdist.report runs/study --push               # also create the W&B Report (needs credentials)
+    python -m arcdist.report --push-spec runs/study/report/wandb_report.json   # push a saved spec later
+    python -m arcdist.report --wandb-group study --entity E --project P        # the same from W&B runs
+
+Every statistic is over the seeds of a variant: the mean and the sample standard deviation (ddof=1);
+with one seed the deviation is "n/a". The measured verdict follows the rule in `VERDICT_RULE`.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import operator
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from arcdist import plots, runinfo
+from arcdist.plots import COLOURS, plt
+
+STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "wall_time_s")
+STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation is n/a with one seed"
+VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean smallest centre angle is at least "
+                "{angle:g} deg and the mean final test accuracy at least {acc:g}; else overlap")
+POST = "post's verdict"
+IMAGES = ("test_accuracy.png", "train_loss.png", "features.png")
+HEADINGS = dict(test_accuracy="Test accuracy per epoch (mean over seeds)",
+                train_loss="Train loss per epoch (mean over seeds)",
+                features="Final 2-D test features: lowest seed, last epoch, shared axes (the post's figures)")
+
+
+class ReportError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+# --- reading a grid ---------------------------------------------------------------------------------
+def load_grid(grid_dir: Path) -> dict:
+    """grid.json, with each job's run folder resolved (the grid folder may have moved since)."""
+    grid_dir = Path(grid_dir)
+    if not grid_dir.is_dir():
+        raise ReportError(f"{grid_dir} does not exist; pass the folder made by "
+                          "`python -m arcdist.grid --grid-id ID` (OUT/ID, runs/ID by default)")
+    path = grid_dir / "grid.json"
+    if not path.is_file():
+        raise ReportError(f"{grid_dir} has no grid.json; pass a grid folder (OUT/ID of `python -m arcdist.grid`), "
+                          "or use --wandb-group GROUP for runs on W&B")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path} is not valid JSON ({e}); rerun `python -m arcdist.grid` to rewrite it") from None
+    if not isinstance(doc, dict) or not doc.get("jobs"):
+        raise ReportError(f"{path} lists no jobs; rerun `python -m arcdist.grid` with the same --grid-id")
+    for job in doc["jobs"]:
+        moved = grid_dir / Path(job["run_dir"]).name
+        job["run_dir"] = str(moved if moved.is_dir() else Path(job["run_dir"]))
+    return doc
+
+
+def run_stats(run_dir: Path, threshold_acc: float) -> dict | None:
+    """One run's numbers from metrics.jsonl (None when it has none yet)."""
+    rows = runinfo.read_metrics(run_dir)
+    if not rows:
+        return None
+    evals = [r for r in rows if "test_accuracy" in r]
+    last = evals[-1] if evals else {}
+    return dict(
+        final_accuracy=last.get("test_accuracy"),
+        best_accuracy=max((r["test_accuracy"] for r in evals), default=None),
+        intra_spread_deg=last.get("intra_spread_deg"), min_centre_angle_deg=last.get("min_centre_angle_deg"),
+        wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows),
+        diverged=any(r.get("status") == "diverged" for r in rows)
+        or bool(runinfo.read_summary(run_dir).get("diverged")),
+        epochs_to=next((r["epoch"] for r in evals if r["test_accuracy"] >= threshold_acc), None),
+        curves={k: {r["epoch"]: r[k] for r in evals if _finite(r.get(k))} for k in ("test_accuracy", "train_loss")})
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def mean_std(values: list) -> dict:
+    """Mean and sample std (ddof=1) of the finite values; std None with fewer than two."""
+    v = [float(x) for x in values if _finite(x)]
+    return dict(mean=float(np.mean(v)) if v else None, std=float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                n=len(v), values=v)
+
+
+def fmt(stat: dict, digits: int) -> str:
+    """'m ± s' with `digits` decimals; 'm ± n/a' with one value; 'n/a' with none."""
+    if stat["mean"] is None:
+        return "n/a"
+    std = "n/a" if stat["std"] is None else f"{stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {std}"
+
+
+def summarise(doc: dict, threshold_acc: float, threshold_angle: float) -> list[dict]:
+    """One dict per (dataset, variant) of the grid, in the grid's order."""
+    from arcdist.variants import table_rows
+
+    info = {r["name"]: r for r in table_rows()}
+    several = len({j["dataset"] for j in doc["jobs"]}) > 1
+    groups: dict[tuple, list] = {}
+    for job in doc["jobs"]:
+        groups.setdefault((job["dataset"], job["variant"]), []).append(job)
+    out = []
+    for (dataset, variant), jobs in groups.items():
+        if variant not in info:
+            raise ReportError(f"grid.json names variant {variant!r}, which arcdist.variants no longer defines")
+        runs = [(j, s) for j in jobs if (s := run_stats(Path(j["run_dir"]), threshold_acc)) is not None]
+        row = dict(variant=variant, dataset=dataset, label=f"{dataset}/{variant}" if several else variant,
+                   parent=info[variant]["parent"], changed=info[variant]["changed"], params=info[variant]["params"],
+                   flops=info[variant]["flops"], post_verdict=info[variant]["verdict"], n_jobs=len(jobs),
+                   seeds=[j["seed"] for j, _ in runs], run_dirs=[j["run_dir"] for j, _ in runs],
+                   failed=[f"{Path(j['run_dir']).name}: {j.get('error') or j['status']}" for j in jobs
+                           if j["status"] == "failed"],
+                   diverged_seeds=sum(s["diverged"] for _, s in runs))
+        row.update({k: mean_std([s[k] for _, s in runs]) for k in STATS})
+        reached = [s["epochs_to"] for _, s in runs if s["epochs_to"] is not None]
+        row["epochs_to"] = dict(mean=float(np.mean(reached)) if reached else None, reached=len(reached), n=len(runs))
+        row["curves"] = {k: _mean_curve([s["curves"][k] for _, s in runs]) for k in ("test_accuracy", "train_loss")}
+        row["measured_verdict"] = measured_verdict(row, threshold_acc, threshold_angle)
+        out.append(row)
+    return out
+
+
+def _mean_curve(curves: list[dict]) -> dict:
+    """Epoch -> mean over the seeds that have that epoch."""
+    epochs = sorted({e for c in curves for e in c})
+    return {e: float(np.mean([c[e] for c in curves if e in c])) for e in epochs}
+
+
+def measured_verdict(row: dict, threshold_acc: float, threshold_angle: float) -> str:
+    """The rule of VERDICT_RULE."""
+    if row["diverged_seeds"]:
+        return "diverged"
+    acc, angle = row["final_accuracy"]["mean"], row["min_centre_angle_deg"]["mean"]
+    if acc is None or angle is None:
+        return "no data"
+    return "separated" if angle >= threshold_angle and acc >= threshold_acc else "overlap"
+
+
+def display_row(row: dict) -> dict:
+    """The table's cells as text."""
+    e = row["epochs_to"]
+    if e["mean"] is None:
+        epochs = "never"
+    else:
+        epochs = f"{e['mean']:.1f}" + (f" ({e['reached']}/{e['n']} seeds)" if e["reached"] < e["n"] else "")
+    return {"variant": row["label"], "parent": row["parent"], "what changed": row["changed"],
+            "params": f"{row['params']:,}", "MFLOPs/img": f"{row['flops'] / 1e6:,.1f}",
+            "seeds": f"{len(row['seeds'])}/{row['n_jobs']}", "final acc": fmt(row["final_accuracy"], 4),
+            "best acc": fmt(row["best_accuracy"], 4), "intra spread (deg)": fmt(row["intra_spread_deg"], 2),
+            "min centre angle (deg)": fmt(row["min_centre_angle_deg"], 2),
+            "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}", "epochs to acc threshold": epochs,
+            "train time (s)": fmt(row["wall_time_s"], 1), POST: row["post_verdict"],
+            "measured verdict": row["measured_verdict"]}
+
+
+# --- figures ----------------------------------------------------------------------------------------
+def curves_figure(rows: list[dict], key: str, ylabel: str, path: Path) -> Path:
+    """One line per variant: `key` per epoch, mean over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for i, row in enumerate(rows):
+        curve = row["curves"][key]
+        ax.plot(list(curve), list(curve.values()), marker="o", ms=3, label=row["label"],
+                color=plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")(i % 20))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{ylabel} (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def last_features(run_dir: Path) -> dict | None:
+    """features/labels of the run's last epoch: features.npz, else the newest features/test-epoch-*.npz."""
+    path = Path(run_dir) / "features.npz"
+    if not path.exists():
+        files = plots.feature_files(run_dir)
+        path = files[max(files)] if files else None
+    return dict(np.load(path)) if path else None
+
+
+def features_figure(rows: list[dict], path: Path) -> Path:
+    """The post's raw 2-D plots of every variant (lowest seed, last epoch), one subplot each, shared axes."""
+    panels = []
+    for row in rows:
+        order = sorted(zip(row["seeds"], row["run_dirs"]))
+        found = next(((s, d, f) for s, d in order if (f := last_features(Path(d))) is not None), None)
+        panels.append((row, found))
+    limit = max((float(np.abs(f["features"]).max()) for _, x in panels if x for f in [x[2]]), default=1.0)
+    limit = limit * 1.05 if math.isfinite(limit) and limit > 0 else 1.0
+    cols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    height = 3.4 * nrows + 0.5
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, height), dpi=100, sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, (row, found) in zip(axes.flat, panels):
+        if found is None:
+            ax.set_title(f"{row['label']}: no features", fontsize=9)
+            continue
+        seed, run_dir, f = found
+        acc = runinfo.read_summary(Path(run_dir)).get("final_accuracy")
+        for c in range(10):
+            pts = f["features"][f["labels"] == c]
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=str(c), linewidths=0, rasterized=True)
+        ax.set_title(f"{row['label']} s{seed}  acc {acc:.4f}" if _finite(acc) else f"{row['label']} s{seed}",
+                     fontsize=9)
+        ax.text(0.02, 0.02, f"max |x| {np.abs(f['features']).max():.3g}", transform=ax.transAxes, fontsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].set_xlim(-limit, limit)
+    axes.flat[0].set_ylim(-limit, limit)
+    axes.flat[0].xaxis.set_major_locator(MaxNLocator(4))
+    axes.flat[0].yaxis.set_major_locator(MaxNLocator(4))
+    for ax in axes.flat:
+        ax.set_aspect("equal")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=10, markerscale=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.5 / height, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# --- writing ----------------------------------------------------------------------------------------
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff}
+table{border-collapse:collapse;font-size:12px}th,td{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
+th{background:#eef}td.n{text-align:right;white-space:nowrap}img{max-width:100%;display:block;margin:12px 0}
+.wrap{overflow-x:auto}.note{color:#555}"""
+
+
+def write_html(path: Path, title: str, notes: list[str], cells: list[dict], images: list[Path]) -> Path:
+    """A page that needs nothing else: inline CSS, images as data URIs, no scripts or fonts."""
+    e = html.escape
+    head = "".join(f"<th>{e(k)}</th>" for k in cells[0])
+    numeric = {"params", "MFLOPs/img", "seeds", "final acc", "best acc", "intra spread (deg)",
+               "min centre angle (deg)", "diverged", "epochs to acc threshold", "train time (s)"}
+    body = "".join("<tr>" + "".join(f"<td{' class=n' if k in numeric else ''}>{e(v)}</td>" for k, v in c.items())
+                   + "</tr>\n" for c in cells)
+    imgs = "".join(f'<h2>{e(HEADINGS[p.stem])}</h2><img alt="{e(p.stem)}" src="{_data_uri(p)}">\n'
+                   for p in images)
+    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style>"
+            f"</head><body><h1>{e(title)}</h1>" + "".join(f'<p class="note">{e(n)}</p>' for n in notes)
+            + f'<div class="wrap"><table><tr>{head}</tr>\n{body}</table></div>{imgs}</body></html>\n')
+    runinfo.atomic_write(path, page)
+    return path
+
+
+def write_markdown(path: Path, title: str, notes: list[str], cells: list[dict], images: list[Path]) -> Path:
+    """report.md: the same table, the PNGs beside it."""
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = [f"# {title}", "", *[f"{n}\n" for n in notes], "| " + " | ".join(cells[0]) + " |",
+             "|" + " --- |" * len(cells[0])]
+    lines += ["| " + " | ".join(esc(v) for v in c.values()) + " |" for c in cells]
+    lines += ["", *[f"## {HEADINGS[p.stem]}\n\n![{p.stem}]({p.name})\n" for p in images]]
+    runinfo.atomic_write(path, "\n".join(lines) + "\n")
+    return path
+
+
+def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float = 0.97,
+                 threshold_angle: float = 20.0) -> dict:
+    """Write report.html, report.md, summary.json, the PNGs and wandb_report.json; returns the summary."""
+    grid_dir = Path(grid_dir)
+    doc = load_grid(grid_dir)
+    rows = summarise(doc, threshold_acc, threshold_angle)
+    if not any(r["seeds"] for r in rows):
+        raise ReportError(f"no run in {grid_dir} has metrics.jsonl yet; run `python -m arcdist.grid` first")
+    out = Path(out) if out else grid_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    images = [curves_figure(rows, "test_accuracy", "test accuracy", out / IMAGES[0]),
+              curves_figure(rows, "train_loss", "train loss", out / IMAGES[1]),
+              features_figure(rows, out / IMAGES[2])]
+    cells = [display_row(r) for r in rows]
+    rule = VERDICT_RULE.format(angle=threshold_angle, acc=threshold_acc)
+    epochs = doc.get("epochs") or "each variant's default"
+    notes = [f"Grid {doc.get('grid_id', grid_dir.name)}: {len(doc['jobs'])} jobs, epochs: {epochs}, "
+             f"overrides: {', '.join(doc.get('overrides') or []) or 'none'}.",
+             f"Numbers: {STD_NOTE}. Accuracy and angles are those of each run's last epoch; params and FLOPs are "
+             "the variant's (arcdist.variants); train time is the sum of epoch times.",
+             f"Epochs to acc threshold: first epoch with test accuracy >= {threshold_acc:g}, mean over the seeds "
+             "that reached it ('never' if none did).", f"Measured verdict: {rule}."]
+    notes += [f"Failed job {f}" for r in rows for f in r["failed"]]
+    title = f"arcdist report: {doc.get('grid_id', grid_dir.name)}"
+    write_html(out / "report.html", title, notes, cells, images)
+    write_markdown(out / "report.md", title, notes, cells, images)
+    summary = dict(grid_id=doc.get("grid_id"), grid_dir=str(grid_dir), std=STD_NOTE, verdict_rule=rule,
+                   thresholds=dict(accuracy=threshold_acc, angle_deg=threshold_angle),
+                   images=[p.name for p in images],
+                   variants=[dict({k: v for k, v in r.items() if k != "curves"}, display=c)
+                             for r, c in zip(rows, cells)])
+    runinfo.atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    spec = wandb_report_spec(grid_dir)
+    runinfo.atomic_write(out / "wandb_report.json", json.dumps(spec, indent=1))
+    return summary
+
+
+# --- W&B --------------------------------------------------------------------------------------------
+def wandb_report_spec(grid_dir: Path, entity: str | None = None, project: str | None = None) -> dict:
+    """The W&B Report as plain data: runs of the grid's group, panels, and per-variant params to backfill."""
+    import os
+
+    from arcdist.variants import table_rows
+
+    doc = load_grid(Path(grid_dir))
+    group = doc.get("grid_id") or Path(grid_dir).name
+    variants = list(dict.fromkeys(j["variant"] for j in doc["jobs"]))
+    info = {r["name"]: r for r in table_rows()}
+    by_variant = dict(groupby="config:variant", agg="mean", range="stddev")
+    return dict(
+        title=f"arcdist grid {group}", group=group,
+        entity=entity or os.environ.get("WANDB_ENTITY"), project=project or os.environ.get("WANDB_PROJECT", "arcdist"),
+        description=f"Variants {', '.join(variants)}; lines and bars are means over seeds, bands one std.",
+        runset=dict(name=group, filters=[dict(section="run", key="Group", op="==", value=group)],
+                    groupby=["config:variant"]),
+        panels=[dict(type="line", title="test accuracy per epoch", x="Step", y=["test_accuracy"], **by_variant),
+                dict(type="line", title="train loss per epoch", x="Step", y=["train_loss"], **by_variant),
+                dict(type="bar", title="final test accuracy", metrics=["summary:final_accuracy"], **by_variant),
+                dict(type="scatter", title="parameters vs final test accuracy", x="summary:params",
+                     y="summary:final_accuracy", log_x=True),
+                dict(type="media", title="2-D test features (raw)", media_keys=["plots/test_raw"])],
+        summary_backfill={v: dict(params=info[v]["params"], flops=info[v]["flops"]) for v in variants})
+
+
+def _metric(key: str):
+    import wandb_workspaces.reports.v2 as wr
+
+    section, _, name = key.rpartition(":")
+    return {"summary": wr.SummaryMetric, "config": wr.Config}.get(section, str)(name) if section else key
+
+
+def to_wandb_report(spec: dict, entity: str, project: str):
+    """wandb_workspaces objects for `spec`; building them needs no network, only `.save()` does."""
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces import expr
+
+    section = {"run": expr.Metric, "config": expr.Config, "summary": expr.Summary}
+    ops = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+           ">=": operator.ge}
+    filters = [ops[f["op"]](section[f["section"]](f["key"]), f["value"]) for f in spec["runset"]["filters"]]
+    runset = wr.Runset(entity=entity, project=project, name=spec["runset"]["name"], filters=expr.And(*filters),
+                       groupby=[g.replace(":", ".", 1) for g in spec["runset"]["groupby"]])
+    make = {
+        "line": lambda p: wr.LinePlot(title=p["title"], x=p["x"], y=[_metric(k) for k in p["y"]],
+                                      groupby=_metric(p["groupby"]), groupby_aggfunc=p["agg"],
+                                      groupby_rangefunc=p["range"]),
+        "bar": lambda p: wr.BarPlot(title=p["title"], metrics=[_metric(k) for k in p["metrics"]],
+                                    groupby=_metric(p["groupby"]), groupby_aggfunc=p["agg"],
+                                    groupby_rangefunc=p["range"]),
+        "scatter": lambda p: wr.ScatterPlot(title=p["title"], x=_metric(p["x"]), y=_metric(p["y"]),
+                                            log_x=p.get("log_x")),
+        "media": lambda p: wr.MediaBrowser(title=p["title"], media_keys=p["media_keys"], num_columns=4),
+    }
+    grid = wr.PanelGrid(runsets=[runset], panels=[make[p["type"]](p) for p in spec["panels"]])
+    return wr.Report(entity=entity, project=project, title=spec["title"], description=spec["description"],
+                     blocks=[wr.P(spec["description"]), grid])
+
+
+def _bounded(fn, timeout: float, what: str):
+    """fn() in a daemon thread; TimeoutError after `timeout` seconds (the thread is abandoned)."""
+    box: dict = {}
+    thread = threading.Thread(target=_capture, args=(fn, box), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"{what} took longer than {timeout:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _capture(fn, box: dict) -> None:
+    try:
+        box["value"] = fn()
+    except BaseException as e:  # noqa: BLE001 - handed to the caller
+        box["error"] = e
+
+
+def _wandb_api(timeout: float):
+    from arcdist.tracking import has_credentials
+
+    if not has_credentials():
+        raise ReportError("no W&B credentials (set WANDB_API_KEY or run `wandb login`)")
+    import wandb
+
+    return wandb.Api(timeout=int(timeout))
+
+
+def push_spec(spec: dict, timeout: float = 60.0) -> str:
+    """Backfill params/flops into the group's run summaries, save the Report; returns its URL."""
+    def push() -> str:
+        api = _wandb_api(timeout)
+        entity, project = spec.get("entity") or api.default_entity, spec["project"]
+        for run in api.runs(f"{entity}/{project}", filters={"group": spec["group"]}):
+            extra = spec["summary_backfill"].get(run.config.get("variant"), {})
+            if extra and any(k not in run.summary for k in extra):
+                run.summary.update(extra)
+        report = to_wandb_report(spec, entity, project)
+        report.save()
+        return report.url
+
+    return _bounded(push, timeout, "the W&B push")
+
+
+def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout: float = 60.0) -> Path:
+    """W&B runs of `group` written as a grid folder (no features: the 2-D panel says so)."""
+    def pull() -> list[dict]:
+        api = _wandb_api(timeout)
+        jobs = []
+        for run in api.runs(f"{entity or api.default_entity}/{project}", filters={"group": group}):
+            variant, seed = run.config.get("variant"), run.config.get("train", {}).get("seed", 0)
+            run_dir = dest / f"{variant}-s{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            rows = [dict({k: v for k, v in r.items() if not k.startswith("_") and _finite(v)}, epoch=r["_step"])
+                    for r in run.scan_history() if "test_accuracy" in r or "diverged" in r]
+            rows = [dict(r, status="diverged") if "diverged" in r else r for r in rows]
+            runinfo.atomic_write(run_dir / runinfo.METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+            summary = {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str, bool))}
+            runinfo.atomic_write(run_dir / runinfo.SUMMARY, json.dumps(summary))
+            jobs.append(dict(variant=variant, seed=seed, dataset=run.config.get("data", {}).get("dataset", "mnist"),
+                             run_dir=str(run_dir), status=run.state, error=None))
+        return jobs
+
+    jobs = _bounded(pull, timeout, "reading the W&B group")
+    if not jobs:
+        raise ReportError(f"W&B group {group!r} in {entity or '(default entity)'}/{project} has no runs")
+    runinfo.atomic_write(dest / "grid.json", json.dumps(dict(grid_id=group, jobs=jobs), indent=1))
+    return dest
+
+
+# --- command line -----------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="arcdist.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid_dir", nargs="?", help="the grid folder (OUT/GRID_ID of arcdist.grid)")
+    p.add_argument("--out", default=None, help="where to write (default GRID_DIR/report)")
+    p.add_argument("--threshold-acc", type=float, default=0.97, help="accuracy for 'separated' and epochs-to")
+    p.add_argument("--threshold-angle", type=float, default=20.0, help="smallest centre angle (deg) for 'separated'")
+    p.add_argument("--push", action="store_true", help="also create the W&B Report (needs credentials)")
+    p.add_argument("--push-spec", metavar="FILE", help="push a saved wandb_report.json and exit")
+    p.add_argument("--wandb-group", metavar="GROUP", help="report on a W&B group instead of a grid folder")
+    p.add_argument("--entity", default=None)
+    p.add_argument("--project", default=None)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed for W&B calls (default 60)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.push_spec:
+            if not Path(args.push_spec).is_file():
+                raise ReportError(f"{args.push_spec} does not exist; `python -m arcdist.report GRID_DIR` "
+                                  "writes it as GRID_DIR/report/wandb_report.json")
+            print(f"W&B report: {push_spec(json.loads(Path(args.push_spec).read_text()), args.timeout)}")
+            return 0
+        if args.wandb_group:
+            dest = Path(args.out or f"wandb-{args.wandb_group}")
+            grid_dir = pull_group(args.wandb_group, args.entity, args.project or "arcdist", dest, args.timeout)
+            out = dest / "report"
+        elif args.grid_dir:
+            grid_dir, out = Path(args.grid_dir), Path(args.out or Path(args.grid_dir) / "report")
+        else:
+            raise ReportError("give GRID_DIR (a folder made by `python -m arcdist.grid`), --wandb-group or --push-spec")
+        summary = build_report(grid_dir, out, args.threshold_acc, args.threshold_angle)
+    except (ReportError, TimeoutError, OSError) as e:
+        print(f"arcdist.report: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - W&B client errors: one line, no traceback
+        if not (args.push_spec or args.wandb_group):
+            raise
+        print(f"arcdist.report: error: W&B: {_first_line(e)}", file=sys.stderr)
+        return 2
+    for d in (row["display"] for row in summary["variants"]):
+        print(f"{d['variant']:10s} final acc {d['final acc']:18s} min angle {d['min centre angle (deg)']:16s} "
+              f"{d['measured verdict']:9s} (post: {d[POST]})")
+    print(f"report: {out / 'report.html'}")
+    return _push(args, grid_dir, out) if args.push else 0
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _push(args: argparse.Namespace, grid_dir: Path, out: Path) -> int:
+    """--push: save the Report, or say where the spec waits when that cannot happen."""
+    spec = wandb_report_spec(grid_dir, args.entity, args.project)
+    spec_path = out / "wandb_report.json"
+    runinfo.atomic_write(spec_path, json.dumps(spec, indent=1))
+    later = f"the spec is in {spec_path}; push it later with `python -m arcdist.report --push-spec {spec_path}`"
+    try:
+        print(f"W&B report: {push_spec(spec, args.timeout)}")
+        return 0
+    except ReportError as e:  # no credentials: expected offline, not a failure
+        print(f"arcdist.report: {e}; {later}")
+        return 0
+    except Exception as e:  # noqa: BLE001 - network/API failure: one line
+        print(f"arcdist.report: warning: W&B push failed ({_first_line(e)}); {later}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

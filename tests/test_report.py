@@ -1,0 +1,182 @@
+"""arcdist.report on a real tiny grid: numbers against metrics.jsonl, a self-contained page, the W&B spec."""
+import base64
+import io
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from arcdist import report
+from conftest import ROOT, cli_env, make_tiny_mnist
+
+VARIANTS, SEEDS = ("V2", "V2.1"), (0, 1)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:wandb_workspaces")  # its pydantic v1 validators
+
+
+def run_report(args, home, timeout=300):
+    return subprocess.run([sys.executable, "-m", "arcdist.report", *map(str, args)], cwd=ROOT,
+                          env=cli_env(HOME=str(home)), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """2 variants x 2 seeds x 2 epochs, then the default report and one with low thresholds and --push."""
+    root = tmp_path_factory.mktemp("report")
+    data = make_tiny_mnist(root / "data", n_train=256, n_test=50)
+    proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", ",".join(VARIANTS),
+                           "--seeds", ",".join(map(str, SEEDS)), "--epochs", "2", "--out", str(root / "runs"),
+                           "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",
+                           "--set", "data.batch_size=64"],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    grid_dir = root / "runs" / "g"
+    default = run_report([grid_dir], root)
+    assert default.returncode == 0, default.stdout + default.stderr
+    low = run_report([grid_dir, "--out", root / "low", "--threshold-acc", "0.1", "--threshold-angle", "0", "--push"],
+                     root)
+    assert low.returncode == 0, low.stdout + low.stderr
+    return dict(root=root, grid=grid_dir, out=grid_dir / "report", low=root / "low", low_proc=low)
+
+
+def expected(grid_dir, threshold_acc):
+    """Per variant, computed here from metrics.jsonl: (mean, std) of each statistic, epochs-to mean."""
+    out = {}
+    for v in VARIANTS:
+        runs = [[json.loads(line) for line in (grid_dir / f"{v}-s{s}" / "metrics.jsonl").read_text().splitlines()]
+                for s in SEEDS]
+        per = dict(final_accuracy=[r[-1]["test_accuracy"] for r in runs],
+                   best_accuracy=[max(x["test_accuracy"] for x in r) for r in runs],
+                   intra_spread_deg=[r[-1]["intra_spread_deg"] for r in runs],
+                   min_centre_angle_deg=[r[-1]["min_centre_angle_deg"] for r in runs],
+                   wall_time_s=[sum(x["epoch_time_s"] for x in r) for r in runs])
+        stats = {k: (statistics.mean(x), statistics.stdev(x)) for k, x in per.items()}
+        reached = [next((x["epoch"] for x in r if x["test_accuracy"] >= threshold_acc), None) for r in runs]
+        reached = [e for e in reached if e is not None]
+        out[v] = dict(stats=stats, epochs_to=statistics.mean(reached) if reached else None, n_reached=len(reached))
+    return out
+
+
+DIGITS = dict(final_accuracy=4, best_accuracy=4, intra_spread_deg=2, min_centre_angle_deg=2, wall_time_s=1)
+
+
+def test_numbers_match_metrics_and_appear_in_html(grid):
+    summary = json.loads((grid["out"] / "summary.json").read_text())
+    page = (grid["out"] / "report.html").read_text()
+    rows = {r["variant"]: r for r in summary["variants"]}
+    assert list(rows) == list(VARIANTS)
+    assert "ddof=1" in summary["std"] and "ddof=1" in page
+    for v, want in expected(grid["grid"], 0.97).items():
+        assert f"<td>{v}</td>" in page
+        assert rows[v]["seeds"] == list(SEEDS) and rows[v]["diverged_seeds"] == 0
+        for key, (mean, std) in want["stats"].items():
+            assert rows[v][key]["mean"] == pytest.approx(mean, rel=1e-9, abs=1e-12), (v, key)
+            assert rows[v][key]["std"] == pytest.approx(std, rel=1e-9, abs=1e-12), (v, key)
+            assert f"{mean:.{DIGITS[key]}f} ± {std:.{DIGITS[key]}f}" in page, (v, key)
+        epochs = rows[v]["display"]["epochs to acc threshold"]
+        assert epochs == "never" if want["epochs_to"] is None else epochs.startswith(f"{want['epochs_to']:.1f}")
+    md = (grid["out"] / "report.md").read_text()
+    assert all(f"| {v} |" in md for v in VARIANTS)
+    assert all((grid["out"] / name).is_file() for name in report.IMAGES)
+
+
+def test_thresholds_drive_epochs_to_and_verdict(grid):
+    summary = json.loads((grid["low"] / "summary.json").read_text())
+    page = (grid["low"] / "report.html").read_text()
+    assert "at least 0 deg and the mean final test accuracy at least 0.1" in page
+    for row in summary["variants"]:
+        want = expected(grid["grid"], 0.1)[row["variant"]]
+        got = row["epochs_to"]
+        assert got["reached"] == want["n_reached"]
+        assert got["mean"] == (None if want["epochs_to"] is None else pytest.approx(want["epochs_to"]))
+        separated = want["stats"]["final_accuracy"][0] >= 0.1
+        assert row["measured_verdict"] == ("separated" if separated else "overlap")
+        assert row["post_verdict"] == "overlap"
+
+
+def test_html_is_self_contained(grid):
+    page = (grid["out"] / "report.html").read_text()
+    srcs = re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", page)
+    assert len(srcs) == len(re.findall(r"<img\b", page)) == len(report.IMAGES) == 3
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert image.format == "PNG" and image.width > 300
+    assert not re.search(r"<script|<link|@import|url\(|https?://", page)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (.ci/system-deps installs it)")
+def test_html_renders_in_headless_chromium(grid):
+    shot = grid["root"] / "shot.png"
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tempfile.mkdtemp(dir=grid['root'])}", f"--screenshot={shot}", "--window-size=1280,2000",
+           (grid["out"] / "report.html").as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+    colours = np.unique(pixels, axis=0)
+    not_white = (pixels < 245).any(axis=1).mean()
+    assert len(colours) > 100 and not_white > 0.02, (len(colours), not_white)
+
+
+def test_wandb_spec_names_group_and_panels(grid):
+    spec = json.loads((grid["out"] / "wandb_report.json").read_text())
+    assert spec["group"] == "g"
+    assert spec["runset"]["filters"] == [dict(section="run", key="Group", op="==", value="g")]
+    panels = {(p["type"], p["title"]): p for p in spec["panels"]}
+    kinds = sorted(t for t, _ in panels)
+    assert kinds == ["bar", "line", "line", "media", "scatter"]
+    lines = {p["y"][0]: p for p in spec["panels"] if p["type"] == "line"}
+    assert set(lines) == {"test_accuracy", "train_loss"}
+    assert all(p["groupby"] == "config:variant" for p in spec["panels"] if p["type"] in ("line", "bar"))
+    bar = next(p for p in spec["panels"] if p["type"] == "bar")
+    scatter = next(p for p in spec["panels"] if p["type"] == "scatter")
+    media = next(p for p in spec["panels"] if p["type"] == "media")
+    assert bar["metrics"] == ["summary:final_accuracy"]
+    assert (scatter["x"], scatter["y"]) == ("summary:params", "summary:final_accuracy")
+    assert media["media_keys"] == ["plots/test_raw"]
+    assert set(spec["summary_backfill"]) == set(VARIANTS) and spec["summary_backfill"]["V2"]["params"] > 0
+    assert "--push-spec" in grid["low_proc"].stdout  # --push without credentials: the spec waits, exit 0
+
+
+def test_spec_converts_to_wandb_workspaces_offline(grid):
+    pytest.importorskip("wandb_workspaces")
+    spec = report.wandb_report_spec(grid["grid"])
+    # an empty entity skips the runset's project lookup, so the whole report serialises without network
+    model = json.loads(report.to_wandb_report(spec, entity="", project="arcdist")._to_model()
+                       .spec.model_dump_json(by_alias=True, exclude_none=True))
+    block = next(b for b in model["blocks"] if b.get("type") == "panel-grid")["metadata"]
+    assert block["runSets"][0]["filters"]["filters"][0] | {"disabled": False} == dict(
+        key=dict(section="run", name="group"), op="=", value="g", disabled=False)
+    views = [(p["viewType"], p["config"]) for p in block["panelBankSectionConfig"]["panels"]]
+    assert [v for v, _ in views] == ["Run History Line Plot", "Run History Line Plot", "Bar Chart", "Scatter Plot",
+                                     "Media Browser"]
+    assert views[0][1]["metrics"] == ["test_accuracy"] and views[0][1]["groupBy"] == "variant.value"
+    assert views[2][1]["metrics"] == ["summary_metrics.final_accuracy"]
+    assert views[3][1]["xAxis"] == "summary:params" and views[4][1]["mediaKeys"] == ["plots/test_raw"]
+
+
+@pytest.mark.parametrize("case", ["missing", "no-grid-json", "wandb-group-offline"])
+def test_bad_input_is_one_line_exit_2(tmp_path, case):
+    args = {"missing": [tmp_path / "nope"], "no-grid-json": [tmp_path],
+            "wandb-group-offline": ["--wandb-group", "g", "--entity", "e", "--project", "p", "--timeout", "20",
+                                    "--out", tmp_path / "pulled"]}[case]
+    proc = run_report(args, tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("arcdist.report: error:"), proc.stderr
+    assert {"missing": "does not exist", "no-grid-json": "no grid.json",
+            "wandb-group-offline": "W&B credentials"}[case] in lines[0]
+
+
+def test_std_is_sample_std_and_na_with_one_seed():
+    assert report.fmt(report.mean_std([0.5, 0.7, 0.9]), 3) == f"0.700 ± {statistics.stdev([0.5, 0.7, 0.9]):.3f}"
+    assert report.fmt(report.mean_std([0.5, float("nan")]), 2) == "0.50 ± n/a"  # one finite value
+    assert report.fmt(report.mean_std([]), 2) == "n/a"
