@@ -80,15 +80,16 @@ def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
     atomic_write(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def write_summary(run_dir: Path, state: dict) -> dict:
-    """summary.json: status, final and best test metrics."""
+def write_summary(run_dir: Path, state: dict, extra: dict | None = None) -> dict:
+    """summary.json: status, final and best test metrics (plus `extra`, e.g. params and FLOPs)."""
     rows = [r for r in read_metrics(run_dir) if "test_accuracy" in r]
     final = rows[-1] if rows else {}
     summary = dict(status=state["status"], epochs=state["epoch"], best_accuracy=state["best_accuracy"],
                    best_epoch=state["best_epoch"], diverged=state["status"] == "diverged",
                    final_accuracy=final.get("test_accuracy"), intra_spread_deg=final.get("intra_spread_deg"),
                    min_centre_angle_deg=final.get("min_centre_angle_deg"), wandb_id=state.get("wandb_id"),
-                   wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows))
+                   wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows), rollbacks=state.get("rollbacks", 0),
+                   **(extra or {}))
     if state.get("diverged"):
         summary["diverged_at"] = state["diverged"]
     atomic_write(run_dir / SUMMARY, json.dumps(summary, indent=1))

@@ -34,7 +34,9 @@ from arcdist.optim import build_optimizers, build_schedulers
 from arcdist.variants import DEFAULT_VARIANT, get_variant
 
 STOP_FILE = "PREEMPT"  # created by a batch script's signal trap: checkpoint at the next step and requeue
-TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are plotted (at most)
+TRAIN_SAMPLE_SIZE = 10_000
+# Test-only fault injection: ARCDIST_FAULT_NAN="EPOCH:STEP" (1-based epoch, 0-based step) makes that loss NaN once.
+FAULT_NAN = tuple(int(v) for v in os.environ["ARCDIST_FAULT_NAN"].split(":")) if os.environ.get("ARCDIST_FAULT_NAN") else None  # fixed random training images whose features are plotted (at most)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -74,7 +76,9 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         cfg = saved
     else:
         cfg = get_variant(args.variant or DEFAULT_VARIANT).config
-    flags = {"train.epochs": args.epochs, "train.seed": args.seed, "train.mixed_precision": args.mixed_precision,
+    # `accelerate launch --mixed_precision` / a config file's setting applies unless --mixed-precision is given
+    precision = args.mixed_precision or (None if saved else os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    flags = {"train.epochs": args.epochs, "train.seed": args.seed, "train.mixed_precision": precision,
              "data.dataset": args.dataset, "data.limit_train": args.limit_train, "data.limit_test": args.limit_test,
              "train.cpu": True if args.cpu else None}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
@@ -130,21 +134,26 @@ class Trainer:
         self.stop_file = run_dir / STOP_FILE  # or by this file: reaches every launcher topology (sbatch traps)
 
     # -- one optimisation step ------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, margin: float) -> tuple[float, list[str]]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, margin: float, poison: bool = False
+                   ) -> tuple[float, list[str]]:
         """Forward, backward and both optimizer steps. Returns (global mean loss, non-finite tensors).
 
         Nothing is stepped when a loss, feature or gradient is non-finite on any rank.
+        `poison` (tests only) makes the loss NaN, as a real divergence would.
         """
         with self.acc.autocast():
             features = self.backbone(x)
         logits = self.head(features, y, margin)
         loss = F.cross_entropy(logits, y)
+        if poison:
+            loss = loss * float("nan")
         self.acc.backward(loss)
         grads = [p.grad for p in (*self.backbone.parameters(), *self.head.parameters()) if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
                              (~torch.isfinite(features).all()).float(), (~torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(self.stop_requested or (self.rank == 0 and self.stop_file.exists())),
+                             torch.tensor(float(self.stop_requested or _signalled
+                                                or (self.rank == 0 and self.stop_file.exists())),
                                           device=loss.device)])
         if self.world > 1:
             flags = self.acc.reduce(flags, reduction="sum")
@@ -171,7 +180,8 @@ class Trainer:
                                 self.world, start_step)
         for step, (x, y) in enumerate(batches, start=start_step):
             margin = margin_at(self.cfg.head, epoch + step / self.steps_per_epoch)
-            loss, bad = self.train_step(x, y, margin)
+            poison = FAULT_NAN == (epoch + 1, step) and self.state["rollbacks"] == 0
+            loss, bad = self.train_step(x, y, margin, poison)
             if bad:
                 bar.close()
                 return dict(diverged=dict(epoch=epoch + 1, step=step, tensors=bad))
@@ -219,6 +229,12 @@ class Trainer:
                                                                - shard_bounds(n, r, self.world)[0]))
                           for r in range(self.world)]).to(all_feats.device)
         return all_feats[keep].cpu(), all_labels[keep].cpu()
+
+    def model_info(self) -> dict:
+        """Parameters (backbone + head) and forward FLOPs per image, for summaries and reports."""
+        info = describe(self.cfg.model)
+        return dict(params=info["params"] + self.cfg.head.num_classes * self.cfg.model.feature_dim,
+                    flops=info["flops"])
 
     def head_weight(self) -> torch.Tensor:
         return self.acc.unwrap_model(self.head).weight.detach().float().cpu()
@@ -278,7 +294,7 @@ class Trainer:
                 self.state["status"] = "preempted"
                 self.checkpoint()  # mid-epoch: (epoch, step, loss_sum) let resume replay the rest exactly
                 if acc.is_main_process:
-                    runinfo.write_summary(self.run_dir, self.state)
+                    runinfo.write_summary(self.run_dir, self.state, self.model_info())
                     self.stop_file.unlink(missing_ok=True)
                 return self.state
             if "diverged" in stats:
@@ -289,7 +305,7 @@ class Trainer:
                 self.state.update(status="diverged", diverged=stats["diverged"])
                 if acc.is_main_process:
                     runinfo.append_metrics(self.run_dir, dict(epoch=epoch + 1, status="diverged", **stats))
-                    self.log({"diverged": 1}, epoch + 1)
+                    self.log({"diverged_epoch": epoch + 1, "diverged_step": stats["diverged"]["step"]}, epoch + 1)
                 acc.print(f"diverged: non-finite {', '.join(stats['diverged']['tensors'])} at epoch "
                           f"{stats['diverged']['epoch']}, step {stats['diverged']['step']}; stopped")
                 break
@@ -317,7 +333,7 @@ class Trainer:
         if self.state["status"] == "running":
             self.state["status"] = "finished"
         if acc.is_main_process:
-            runinfo.write_summary(self.run_dir, self.state)
+            runinfo.write_summary(self.run_dir, self.state, self.model_info())
             self.write_wandb_summary()
             if plot_every:
                 from arcdist import plots
@@ -349,11 +365,18 @@ class Trainer:
                 run.summary[key] = value
 
 
+def elastic_restart() -> bool:
+    """True in workers that torchrun relaunched after a failure (--max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def check_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     """The run folder to use: the one being resumed, or a new one (never overwrite a run). Creates nothing."""
     if args.resume:
         return Path(args.resume)
     run_dir = Path(args.output_dir or f"runs/{cfg.variant}-s{cfg.train.seed}")
+    if elastic_restart() and run_dir.is_dir():  # relaunched before the first checkpoint: start this run again
+        return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                           "or choose another --output-dir")
@@ -386,7 +409,10 @@ def load_saved_config(run_dir: Path) -> Config:
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse arguments, build everything, train. Raises ConfigError on bad input."""
+    install_signal_handlers()
     args = parse_args(argv)
+    if elastic_restart() and not args.resume and args.output_dir and checkpoint.latest_checkpoint(args.output_dir):
+        args.resume = args.output_dir  # torchrun --max-restarts relaunched us after a rank died: continue
     saved = load_saved_config(Path(args.resume)) if args.resume else None
     if args.resume and checkpoint.latest_checkpoint(args.resume) is None:
         raise ConfigError(f"--resume {args.resume}: no complete checkpoint there; start a new run instead")
@@ -404,7 +430,11 @@ def run(argv: list[str] | None = None) -> dict:
     trainer = Trainer(cfg, run_dir, accelerator)  # loads and checks the data before anything is written
     if accelerator.is_main_process:
         create_run_dir(run_dir)
-        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale request from before a requeue
+        stop = run_dir / STOP_FILE
+        if stop.exists() and stop.stat().st_mtime < PROCESS_START:  # stale: from before a requeue
+            stop.unlink()
+        if elastic_restart() and not args.resume:
+            runinfo.truncate_metrics(run_dir, 0)
     accelerator.wait_for_everyone()
     trainer.no_progress = args.no_progress or not sys.stderr.isatty() and os.environ.get("ARCDIST_PROGRESS") != "1"
     if args.resume:
@@ -418,7 +448,6 @@ def run(argv: list[str] | None = None) -> dict:
         mode = tracking.init_wandb(accelerator, mode, run_dir, trainer.state["wandb_id"],
                                    name=f"{cfg.variant}-s{cfg.train.seed}", config=cfg.to_dict(), group=args.group,
                                    job_type="train", tags=[cfg.variant, cfg.data.dataset])
-    install_signal_handlers(trainer)
     try:
         state = trainer.fit(plot_every=args.plot_every)
     finally:
@@ -434,13 +463,22 @@ def resolve_wandb(args: argparse.Namespace) -> str:
     return tracking.resolve_mode(args.wandb)
 
 
-def install_signal_handlers(trainer: Trainer) -> None:
-    """USR1/TERM (SLURM preemption) set a flag; all ranks agree on it at the next step and checkpoint."""
-    def handler(signum, frame):
-        trainer.stop_requested = True
+_signalled = False  # set by SIGUSR1/SIGTERM; read at each step boundary
+PROCESS_START = time.time()
 
+
+def _on_signal(signum, frame) -> None:
+    global _signalled
+    _signalled = True
+
+
+def install_signal_handlers() -> None:
+    """USR1/TERM (SLURM preemption) set a flag; all ranks agree on it at the next step and checkpoint.
+
+    Installed first thing, so a signal during start-up is kept for the first step, not fatal.
+    """
     for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, handler)
+        signal.signal(sig, _on_signal)
 
 
 def main(argv: list[str] | None = None) -> int:

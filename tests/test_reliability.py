@@ -1,0 +1,140 @@
+"""Faults lose nothing: atomic checkpoints, a killed rank, divergence, unsafe checkpoints, secret keys."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from arcdist.checkpoint import latest_checkpoint
+from arcdist.tracking import read_offline_run
+from conftest import ROOT, TINY, cli_env, make_tiny_mnist, run_train
+
+VOLATILE = {"epoch_time_s", "images_per_s"}
+
+
+def rows(run_dir):
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tiny_mnist(tmp_path_factory.mktemp("rel"), n_train=768, n_test=64, seed=3)
+
+
+def common(data, out, epochs=3):
+    return [*TINY, "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out),
+            "--set", "data.batch_size=32"]
+
+
+def test_half_written_checkpoints_are_never_chosen(data, tmp_path):
+    out = tmp_path / "run"
+    run_train(common(data, out, epochs=2))
+    ck = out / "checkpoints"
+    shutil.copytree(ck / "epoch-0002", ck / ".tmp-epoch-0003")  # a save interrupted before its rename
+    shutil.copytree(ck / "epoch-0002", ck / "epoch-0004")
+    (ck / "epoch-0004" / "trainer.json").unlink()  # renamed but unmarked: incomplete
+    assert latest_checkpoint(out).name == "epoch-0002"
+    run_train(["--no-progress", "--wandb", "disabled", "--resume", str(out), "--epochs", "3", "--data-dir", str(data)])
+    assert [r["epoch"] for r in rows(out)] == [1, 2, 3]
+    assert latest_checkpoint(out).name == "epoch-0003"
+
+
+def _worker_pid(launcher: subprocess.Popen, rank: int) -> int | None:
+    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+        try:
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if ppid == launcher.pid and f"RANK={rank}".encode() in env:
+            return pid
+    return None
+
+
+def test_killed_rank_restarts_from_checkpoint_and_matches(data, tmp_path):
+    straight = tmp_path / "straight"
+    run_train(common(data, straight), world=2)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts",
+           "1", str(ROOT / "arcdist" / "train.py"), *common(data, killed)]
+    # the agent's shared TCP store keeps the dead round's gloo addresses (torch 2.14); a store per round avoids them
+    env = cli_env(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    deadline = time.time() + 300
+    while latest_checkpoint(killed) is None and time.time() < deadline and launcher.poll() is None:
+        time.sleep(0.1)
+    pid = _worker_pid(launcher, 1)
+    assert pid is not None and latest_checkpoint(killed).name == "epoch-0001"
+    os.kill(pid, signal.SIGKILL)
+    out, _ = launcher.communicate(timeout=300)
+    (tmp_path / "launcher.log").write_text(out)
+    assert launcher.returncode == 0, out[-3000:]
+    assert "restart" in out.lower() or "SIGKILL" in out or "Signal 9" in out or "exitcode" in out
+    assert rows(killed) == rows(straight)
+
+
+def test_divergence_stops_cleanly_with_where_and_what(data, tmp_path):
+    out = tmp_path / "div"
+    args = [a for a in common(data, out) if a not in ("--wandb", "disabled")] + ["--wandb", "offline"]
+    run_train(args, env=cli_env(ARCDIST_FAULT_NAN="2:3"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged"] is True
+    assert summary["diverged_at"] == {"epoch": 2, "step": 3, "tensors": ["loss", "gradients"]}
+    assert rows(out)[-1]["status"] == "diverged" and rows(out)[-1]["diverged"]["step"] == 3
+    assert len(rows(out)) == 2  # epoch 1 evaluated, epoch 2 stopped
+    wb = read_offline_run(out)
+    assert wb["summary"]["status"] == "diverged" and wb["summary"]["diverged"] is True
+
+
+def test_rollback_restores_checkpoint_with_half_the_lr(data, tmp_path):
+    clean, rolled = tmp_path / "clean", tmp_path / "rolled"
+    run_train(common(data, clean))
+    run_train([*common(data, rolled), "--set", "train.on_diverge=rollback"], env=cli_env(ARCDIST_FAULT_NAN="2:3"))
+    summary = json.loads((rolled / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["rollbacks"] == 1
+    a, b = rows(clean), rows(rolled)
+    assert a[0] == b[0]  # epoch 1 identical, then the restart from its checkpoint at half the lr
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    assert b[2]["lr"] == pytest.approx(a[2]["lr"] / 2)
+
+
+def test_unsafe_checkpoint_pickle_is_refused(data, tmp_path):
+    out = tmp_path / "run"
+    run_train(common(data, out, epochs=1))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state": Evil()}, latest_checkpoint(out) / "optimizer.bin")
+    proc = run_train(["--no-progress", "--wandb", "disabled", "--resume", str(out), "--epochs", "2",
+                      "--data-dir", str(data)], check=False)
+    assert proc.returncode == 2 and "is unreadable" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_wandb_key_never_written(data, tmp_path):
+    out = tmp_path / "run"
+    secret = "0123456789abcdef0123456789abcdef01234567"
+    args = [a for a in common(data, out, epochs=1) if a not in ("--wandb", "disabled")] + ["--wandb", "offline"]
+    run_train(args, env=cli_env(WANDB_API_KEY=secret))
+    hits = [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert hits == []
+
+
+def test_grid_carries_on_past_a_diverged_run(data, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "V2,V2.1",
+                           "--epochs", "2", "--out", str(tmp_path), "--data-dir", str(data), "--jobs", "1",
+                           "--wandb", "disabled", "--set", "data.batch_size=32"],
+                          cwd=ROOT, env=cli_env(ARCDIST_FAULT_NAN="1:2"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = json.loads((tmp_path / "g" / "grid.json").read_text())["jobs"]
+    assert [(j["variant"], j["status"]) for j in jobs] == [("V2", "diverged"), ("V2.1", "diverged")]
