@@ -153,8 +153,11 @@ class DeviceData:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    channels_last = False  # hand out NHWC batches (set by the trainer with train.channels_last)
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) * self.inv_std
+        out = (x.float() - self.mean) * self.inv_std
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.normalise(self.x[idx]), self.y[idx]

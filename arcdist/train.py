@@ -101,8 +101,8 @@ def _one_line(e: BaseException) -> str:
 class Trainer:
     """Owns models, optimizers, data and the run folder. init / train_step / train_epoch / evaluate / fit."""
 
-    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None):
-        self.cfg, self.run_dir, self.acc = cfg, run_dir, accelerator
+    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None, no_progress: bool = False):
+        self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         spec = get_spec(cfg.data.dataset)
         splits = data or load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
@@ -123,6 +123,10 @@ class Trainer:
 
         set_seed(cfg.train.seed)
         backbone = build_backbone(cfg.model)
+        if cfg.train.channels_last:
+            backbone = backbone.to(memory_format=torch.channels_last)
+            for d in (self.train_data, self.test_data, self.train_sample):
+                d.channels_last = True
         head = ArcMarginHead(cfg.head, cfg.model.feature_dim)
         opt_net, opt_head = build_optimizers(cfg.optim, backbone, head)
         sched_net, sched_head = build_schedulers(cfg.optim, opt_net, opt_head, self.steps_per_epoch, cfg.train.epochs)
@@ -130,7 +134,7 @@ class Trainer:
             accelerator.prepare(backbone, head, opt_net, opt_head, sched_net, sched_head)
         self.state = dict(epoch=0, step=0, loss_sum=0.0, best_accuracy=0.0, best_epoch=0, status="running",
                           wandb_id=None, rollbacks=0, lr_scale=1.0)
-        self.stop_requested = False  # set by a signal handler (preemption)
+        self.stop_requested = False  # all ranks agreed on a preemption request (signal or stop file)
         self.stop_file = run_dir / STOP_FILE  # or by this file: reaches every launcher topology (sbatch traps)
 
     # -- one optimisation step ------------------------------------------------------------------
@@ -365,6 +369,19 @@ class Trainer:
                 run.summary[key] = value
 
 
+def configure_cpu(cfg: Config) -> None:
+    """Process-wide CPU settings that decide speed (measured in bench/throughput.py)."""
+    torch.set_flush_denormal(True)  # MNIST's many exact zeros produce denormals that halve CPU speed
+    # `accelerate launch` exports OMP_NUM_THREADS=1 by default, which halves a 2-core run
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cfg.train.threads or max(1, len(os.sched_getaffinity(0)) // local))
+
+
+def default_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
+    """--output-dir, else runs/<variant>-s<seed>."""
+    return Path(args.output_dir or f"runs/{cfg.variant}-s{cfg.train.seed}")
+
+
 def elastic_restart() -> bool:
     """True in workers that torchrun relaunched after a failure (--max-restarts)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
@@ -374,7 +391,7 @@ def check_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     """The run folder to use: the one being resumed, or a new one (never overwrite a run). Creates nothing."""
     if args.resume:
         return Path(args.resume)
-    run_dir = Path(args.output_dir or f"runs/{cfg.variant}-s{cfg.train.seed}")
+    run_dir = default_run_dir(args, cfg)
     if elastic_restart() and run_dir.is_dir():  # relaunched before the first checkpoint: start this run again
         return run_dir
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -411,23 +428,23 @@ def run(argv: list[str] | None = None) -> dict:
     """Parse arguments, build everything, train. Raises ConfigError on bad input."""
     install_signal_handlers()
     args = parse_args(argv)
-    if elastic_restart() and not args.resume and args.output_dir and checkpoint.latest_checkpoint(args.output_dir):
-        args.resume = args.output_dir  # torchrun --max-restarts relaunched us after a rank died: continue
+    if elastic_restart() and not args.resume:  # torchrun --max-restarts relaunched us after a rank died
+        run_dir = default_run_dir(args, build_config(args))
+        if checkpoint.latest_checkpoint(run_dir):
+            args.resume = str(run_dir)
     saved = load_saved_config(Path(args.resume)) if args.resume else None
     if args.resume and checkpoint.latest_checkpoint(args.resume) is None:
         raise ConfigError(f"--resume {args.resume}: no complete checkpoint there; start a new run instead")
     cfg = build_config(args, saved)
     use_cpu = cfg.train.cpu or not torch.cuda.is_available()
     if use_cpu:
-        torch.set_flush_denormal(True)  # MNIST's many exact zeros produce denormals that halve CPU speed
-        # `accelerate launch` exports OMP_NUM_THREADS=1 by default, which halves a 2-core run
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(cfg.train.threads or max(1, len(os.sched_getaffinity(0)) // local))
+        configure_cpu(cfg)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision,
                               step_scheduler_with_optimizer=False,
                               log_with=None if resolve_wandb(args) == "disabled" else "wandb")
     run_dir = check_run_dir(args, cfg)
-    trainer = Trainer(cfg, run_dir, accelerator)  # loads and checks the data before anything is written
+    no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
+    trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
     if accelerator.is_main_process:
         create_run_dir(run_dir)
         stop = run_dir / STOP_FILE
@@ -436,7 +453,6 @@ def run(argv: list[str] | None = None) -> dict:
         if elastic_restart() and not args.resume:
             runinfo.truncate_metrics(run_dir, 0)
     accelerator.wait_for_everyone()
-    trainer.no_progress = args.no_progress or not sys.stderr.isatty() and os.environ.get("ARCDIST_PROGRESS") != "1"
     if args.resume:
         trainer.resume()
     if accelerator.is_main_process and not args.resume:

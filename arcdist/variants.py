@@ -95,9 +95,9 @@ _add("V2.1", "V2", "optimizer SGD(0.01)", "overlap",
 POST_VARIANTS = tuple(VARIANTS)  # the post's 12, in its order
 
 # arcdist's own rows
-_add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosine lr, 4 epochs", "",
+_add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosine lr, bf16, 6 epochs", "",
      _from("V2", optim=replace(ADAM, head_lr=0.01, schedule="cosine", warmup_epochs=0.25),
-           head=HeadConfig(init="even"), train=TrainConfig(epochs=4)))
+           head=HeadConfig(init="even"), train=TrainConfig(epochs=6, mixed_precision="bf16")))
 DEFAULT_VARIANT = "V1.1"  # the post's best
 
 

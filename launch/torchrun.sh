@@ -11,6 +11,7 @@
 #   HEAD    rendezvous host, the same on every node        (default localhost)
 #   PORT    rendezvous port                                (default 29500)
 #   RDZV_ID rendezvous id, the same on every node          (default $SLURM_JOB_ID or arcdist)
+#   MAX_RESTARTS  restarts after a rank dies (default 1)
 #   PYTHON  interpreter (default: the repository's .venv/bin/python if present, else python3)
 # train.py picks the CPU (gloo) when no GPU is visible or with --cpu; CPU threads per process default
 # to the node's cores / NPROC (--set train.threads=N to change).
@@ -23,6 +24,11 @@ if [ -z "${NPROC:-}" ]; then
   NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
   [ "${NPROC:-0}" -gt 0 ] || NPROC=1
 fi
+# A failed rank restarts the whole worker group up to MAX_RESTARTS times; train.py then resumes from
+# the run folder's last checkpoint. torch 2.14's agent-shared TCP store keeps the dead round's gloo
+# addresses, so restarted workers could not connect: one store per round avoids that.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 exec "$PYTHON" -m torch.distributed.run --nnodes "${NNODES:-1}" --nproc_per_node "$NPROC" \
+  --max-restarts "${MAX_RESTARTS:-1}" \
   --rdzv_backend c10d --rdzv_endpoint "${HEAD:-localhost}:${PORT:-29500}" --rdzv_id "${RDZV_ID:-${SLURM_JOB_ID:-arcdist}}" \
   arcdist/train.py "$@"

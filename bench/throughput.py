@@ -1,0 +1,300 @@
+"""Throughput of the post's loop, arcdist's training step and the bare compute bound, side by side.
+
+    python bench/throughput.py --data-dir ../shared/data                     # V1.2.2, batch 256, CPU
+    python bench/throughput.py --modes bare --set train.mixed_precision=bf16 --set train.channels_last=true
+    python bench/throughput.py --accuracy-steps 234                          # + test accuracy after N steps
+
+Modes (each runs in its own process, so process-wide settings do not leak between them):
+  post     the post's loop: torchvision MNIST + ToTensor + DataLoader(batch, shuffle=True), plain PyTorch
+           model and head, two SGD optimizers (no arcdist code on the path)
+  arcdist  arcdist's Trainer.train_step on device-resident batches (one process)
+  ddp2     the same with 2 gloo ranks (accelerate launch --multi_gpu --num_processes 2), total images/s
+  bare     forward + backward + both optimizer steps on one preloaded batch, nothing else
+Prints images/s, the ratios arcdist/post and arcdist/bare, and achieved FLOP/s (3 x forward FLOPs per
+image for forward + backward) against the machine's peak estimate. On a GPU machine the same modes run
+on the GPU and an estimate of the full grid (12 variants x 100 epochs) is printed from per-variant rates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", default="V1.2.2")
+    p.add_argument("--modes", default="post,arcdist,bare,ddp2")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per mode (after --warmup)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--data-dir", default=os.environ.get("ARCDIST_DATA_DIR", str(ROOT / "data")))
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--accuracy-steps", type=int, default=0, help="also train post and arcdist N steps; test acc")
+    p.add_argument("--grid-estimate", action="store_true", help="time every post variant (GPU machines)")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
+    return p.parse_args(argv)
+
+
+def _config(args):
+    from dataclasses import replace
+
+    from arcdist.config import apply_overrides
+    from arcdist.variants import get_variant
+
+    cfg = apply_overrides(get_variant(args.variant).config, args.overrides)
+    return replace(cfg, data=replace(cfg.data, data_dir=args.data_dir))
+
+
+def _timed(step, n_warm: int, n: int, batch: int, sync) -> float:
+    for _ in range(n_warm):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync()
+    return n * batch / (time.perf_counter() - t0)
+
+
+def run_post(args) -> dict:
+    """The post's loop, as written there (torchvision Dataset + DataLoader, plain PyTorch)."""
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+    from torch.utils.data import DataLoader
+
+    from arcdist.model import ArcMarginHead, build_backbone
+
+    cfg = _config(args)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    ds = torchvision.datasets.MNIST(args.data_dir, train=True, download=False,
+                                    transform=torchvision.transforms.ToTensor())
+    loader = DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=True)
+    net, arc = build_backbone(cfg.model).to(dev), ArcMarginHead(cfg.head).to(dev)
+    opt_net = torch.optim.SGD(net.parameters(), lr=cfg.optim.lr, momentum=0.9)
+    opt_arc = torch.optim.SGD(arc.parameters(), lr=0.5)
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        x, y = x.to(dev), y.to(dev)
+        loss = F.cross_entropy(arc(net(x), y, cfg.head.margin), y)
+        opt_net.zero_grad()
+        opt_arc.zero_grad()
+        loss.backward()
+        opt_net.step()
+        opt_arc.step()
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    out = dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync))
+    if args.accuracy_steps:
+        out["test_accuracy"] = _post_accuracy(args, cfg, net, arc, loader, opt_net, opt_arc, dev)
+    return out
+
+
+def _post_accuracy(args, cfg, net, arc, loader, opt_net, opt_arc, dev) -> float:
+    """Train the post's loop from scratch for --accuracy-steps, then nearest-direction test accuracy."""
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+
+    from arcdist.metrics import separation_metrics
+    from arcdist.model import ArcMarginHead, build_backbone, margin_at
+    from arcdist.optim import build_optimizers
+
+    torch.manual_seed(cfg.train.seed)
+    net, arc = build_backbone(cfg.model).to(dev), ArcMarginHead(cfg.head).to(dev)
+    opt_net, opt_arc = build_optimizers(cfg.optim, net, arc)
+    steps, spe = 0, len(loader.dataset) // cfg.data.batch_size
+    while steps < args.accuracy_steps:
+        for x, y in loader:
+            if steps >= args.accuracy_steps or len(y) < cfg.data.batch_size:
+                break
+            x = (x.to(dev) - 0.1307) / 0.3081  # arcdist normalises too: compare like with like
+            y = y.to(dev)
+            loss = F.cross_entropy(arc(net(x), y, margin_at(cfg.head, steps / spe)), y)
+            opt_net.zero_grad()
+            opt_arc.zero_grad()
+            loss.backward()
+            opt_net.step()
+            opt_arc.step()
+            steps += 1
+    test = torchvision.datasets.MNIST(args.data_dir, train=False, download=False,
+                                      transform=torchvision.transforms.ToTensor())
+    net.eval()
+    feats, labels = [], []
+    with torch.no_grad():
+        for x, y in torch.utils.data.DataLoader(test, batch_size=1000):
+            feats.append(net((x.to(dev) - 0.1307) / 0.3081).cpu())
+            labels.append(y)
+    return separation_metrics(torch.cat(feats), torch.cat(labels), arc.weight.detach().cpu())["accuracy"]
+
+
+def _trainer(args):
+    import tempfile
+
+    import torch
+    from accelerate import Accelerator
+
+    from arcdist.train import Trainer, configure_cpu
+
+    cfg = _config(args)
+    use_cpu = not torch.cuda.is_available()
+    if use_cpu:
+        configure_cpu(cfg)
+    acc = Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision, step_scheduler_with_optimizer=False)
+    trainer = Trainer(cfg, Path(tempfile.mkdtemp()), acc, no_progress=True)
+    return trainer, cfg, acc
+
+
+def run_arcdist(args) -> dict:
+    """arcdist's own train_step over its own device-resident batches."""
+    import torch
+
+    from arcdist.data import train_batches
+    from arcdist.model import margin_at
+
+    trainer, cfg, acc = _trainer(args)
+    batches = train_batches(trainer.train_data, cfg.data.batch_size, cfg.train.seed, 0, acc.process_index,
+                            acc.num_processes)
+
+    def step():
+        x, y = next(batches)
+        trainer.train_step(x, y, cfg.head.margin)
+
+    sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
+    out = dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync),
+               world=acc.num_processes)
+    if args.accuracy_steps:
+        trainer, cfg, acc = _trainer(args)
+        steps, spe = 0, trainer.steps_per_epoch
+        for epoch in range(10 ** 6):
+            for x, y in train_batches(trainer.train_data, cfg.data.batch_size, cfg.train.seed, epoch, 0, 1):
+                if steps >= args.accuracy_steps:
+                    break
+                trainer.train_step(x, y, margin_at(cfg.head, steps / spe))
+                steps += 1
+            if steps >= args.accuracy_steps:
+                break
+        out["test_accuracy"] = trainer.evaluate()[0]["accuracy"]
+    return out
+
+
+def run_bare(args) -> dict:
+    """The compute bound: the same model and step on one preloaded real batch, nothing else."""
+    import torch
+    import torch.nn.functional as F
+
+    trainer, cfg, acc = _trainer(args)
+    x, y = trainer.train_data.batch(torch.arange(cfg.data.batch_size, device=acc.device))
+    net, head = acc.unwrap_model(trainer.backbone), acc.unwrap_model(trainer.head)
+    opt_net, opt_head = trainer.opt_net.optimizer, trainer.opt_head.optimizer
+    if cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with acc.autocast():
+            feats = net(x)
+        loss = F.cross_entropy(head(feats, y, cfg.head.margin), y)
+        loss.backward()
+        opt_net.step()
+        opt_head.step()
+        opt_net.zero_grad(set_to_none=True)
+        opt_head.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
+    return dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync))
+
+
+def _child(args, mode: str, extra_env: dict | None = None) -> dict:
+    argv = [a for a in sys.argv[1:] if a != "--grid-estimate"]
+    if mode == "ddp2":
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--main_process_port", "29517", __file__, *argv, "--one", "arcdist"]
+    else:
+        cmd = [sys.executable, __file__, *argv, "--one", mode]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **(extra_env or {})))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+    results = [json.loads(line) for line in lines]
+    if mode == "ddp2":
+        return dict(images_per_s=sum(r["images_per_s"] for r in results), world=2)
+    return results[0]
+
+
+def peak_flops() -> tuple[float, str]:
+    """Peak fp32 FLOP/s estimate: GPU from its name, CPU as cores x 2 FMA units x 16 lanes x 2 x clock."""
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return (67e12 if "H100" in name else 19.5e12), f"{name} fp32 (non-tensor-core) peak"
+    cores = len(os.sched_getaffinity(0))
+    mhz = max(float(line.split(":")[1]) for line in open("/proc/cpuinfo") if line.startswith("cpu MHz"))
+    return cores * 2 * 16 * 2 * mhz * 1e6, f"{cores} cores x AVX-512 2 FMA x {mhz / 1000:.2f} GHz"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.one:
+        result = {"post": run_post, "arcdist": run_arcdist, "bare": run_bare}[args.one](args)
+        rank = int(os.environ.get("RANK", "0"))
+        print(json.dumps(dict(result, rank=rank)), flush=True)
+        return 0
+    from arcdist.model import describe
+
+    cfg = _config(args)
+    fwd = describe(cfg.model)["flops"]
+    peak, peak_text = peak_flops()
+    print(f"variant {args.variant}, batch {cfg.data.batch_size}, overrides {args.overrides or 'none'}, "
+          f"{fwd / 1e6:.1f} MFLOP/image forward")
+    res = {}
+    for mode in args.modes.split(","):
+        res[mode] = _child(args, mode)
+        r = res[mode]
+        print(f"  {mode:8s} {r['images_per_s']:8.1f} images/s   {r['images_per_s'] * 3 * fwd / 1e9:7.1f} GFLOP/s"
+              f" ({100 * r['images_per_s'] * 3 * fwd / peak:.0f} % of peak)"
+              + (f"   test acc after {args.accuracy_steps} steps {r['test_accuracy']:.4f}" if "test_accuracy" in r else ""),
+              flush=True)
+    print(f"  peak estimate: {peak / 1e9:.0f} GFLOP/s ({peak_text})")
+    if "arcdist" in res and "post" in res:
+        print(f"  arcdist / post = {res['arcdist']['images_per_s'] / res['post']['images_per_s']:.2f}x")
+    if "arcdist" in res and "bare" in res:
+        print(f"  arcdist / bare = {res['arcdist']['images_per_s'] / res['bare']['images_per_s']:.2f}")
+    if "ddp2" in res and "arcdist" in res:
+        print(f"  2 ranks / 1 process = {res['ddp2']['images_per_s'] / res['arcdist']['images_per_s']:.2f}")
+    if args.grid_estimate:
+        grid_estimate(args)
+    return 0
+
+
+def grid_estimate(args) -> None:
+    """Time every post variant with arcdist's step; the grid's time at 100 epochs of 60,000 images."""
+    from arcdist.variants import POST_VARIANTS
+
+    total = 0.0
+    for name in POST_VARIANTS:
+        sub = parse_args([a for a in sys.argv[1:] if a != "--grid-estimate"] + ["--variant", name])
+        r = _child(sub, "arcdist")
+        seconds = 100 * 60000 / r["images_per_s"]
+        total += seconds
+        print(f"  {name:7s} {r['images_per_s']:9.0f} images/s  -> 100 epochs in {seconds / 60:6.1f} min")
+    print(f"  the post's grid, 12 variants x 100 epochs, one after another: {total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
