@@ -63,6 +63,23 @@ def _timed(step, n_warm: int, n: int, batch: int, sync) -> float:
     return n * batch / (time.perf_counter() - t0)
 
 
+def torchvision_root(data_dir: str) -> str:
+    """torchvision's MNIST reads only uncompressed raw files: unpack .gz copies into a temporary root."""
+    import gzip
+    import shutil
+    import tempfile
+
+    src = Path(data_dir) / "MNIST" / "raw"
+    if all((src / f).exists() for f in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")):
+        return data_dir
+    root = Path(tempfile.mkdtemp())
+    (root / "MNIST" / "raw").mkdir(parents=True)
+    for gz in src.glob("*.gz"):
+        with gzip.open(gz) as f, open(root / "MNIST" / "raw" / gz.stem, "wb") as out:
+            shutil.copyfileobj(f, out)
+    return str(root)
+
+
 def run_post(args) -> dict:
     """The post's loop, as written there (torchvision Dataset + DataLoader, plain PyTorch)."""
     import torch
@@ -75,7 +92,8 @@ def run_post(args) -> dict:
     cfg = _config(args)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    ds = torchvision.datasets.MNIST(args.data_dir, train=True, download=False,
+    args.tv_root = torchvision_root(args.data_dir)
+    ds = torchvision.datasets.MNIST(args.tv_root, train=True, download=False,
                                     transform=torchvision.transforms.ToTensor())
     loader = DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=True)
     net, arc = build_backbone(cfg.model).to(dev), ArcMarginHead(cfg.head).to(dev)
@@ -132,7 +150,7 @@ def _post_accuracy(args, cfg, net, arc, loader, opt_net, opt_arc, dev) -> float:
             opt_net.step()
             opt_arc.step()
             steps += 1
-    test = torchvision.datasets.MNIST(args.data_dir, train=False, download=False,
+    test = torchvision.datasets.MNIST(args.tv_root, train=False, download=False,
                                       transform=torchvision.transforms.ToTensor())
     net.eval()
     feats, labels = [], []
@@ -231,8 +249,8 @@ def _child(args, mode: str, extra_env: dict | None = None) -> dict:
     if proc.returncode or not lines:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     results = [json.loads(line) for line in lines]
-    if mode == "ddp2":
-        return dict(images_per_s=sum(r["images_per_s"] for r in results), world=2)
+    if mode == "ddp2":  # each rank times global batches (B images per step over both ranks): same figure
+        return dict(images_per_s=min(r["images_per_s"] for r in results), world=2)
     return results[0]
 
 
