@@ -14,7 +14,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from arcdist.config import ConfigError
+from arcdist.config import ConfigError, first_line
 
 TRAINER_FILE = "trainer.json"
 
@@ -71,7 +71,6 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> dict:
         state = json.loads((path / TRAINER_FILE).read_text())
         accelerator.load_state(str(path))
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint becomes one line
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable ({msg}); delete that folder to resume from the one "
+        raise CheckpointError(f"checkpoint {path} is unreadable ({first_line(e)}); delete that folder to resume from the one "
                               "before, or start a new run") from None
     return state

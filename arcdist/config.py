@@ -27,6 +27,11 @@ class ConfigError(ValueError):
     """Bad user input: the message names the problem and the fix (exit status 2)."""
 
 
+def first_line(e: BaseException) -> str:
+    """An exception as one line, for one-line error messages."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     layers: Layers = ()

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
-from arcdist.config import ConfigError
+from arcdist.config import ConfigError, first_line
 
 IDX_DTYPE_UBYTE = 0x08
 
@@ -30,22 +32,27 @@ class DataError(ConfigError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    folder: str  # torchvision's folder name under the data dir
-    files: tuple[str, str, str, str]  # train images, train labels, test images, test labels
+    folder: str  # torchvision's folder under the data dir that holds the files
+    files: tuple[str, ...]  # idx: train images, train labels, test images, test labels; cifar: batches, test last
     mean: tuple[float, ...]  # per-channel, on the 0..1 scale
     std: tuple[float, ...]
     torchvision_class: str
     channels: int = 1
     image_size: int = 28
     classes: tuple[str, ...] = tuple(str(d) for d in range(10))
+    format: str = "idx"  # "idx" (MNIST family) or "cifar" (torchvision's python batches)
 
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec("MNIST", MNIST_FILES, (0.1307,), (0.3081,), "MNIST"),
-    "fashion-mnist": DatasetSpec("FashionMNIST", MNIST_FILES, (0.2860,), (0.3530,), "FashionMNIST",
+    "mnist": DatasetSpec("MNIST/raw", MNIST_FILES, (0.1307,), (0.3081,), "MNIST"),
+    "fashion-mnist": DatasetSpec("FashionMNIST/raw", MNIST_FILES, (0.2860,), (0.3530,), "FashionMNIST",
                                  classes=("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                                           "Sneaker", "Bag", "Boot")),
+    "cifar10": DatasetSpec("cifar-10-batches-py", CIFAR_FILES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           "CIFAR10", channels=3, image_size=32, format="cifar",
+                           classes=("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")),
 }
 
 
@@ -109,10 +116,55 @@ class Splits:
     test_y: torch.Tensor
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only: a CIFAR batch file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CIFAR python batch file -> images (N, 3, 32, 32) uint8 and labels (N,) int64."""
+    try:
+        with open(path, "rb") as f:
+            d = _ArraysOnly(f, encoding="bytes").load()
+        x = torch.from_numpy(np.asarray(d[b"data"], dtype=np.uint8).copy())
+        y = torch.as_tensor(list(d[b"labels"]), dtype=torch.long)
+        x = x.reshape(-1, 3, 32, 32)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"{path}: not a CIFAR-10 batch ({first_line(e)}); replace it with the original file") from None
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{path}: {x.shape[0]} images but {y.shape[0]} labels; replace it with the original file")
+    return x, y
+
+
+def _read_cifar(paths: list[Path]) -> tuple[torch.Tensor, ...]:
+    train = [read_cifar_batch(p) for p in paths[:-1]]
+    test_x, test_y = read_cifar_batch(paths[-1])
+    return torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), test_x, test_y
+
+
+def _read_idx(name: str, paths: list[Path]) -> tuple[torch.Tensor, ...]:
+    train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
+    for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+        if x.ndim != 3 or y.ndim != 1:
+            raise DataError(f"{name} {split}: expected images (N, H, W) and labels (N,), got {tuple(x.shape)} and "
+                            f"{tuple(y.shape)}; replace the files with the originals")
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"{name} {split}: {x.shape[0]} images but {y.shape[0]} labels; "
+                            "replace the files with the originals")
+    return train_x[:, None], train_y.long(), test_x[:, None], test_y.long()
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True) -> Splits:
-    """The four IDX files of `name` under `data_dir/<folder>/raw/` as uint8 image and int64 label tensors."""
+    """The files of `name` under `data_dir/<folder>/` as uint8 images (N, C, H, W) and int64 labels."""
     spec = get_spec(name)
-    raw = Path(data_dir) / spec.folder / "raw"
+    raw = Path(data_dir) / spec.folder
     paths = [_find(raw, f) for f in spec.files]
     if None in paths and download and _network_reachable():
         try:
@@ -122,17 +174,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True) 
         paths = [_find(raw, f) for f in spec.files]
     if None in paths:
         missing = [f for f, p in zip(spec.files, paths) if p is None]
-        raise DataError(f"{name}: missing {', '.join(missing)} in {raw} (expects {', '.join(spec.files)}, raw or .gz); "
-                        f"point --data-dir or ARCDIST_DATA_DIR at a folder holding {spec.folder}/raw/")
-    train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
-    for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-        if x.ndim != 3 or y.ndim != 1:
-            raise DataError(f"{name} {split}: expected images (N, H, W) and labels (N,), got {tuple(x.shape)} and "
-                            f"{tuple(y.shape)}; replace the files with the originals")
-        if x.shape[0] != y.shape[0]:
-            raise DataError(f"{name} {split}: {x.shape[0]} images but {y.shape[0]} labels; "
-                            "replace the files with the originals")
-    return Splits(train_x[:, None], train_y.long(), test_x[:, None], test_y.long())
+        raise DataError(f"{name}: missing {', '.join(missing)} in {raw} (expects {', '.join(spec.files)}"
+                        f"{', raw or .gz' if spec.format == 'idx' else ''}); "
+                        f"point --data-dir or ARCDIST_DATA_DIR at a folder holding {spec.folder}/")
+    return Splits(*(_read_cifar(paths) if spec.format == "cifar" else _read_idx(name, paths)))
 
 
 def resolve_data_dir(flag: str | None) -> str:

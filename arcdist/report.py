@@ -25,6 +25,7 @@ from matplotlib.ticker import MaxNLocator
 
 from arcdist import plots, runinfo
 from arcdist.plots import COLOURS, plt
+from arcdist.config import first_line
 
 STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "wall_time_s")
 STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation is n/a with one seed"
@@ -485,17 +486,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - W&B client errors: one line, no traceback
         if not (args.push_spec or args.wandb_group):
             raise
-        print(f"arcdist.report: error: W&B: {_first_line(e)}", file=sys.stderr)
+        print(f"arcdist.report: error: W&B: {first_line(e)}", file=sys.stderr)
         return 2
     for d in (row["display"] for row in summary["variants"]):
         print(f"{d['variant']:10s} final acc {d['final acc']:18s} min angle {d['min centre angle (deg)']:16s} "
               f"{d['measured verdict']:9s} (post: {d[POST]})")
     print(f"report: {out / 'report.html'}")
     return _push(args, grid_dir, out) if args.push else 0
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _push(args: argparse.Namespace, grid_dir: Path, out: Path) -> int:
@@ -511,7 +508,7 @@ def _push(args: argparse.Namespace, grid_dir: Path, out: Path) -> int:
         print(f"arcdist.report: {e}; {later}")
         return 0
     except Exception as e:  # noqa: BLE001 - network/API failure: one line
-        print(f"arcdist.report: warning: W&B push failed ({_first_line(e)}); {later}", file=sys.stderr)
+        print(f"arcdist.report: warning: W&B push failed ({first_line(e)}); {later}", file=sys.stderr)
         return 1
 
 

@@ -13,6 +13,8 @@ from typing import Iterator
 
 from accelerate import Accelerator
 
+from arcdist.config import first_line
+
 WANDB_MODES = ("online", "offline", "disabled")
 DEFAULT_PROJECT = "arcdist"
 
@@ -59,7 +61,7 @@ def init_wandb(accelerator: Accelerator, mode: str, run_dir: Path, run_id: str, 
         except Exception as e:  # noqa: BLE001 - any failure to reach W&B falls back to offline
             accelerator.trackers = []
             if accelerator.is_main_process:
-                print(f"warning: W&B {attempt} start failed ({str(e).splitlines()[0] if str(e) else e!r}); "
+                print(f"warning: W&B {attempt} start failed ({first_line(e)}); "
                       "logging offline instead (sync later with `wandb sync`)")
     return "disabled"
 

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from arcdist import checkpoint, runinfo, tracking
-from arcdist.config import Config, ConfigError, apply_overrides, from_dict, validate
+from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict, validate
 from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset, resolve_data_dir, shard_bounds,
                           steps_per_epoch, train_batches)
 from arcdist.metrics import separation_metrics
@@ -88,14 +88,14 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
         if changed or cfg.data.dataset != saved.data.dataset or cfg.train.seed != saved.train.seed:
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
-    get_spec(cfg.data.dataset)
+    spec = get_spec(cfg.data.dataset)
+    if (spec.channels, spec.image_size) != (cfg.model.in_channels, cfg.model.image_size):
+        raise ConfigError(f"variant {cfg.variant} takes {cfg.model.in_channels}x{cfg.model.image_size}x"
+                          f"{cfg.model.image_size} images but {cfg.data.dataset} has {spec.channels}x{spec.image_size}x"
+                          f"{spec.image_size}; pick a variant for it (C1 for cifar10)")
     describe(cfg.model)  # shape check of the layer list
     validate(cfg)
     return cfg
-
-
-def _one_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 class Trainer:
@@ -421,7 +421,7 @@ def load_saved_config(run_dir: Path) -> Config:
         raise ConfigError(f"--resume {run_dir}: no config.json there, so it is not an arcdist run folder; "
                           "pass the folder a run wrote") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--resume {run_dir}: config.json is unreadable ({_one_line(e)}); start a new run") from None
+        raise ConfigError(f"--resume {run_dir}: config.json is unreadable ({first_line(e)}); start a new run") from None
 
 
 def run(argv: list[str] | None = None) -> dict:

@@ -98,6 +98,11 @@ POST_VARIANTS = tuple(VARIANTS)  # the post's 12, in its order
 _add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosine lr, bf16, 6 epochs", "",
      _from("V2", optim=replace(ADAM, head_lr=0.01, schedule="cosine", warmup_epochs=0.25),
            head=HeadConfig(init="even"), train=TrainConfig(epochs=6, mixed_precision="bf16")))
+C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
+      conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
+_add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",
+     _from("A1", model=ModelConfig(layers=C3, fc=("linear", 256 * 2 * 2), in_channels=3, image_size=32),
+           data=DataConfig(dataset="cifar10"), train=TrainConfig(epochs=30, mixed_precision="bf16")))
 DEFAULT_VARIANT = "V1.1"  # the post's best
 
 

@@ -99,3 +99,50 @@ def test_batch_order_is_fixed_and_ranks_split_each_global_batch():
     assert all(torch.equal(a, b) for a, b in zip(resumed, one[4:]))
     xb, _ = next(train_batches(data, 8, seed=3, epoch=2, rank=0, world=1))
     assert xb.dtype == torch.float32 and xb.shape == (8, 1, 1, 1)
+
+
+def write_cifar(root, n_per_batch=8, seed=0):
+    """torchvision's cifar-10-batches-py layout with tiny batches (pickled dicts of numpy arrays)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+             b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(d))
+    return root
+
+
+def test_cifar_batches_load_in_torchvision_layout(tmp_path):
+    import pickle
+
+    root = write_cifar(tmp_path)
+    s = load_dataset("cifar10", root, download=False)
+    assert tuple(s.train_x.shape) == (40, 3, 32, 32) and tuple(s.test_x.shape) == (8, 3, 32, 32)
+    raw = pickle.loads((root / "cifar-10-batches-py" / "data_batch_2").read_bytes())
+    assert torch.equal(s.train_x[8:16].reshape(8, -1), torch.from_numpy(raw[b"data"]))
+    assert s.train_y[8:16].tolist() == raw[b"labels"]
+
+
+def test_cifar_pickle_that_runs_code_is_refused(tmp_path):
+    import os
+    import pickle
+
+    root = write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(DataError, match="not a CIFAR-10 batch .*refusing"):
+        load_dataset("cifar10", root, download=False)
+    assert not marker.exists()
+
+
+def test_cifar_missing_is_one_line_naming_the_folder(tmp_path):
+    with pytest.raises(DataError, match="cifar10: missing data_batch_1.*cifar-10-batches-py"):
+        load_dataset("cifar10", tmp_path, download=False)

@@ -80,3 +80,17 @@ def test_two_rank_ddp_gathers_every_test_row_once(tmp_path):
     with torch.no_grad():
         single = net(dev.normalise(dev.x)).numpy()
     np.testing.assert_allclose(f["features"], single, rtol=1e-4, atol=1e-5)
+
+
+def test_cifar_variant_trains_on_synthetic_cifar(tmp_path):
+    from test_data import write_cifar
+
+    data = write_cifar(tmp_path / "data", n_per_batch=16)
+    out = tmp_path / "c1"
+    run_train(["--variant", "C1", "--epochs", "1", "--no-progress", "--wandb", "disabled", "--data-dir", str(data),
+               "--output-dir", str(out), "--set", "data.batch_size=16", "--set", "train.mixed_precision=no"])
+    f = np.load(out / "features.npz")
+    assert f["features"].shape == (16, 2) and np.isfinite(f["features"]).all()
+    proc = run_train(["--variant", "V2", "--dataset", "cifar10", "--data-dir", str(data), "--no-progress",
+                      "--output-dir", str(tmp_path / "x")], check=False)
+    assert proc.returncode == 2 and "pick a variant for it (C1 for cifar10)" in proc.stderr
