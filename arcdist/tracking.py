@@ -37,7 +37,7 @@ def resolve_mode(flag: str | None) -> str:
 
 
 def init_wandb(accelerator: Accelerator, mode: str, run_dir: Path, run_id: str, name: str, config: dict,
-               group: str | None, job_type: str, tags: list[str], init_timeout_s: float = 60.0) -> str:
+               group: str | None, job_type: str, tags: list[str], init_timeout_s: float | None = None) -> str:
     """Start (or resume, same id) the W&B run on the main process; returns the mode actually used.
 
     An online start that fails or times out falls back to offline with a one-line warning.
@@ -52,6 +52,8 @@ def init_wandb(accelerator: Accelerator, mode: str, run_dir: Path, run_id: str, 
     kwargs = dict(id=run_id, resume="allow", name=name, group=group, job_type=job_type, tags=tags,
                   dir=str(run_dir), entity=os.environ.get("WANDB_ENTITY"))
     project = os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
+    if init_timeout_s is None:
+        init_timeout_s = float(os.environ.get("ARCDIST_WANDB_INIT_TIMEOUT", "30"))
     for attempt in ((mode,) if mode == "offline" else (mode, "offline")):
         settings = wandb.Settings(mode=attempt, init_timeout=init_timeout_s, console="off", silent=True,
                                   x_disable_stats=True)
@@ -60,6 +62,7 @@ def init_wandb(accelerator: Accelerator, mode: str, run_dir: Path, run_id: str, 
             return attempt
         except Exception as e:  # noqa: BLE001 - any failure to reach W&B falls back to offline
             accelerator.trackers = []
+            wandb.teardown()  # the half-started online run holds the id; release it for the offline retry
             if accelerator.is_main_process:
                 print(f"warning: W&B {attempt} start failed ({first_line(e)}); "
                       "logging offline instead (sync later with `wandb sync`)")

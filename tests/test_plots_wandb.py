@@ -103,3 +103,16 @@ def test_two_ranks_draw_as_many_points_as_one(tmp_path):
         train_sample = np.load(out / "features" / "train-epoch-0001.npz")
         assert len(train_sample["labels"]) == 256
     assert counts == [333, 333]
+
+
+def test_online_without_a_server_falls_back_to_offline_without_hanging(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    env = cli_env(WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567", WANDB_BASE_URL="http://127.0.0.1:9",
+                  ARCDIST_WANDB_INIT_TIMEOUT="5")
+    env.pop("WANDB_MODE")  # credentials present: the default mode is online
+    proc = run_train(["--variant", "V2", "--no-progress", "--epochs", "1", "--data-dir", str(tiny_data),
+                      "--output-dir", str(out), "--set", "data.batch_size=64"], env=env, timeout=120)
+    warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("warning: W&B")]
+    assert len(warnings) == 1 and "logging offline instead" in warnings[0]
+    wb = read_offline_run(out)
+    assert [h["_step"] for h in wb["history"] if "test_accuracy" in h] == [1]
