@@ -67,10 +67,8 @@ def free_port() -> int:
 
 
 def cli_env(**extra) -> dict:
-    env = dict(os.environ, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT), **extra)
-    env.pop("WANDB_API_KEY", None)
-    return env
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
+    return dict(env, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
 
 
 def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | None = None,
