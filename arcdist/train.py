@@ -278,7 +278,7 @@ class Trainer:
         rollbacks, path = self.state["rollbacks"] + 1, checkpoint.latest_checkpoint(self.run_dir)
         if path is not None:
             self.state.update(checkpoint.load_checkpoint(self.acc, path))
-        else:  # diverged before the first checkpoint: the current weights are suspect, keep them but restart the epoch
+        else:  # diverged before the first checkpoint: the bad step was not applied, so restart the epoch
             self.state.update(step=0, loss_sum=0.0)
         factor = 0.5 ** rollbacks / self.state["lr_scale"]  # the checkpoint's lrs already carry its lr_scale
         for opt in (self.opt_net, self.opt_head):
@@ -290,53 +290,28 @@ class Trainer:
 
     # -- the whole run ---------------------------------------------------------------------------
     def fit(self, plot_every: int = 1) -> dict:
-        cfg, acc = self.cfg, self.acc
-        while self.state["epoch"] < cfg.train.epochs:
+        """Train until cfg.train.epochs, a preemption or a divergence; returns the trainer state."""
+        while self.state["epoch"] < self.cfg.train.epochs:
             epoch = self.state["epoch"]
             stats = self.train_epoch(epoch)
             if "preempted" in stats:
                 self.state["status"] = "preempted"
                 self.checkpoint()  # mid-epoch: (epoch, step, loss_sum) let resume replay the rest exactly
-                if acc.is_main_process:
+                if self.acc.is_main_process:
                     runinfo.write_summary(self.run_dir, self.state, self.model_info())
                     self.stop_file.unlink(missing_ok=True)
                 return self.state
             if "diverged" in stats:
-                if cfg.train.on_diverge == "rollback" and self.state["rollbacks"] < cfg.train.max_rollbacks:
-                    acc.print(f"diverged at {stats['diverged']}; rolling back with halved learning rates")
+                if self.cfg.train.on_diverge == "rollback" and self.state["rollbacks"] < self.cfg.train.max_rollbacks:
+                    self.acc.print(f"diverged at {stats['diverged']}; rolling back with halved learning rates")
                     self.rollback()
                     continue
-                self.state.update(status="diverged", diverged=stats["diverged"])
-                if acc.is_main_process:
-                    runinfo.append_metrics(self.run_dir, dict(epoch=epoch + 1, status="diverged", **stats))
-                    self.log({"diverged_epoch": epoch + 1, "diverged_step": stats["diverged"]["step"]}, epoch + 1)
-                acc.print(f"diverged: non-finite {', '.join(stats['diverged']['tensors'])} at epoch "
-                          f"{stats['diverged']['epoch']}, step {stats['diverged']['step']}; stopped")
+                self.stop_diverged(epoch, stats["diverged"])
                 break
-            metrics, feats, labels = self.evaluate()
-            self.state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
-            record = dict(epoch=epoch + 1, **stats, **{f"test_{k}" if k == "accuracy" else k: v
-                                                       for k, v in metrics.items()})
-            if metrics["accuracy"] > self.state["best_accuracy"]:
-                self.state.update(best_accuracy=metrics["accuracy"], best_epoch=epoch + 1)
-            want_plots = plot_every and ((epoch + 1) % plot_every == 0 or epoch + 1 == cfg.train.epochs)
-            train_feats = self.extract_features(self.train_sample) if want_plots else None
-            if acc.is_main_process:
-                runinfo.append_metrics(self.run_dir, record)
-                self.save_features(epoch + 1, feats, labels)
-                images = {}
-                if train_feats is not None:
-                    self.save_features(epoch + 1, *train_feats, split="train")
-                    images = self.render_plots(epoch + 1)
-                self.log(record, epoch + 1, images)
-                acc.print(f"epoch {epoch + 1}/{cfg.train.epochs}  loss {stats['train_loss']:.4f}  "
-                          f"test acc {metrics['accuracy']:.4f}  spread {metrics['intra_spread_deg']:.1f} deg  "
-                          f"min centre angle {metrics['min_centre_angle_deg']:.1f} deg  "
-                          f"{stats['images_per_s']:.0f} img/s")
-            self.checkpoint()
+            self.end_epoch(epoch, stats, plot_every)
         if self.state["status"] == "running":
             self.state["status"] = "finished"
-        if acc.is_main_process:
+        if self.acc.is_main_process:
             runinfo.write_summary(self.run_dir, self.state, self.model_info())
             self.write_wandb_summary()
             if plot_every:
@@ -344,6 +319,38 @@ class Trainer:
 
                 plots.render_gif(self.run_dir)
         return self.state
+
+    def end_epoch(self, epoch: int, stats: dict, plot_every: int) -> None:
+        """Evaluate on all ranks' data, write metrics, features and plots, log, checkpoint."""
+        metrics, feats, labels = self.evaluate()
+        self.state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
+        record = dict(epoch=epoch + 1, **stats, **{("test_" + k if k == "accuracy" else k): v for k, v in metrics.items()})
+        if metrics["accuracy"] > self.state["best_accuracy"]:
+            self.state.update(best_accuracy=metrics["accuracy"], best_epoch=epoch + 1)
+        want_plots = plot_every and ((epoch + 1) % plot_every == 0 or epoch + 1 == self.cfg.train.epochs)
+        train_feats = self.extract_features(self.train_sample) if want_plots else None  # a collective: all ranks
+        if self.acc.is_main_process:
+            runinfo.append_metrics(self.run_dir, record)
+            self.save_features(epoch + 1, feats, labels)
+            images = {}
+            if train_feats is not None:
+                self.save_features(epoch + 1, *train_feats, split="train")
+                images = self.render_plots(epoch + 1)
+            self.log(record, epoch + 1, images)
+            self.acc.print(f"epoch {epoch + 1}/{self.cfg.train.epochs}  loss {stats['train_loss']:.4f}  "
+                           f"test acc {metrics['accuracy']:.4f}  spread {metrics['intra_spread_deg']:.1f} deg  "
+                           f"min centre angle {metrics['min_centre_angle_deg']:.1f} deg  "
+                           f"{stats['images_per_s']:.0f} img/s")
+        self.checkpoint()
+
+    def stop_diverged(self, epoch: int, where: dict) -> None:
+        """Record where and in which tensors the run diverged (metrics, W&B) and stop."""
+        self.state.update(status="diverged", diverged=where)
+        if self.acc.is_main_process:
+            runinfo.append_metrics(self.run_dir, dict(epoch=epoch + 1, status="diverged", diverged=where))
+            self.log({"diverged_epoch": epoch + 1, "diverged_step": where["step"]}, epoch + 1)
+        self.acc.print(f"diverged: non-finite {', '.join(where['tensors'])} at epoch {where['epoch']}, "
+                       f"step {where['step']}; stopped")
 
     # -- plots and tracking (main process) -------------------------------------------------------
     def render_plots(self, epoch: int) -> dict:
