@@ -200,8 +200,11 @@ def features_figure(rows: list[dict], path: Path) -> Path:
         order = sorted(zip(row["seeds"], row["run_dirs"]))
         found = next(((s, d, f) for s, d in order if (f := last_features(Path(d))) is not None), None)
         panels.append((row, found))
-    limit = max((float(np.abs(f["features"]).max()) for _, x in panels if x for f in [x[2]]), default=1.0)
-    limit = limit * 1.05 if math.isfinite(limit) and limit > 0 else 1.0
+    # shared axes sized for the typical variant (median of each panel's 99th percentile of |x|), so one
+    # exploding variant does not shrink all others to a dot; its panel says how many points fall outside
+    spans = [float(np.percentile(np.abs(x[2]["features"]), 99)) for _, x in panels if x]
+    limit = float(np.median(spans)) * 1.1 if spans else 1.0
+    limit = limit if math.isfinite(limit) and limit > 0 else 1.0
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     height = 3.4 * nrows + 0.5
@@ -218,7 +221,9 @@ def features_figure(rows: list[dict], path: Path) -> Path:
             ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=str(c), linewidths=0, rasterized=True)
         ax.set_title(f"{row['label']} s{seed}  acc {acc:.4f}" if _finite(acc) else f"{row['label']} s{seed}",
                      fontsize=9)
-        ax.text(0.02, 0.02, f"max |x| {np.abs(f['features']).max():.3g}", transform=ax.transAxes, fontsize=7)
+        outside = float((np.abs(f["features"]) > limit).any(axis=1).mean())
+        ax.text(0.02, 0.02, f"max |x| {np.abs(f['features']).max():.3g}"
+                + (f", {outside:.0%} of points outside the axes" if outside else ""), transform=ax.transAxes, fontsize=7)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     axes.flat[0].set_xlim(-limit, limit)
