@@ -24,6 +24,7 @@ from arcdist import runinfo
 from arcdist.checkpoint import latest_checkpoint
 from arcdist.config import ConfigError
 from arcdist.data import get_spec
+from arcdist.tracking import WANDB_MODES
 from arcdist.variants import POST_VARIANTS, get_variant
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
@@ -60,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="jobs side by side (default: GPUs // gpus-per-job, or 2 on a CPU-only node)")
     p.add_argument("--gpus-per-job", type=int, default=1)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    p.add_argument("--wandb", choices=("online", "offline", "disabled"), default=None)
+    p.add_argument("--wandb", choices=WANDB_MODES, default=None)
     p.add_argument("--list", action="store_true", help="print the job table and exit")
     p.add_argument("--task-index", type=int, default=None, help="run only this job, in the foreground")
     p.add_argument("train_args", nargs="*", help="extra arguments for train.py after --")
@@ -125,7 +126,8 @@ def is_finished(job: Job) -> bool:
     return runinfo.read_summary(Path(job.run_dir)).get("status") in ("finished", "diverged")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on this machine now (for a job's rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -198,7 +200,7 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
             job.log = str(root / "logs" / f"{Path(job.run_dir).name}.log")
             log = open(job.log, "a")
             env = dict(os.environ, **slots[slot])
-            cmd = train_command(job, args, _free_port(), int(slots[slot].get("OMP_NUM_THREADS", 0)))
+            cmd = train_command(job, args, free_port(), int(slots[slot].get("OMP_NUM_THREADS", 0)))
             job.status, job.devices = "running", [int(i) for i in slots[slot].get("CUDA_VISIBLE_DEVICES", "").split(",") if i]
             print(f"[grid] start {Path(job.run_dir).name} (slot {slot})", flush=True)
             running[slot] = (job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), log)
@@ -228,7 +230,7 @@ def run_task(args: argparse.Namespace, jobs: list[Job]) -> int:
         print(f"[grid] {Path(job.run_dir).name} already finished; nothing to do")
         return 0
     Path(job.run_dir).parent.mkdir(parents=True, exist_ok=True)
-    cmd = train_command(job, args, _free_port())
+    cmd = train_command(job, args, free_port())
     print(f"[grid] task {job.index}: {' '.join(cmd)}", flush=True)
     os.execv(cmd[0], cmd)
     return 0  # not reached

@@ -446,9 +446,9 @@ def run(argv: list[str] | None = None) -> dict:
     use_cpu = cfg.train.cpu or not torch.cuda.is_available()
     if use_cpu:
         configure_cpu(cfg)
+    mode = tracking.resolve_mode(args.wandb)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision,
-                              step_scheduler_with_optimizer=False,
-                              log_with=None if resolve_wandb(args) == "disabled" else "wandb")
+                              step_scheduler_with_optimizer=False, log_with=None if mode == "disabled" else "wandb")
     run_dir = check_run_dir(args, cfg)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
@@ -465,7 +465,6 @@ def run(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process and not args.resume:
         runinfo.write_config(run_dir, cfg, world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
                              distributed_type=str(accelerator.distributed_type))
-    mode = resolve_wandb(args)
     if mode != "disabled":
         trainer.state["wandb_id"] = trainer.state["wandb_id"] or runinfo.new_run_id()
         mode = tracking.init_wandb(accelerator, mode, run_dir, trainer.state["wandb_id"],
@@ -480,10 +479,6 @@ def run(argv: list[str] | None = None) -> dict:
 
         preempt.requeue_self()
     return state
-
-
-def resolve_wandb(args: argparse.Namespace) -> str:
-    return tracking.resolve_mode(args.wandb)
 
 
 _signalled = False  # set by SIGUSR1/SIGTERM; read at each step boundary

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from arcdist.grid import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(os.environ.get("ARCDIST_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -58,12 +59,6 @@ def real_data() -> Path:
     if not (REAL_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found under {REAL_DATA}; set ARCDIST_DATA_DIR")
     return REAL_DATA
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli_env(**extra) -> dict:
