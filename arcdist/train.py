@@ -76,8 +76,10 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         cfg = saved
     else:
         cfg = get_variant(args.variant or DEFAULT_VARIANT).config
-    # `accelerate launch --mixed_precision` / a config file's setting applies unless --mixed-precision is given
-    precision = args.mixed_precision or (None if saved else os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    # `accelerate launch --mixed_precision bf16|fp16` (or a config file's) applies unless --mixed-precision is
+    # given; its default "no" is always exported, so it must not override a variant's own setting
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    precision = args.mixed_precision or (launcher if launcher in ("fp16", "bf16") and not saved else None)
     flags = {"train.epochs": args.epochs, "train.seed": args.seed, "train.mixed_precision": precision,
              "data.dataset": args.dataset, "data.limit_train": args.limit_train, "data.limit_test": args.limit_test,
              "train.cpu": True if args.cpu else None}

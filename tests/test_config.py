@@ -79,3 +79,20 @@ def test_cosine_schedule_exact_values():
     assert lr_factor(cfg, 10, spe, epochs) == pytest.approx(1.0)
     assert lr_factor(cfg, 30, spe, epochs) == pytest.approx(0.5)
     assert lr_factor(cfg, 50, spe, epochs) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("flag,env,variant,want", [
+    (None, "no", "A1", "bf16"),  # accelerate launch always exports its default "no": the variant's bf16 stays
+    (None, "bf16", "V2", "bf16"),  # accelerate launch --mixed_precision bf16 / a bf16 config file
+    ("no", "bf16", "V2", "no"),  # the training flag wins
+    (None, None, "V2", "no"),
+])
+def test_mixed_precision_from_flag_launcher_and_variant(monkeypatch, flag, env, variant, want):
+    from arcdist.train import build_config, parse_args
+
+    if env is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
+    argv = ["--variant", variant] + (["--mixed-precision", flag] if flag else [])
+    assert build_config(parse_args(argv)).train.mixed_precision == want
