@@ -219,7 +219,8 @@ class Trainer:
                 torch.distributed.broadcast(buf, src=0)
         model.eval()
         n = len(data)
-        lo, hi = shard_bounds(n, self.rank, self.world)
+        bounds = [shard_bounds(n, r, self.world) for r in range(self.world)]
+        lo, hi = bounds[self.rank]
         chunk = self.cfg.train.eval_batch_size
         with self.acc.autocast():
             parts = [model(data.normalise(data.x[i:min(i + chunk, hi)])).float() for i in range(lo, hi, chunk)]
@@ -231,9 +232,8 @@ class Trainer:
             feats[:hi - lo] = torch.cat(parts)
         labels[:hi - lo] = data.y[lo:hi]
         all_feats, all_labels = self.acc.gather((feats, labels))
-        keep = torch.cat([torch.arange(r * width, r * width + (shard_bounds(n, r, self.world)[1]
-                                                               - shard_bounds(n, r, self.world)[0]))
-                          for r in range(self.world)]).to(all_feats.device)
+        keep = torch.cat([torch.arange(r * width, r * width + b - a) for r, (a, b) in enumerate(bounds)])
+        keep = keep.to(all_feats.device)
         return all_feats[keep].cpu(), all_labels[keep].cpu()
 
     def model_info(self) -> dict:
@@ -314,8 +314,7 @@ class Trainer:
         if self.state["status"] == "running":
             self.state["status"] = "finished"
         if self.acc.is_main_process:
-            runinfo.write_summary(self.run_dir, self.state, self.model_info())
-            self.write_wandb_summary()
+            self.write_wandb_summary(runinfo.write_summary(self.run_dir, self.state, self.model_info()))
             if plot_every:
                 from arcdist import plots
 
@@ -369,11 +368,11 @@ class Trainer:
 
             run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()}, step=epoch)
 
-    def write_wandb_summary(self) -> None:
+    def write_wandb_summary(self, summary: dict) -> None:
         run = tracking.wandb_run(self.acc)
         if run is None:
             return
-        for key, value in runinfo.read_summary(self.run_dir).items():
+        for key, value in summary.items():
             if isinstance(value, (int, float, str, bool)):
                 run.summary[key] = value
 
