@@ -10,11 +10,25 @@ from torch import nn
 from arcdist.config import ConfigError, HeadConfig, ModelConfig
 
 
+class PReLU(nn.PReLU):
+    """nn.PReLU (same parameter, same state_dict) computed as relu(x) - a * relu(-x).
+
+    The forward is bit-identical; the backward differs only at x == 0 exactly. torch 2.14's fused CPU
+    PReLU backward took 19 % of a bf16 V1.2.2 step here; two ReLUs and a multiply cost a third of that.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.weight.to(x.dtype)
+        if a.numel() > 1:
+            a = a.view(1, -1, *([1] * (x.dim() - 2)))
+        return F.relu(x) - a * F.relu(-x)
+
+
 class ConvLayer(nn.Sequential):
     """The post's undefined block, read as Conv2d(bias=False) -> BatchNorm2d -> PReLU."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int):
-        super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.PReLU())
+        super().__init__(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), PReLU())
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Sequential:

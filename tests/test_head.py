@@ -85,3 +85,24 @@ def test_even_init_spaces_class_directions_36_degrees_apart():
     assert torch.allclose(w.norm(dim=1), torch.ones(10))
     m = separation_metrics(w, torch.arange(10), w)
     assert m["min_weight_angle_deg"] == pytest.approx(36.0, abs=1e-4) and m["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("channels", [1, 5])
+def test_prelu_matches_torch_prelu_values_gradients_and_state_dict(channels):
+    from arcdist.model import PReLU
+
+    torch.manual_seed(0)
+    ours, ref = PReLU(channels), torch.nn.PReLU(channels)
+    ref.weight.data = torch.linspace(-0.3, 0.7, channels)
+    ours.load_state_dict(ref.state_dict())
+    assert list(ours.state_dict()) == ["weight"]
+    x = torch.randn(4, 5, 6, 6)
+    x[0, 0, 0, :3] = torch.tensor([1e-40, -1e-40, 3.0])  # denormals and an exact positive
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    assert torch.equal(ya, yb)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(xa.grad, xb.grad)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-6)
