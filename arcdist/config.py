@@ -78,6 +78,8 @@ class DataConfig:
     limit_train: int = 0  # use only the first N training images (0 = all)
     limit_test: int = 0  # use only the first N test images (0 = all)
     download: bool = True  # try torchvision's download when files are missing
+    shift: int = 0  # augmentation: random translation of each training image by up to this many pixels (x and y)
+    flip: bool = False  # augmentation: random horizontal flip of training images (Fashion-MNIST, CIFAR-10; not digits)
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,8 @@ def validate(cfg: Config) -> None:
         (cfg.head.margin_warmup_epochs >= 0, "head.margin_warmup_epochs must be >= 0; pass --set head.margin_warmup_epochs=1"),
         (cfg.optim.step_size > 0, "optim.step_size must be > 0; pass --set optim.step_size=20"),
         (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
+        (0 <= cfg.data.shift < cfg.model.image_size // 2,
+         f"data.shift must be 0..{cfg.model.image_size // 2 - 1} pixels (got {cfg.data.shift}); try --set data.shift=2"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (cfg.train.threads >= 0, "train.threads must be >= 0 (0 = automatic)"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),

@@ -6,6 +6,9 @@ normalised on the device. No DataLoader and no per-sample Python on the hot path
 Order (fixed for a given seed and world size): each epoch draws a permutation of the training set
 from a generator seeded with (seed, epoch); global batch i is perm[i*B:(i+1)*B] (the last partial
 batch is dropped); rank r takes the r-th contiguous chunk of B/world images of it.
+Augmentation (data.shift, data.flip) draws each image's shift and flip from a generator seeded with
+(seed, epoch), for the whole global epoch at once: the same image gets the same shift for any world
+size, and a resumed epoch replays it exactly.
 """
 from __future__ import annotations
 
@@ -214,18 +217,53 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def augment_plan(n: int, seed: int, epoch: int, shift: int, flip: bool) -> torch.Tensor | None:
+    """Per position of the epoch's order: (dy, dx, flip) as an (n, 3) int tensor; None without augmentation."""
+    if not shift and not flip:
+        return None
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)  # independent of the order's stream
+    plan = torch.zeros(n, 3, dtype=torch.long)
+    if shift:
+        plan[:, :2] = torch.randint(-shift, shift + 1, (n, 2), generator=g)
+    if flip:
+        plan[:, 2] = torch.randint(0, 2, (n,), generator=g)
+    return plan
+
+
+def augment(x: torch.Tensor, plan: torch.Tensor, shift: int) -> torch.Tensor:
+    """Mirror each (N, C, H, W) image where plan's flip is 1, then shift it by plan's (dy, dx) with zero fill.
+
+    Content moves down/right for positive dy/dx. One gather on the device, any dtype.
+    """
+    n, c, h, w = x.shape
+    plan = plan.to(x.device)
+    padded = torch.nn.functional.pad(x, (shift, shift, shift, shift)) if shift else x
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = shift + ar_h - plan[:, 0, None]  # (N, H): padded source row of each output row
+    cols = ar_w - plan[:, 1, None]  # (N, W): source column, then mirrored for flipped images
+    cols = shift + torch.where(plan[:, 2, None].bool(), w - 1 - cols, cols)
+    return padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
 def train_batches(data: DeviceData, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-                  start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  start_step: int = 0, shift: int = 0, flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's share of each global batch of the epoch (see the module docstring for the order)."""
     per_rank = batch_size // world
     perm = epoch_permutation(len(data), seed, epoch).to(data.device)
+    plan = augment_plan(len(data), seed, epoch, shift, flip)
     for step in range(start_step, steps_per_epoch(len(data), batch_size)):
         lo = step * batch_size + rank * per_rank
-        yield data.batch(perm[lo:lo + per_rank])
+        idx = perm[lo:lo + per_rank]
+        if plan is None:
+            yield data.batch(idx)
+        else:
+            yield data.normalise(augment(data.x[idx], plan[lo:lo + per_rank], shift)), data.y[idx]
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:

@@ -183,7 +183,7 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.acc.is_main_process or self.no_progress, leave=False, dynamic_ncols=True)
         batches = train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
-                                self.world, start_step)
+                                self.world, start_step, self.cfg.data.shift, self.cfg.data.flip)
         for step, (x, y) in enumerate(batches, start=start_step):
             margin = margin_at(self.cfg.head, epoch + step / self.steps_per_epoch)
             poison = FAULT_NAN == (epoch + 1, step) and self.state["rollbacks"] == 0

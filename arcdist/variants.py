@@ -98,6 +98,11 @@ POST_VARIANTS = tuple(VARIANTS)  # the post's 12, in its order
 _add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosine lr, bf16, 6 epochs", "",
      _from("V2", optim=replace(ADAM, head_lr=0.01, schedule="cosine", warmup_epochs=0.25),
            head=HeadConfig(init="even"), train=TrainConfig(epochs=6, mixed_precision="bf16")))
+_add("A2", "A1", "2-D recipe: A1 + random 2-pixel shifts, 15 epochs, channels_last", "",
+     _from("A1", data=DataConfig(shift=2),
+           train=TrainConfig(epochs=15, mixed_precision="bf16", channels_last=True)))
+_add("A2F", "A2", "Fashion-MNIST: A2 + random horizontal flips", "",
+     _from("A2", data=DataConfig(dataset="fashion-mnist", shift=2, flip=True)))
 C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
       conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",

@@ -65,6 +65,7 @@ CASES = {
     "lr negative": (lambda w: ["--set", "optim.lr=-0.1"], "optim.lr must be > 0"),
     "batch zero": (lambda w: ["--set", "data.batch_size=0"], "batch size must be > 0"),
     "batch above dataset": (lambda w: ["--set", "data.batch_size=4096"], "larger than the 128 training images"),
+    "shift too large": (lambda w: ["--set", "data.shift=14"], "data.shift must be 0..13 pixels"),
     "data file missing": (lambda w: ["--data-dir", str(w["broken"]["missing"])], "missing t10k-labels-idx1-ubyte"),
     "wrong magic": (lambda w: ["--data-dir", str(w["broken"]["magic"])], "bad magic number"),
     "truncated idx": (lambda w: ["--data-dir", str(w["broken"]["truncated"])], "truncated"),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcdist.data import (DataError, epoch_permutation, load_dataset, read_idx, resolve_data_dir, shard_bounds,
+from arcdist.data import (DataError, augment, augment_plan, epoch_permutation, load_dataset, read_idx, resolve_data_dir, shard_bounds,
                           train_batches, DeviceData, DATASETS)
 from conftest import make_tiny_mnist, write_idx
 
@@ -99,6 +99,52 @@ def test_batch_order_is_fixed_and_ranks_split_each_global_batch():
     assert all(torch.equal(a, b) for a, b in zip(resumed, one[4:]))
     xb, _ = next(train_batches(data, 8, seed=3, epoch=2, rank=0, world=1))
     assert xb.dtype == torch.float32 and xb.shape == (8, 1, 1, 1)
+
+
+def reference_shift(img, dy, dx, flip):
+    """Loop reference: out[i, j] = img[i - dy, j' - dx] (zero outside), j' mirrored first when flip."""
+    c, h, w = img.shape
+    src = img.flip(-1) if flip else img
+    out = torch.zeros_like(img)
+    for i in range(h):
+        for j in range(w):
+            if 0 <= i - dy < h and 0 <= j - dx < w:
+                out[:, i, j] = src[:, i - dy, j - dx]
+    return out
+
+
+def test_augment_shifts_and_flips_like_a_loop_reference():
+    torch.manual_seed(0)
+    x = torch.randint(1, 256, (6, 3, 7, 9), dtype=torch.uint8)
+    plan = torch.tensor([[0, 0, 0], [1, 2, 0], [-2, 1, 1], [2, -2, 0], [0, 0, 1], [-1, -1, 1]])
+    out = augment(x, plan, shift=2)
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    assert torch.equal(out[0], x[0])  # no shift, no flip: unchanged
+    assert torch.equal(out[4], x[4].flip(-1))
+    for k, (dy, dx, f) in enumerate(plan.tolist()):
+        assert torch.equal(out[k], reference_shift(x[k], dy, dx, f)), k
+    assert int((out[1, :, 0, :] == 0).sum()) == 3 * 9  # the row shifted in is zero
+
+
+def test_augmented_batches_are_fixed_per_seed_epoch_and_world_size():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    data = DeviceData(x, torch.arange(40), DATASETS["mnist"], torch.device("cpu"))
+    kw = dict(seed=1, epoch=0, shift=2, flip=False)
+    one = list(train_batches(data, 8, rank=0, world=1, **kw))
+    two = [list(train_batches(data, 8, rank=r, world=2, **kw)) for r in range(2)]
+    for step, (xb, yb) in enumerate(one):
+        assert torch.equal(torch.cat([two[0][step][0], two[1][step][0]]), xb)
+        assert torch.equal(yb, epoch_permutation(40, 1, 0)[step * 8:(step + 1) * 8])  # order untouched
+    plain = list(train_batches(data, 8, seed=1, epoch=0, rank=0, world=1))
+    changed = sum(not torch.equal(a[0], b[0]) for a, b in zip(one, plain))
+    assert changed == 5  # every batch of 8 has a shifted image (P(no shift) = 1/25 per image)
+    resumed = list(train_batches(data, 8, rank=0, world=1, start_step=3, **kw))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, one[3:]))
+    p = augment_plan(1000, 1, 0, 2, True)
+    assert p[:, :2].min() == -2 and p[:, :2].max() == 2 and set(p[:, 2].tolist()) == {0, 1}
+    assert torch.equal(p, augment_plan(1000, 1, 0, 2, True)) and not torch.equal(p, augment_plan(1000, 1, 1, 2, True))
+    assert augment_plan(1000, 1, 0, 0, False) is None
 
 
 def write_cifar(root, n_per_batch=8, seed=0):
