@@ -87,7 +87,7 @@ class TrainConfig:
     epochs: int = 100  # the post's length
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    channels_last: bool = False  # NHWC activations (oneDNN/AMX and tensor cores prefer them under bf16)
+    channels_last: bool = False  # NHWC activations (oneDNN bf16 kernels and tensor cores prefer them)
     cpu: bool = False  # force CPU even when a GPU is present
     threads: int = 0  # CPU threads per process; 0 = this node's cores / its processes (overrides OMP_NUM_THREADS)
     eval_batch_size: int = 1000  # images per forward pass at evaluation, per rank

@@ -101,6 +101,8 @@ _add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosin
 _add("A2", "A1", "2-D recipe: A1 + random 2-pixel shifts, 15 epochs, channels_last", "",
      _from("A1", data=DataConfig(shift=2),
            train=TrainConfig(epochs=15, mixed_precision="bf16", channels_last=True)))
+_add("A3", "A2", "A2 on V1.2.2's wider backbone (32-64-128 channels, 128x3x3 -> Linear(1152, 2))", "",
+     _from("A2", model=_model(V122_LAYERS, ("linear", 128 * 3 * 3))))
 _add("A2F", "A2", "Fashion-MNIST: A2 + random horizontal flips", "",
      _from("A2", data=DataConfig(dataset="fashion-mnist", shift=2, flip=True)))
 C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
