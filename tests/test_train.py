@@ -60,6 +60,16 @@ def test_resume_equals_uninterrupted_run(tiny_run, tiny_data, tmp_path):
     assert np.array_equal(a["features"], b["features"]) and np.array_equal(a["W"], b["W"])
 
 
+def test_augmentation_reaches_training_and_is_recorded(tiny_run, tiny_data, tmp_path):
+    out = tmp_path / "shifted"
+    run_train([*TINY, "--epochs", "1", "--data-dir", str(tiny_data), "--output-dir", str(out),
+               "--set", "data.batch_size=64", "--seed", "1", "--set", "data.shift=3", "--set", "data.flip=true"])
+    cfg = from_dict(json.loads((out / "config.json").read_text())["config"])
+    assert cfg.data.shift == 3 and cfg.data.flip is True
+    # same seed, init and order as tiny_run's first epoch: only the augmented pixels differ
+    assert metric_rows(out)[0]["train_loss"] != metric_rows(tiny_run)[0]["train_loss"]
+
+
 def test_two_rank_ddp_gathers_every_test_row_once(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=1001, seed=5)
     out = tmp_path / "ddp"
