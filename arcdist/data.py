@@ -257,13 +257,12 @@ def train_batches(data: DeviceData, batch_size: int, seed: int, epoch: int, rank
     per_rank = batch_size // world
     perm = epoch_permutation(len(data), seed, epoch).to(data.device)
     plan = augment_plan(len(data), seed, epoch, shift, flip)
+    plan = None if plan is None else plan.to(data.device)  # once per epoch, not per step
     for step in range(start_step, steps_per_epoch(len(data), batch_size)):
         lo = step * batch_size + rank * per_rank
         idx = perm[lo:lo + per_rank]
-        if plan is None:
-            yield data.batch(idx)
-        else:
-            yield data.normalise(augment(data.x[idx], plan[lo:lo + per_rank], shift)), data.y[idx]
+        x = data.x[idx] if plan is None else augment(data.x[idx], plan[lo:lo + per_rank], shift)
+        yield data.normalise(x), data.y[idx]
 
 
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int]:
