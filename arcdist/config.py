@@ -50,6 +50,8 @@ class HeadConfig:
     margin_warmup_epochs: float = 1.0  # margin grows linearly from 0 to m over this many epochs
     num_classes: int = 10
     init: Literal["xavier", "even"] = "xavier"  # W init; "even": class directions 360/C degrees apart (2-D)
+    order: tuple = ()  # "even" only: class at each position around the circle, e.g. (0, 6, 2, ...); () = 0..C-1
+    freeze: bool = False  # keep W at its init (not trained): the class directions cannot collapse
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class DataConfig:
     download: bool = True  # try torchvision's download when files are missing
     shift: int = 0  # augmentation: random translation of each training image by up to this many pixels (x and y)
     flip: bool = False  # augmentation: random horizontal flip of training images (Fashion-MNIST, CIFAR-10; not digits)
+    rotate: float = 0.0  # augmentation: random rotation of each training image by up to this many degrees (+-)
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,12 @@ def validate(cfg: Config) -> None:
         (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
         (0 <= cfg.data.shift < cfg.model.image_size // 2,
          f"data.shift must be 0..{cfg.model.image_size // 2 - 1} pixels (got {cfg.data.shift}); try --set data.shift=2"),
+        (0 <= cfg.data.rotate <= 180, f"data.rotate must be 0..180 degrees (got {cfg.data.rotate}); try --set data.rotate=10"),
+        (not cfg.head.order or sorted(cfg.head.order) == list(range(cfg.head.num_classes)),
+         f"head.order must list each class 0..{cfg.head.num_classes - 1} once (got {cfg.head.order}); "
+         "pass --set head.order=() for the natural order"),
+        (not cfg.head.order or cfg.head.init == "even",
+         "head.order places the evenly spread class directions; add --set head.init=even"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (cfg.train.threads >= 0, "train.threads must be >= 0 (0 = automatic)"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),

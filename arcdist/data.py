@@ -6,13 +6,14 @@ normalised on the device. No DataLoader and no per-sample Python on the hot path
 Order (fixed for a given seed and world size): each epoch draws a permutation of the training set
 from a generator seeded with (seed, epoch); global batch i is perm[i*B:(i+1)*B] (the last partial
 batch is dropped); rank r takes the r-th contiguous chunk of B/world images of it.
-Augmentation (data.shift, data.flip) draws each image's shift and flip from a generator seeded with
+Augmentation (data.shift, data.flip, data.rotate) draws each image's shift, flip and angle from a generator seeded with
 (seed, epoch), for the whole global epoch at once: the same image gets the same shift for any world
 size, and a resumed epoch replays it exactly.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import socket
@@ -247,21 +248,50 @@ def augment(x: torch.Tensor, plan: torch.Tensor, shift: int) -> torch.Tensor:
                   rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def rotation_plan(n: int, seed: int, epoch: int, degrees: float) -> torch.Tensor | None:
+    """Per position of the epoch's order: a rotation angle in radians, uniform in +-degrees; None when 0."""
+    if not degrees:
+        return None
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 15_485_863)  # its own stream: shifts stay as they were
+    return (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * math.radians(degrees)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate each (N, C, H, W) image by its angle (radians, counter-clockwise on screen) about its centre.
+
+    Bilinear, zero fill (raw pixel space, so the fill is the background); returns float32.
+    """
+    cos, sin = angles.cos().float(), angles.sin().float()
+    # grid_sample's theta maps output to input coordinates (x right, y down): the inverse rotation
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1).to(x.device)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size
 
 
 def train_batches(data: DeviceData, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-                  start_step: int = 0, shift: int = 0, flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """This rank's share of each global batch of the epoch (see the module docstring for the order)."""
+                  start_step: int = 0, shift: int = 0, flip: bool = False, degrees: float = 0.0
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's share of each global batch of the epoch (see the module docstring for the order).
+
+    Augmentation, when asked for: flip and shift (exact pixel moves), then rotation (bilinear).
+    """
     per_rank = batch_size // world
     perm = epoch_permutation(len(data), seed, epoch).to(data.device)
     plan = augment_plan(len(data), seed, epoch, shift, flip)
     plan = None if plan is None else plan.to(data.device)  # once per epoch, not per step
+    angles = rotation_plan(len(data), seed, epoch, degrees)
+    angles = None if angles is None else angles.to(data.device)
     for step in range(start_step, steps_per_epoch(len(data), batch_size)):
         lo = step * batch_size + rank * per_rank
         idx = perm[lo:lo + per_rank]
         x = data.x[idx] if plan is None else augment(data.x[idx], plan[lo:lo + per_rank], shift)
+        if angles is not None:
+            x = rotate(x, angles[lo:lo + per_rank])
         yield data.normalise(x), data.y[idx]
 
 

@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs", help="parent of the grid folder (default runs/)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--jobs", type=int, default=None,
-                   help="jobs side by side (default: GPUs // gpus-per-job, or 2 on a CPU-only node)")
+                   help="jobs side by side (default: GPUs // gpus-per-job, or 2 on a CPU-only node); "
+                        "more jobs than GPUs share them round-robin")
     p.add_argument("--gpus-per-job", type=int, default=1)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--wandb", choices=WANDB_MODES, default=None)
@@ -150,9 +151,12 @@ def plan_slots(args: argparse.Namespace) -> list[dict]:
     gpus = _gpu_ids()
     if gpus:
         k = args.gpus_per_job
-        n = args.jobs or max(1, len(gpus) // k)
-        return [dict(CUDA_VISIBLE_DEVICES=",".join(map(str, gpus[i * k:(i + 1) * k]))) for i in range(n)
-                if len(gpus[i * k:(i + 1) * k]) == k]
+        groups = [gpus[i * k:(i + 1) * k] for i in range(len(gpus) // k)]
+        if not groups:
+            raise ConfigError(f"--gpus-per-job {k}: this node has only {len(gpus)} GPUs; lower --gpus-per-job")
+        # more jobs than GPU groups: small runs share a GPU round-robin (one MNIST run leaves most of it idle)
+        n = args.jobs or len(groups)
+        return [dict(CUDA_VISIBLE_DEVICES=",".join(map(str, groups[i % len(groups)]))) for i in range(n)]
     n = args.jobs or 2
     threads = max(1, len(os.sched_getaffinity(0)) // n)
     return [dict(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="") for _ in range(n)]

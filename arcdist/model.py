@@ -119,11 +119,15 @@ class ArcMarginHead(nn.Module):
         self.scale = cfg.scale
         self.weight = nn.Parameter(torch.empty(cfg.num_classes, feature_dim))
         if cfg.init == "even" and feature_dim == 2:
-            angles = torch.arange(cfg.num_classes) * (2 * math.pi / cfg.num_classes)
+            position = torch.empty(cfg.num_classes)  # position[c]: slot of class c around the circle
+            position[list(cfg.order or range(cfg.num_classes))] = torch.arange(cfg.num_classes, dtype=torch.float)
+            angles = position * (2 * math.pi / cfg.num_classes)
             with torch.no_grad():
                 self.weight.copy_(torch.stack([angles.cos(), angles.sin()], dim=1))
         else:
             nn.init.xavier_uniform_(self.weight)
+        # frozen W has no gradient: the head optimizer skips it, and the trainer keeps the head out of DDP
+        self.weight.requires_grad_(not cfg.freeze)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
         # the margin arithmetic needs fp32 even under bf16/fp16 autocast

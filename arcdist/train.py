@@ -132,6 +132,8 @@ class Trainer:
         head = ArcMarginHead(cfg.head, cfg.model.feature_dim)
         opt_net, opt_head = build_optimizers(cfg.optim, backbone, head)
         sched_net, sched_head = build_schedulers(cfg.optim, opt_net, opt_head, self.steps_per_epoch, cfg.train.epochs)
+        if cfg.head.freeze:  # nothing to synchronise: no DDP wrapper (torch refuses one without trainable params)
+            head = accelerator.prepare_model(head, evaluation_mode=True)
         (self.backbone, self.head, self.opt_net, self.opt_head, self.sched_net, self.sched_head) = \
             accelerator.prepare(backbone, head, opt_net, opt_head, sched_net, sched_head)
         self.state = dict(epoch=0, step=0, loss_sum=0.0, best_accuracy=0.0, best_epoch=0, status="running",
@@ -183,7 +185,8 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.acc.is_main_process or self.no_progress, leave=False, dynamic_ncols=True)
         batches = train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
-                                self.world, start_step, self.cfg.data.shift, self.cfg.data.flip)
+                                self.world, start_step, self.cfg.data.shift, self.cfg.data.flip,
+                                self.cfg.data.rotate)
         for step, (x, y) in enumerate(batches, start=start_step):
             margin = margin_at(self.cfg.head, epoch + step / self.steps_per_epoch)
             poison = FAULT_NAN == (epoch + 1, step) and self.state["rollbacks"] == 0

@@ -105,6 +105,21 @@ _add("A3", "A2", "A2 on V1.2.2's wider backbone (32-64-128 channels, 128x3x3 -> 
      _from("A2", model=_model(V122_LAYERS, ("linear", 128 * 3 * 3))))
 _add("A2F", "A2", "Fashion-MNIST: A2 + random horizontal flips", "",
      _from("A2", data=DataConfig(dataset="fashion-mnist", shift=2, flip=True)))
+_add("A4", "A3", "class directions frozen at the even spread, random rotations up to 10 deg, 40 epochs", "",
+     _from("A3", head=HeadConfig(init="even", freeze=True), data=DataConfig(shift=2, rotate=10.0),
+           train=TrainConfig(epochs=40, mixed_precision="bf16", channels_last=True)))
+W3_LAYERS = (conv(1, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
+             conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M)
+_add("A5", "A4", "wider 3x3 backbone (64-128-256 channels, 256x3x3 -> Linear(2304, 2))", "",
+     _from("A4", model=_model(W3_LAYERS, ("linear", 256 * 3 * 3))))
+# Fashion-MNIST: W frozen so that pullover and coat cannot merge (A2F: 1.3 deg apart); the order puts the
+# classes that are confused with each other next to each other on the circle: tops, then dress, trousers, footwear, bag
+FASHION_RING = (0, 6, 2, 4, 3, 1, 5, 7, 9, 8)  # T-shirt, shirt, pullover, coat, dress, trouser, sandal, sneaker, boot, bag
+_add("A4F", "A4", "Fashion-MNIST: shifts and flips (no rotation), W frozen in label order", "",
+     _from("A4", data=DataConfig(dataset="fashion-mnist", shift=2, flip=True)))
+_add("A5F", "A5", "Fashion-MNIST: A4F's data on A5's backbone, W frozen with look-alike classes adjacent", "",
+     _from("A5", data=DataConfig(dataset="fashion-mnist", shift=2, flip=True),
+           head=HeadConfig(init="even", freeze=True, order=FASHION_RING)))
 C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
       conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",
