@@ -1,12 +1,13 @@
 """IDX parsing (synthetic and real files), the data-dir rule, and the device-resident batch order."""
 import gzip
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from arcdist.data import (DataError, augment, augment_plan, epoch_permutation, load_dataset, read_idx, resolve_data_dir, shard_bounds,
-                          train_batches, DeviceData, DATASETS)
+from arcdist.data import (DataError, augment, augment_plan, epoch_permutation, load_dataset, read_idx, resolve_data_dir,
+                          rotate, rotation_plan, shard_bounds, train_batches, DeviceData, DATASETS)
 from conftest import make_tiny_mnist, write_idx
 
 
@@ -145,6 +146,36 @@ def test_augmented_batches_are_fixed_per_seed_epoch_and_world_size():
     assert p[:, :2].min() == -2 and p[:, :2].max() == 2 and set(p[:, 2].tolist()) == {0, 1}
     assert torch.equal(p, augment_plan(1000, 1, 0, 2, True)) and not torch.equal(p, augment_plan(1000, 1, 1, 2, True))
     assert augment_plan(1000, 1, 0, 0, False) is None
+
+
+def test_rotate_quarter_turns_equal_rot90_and_small_angles_keep_the_centre():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 2, 6, 6), dtype=torch.uint8)
+    out = rotate(x, torch.tensor([math.pi / 2, -math.pi / 2, 0.0], dtype=torch.float64))
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    torch.testing.assert_close(out[0], torch.rot90(x[0].float(), 1, dims=(1, 2)), atol=1e-4, rtol=0)  # anticlockwise
+    torch.testing.assert_close(out[1], torch.rot90(x[1].float(), -1, dims=(1, 2)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out[2], x[2].float(), atol=1e-4, rtol=0)
+    dot = torch.zeros(1, 1, 5, 5, dtype=torch.uint8)
+    dot[0, 0, 2, 2] = 200  # the centre pixel of an odd image stays where it is under any rotation
+    assert rotate(dot, torch.tensor([0.3], dtype=torch.float64))[0, 0, 2, 2] == pytest.approx(200, abs=1e-3)
+
+
+def test_rotated_batches_are_fixed_per_seed_epoch_and_world_size():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    data = DeviceData(x, torch.arange(40), DATASETS["mnist"], torch.device("cpu"))
+    kw = dict(seed=1, epoch=0, shift=1, degrees=10.0)
+    one = list(train_batches(data, 8, rank=0, world=1, **kw))
+    two = [list(train_batches(data, 8, rank=r, world=2, **kw)) for r in range(2)]
+    for step, (xb, yb) in enumerate(one):
+        torch.testing.assert_close(torch.cat([two[0][step][0], two[1][step][0]]), xb, atol=1e-5, rtol=0)
+    shifted_only = list(train_batches(data, 8, rank=0, world=1, seed=1, epoch=0, shift=1))
+    assert all(not torch.equal(a[0], b[0]) for a, b in zip(one, shifted_only))  # rotation applied on top
+    a = rotation_plan(1000, 1, 0, 10.0)
+    assert a.shape == (1000,) and a.abs().max() <= math.radians(10) and a.abs().max() > math.radians(9.9)
+    assert torch.equal(a, rotation_plan(1000, 1, 0, 10.0)) and not torch.equal(a, rotation_plan(1000, 1, 1, 10.0))
+    assert rotation_plan(1000, 1, 0, 0.0) is None
 
 
 def write_cifar(root, n_per_batch=8, seed=0):

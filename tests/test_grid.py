@@ -74,3 +74,21 @@ def test_task_index_and_list():
     assert jobs[4].run_dir.endswith("x/V2-s1")
     with pytest.raises(ValueError, match="valid variants"):
         grid.build_jobs(grid.parse_args(["--grid-id", "x", "--variants", "V7"]))
+
+
+@pytest.mark.parametrize("gpus,per_job,jobs,want", [
+    ([0], 1, 3, ["0", "0", "0"]),  # small runs share one GPU
+    ([0, 1], 1, 4, ["0", "1", "0", "1"]),  # round-robin over GPUs
+    ([0, 1, 2, 3], 2, None, ["0,1", "2,3"]),  # default: one job per GPU group
+    ([0, 1, 2], 2, 3, ["0,1", "0,1", "0,1"]),  # the odd GPU is left out, never half a group
+])
+def test_gpu_slots_share_gpus_round_robin(monkeypatch, gpus, per_job, jobs, want):
+    monkeypatch.setattr(grid, "_gpu_ids", lambda: gpus)
+    argv = ["--grid-id", "x", "--gpus-per-job", str(per_job)] + (["--jobs", str(jobs)] if jobs else [])
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in grid.plan_slots(grid.parse_args(argv))] == want
+
+
+def test_more_gpus_per_job_than_the_node_has_is_an_error(monkeypatch):
+    monkeypatch.setattr(grid, "_gpu_ids", lambda: [0])
+    with pytest.raises(ValueError, match="has only 1 GPUs; lower --gpus-per-job"):
+        grid.plan_slots(grid.parse_args(["--grid-id", "x", "--gpus-per-job", "2"]))

@@ -109,3 +109,33 @@ def test_prelu_matches_torch_prelu_values_gradients_and_state_dict(channels):
     zero = torch.zeros(1, channels, 1, 1, requires_grad=True)
     ours(zero).sum().backward()
     assert torch.equal(zero.grad, torch.zeros_like(zero))  # the one documented difference: slope 0 at x == 0
+
+
+def test_even_init_places_classes_in_the_given_order():
+    order = (0, 6, 2, 4, 3, 1, 5, 7, 9, 8)
+    w = ArcMarginHead(HeadConfig(init="even", order=order)).weight.detach()
+    angles = torch.rad2deg(torch.atan2(w[:, 1], w[:, 0])) % 360
+    for position, c in enumerate(order):
+        assert angles[c].item() == pytest.approx(36.0 * position, abs=1e-4), (position, c)
+    natural = ArcMarginHead(HeadConfig(init="even")).weight.detach()
+    torch.testing.assert_close(torch.rad2deg(torch.atan2(natural[:, 1], natural[:, 0])) % 360,
+                               torch.arange(10.0) * 36, atol=1e-4, rtol=0)
+    assert torch.allclose(w.norm(dim=1), torch.ones(10))
+
+
+def test_frozen_head_gets_no_gradient_and_its_optimizer_leaves_it_alone():
+    from arcdist.config import OptimConfig
+    from arcdist.optim import build_optimizers
+
+    head = ArcMarginHead(HeadConfig(init="even", freeze=True))
+    before = head.weight.detach().clone()
+    net = torch.nn.Linear(4, 2)
+    opt_net, opt_head = build_optimizers(OptimConfig(net="adam", head="adam", head_lr=0.5), net, head)
+    x, y = torch.randn(16, 4), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        F.cross_entropy(head(net(x), y, 0.2), y).backward()
+        opt_net.step()
+        opt_head.step()
+    assert head.weight.grad is None and not head.weight.requires_grad
+    assert torch.equal(head.weight.detach(), before)
+    assert net.weight.grad is not None

@@ -104,3 +104,19 @@ def test_cifar_variant_trains_on_synthetic_cifar(tmp_path):
     proc = run_train(["--variant", "V2", "--dataset", "cifar10", "--data-dir", str(data), "--no-progress",
                       "--output-dir", str(tmp_path / "x")], check=False)
     assert proc.returncode == 2 and "pick a variant for it (C1 for cifar10)" in proc.stderr
+
+
+def test_frozen_head_trains_under_two_rank_ddp_and_keeps_w(tiny_data, tmp_path):
+    # torch's DDP refuses a module without trainable parameters: the frozen head must stay out of it
+    out = tmp_path / "frozen"
+    order = "(9,8,7,6,5,4,3,2,1,0)"
+    run_train([*TINY, "--epochs", "2", "--data-dir", str(tiny_data), "--output-dir", str(out),
+               "--set", "data.batch_size=64", "--set", "head.init=even", "--set", "head.freeze=true",
+               "--set", f"head.order={order}", "--set", "data.rotate=10"], world=2)
+    w = np.load(out / "features.npz")["W"]
+    angles = np.rad2deg(np.arctan2(w[:, 1], w[:, 0])) % 360
+    np.testing.assert_allclose(angles[list(eval(order))], np.arange(10) * 36.0, atol=1e-4)
+    cfg = from_dict(json.loads((out / "config.json").read_text())["config"])
+    assert cfg.head.freeze and cfg.head.order == eval(order) and cfg.data.rotate == 10.0
+    rows = metric_rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["test_accuracy"] >= 0.5
