@@ -166,11 +166,20 @@ class Trainer:
         if self.world > 1:
             flags = self.acc.reduce(flags, reduction="sum")
         values = flags.tolist()
-        bad = [name for name, v in zip(("loss", "features", "gradients"), values[1:4]) if v > 0]
+        scaler = self.acc.scaler  # fp16 only: there, non-finite gradients are an overflow the scaler handles
+        checked = ("loss", "features") if scaler is not None else ("loss", "features", "gradients")
+        bad = [name for name, v in zip(("loss", "features", "gradients"), values[1:4]) if v > 0 and name in checked]
         self.stop_requested = values[4] > 0
         if not bad:
-            self.opt_net.step()
-            self.opt_head.step()
+            if scaler is not None:
+                # one scale update per step for both optimizers: Accelerate's optimizer.step() updates it after
+                # each, so after an overflow the head would be unscaled with the already halved scale
+                for opt in (self.opt_net,) if self.cfg.head.freeze else (self.opt_net, self.opt_head):
+                    scaler.step(opt.optimizer)  # (the scaler refuses an optimizer without gradients)
+                scaler.update()
+            else:
+                self.opt_net.step()
+                self.opt_head.step()
             self.sched_net.step()
             self.sched_head.step()
         self.opt_net.zero_grad(set_to_none=True)

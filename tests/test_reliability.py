@@ -1,5 +1,6 @@
 """Faults lose nothing: atomic checkpoints, a killed rank, divergence, unsafe checkpoints, secret keys."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -138,3 +139,41 @@ def test_grid_carries_on_past_a_diverged_run(data, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = json.loads((tmp_path / "g" / "grid.json").read_text())["jobs"]
     assert [(j["variant"], j["status"]) for j in jobs] == [("V2", "diverged"), ("V2.1", "diverged")]
+
+
+def fp16_trainers(data, tmp_path, init_scale):
+    """Two identical CPU trainers, the second with a loss scaler as Accelerate gives fp16 runs on a GPU."""
+    from accelerate import Accelerator
+
+    from arcdist.train import Trainer, build_config, parse_args
+
+    cfg = build_config(parse_args(["--variant", "V2", "--data-dir", str(data), "--set", "data.batch_size=64"]))
+    plain = Trainer(cfg, tmp_path / "plain", Accelerator(cpu=True), no_progress=True)
+    scaled = Trainer(cfg, tmp_path / "scaled", Accelerator(cpu=True), no_progress=True)
+    scaled.acc.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1000)
+    return plain, scaled
+
+
+def params(trainer):
+    return [p.detach().clone() for m in (trainer.backbone, trainer.head) for p in m.parameters()]
+
+
+def test_fp16_scaler_steps_both_optimizers_with_one_scale(data, tmp_path):
+    plain, scaled = fp16_trainers(data, tmp_path, init_scale=2.0 ** 10)
+    x, y = plain.train_data.batch(torch.arange(64))
+    assert all(torch.equal(a, b) for a, b in zip(params(plain), params(scaled)))
+    plain.train_step(x, y, 0.2)
+    _, bad = scaled.train_step(x, y, 0.2)
+    # a power-of-two scale and its inverse are exact: both optimizers see the very same gradients
+    assert bad == [] and all(torch.equal(a, b) for a, b in zip(params(plain), params(scaled)))
+    assert scaled.acc.scaler.get_scale() == 2.0 ** 10
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_scale_once(data, tmp_path):
+    _, scaled = fp16_trainers(data, tmp_path, init_scale=2.0 ** 127)  # loss * 2^127 overflows float32
+    x, y = scaled.train_data.batch(torch.arange(64))
+    before = params(scaled)
+    loss, bad = scaled.train_step(x, y, 0.2)
+    assert bad == [] and math.isfinite(loss)  # an overflow is not a divergence
+    assert all(torch.equal(a, b) for a, b in zip(before, params(scaled)))  # neither optimizer stepped
+    assert scaled.acc.scaler.get_scale() == 2.0 ** 126  # once per step, not once per optimizer
