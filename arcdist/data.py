@@ -6,9 +6,9 @@ normalised on the device. No DataLoader and no per-sample Python on the hot path
 Order (fixed for a given seed and world size): each epoch draws a permutation of the training set
 from a generator seeded with (seed, epoch); global batch i is perm[i*B:(i+1)*B] (the last partial
 batch is dropped); rank r takes the r-th contiguous chunk of B/world images of it.
-Augmentation (data.shift, data.flip, data.rotate) draws each image's shift, flip and angle from a generator seeded with
-(seed, epoch), for the whole global epoch at once: the same image gets the same shift for any world
-size, and a resumed epoch replays it exactly.
+Augmentation (data.shift, data.flip, data.rotate) draws each image's shift, flip and angle from
+generators seeded with (seed, epoch), for the whole global epoch at once: the same image gets the same
+draw for any world size, and a resumed epoch replays it exactly.
 """
 from __future__ import annotations
 

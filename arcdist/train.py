@@ -168,7 +168,7 @@ class Trainer:
         values = flags.tolist()
         scaler = self.acc.scaler  # fp16 only: there, non-finite gradients are an overflow the scaler handles
         checked = ("loss", "features") if scaler is not None else ("loss", "features", "gradients")
-        bad = [name for name, v in zip(("loss", "features", "gradients"), values[1:4]) if v > 0 and name in checked]
+        bad = [name for name, v in zip(checked, values[1:4]) if v > 0]
         self.stop_requested = values[4] > 0
         if not bad:
             if scaler is not None:
