@@ -24,19 +24,27 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
     - accuracy: fraction whose highest cosine to the rows of W is their own class;
     - intra_spread_deg: mean over classes of the mean angle between a feature and its class centre;
     - min_centre_angle_deg: smallest angle between two class centres (the centre is the mean direction);
-    - min_weight_angle_deg: smallest angle between two rows of W.
+    - min_weight_angle_deg: smallest angle between two rows of W;
+    - worst_class, worst_class_accuracy: the class with the lowest accuracy among those present, and that accuracy.
     """
     features, labels, weight = features.detach().cpu(), labels.detach().cpu().long(), weight.detach().cpu()
     num_classes = weight.shape[0]
     x = F.normalize(features.double(), dim=1)
     w = F.normalize(weight.double(), dim=1)
-    accuracy = (x @ w.t()).argmax(1).eq(labels).double().mean().item()
+    right = (x @ w.t()).argmax(1).eq(labels).double()
+    accuracy = right.mean().item()
     centres = class_centres(features, labels, num_classes)
     present = torch.bincount(labels, minlength=num_classes) > 0
     own = _angles_deg((x * centres[labels]).sum(1))
     per_class = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, own)
     per_class = per_class[present] / torch.bincount(labels, minlength=num_classes)[present]
+    class_acc = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, right)
+    class_acc = class_acc / torch.bincount(labels, minlength=num_classes).clamp_min(1)
+    class_acc[~present] = math.inf
+    worst = int(class_acc.argmin())
     return dict(
+        worst_class=worst,
+        worst_class_accuracy=class_acc[worst].item(),
         accuracy=accuracy,
         intra_spread_deg=per_class.mean().item(),
         min_centre_angle_deg=_min_pairwise_angle(centres[present]),

@@ -27,7 +27,8 @@ from arcdist import plots, runinfo
 from arcdist.plots import COLOURS, plt
 from arcdist.config import first_line
 
-STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "wall_time_s")
+STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "worst_class_accuracy",
+         "wall_time_s")
 STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation is n/a with one seed"
 VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean smallest centre angle is at least "
                 "{angle:g} deg and the mean final test accuracy at least {acc:g}; else overlap")
@@ -76,6 +77,7 @@ def run_stats(run_dir: Path, threshold_acc: float) -> dict | None:
         final_accuracy=last.get("test_accuracy"),
         best_accuracy=max((r["test_accuracy"] for r in evals), default=None),
         intra_spread_deg=last.get("intra_spread_deg"), min_centre_angle_deg=last.get("min_centre_angle_deg"),
+        worst_class=last.get("worst_class"), worst_class_accuracy=last.get("worst_class_accuracy"),
         wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows),
         diverged=any(r.get("status") == "diverged" for r in rows)
         or bool(runinfo.read_summary(run_dir).get("diverged")),
@@ -124,6 +126,8 @@ def summarise(doc: dict, threshold_acc: float, threshold_angle: float) -> list[d
                            if j["status"] == "failed"],
                    diverged_seeds=sum(s["diverged"] for _, s in runs))
         row.update({k: mean_std([s[k] for _, s in runs]) for k in STATS})
+        worst = [s["worst_class"] for _, s in runs if s["worst_class"] is not None]
+        row["worst_class"] = max(set(worst), key=worst.count) if worst else None  # the seeds' most frequent
         reached = [s["epochs_to"] for _, s in runs if s["epochs_to"] is not None]
         row["epochs_to"] = dict(mean=float(np.mean(reached)) if reached else None, reached=len(reached), n=len(runs))
         row["curves"] = {k: _mean_curve([s["curves"][k] for _, s in runs]) for k in ("test_accuracy", "train_loss")}
@@ -160,6 +164,8 @@ def display_row(row: dict) -> dict:
             "seeds": f"{len(row['seeds'])}/{row['n_jobs']}", "final acc": fmt(row["final_accuracy"], 4),
             "best acc": fmt(row["best_accuracy"], 4), "intra spread (deg)": fmt(row["intra_spread_deg"], 2),
             "min centre angle (deg)": fmt(row["min_centre_angle_deg"], 2),
+            "worst class: acc": "n/a" if row["worst_class"] is None else
+            f"{row['worst_class']}: {fmt(row['worst_class_accuracy'], 4)}",
             "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}", "epochs to acc threshold": epochs,
             "train time (s)": fmt(row["wall_time_s"], 1), POST: row["post_verdict"],
             "measured verdict": row["measured_verdict"]}

@@ -55,6 +55,7 @@ def expected(grid_dir, threshold_acc):
                    best_accuracy=[max(x["test_accuracy"] for x in r) for r in runs],
                    intra_spread_deg=[r[-1]["intra_spread_deg"] for r in runs],
                    min_centre_angle_deg=[r[-1]["min_centre_angle_deg"] for r in runs],
+                   worst_class_accuracy=[r[-1]["worst_class_accuracy"] for r in runs],
                    wall_time_s=[sum(x["epoch_time_s"] for x in r) for r in runs])
         stats = {k: (statistics.mean(x), statistics.stdev(x)) for k, x in per.items()}
         reached = [next((x["epoch"] for x in r if x["test_accuracy"] >= threshold_acc), None) for r in runs]
@@ -63,7 +64,8 @@ def expected(grid_dir, threshold_acc):
     return out
 
 
-DIGITS = dict(final_accuracy=4, best_accuracy=4, intra_spread_deg=2, min_centre_angle_deg=2, wall_time_s=1)
+DIGITS = dict(final_accuracy=4, best_accuracy=4, intra_spread_deg=2, min_centre_angle_deg=2, worst_class_accuracy=4,
+              wall_time_s=1)
 
 
 def test_numbers_match_metrics_and_appear_in_html(grid):
