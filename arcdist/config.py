@@ -95,6 +95,8 @@ class TrainConfig:
     threads: int = 0  # CPU threads per process; 0 = this node's cores / its processes (overrides OMP_NUM_THREADS)
     eval_batch_size: int = 1000  # images per forward pass at evaluation, per rank
     keep_checkpoints: int = 2  # newest K complete checkpoints are kept
+    ema: float = 0.0  # per-step decay of an exponential moving average of the backbone (e.g. 0.999); 0 = off.
+    # With it, evaluation, plots and metrics use the averaged backbone; training continues on the live one.
     on_diverge: Literal["stop", "rollback"] = "stop"
     max_rollbacks: int = 3  # with on_diverge=rollback: lr halved and retried up to N times
 
@@ -223,6 +225,7 @@ def validate(cfg: Config) -> None:
          "pass --set head.order=() for the natural order"),
         (not cfg.head.order or cfg.head.init == "even",
          "head.order places the evenly spread class directions; add --set head.init=even"),
+        (0 <= cfg.train.ema < 1, f"train.ema must be in [0, 1) (got {cfg.train.ema}); try --set train.ema=0.999"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (cfg.train.threads >= 0, "train.threads must be >= 0 (0 = automatic)"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),

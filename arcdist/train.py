@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
@@ -136,6 +137,11 @@ class Trainer:
             head = accelerator.prepare_model(head, evaluation_mode=True)
         (self.backbone, self.head, self.opt_net, self.opt_head, self.sched_net, self.sched_head) = \
             accelerator.prepare(backbone, head, opt_net, opt_head, sched_net, sched_head)
+        self.ema = None  # the averaged backbone (train.ema): saved in every checkpoint, used by evaluate()
+        if cfg.train.ema:
+            average = AveragedModel(accelerator.unwrap_model(self.backbone), use_buffers=True,
+                                    multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema))
+            self.ema = accelerator.prepare_model(average, evaluation_mode=True)
         self.state = dict(epoch=0, step=0, loss_sum=0.0, best_accuracy=0.0, best_epoch=0, status="running",
                           wandb_id=None, rollbacks=0, lr_scale=1.0)
         self.stop_requested = False  # all ranks agreed on a preemption request (signal or stop file)
@@ -182,6 +188,8 @@ class Trainer:
                 self.opt_head.step()
             self.sched_net.step()
             self.sched_head.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.acc.unwrap_model(self.backbone))
         self.opt_net.zero_grad(set_to_none=True)
         self.opt_head.zero_grad(set_to_none=True)
         return values[0] / self.world, bad
@@ -225,7 +233,7 @@ class Trainer:
         Each rank embeds a contiguous shard; shards are padded to equal length for the gather and the
         padding is cut off again, so the result has exactly len(data) rows for any number of ranks.
         """
-        model = self.acc.unwrap_model(self.backbone)
+        model = self.acc.unwrap_model(self.backbone) if self.ema is None else self.ema.module
         if self.world > 1:  # BN running statistics drift apart per rank; use rank 0's, as the checkpoint does
             for buf in model.buffers():
                 torch.distributed.broadcast(buf, src=0)

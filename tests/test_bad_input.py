@@ -66,6 +66,7 @@ CASES = {
     "batch zero": (lambda w: ["--set", "data.batch_size=0"], "batch size must be > 0"),
     "batch above dataset": (lambda w: ["--set", "data.batch_size=4096"], "larger than the 128 training images"),
     "shift too large": (lambda w: ["--set", "data.shift=14"], "data.shift must be 0..13 pixels"),
+    "ema of one": (lambda w: ["--set", "train.ema=1"], "train.ema must be in [0, 1)"),
     "rotation too large": (lambda w: ["--set", "data.rotate=200"], "data.rotate must be 0..180 degrees"),
     "order not a permutation": (lambda w: ["--set", "head.init=even", "--set", "head.order=(0,1,2,3,4,5,6,7,8,8)"],
                                 "head.order must list each class 0..9 once"),

@@ -120,3 +120,42 @@ def test_frozen_head_trains_under_two_rank_ddp_and_keeps_w(tiny_data, tmp_path):
     assert cfg.head.freeze and cfg.head.order == eval(order) and cfg.data.rotate == 10.0
     rows = metric_rows(out)
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["test_accuracy"] >= 0.5
+
+
+def test_ema_is_the_exponential_average_of_the_steps(tiny_data, tmp_path):
+    from accelerate import Accelerator
+
+    from arcdist.train import Trainer, build_config, parse_args
+
+    decay = 0.75
+    cfg = build_config(parse_args(["--variant", "V2", "--data-dir", str(tiny_data), "--set", "data.batch_size=64",
+                                   "--set", f"train.ema={decay}"]))
+    trainer = Trainer(cfg, tmp_path / "ema", Accelerator(cpu=True), no_progress=True)
+    live = trainer.acc.unwrap_model(trainer.backbone)
+    reference = None
+    for step in range(3):
+        x, y = trainer.train_data.batch(torch.arange(step * 64, (step + 1) * 64))
+        trainer.train_step(x, y, 0.2)
+        now = [t.detach().clone().double() for t in (*live.parameters(), *live.buffers())]
+        # the first update copies the weights; each later one is decay * average + (1 - decay) * weights
+        reference = now if reference is None else [decay * a + (1 - decay) * b for a, b in zip(reference, now)]
+    averaged = [*trainer.ema.module.parameters(), *trainer.ema.module.buffers()]
+    assert len(averaged) == len(reference)
+    for got, want in zip(averaged, reference):
+        torch.testing.assert_close(got.double(), want.to(got.dtype).double(), atol=1e-5, rtol=1e-5)
+    assert not torch.equal(next(trainer.ema.module.parameters()), next(live.parameters()))
+
+
+def test_resume_with_ema_equals_uninterrupted_run(tiny_run, tiny_data, tmp_path):
+    common = [*TINY, "--data-dir", str(tiny_data), "--set", "data.batch_size=64", "--seed", "1",
+              "--set", "train.ema=0.9", "--plot-every", "0"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run_train([*common, "--epochs", "3", "--output-dir", str(whole)])
+    run_train([*common, "--epochs", "2", "--output-dir", str(part)])
+    run_train([*TINY, "--resume", str(part), "--epochs", "3", "--data-dir", str(tiny_data), "--plot-every", "0"])
+    assert metric_rows(part) == metric_rows(whole)
+    a, b = np.load(part / "features.npz"), np.load(whole / "features.npz")
+    assert np.array_equal(a["features"], b["features"])
+    # the average changes what is evaluated, not what is trained: tiny_run is the same run without EMA
+    assert [r["train_loss"] for r in metric_rows(whole)] == [r["train_loss"] for r in metric_rows(tiny_run)]
+    assert not np.array_equal(b["features"], np.load(tiny_run / "features.npz")["features"])
