@@ -177,17 +177,21 @@ class Trainer:
         bad = [name for name, v in zip(checked, values[1:4]) if v > 0]
         self.stop_requested = values[4] > 0
         if not bad:
+            overflow = False
             if scaler is not None:
                 # one scale update per step for both optimizers: Accelerate's optimizer.step() updates it after
                 # each, so after an overflow the head would be unscaled with the already halved scale
+                scale = scaler.get_scale()
                 for opt in (self.opt_net,) if self.cfg.head.freeze else (self.opt_net, self.opt_head):
                     scaler.step(opt.optimizer)  # (the scaler refuses an optimizer without gradients)
                 scaler.update()
+                overflow = scaler.get_scale() < scale  # the scale only drops when the steps were skipped
             else:
                 self.opt_net.step()
                 self.opt_head.step()
-            self.sched_net.step()
-            self.sched_head.step()
+            if not overflow:  # as Accelerate does: a skipped step does not advance the schedule
+                self.sched_net.step()
+                self.sched_head.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.acc.unwrap_model(self.backbone))
         self.opt_net.zero_grad(set_to_none=True)

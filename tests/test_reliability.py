@@ -167,6 +167,7 @@ def test_fp16_scaler_steps_both_optimizers_with_one_scale(data, tmp_path):
     # a power-of-two scale and its inverse are exact: both optimizers see the very same gradients
     assert bad == [] and all(torch.equal(a, b) for a, b in zip(params(plain), params(scaled)))
     assert scaled.acc.scaler.get_scale() == 2.0 ** 10
+    assert scaled.sched_net.scheduler.last_epoch == plain.sched_net.scheduler.last_epoch == 1
 
 
 def test_fp16_overflow_skips_the_step_and_halves_the_scale_once(data, tmp_path):
@@ -177,3 +178,4 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale_once(data, tmp_path):
     assert bad == [] and math.isfinite(loss)  # an overflow is not a divergence
     assert all(torch.equal(a, b) for a, b in zip(before, params(scaled)))  # neither optimizer stepped
     assert scaled.acc.scaler.get_scale() == 2.0 ** 126  # once per step, not once per optimizer
+    assert scaled.sched_net.scheduler.last_epoch == 0 and scaled.sched_head.scheduler.last_epoch == 0
