@@ -34,12 +34,12 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
     right = (x @ w.t()).argmax(1).eq(labels).double()
     accuracy = right.mean().item()
     centres = class_centres(features, labels, num_classes)
-    present = torch.bincount(labels, minlength=num_classes) > 0
+    counts = torch.bincount(labels, minlength=num_classes)
+    present = counts > 0
     own = _angles_deg((x * centres[labels]).sum(1))
     per_class = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, own)
-    per_class = per_class[present] / torch.bincount(labels, minlength=num_classes)[present]
-    class_acc = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, right)
-    class_acc = class_acc / torch.bincount(labels, minlength=num_classes).clamp_min(1)
+    per_class = per_class[present] / counts[present]
+    class_acc = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, right) / counts.clamp_min(1)
     class_acc[~present] = math.inf
     worst = int(class_acc.argmin())
     return dict(

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from accelerate.utils import set_seed
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from arcdist import checkpoint, runinfo, tracking
@@ -189,11 +189,11 @@ class Trainer:
             else:
                 self.opt_net.step()
                 self.opt_head.step()
-            if not overflow:  # as Accelerate does: a skipped step does not advance the schedule
+            if not overflow:  # as Accelerate does: a skipped step advances neither the schedule nor the average
                 self.sched_net.step()
                 self.sched_head.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.acc.unwrap_model(self.backbone))
+                if self.ema is not None:
+                    self.ema.update_parameters(self.acc.unwrap_model(self.backbone))
         self.opt_net.zero_grad(set_to_none=True)
         self.opt_head.zero_grad(set_to_none=True)
         return values[0] / self.world, bad
