@@ -89,8 +89,10 @@ class DataConfig:
 class TrainConfig:
     epochs: int = 100  # the post's length
     seed: int = 0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    channels_last: bool = False  # NHWC activations (oneDNN bf16 kernels and tensor cores prefer them)
+    # "auto": resolved for the machine at start (arcdist/hardware.py): bf16 on a CUDA GPU that has it, on a CPU only
+    # where a probe finds it faster than fp32; the resolved value is what config.json stores
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"  # NHWC activations; "auto": where the probe finds them faster
     cpu: bool = False  # force CPU even when a GPU is present
     threads: int = 0  # CPU threads per process; 0 = this node's cores / its processes (overrides OMP_NUM_THREADS)
     eval_batch_size: int = 1000  # images per forward pass at evaluation, per rank
@@ -146,10 +148,16 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
             raise ConfigError(f"--set {key}={text}: expected one of {', '.join(map(str, choices))}")
         return text
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if text.lower() in ("none", "null"):
+        args = typing.get_args(tp)
+        if type(None) in args and text.lower() in ("none", "null"):
             return None
-        return _coerce(text, args[0], key)
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(text, arg, key)
+            except ConfigError:
+                pass
+        names = ", ".join(str(c) for a in args for c in (typing.get_args(a) or (getattr(a, "__name__", a),)))
+        raise ConfigError(f"--set {key}={text}: expected one of: {names}")
     if tp is bool:
         low = text.lower()
         if low in ("1", "true", "yes", "on"):

@@ -20,12 +20,12 @@ if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/t
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from arcdist import checkpoint, runinfo, tracking
+from arcdist import checkpoint, hardware, runinfo, tracking
 from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict, validate
 from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset, resolve_data_dir, shard_bounds,
                           steps_per_epoch, train_batches)
@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", default=None, help=f"variant name (default {DEFAULT_VARIANT}); see python -m arcdist.variants")
     p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the variant's, 100)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None)
+    p.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default=None,
+                   help="autocast (default: the variant's, auto = chosen for this machine)")
     p.add_argument("--dataset", default=None, help="mnist (default) or fashion-mnist")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default $ARCDIST_DATA_DIR or ./data)")
     p.add_argument("--output-dir", default=None, help="run folder (default runs/<variant>-s<seed>)")
@@ -105,6 +106,9 @@ class Trainer:
     """Owns models, optimizers, data and the run folder. init / train_step / train_epoch / evaluate / fit."""
 
     def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None, no_progress: bool = False):
+        if "auto" in (cfg.train.mixed_precision, cfg.train.channels_last):  # built without setup_accelerator
+            cfg = replace(cfg, train=replace(cfg.train, mixed_precision=accelerator.mixed_precision,
+                                             channels_last=cfg.train.channels_last is True))
         self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         spec = get_spec(cfg.data.dataset)
@@ -409,6 +413,32 @@ def configure_cpu(cfg: Config) -> None:
     torch.set_num_threads(cfg.train.threads or max(1, len(os.sched_getaffinity(0)) // local))
 
 
+def setup_accelerator(cfg: Config, log_with: str | None = None) -> tuple[Config, Accelerator, hardware.Choice]:
+    """Pick the device (CPU only when no accelerator is visible or train.cpu), resolve train.mixed_precision /
+    train.channels_last "auto" on the main process (every rank gets its choice), build the Accelerator.
+
+    Returns the config with the resolved values, the Accelerator, and the choice with its reason.
+    """
+    device = hardware.device_type(cfg.train.cpu)
+    if device == "cpu":
+        configure_cpu(cfg)
+    state = PartialState(cpu=device == "cpu")  # the process group, before the choice is broadcast
+    choice = [None]
+    if state.is_main_process:
+        per_rank = max(1, cfg.data.batch_size // state.num_processes)
+        choice[0] = hardware.resolve(cfg.train.mixed_precision, cfg.train.channels_last, device,
+                                     probe_fn=lambda c: hardware.probe_cpu(cfg.model, per_rank, c)).to_dict()
+    if state.num_processes > 1:
+        broadcast_object_list(choice, from_process=0)
+    resolved = hardware.Choice(**choice[0])
+    cfg = replace(cfg, train=replace(cfg.train, mixed_precision=resolved.mixed_precision,
+                                     channels_last=resolved.channels_last))
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolved.mixed_precision,
+                              step_scheduler_with_optimizer=False, log_with=log_with)
+    accelerator.print(f"arcdist: {device}, {resolved.label()} ({resolved.reason})")
+    return cfg, accelerator, resolved
+
+
 def default_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
     """--output-dir, else runs/<variant>-s<seed>."""
     return Path(args.output_dir or f"runs/{cfg.variant}-s{cfg.train.seed}")
@@ -468,12 +498,8 @@ def run(argv: list[str] | None = None) -> dict:
     if args.resume and checkpoint.latest_checkpoint(args.resume) is None:
         raise ConfigError(f"--resume {args.resume}: no complete checkpoint there; start a new run instead")
     cfg = build_config(args, saved)
-    use_cpu = cfg.train.cpu or not torch.cuda.is_available()
-    if use_cpu:
-        configure_cpu(cfg)
     mode = tracking.resolve_mode(args.wandb)
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision,
-                              step_scheduler_with_optimizer=False, log_with=None if mode == "disabled" else "wandb")
+    cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
     run_dir = check_run_dir(args, cfg)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
@@ -489,11 +515,13 @@ def run(argv: list[str] | None = None) -> dict:
         trainer.resume()
     if accelerator.is_main_process and not args.resume:
         runinfo.write_config(run_dir, cfg, world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
-                             distributed_type=str(accelerator.distributed_type))
+                             distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
+                             precision=choice.to_dict())
     if mode != "disabled":
         trainer.state["wandb_id"] = trainer.state["wandb_id"] or runinfo.new_run_id()
         mode = tracking.init_wandb(accelerator, mode, run_dir, trainer.state["wandb_id"],
-                                   name=f"{cfg.variant}-s{cfg.train.seed}", config=cfg.to_dict(), group=args.group,
+                                   name=f"{cfg.variant}-s{cfg.train.seed}",
+                                   config=dict(cfg.to_dict(), precision=choice.to_dict()), group=args.group,
                                    job_type="train", tags=[cfg.variant, cfg.data.dataset])
     try:
         state = trainer.fit(plot_every=args.plot_every)

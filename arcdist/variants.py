@@ -95,19 +95,19 @@ _add("V2.1", "V2", "optimizer SGD(0.01)", "overlap",
 POST_VARIANTS = tuple(VARIANTS)  # the post's 12, in its order
 
 # arcdist's own rows
-_add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosine lr, bf16, 6 epochs", "",
+_add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosine lr, 6 epochs", "",
      _from("V2", optim=replace(ADAM, head_lr=0.01, schedule="cosine", warmup_epochs=0.25),
-           head=HeadConfig(init="even"), train=TrainConfig(epochs=6, mixed_precision="bf16")))
-_add("A2", "A1", "2-D recipe: A1 + random 2-pixel shifts, 15 epochs, channels_last", "",
+           head=HeadConfig(init="even"), train=TrainConfig(epochs=6)))
+_add("A2", "A1", "2-D recipe: A1 + random 2-pixel shifts, 15 epochs", "",
      _from("A1", data=DataConfig(shift=2),
-           train=TrainConfig(epochs=15, mixed_precision="bf16", channels_last=True)))
+           train=TrainConfig(epochs=15)))
 _add("A3", "A2", "A2 on V1.2.2's wider backbone (32-64-128 channels, 128x3x3 -> Linear(1152, 2))", "",
      _from("A2", model=_model(V122_LAYERS, ("linear", 128 * 3 * 3))))
 _add("A2F", "A2", "Fashion-MNIST: A2 + random horizontal flips", "",
      _from("A2", data=DataConfig(dataset="fashion-mnist", shift=2, flip=True)))
 _add("A4", "A3", "class directions frozen at the even spread, random rotations up to 10 deg, 40 epochs", "",
      _from("A3", head=HeadConfig(init="even", freeze=True), data=DataConfig(shift=2, rotate=10.0),
-           train=TrainConfig(epochs=40, mixed_precision="bf16", channels_last=True)))
+           train=TrainConfig(epochs=40)))
 W3_LAYERS = (conv(1, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
              conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M)
 _add("A5", "A4", "wider 3x3 backbone (64-128-256 channels, 256x3x3 -> Linear(2304, 2))", "",
@@ -124,7 +124,7 @@ C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), co
       conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",
      _from("A1", model=ModelConfig(layers=C3, fc=("linear", 256 * 2 * 2), in_channels=3, image_size=32),
-           data=DataConfig(dataset="cifar10"), train=TrainConfig(epochs=30, mixed_precision="bf16")))
+           data=DataConfig(dataset="cifar10"), train=TrainConfig(epochs=30)))
 DEFAULT_VARIANT = "V1.1"  # the post's best
 
 

@@ -40,6 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--accuracy-steps", type=int, default=0, help="also train post and arcdist N steps; test acc")
     p.add_argument("--grid-estimate", action="store_true", help="time every post variant (GPU machines)")
+    p.add_argument("--precision-table", action="store_true",
+                   help="arcdist's step in fp32 / bf16 x NCHW / channels_last and auto, as a markdown table")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     return p.parse_args(argv)
 
@@ -166,17 +168,11 @@ def _post_accuracy(args, cfg, net, arc, loader, opt_net, opt_arc, dev) -> float:
 def _trainer(args):
     import tempfile
 
-    import torch
-    from accelerate import Accelerator
+    from arcdist.train import Trainer, setup_accelerator
 
-    from arcdist.train import Trainer, configure_cpu
-
-    cfg = _config(args)
-    use_cpu = not torch.cuda.is_available()
-    if use_cpu:
-        configure_cpu(cfg)
-    acc = Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision, step_scheduler_with_optimizer=False)
+    cfg, acc, choice = setup_accelerator(_config(args))  # resolves train.mixed_precision / channels_last "auto"
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()), acc, no_progress=True)
+    trainer.choice = choice
     return trainer, cfg, acc
 
 
@@ -197,7 +193,7 @@ def run_arcdist(args) -> dict:
 
     sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
     out = dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync),
-               world=acc.num_processes)
+               world=acc.num_processes, precision=trainer.choice.label())
     if args.accuracy_steps:
         trainer, cfg, acc = _trainer(args)
         steps, spe = 0, trainer.steps_per_epoch
@@ -236,7 +232,8 @@ def run_bare(args) -> dict:
         opt_head.zero_grad(set_to_none=True)
 
     sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
-    return dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync))
+    return dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync),
+                precision=trainer.choice.label())
 
 
 def _child(argv: list[str], mode: str, extra_env: dict | None = None) -> dict:
@@ -262,10 +259,12 @@ def machine() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {len(os.sched_getaffinity(0))} cores, {' '.join(isa) or 'no AVX-512'}"
+    from arcdist.hardware import cpu_flags, cpu_model
+
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    limits = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
+    return (f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores, flags {' '.join(isa) or 'no AVX2'}, "
+            f"torch kernels {torch.backends.cpu.get_cpu_capability()}" + (f", limited by {' '.join(limits)}" if limits else ""))
 
 
 def measured_peak(dtype_name: str, windows: int = 5) -> float:
@@ -313,20 +312,25 @@ def main(argv=None) -> int:
 
     cfg = _config(args)
     fwd = describe(cfg.model)["flops"]
-    prec = "bf16" if cfg.train.mixed_precision == "bf16" else "fp32"
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--grid-estimate"]
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--grid-estimate", "--precision-table")]
     peaks = {p: _child(argv, "peak-" + p)["flops"] for p in ("fp32", "bf16")}
     print(f"machine: {machine()}")
     print(f"peak (measured 3x3 convolution, 256 channels): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
     print(f"variant {args.variant}, batch {cfg.data.batch_size}, overrides {args.overrides or 'none'}, "
           f"{fwd / 1e6:.1f} MFLOP/image forward (x3 for forward + backward)")
-    res = {}
+    if args.precision_table:
+        precision_table(argv)
+        return 0
+    res, prec = {}, "fp32"
     for mode in args.modes.split(","):
         res[mode] = _child(argv, mode)
         r = res[mode]
-        p = "fp32" if mode == "post" else prec  # the post's loop is plain fp32
+        if mode != "post":  # the post's loop is plain fp32; arcdist's modes report what "auto" resolved to
+            prec = "bf16" if r["precision"].startswith("bf16") else "fp32"
+        p = "fp32" if mode == "post" else prec
         gflops = r["images_per_s"] * 3 * fwd / 1e9
         print(f"  {mode:8s} {r['images_per_s']:8.1f} images/s   {gflops:7.1f} GFLOP/s"
+              + (f"  [{r['precision']}]" if "precision" in r else "")
               f" ({100 * gflops * 1e9 / peaks[p]:.0f} % of the {p} peak)"
               + (f"   test acc after {args.accuracy_steps} steps {r['test_accuracy']:.4f}" if "test_accuracy" in r else ""),
               flush=True)
@@ -342,6 +346,17 @@ def main(argv=None) -> int:
     if args.grid_estimate:
         grid_estimate(argv)
     return 0
+
+
+def precision_table(argv: list[str]) -> None:
+    """arcdist's step in fp32, bf16 (each NCHW and channels_last) and auto: which machine, which precision."""
+    rows = [("fp32", ["no", "false"]), ("fp32 + channels_last", ["no", "true"]), ("bf16", ["bf16", "false"]),
+            ("bf16 + channels_last", ["bf16", "true"]), ("auto", ["auto", "auto"])]
+    print("| setting | images/s | resolved |")
+    print("| --- | --- | --- |")
+    for name, (mp, cl) in rows:
+        r = _child(argv + ["--set", f"train.mixed_precision={mp}", "--set", f"train.channels_last={cl}"], "arcdist")
+        print(f"| {name} | {r['images_per_s']:.0f} | {r['precision']} |", flush=True)
 
 
 def grid_estimate(argv: list[str]) -> None:

@@ -49,6 +49,14 @@ def make_tiny_mnist(root: Path, n_train: int = 512, n_test: int = 101, seed: int
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def probe_cache(tmp_path_factory) -> Path:
+    """One precision-probe cache for the session (train.mixed_precision=auto), not the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["ARCDIST_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_tiny_mnist(tmp_path_factory.mktemp("tiny"))

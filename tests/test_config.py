@@ -82,10 +82,10 @@ def test_cosine_schedule_exact_values():
 
 
 @pytest.mark.parametrize("flag,env,variant,want", [
-    (None, "no", "A1", "bf16"),  # accelerate launch always exports its default "no": the variant's bf16 stays
+    (None, "no", "A1", "auto"),  # accelerate launch always exports its default "no": the variant's auto stays
     (None, "bf16", "V2", "bf16"),  # accelerate launch --mixed_precision bf16 / a bf16 config file
     ("no", "bf16", "V2", "no"),  # the training flag wins
-    (None, None, "V2", "no"),
+    (None, None, "V2", "auto"),
 ])
 def test_mixed_precision_from_flag_launcher_and_variant(monkeypatch, flag, env, variant, want):
     from arcdist.train import build_config, parse_args

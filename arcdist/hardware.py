@@ -1,0 +1,223 @@
+"""The machine a run is on: which device, which precision, which memory layout.
+
+`train.mixed_precision=auto` and `train.channels_last=auto` (every variant's default) resolve here, once
+per run, on the main process (the choice is broadcast, so all ranks agree):
+
+- CUDA: bf16 autocast where the GPU supports it (`torch.cuda.is_bf16_supported()`), fp32 otherwise;
+  channels_last with bf16 (tensor cores take NHWC), not with fp32.
+- MPS and other non-CUDA accelerators: fp32, NCHW.
+- CPU: fp32 when the CPU has no bf16 instructions (no `avx512_bf16` / `amx_bf16` / ARM `bf16` flag). Where it
+  has them, a short probe times the run's own backbone (forward + backward on a random batch) in each
+  candidate setting and keeps the fastest; bf16 must beat fp32 by `BF16_MIN_GAIN` and channels_last NCHW by
+  `CL_MIN_GAIN`, because a slower bf16 is never worth its rounding. The probe honours oneDNN's and ATen's
+  ISA limits (`ONEDNN_MAX_CPU_ISA`, `ATEN_CPU_CAPABILITY`), since it measures rather than reads flags.
+  Results are cached per machine, torch build, ISA limit, thread count and backbone in
+  `$ARCDIST_CACHE_DIR` (default `~/.cache/arcdist`), so the probe costs its seconds once.
+
+An explicit value (`--mixed-precision`, `--set train.mixed_precision=...`, `--set train.channels_last=...`)
+is never changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+BF16_MIN_GAIN = 1.15  # bf16 is chosen on a CPU only when the probe finds it this much faster than fp32
+CL_MIN_GAIN = 1.05  # channels_last likewise against NCHW
+PROBE_SECONDS = 0.4  # timed per candidate (after one warm-up step), at least 2 steps
+PROBE_BATCH = 64  # images per probe step (at most the run's per-rank batch)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16 / AMX; "bf16" is ARMv8.6's
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The resolved precision and layout, with how they were decided (stored in config.json and W&B)."""
+
+    mixed_precision: str  # "no" (fp32), "bf16" or "fp16"
+    channels_last: bool
+    reason: str  # one line: why
+    probe: dict = field(default_factory=dict)  # images/s per candidate ("fp32", "fp32+cl", "bf16", "bf16+cl")
+
+    def label(self) -> str:
+        return ("fp32" if self.mixed_precision == "no" else self.mixed_precision) + (" + channels_last" if self.channels_last else "")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def device_type(force_cpu: bool = False) -> str:
+    """"cuda", "mps", "xpu" or "cpu": the device Accelerate will pick, unless the run asks for the CPU."""
+    import torch
+
+    if force_cpu:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        return "xpu"
+    return "cpu"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 'flags' or ARM 'Features' in /proc/cpuinfo); empty where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_bf16(flags: set[str]) -> bool:
+    return any(f in flags for f in CPU_BF16_FLAGS)
+
+
+def _candidates(mixed_precision: str, channels_last, bf16: bool) -> list[tuple[str, bool]]:
+    precisions = ["no", "bf16"] if mixed_precision == "auto" and bf16 else ["no" if mixed_precision == "auto" else mixed_precision]
+    layouts = [False, True] if channels_last == "auto" else [bool(channels_last)]
+    return [(p, c) for p in precisions for c in layouts]
+
+
+def _key(p: str, c: bool) -> str:
+    return ("fp32" if p == "no" else p) + ("+cl" if c else "")
+
+
+def pick(probe: dict[str, float], candidates: list[tuple[str, bool]]) -> tuple[str, bool]:
+    """The candidate a probe's images/s select: the fastest fp32 layout, replaced by bf16 only when its
+    fastest layout is BF16_MIN_GAIN faster; channels_last only when CL_MIN_GAIN faster than NCHW."""
+    def best_layout(p: str) -> bool | None:
+        layouts = [c for q, c in candidates if q == p]
+        if not layouts:
+            return None
+        if len(layouts) == 1:
+            return layouts[0]
+        return probe[_key(p, True)] >= CL_MIN_GAIN * probe[_key(p, False)]
+
+    precisions = list(dict.fromkeys(p for p, _ in candidates))
+    first = precisions[0]
+    choice = (first, best_layout(first))
+    for p in precisions[1:]:  # only "bf16" after "no"
+        c = best_layout(p)
+        if probe[_key(p, c)] >= BF16_MIN_GAIN * probe[_key(*choice)]:
+            choice = (p, c)
+    return choice
+
+
+def resolve(mixed_precision: str, channels_last, device: str, probe_fn: Callable[[list], dict] | None = None,
+            flags: set[str] | None = None, cuda_bf16: Callable[[], bool] | None = None) -> Choice:
+    """Resolve "auto" values for `device`. `probe_fn(candidates) -> {key: images/s}` times the CPU candidates."""
+    explicit = mixed_precision != "auto" and channels_last != "auto"
+    if explicit:
+        return Choice(mixed_precision, bool(channels_last), "set explicitly")
+    if device == "cuda":
+        if cuda_bf16 is None:
+            import torch
+
+            cuda_bf16 = torch.cuda.is_bf16_supported
+        p = mixed_precision if mixed_precision != "auto" else ("bf16" if cuda_bf16() else "no")
+        c = bool(channels_last) if channels_last != "auto" else p == "bf16"
+        return Choice(p, c, "CUDA: bf16 autocast where the GPU supports it, channels_last with it")
+    if device != "cpu":
+        p = "no" if mixed_precision == "auto" else mixed_precision
+        c = False if channels_last == "auto" else bool(channels_last)
+        return Choice(p, c, f"{device}: fp32 and NCHW unless set")
+    flags = cpu_flags() if flags is None else flags
+    bf16 = cpu_has_bf16(flags)
+    candidates = _candidates(mixed_precision, channels_last, bf16)
+    no_bf16 = "" if bf16 or mixed_precision != "auto" else "CPU without bf16 instructions: fp32; "
+    if len(candidates) == 1:
+        p, c = candidates[0]
+        return Choice(p, c, no_bf16.rstrip("; ") or "set explicitly")
+    probe = probe_fn(candidates) if probe_fn is not None else {}
+    p, c = pick(probe, candidates)
+    shown = ", ".join(f"{k} {v:.0f}" for k, v in probe.items())
+    return Choice(p, c, f"{no_bf16}CPU probe, images/s: {shown}", probe)
+
+
+# -- the CPU probe ---------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    return Path(os.environ.get("ARCDIST_CACHE_DIR") or Path.home() / ".cache" / "arcdist")
+
+
+def probe_key(model_cfg, batch: int, candidates: list) -> str:
+    import torch
+
+    parts = dict(cpu=cpu_model(), bf16=sorted(f for f in cpu_flags() if f in CPU_BF16_FLAGS or f.startswith("amx")),
+                 torch=torch.__version__, onednn=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+                 aten=os.environ.get("ATEN_CPU_CAPABILITY", ""), threads=torch.get_num_threads(),
+                 model=repr(model_cfg), batch=batch, candidates=candidates)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def probe_cpu(model_cfg, per_rank_batch: int, candidates: list[tuple[str, bool]]) -> dict[str, float]:
+    """Images/s of forward + backward of this backbone on a random batch, per candidate (cached)."""
+    batch = max(1, min(PROBE_BATCH, per_rank_batch))
+    key = probe_key(model_cfg, batch, candidates)
+    path = cache_dir() / "precision-probe.json"
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache.get(key), dict):
+        return cache[key]
+    result = {_key(p, c): _time_candidate(model_cfg, batch, p, c) for p, c in candidates}
+    try:  # a cache we cannot write only costs the next run its probe
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cache[key] = result
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return result
+
+
+def _time_candidate(model_cfg, batch: int, precision: str, channels_last: bool) -> float:
+    import torch
+
+    from arcdist.model import build_backbone
+
+    rng_state = torch.get_rng_state()  # the probe must not move the run's random stream
+    try:
+        net = build_backbone(model_cfg)
+        x = torch.randn(batch, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = net(x)
+            out.float().square().mean().backward()
+
+        step()
+        n, t0 = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - t0 < PROBE_SECONDS:
+            step()
+            n += 1
+        return n * batch / (time.perf_counter() - t0)
+    finally:
+        torch.set_rng_state(rng_state)
