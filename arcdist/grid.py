@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,8 +23,10 @@ from pathlib import Path
 
 from arcdist import runinfo
 from arcdist.checkpoint import latest_checkpoint
+from arcdist.preempt import INTERRUPTED_EXIT
 from arcdist.config import ConfigError
 from arcdist.data import get_spec
+from arcdist.runlock import BUSY
 from arcdist.tracking import WANDB_MODES
 from arcdist.variants import POST_VARIANTS, get_variant
 
@@ -37,7 +40,7 @@ class Job:
     seed: int
     dataset: str
     run_dir: str
-    status: str = "pending"  # pending | finished | diverged | failed | preempted | skipped
+    status: str = "pending"  # pending | finished | diverged | failed | preempted | interrupted | skipped | busy
     returncode: int | None = None
     error: str | None = None
     final_accuracy: float | None = None
@@ -170,10 +173,14 @@ def finish(job: Job, returncode: int, started: float) -> None:
     if returncode == 0 and summary.get("status") in ("finished", "diverged", "preempted"):
         job.status, job.error = summary["status"], None
         return
-    job.status = "failed"
+    if returncode == INTERRUPTED_EXIT and summary.get("status") == "preempted":  # Ctrl-C: checkpoint saved
+        job.status, job.error = "interrupted", None
+        return
     tail = Path(job.log).read_text(errors="replace").strip().splitlines() if job.log else []
     errors = [line for line in tail if "error" in line.lower()]
     job.error = (errors or tail or [f"exit status {returncode}"])[-1][-500:]
+    # another process owns the run folder (a grid rerun over a running job): not a failure of this job
+    job.status = "busy" if returncode == 2 and BUSY in job.error else "failed"
 
 
 def write_grid_json(root: Path, args: argparse.Namespace, jobs: list[Job]) -> None:
@@ -198,6 +205,31 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
     slots = plan_slots(args)
     free = list(range(len(slots)))
     running: dict[int, tuple[Job, subprocess.Popen, float, object]] = {}
+    interrupts = []
+
+    def on_interrupt(signum, frame):
+        # the jobs run in their own sessions, so the terminal's Ctrl-C reaches only this process: pass it on
+        # once per Ctrl-C (the first stops each job at its next step with a checkpoint, a second quits them)
+        interrupts.append(signum)
+        queue.clear()
+        print(f"[grid] Ctrl-C: {'stopping' if len(interrupts) == 1 else 'quitting'} {len(running)} running job(s)",
+              flush=True)
+        for _, proc, _, _ in running.values():
+            proc.send_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        _run_queue(root, args, jobs, queue, slots, free, running)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    write_grid_json(root, args, jobs)
+    if interrupts:
+        raise KeyboardInterrupt
+    return jobs
+
+
+def _run_queue(root: Path, args: argparse.Namespace, jobs: list[Job], queue: list[Job], slots: list[dict],
+               free: list[int], running: dict) -> None:
     while queue or running:
         while queue and free:
             job, slot = queue.pop(0), free.pop(0)
@@ -207,7 +239,8 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
             cmd = train_command(job, args, free_port(), int(slots[slot].get("OMP_NUM_THREADS", 0)))
             job.status, job.devices = "running", [int(i) for i in slots[slot].get("CUDA_VISIBLE_DEVICES", "").split(",") if i]
             print(f"[grid] start {Path(job.run_dir).name} (slot {slot})", flush=True)
-            running[slot] = (job, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), log)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            running[slot] = (job, proc, time.time(), log)
             write_grid_json(root, args, jobs)
         time.sleep(0.5)
         for slot, (job, proc, started, log) in list(running.items()):
@@ -221,8 +254,6 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
             del running[slot]
             free.append(slot)
             write_grid_json(root, args, jobs)
-    write_grid_json(root, args, jobs)
-    return jobs
 
 
 def run_task(args: argparse.Namespace, jobs: list[Job]) -> int:
@@ -264,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"arcdist.grid: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # every job stopped with a checkpoint (or quit on a second Ctrl-C)
+        print(format_table(jobs))
+        print(f"interrupted; rerun the same command to resume. grid.json: {Path(args.out) / args.grid_id / 'grid.json'}")
+        return INTERRUPTED_EXIT
     print(format_table(jobs))
     print(f"grid.json: {Path(args.out) / args.grid_id / 'grid.json'}")
     return 1 if any(j.status == "failed" for j in jobs) else 0

@@ -1,8 +1,70 @@
-"""SLURM preemption: after the checkpoint, put this job (or array task) back in the queue."""
+"""Stopping a run early and coming back: signals, the stop file, SLURM requeue, Ctrl-C.
+
+- SIGUSR1 / SIGTERM (SLURM sends them before a time limit or a preemption) and a `RUN_DIR/PREEMPT` file (a batch
+  script's trap creates it, reaching every launcher topology) ask for a stop at the next step boundary; all ranks
+  agree on it, a mid-epoch checkpoint is written, and the job puts itself back in the queue (`requeue_self`).
+- SIGINT (Ctrl-C): the first one stops the same way, without a requeue, prints the resume command, and the
+  process exits with status 130; a second one exits at once (status 130), the last complete checkpoint intact.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
+
+STOP_FILE = "PREEMPT"
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's convention
+PROCESS_START = time.time()
+_flags = dict(stop=False, interrupts=0)
+PARTIAL: set[Path] = set()  # folders being written (checkpoints): removed when a second Ctrl-C quits
+
+
+def _on_stop_signal(signum, frame) -> None:
+    _flags["stop"] = True
+
+
+def _on_interrupt(signum, frame) -> None:
+    _flags["interrupts"] += 1
+    _flags["stop"] = True
+    if _flags["interrupts"] == 1:
+        print("\narcdist: Ctrl-C: stopping at the next step with a checkpoint (Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
+        return
+    print("arcdist: Ctrl-C again: quitting now; the last complete checkpoint is kept", file=sys.stderr, flush=True)
+    for path in list(PARTIAL):
+        shutil.rmtree(path, ignore_errors=True)
+    os._exit(INTERRUPTED_EXIT)
+
+
+def install_handlers() -> None:
+    """Installed first thing, so a signal during start-up is kept for the first step, not fatal."""
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_interrupt)
+
+
+def requested() -> bool:
+    """A stop signal (or Ctrl-C) arrived in this process."""
+    return _flags["stop"]
+
+
+def interrupted() -> bool:
+    return _flags["interrupts"] > 0
+
+
+def stop_file(run_dir: Path) -> Path:
+    return Path(run_dir) / STOP_FILE
+
+
+def clear_stale_stop_file(run_dir: Path) -> None:
+    """A stop file older than this process is from before a requeue: it has been acted on."""
+    path = stop_file(run_dir)
+    if path.exists() and path.stat().st_mtime < PROCESS_START:
+        path.unlink()
 
 
 def slurm_job_id() -> str | None:
@@ -23,3 +85,16 @@ def requeue_self() -> bool:
     print(f"preempted: checkpoint saved; scontrol requeue {job}: "
           f"{'ok' if result.returncode == 0 else result.stderr.strip()}")
     return result.returncode == 0
+
+
+def after_stop(run_dir: Path, state: dict) -> int:
+    """What a stopped run does last: requeue itself (signals, stop file) or print how to resume (Ctrl-C).
+
+    Returns the process's exit status.
+    """
+    if interrupted():
+        print(f"interrupted: checkpoint saved at epoch {state['epoch'] + 1}, step {state['step']}; resume with:\n"
+              f"  {Path(sys.executable).name} {sys.argv[0]} --resume {run_dir}", flush=True)
+        return INTERRUPTED_EXIT
+    requeue_self()
+    return 0

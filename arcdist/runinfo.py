@@ -19,14 +19,20 @@ PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "matplotlib", "numpy"
 
 def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def versions() -> dict:
@@ -63,8 +69,19 @@ def write_config(run_dir: Path, cfg: Config, **extra) -> None:
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """One JSON line, written whole or not at all (a failed write is cut back off: no partial line)."""
+    line = (json.dumps(record) + "\n").encode()
+    fd = os.open(run_dir / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            if os.write(fd, line) != len(line):
+                raise OSError(28, "No space left on device (short write)", str(run_dir / METRICS))
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -5,13 +5,13 @@ One code path for one CPU process, gloo DDP on CPU, and one or many GPUs (NCCL, 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
-import signal
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
@@ -25,19 +25,35 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from arcdist import checkpoint, hardware, runinfo, tracking
+from arcdist import checkpoint, hardware, preempt, runinfo, tracking
 from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict, validate
 from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset, resolve_data_dir, shard_bounds,
                           steps_per_epoch, train_batches)
 from arcdist.metrics import separation_metrics
 from arcdist.model import ArcMarginHead, build_backbone, describe, margin_at
 from arcdist.optim import build_optimizers, build_schedulers
+from arcdist.runlock import RunLock
 from arcdist.variants import DEFAULT_VARIANT, get_variant
 
-STOP_FILE = "PREEMPT"  # created by a batch script's signal trap: checkpoint at the next step and requeue
-TRAIN_SAMPLE_SIZE = 10_000
-# Test-only fault injection: ARCDIST_FAULT_NAN="EPOCH:STEP" (1-based epoch, 0-based step) makes that loss NaN once.
-FAULT_NAN = tuple(int(v) for v in os.environ["ARCDIST_FAULT_NAN"].split(":")) if os.environ.get("ARCDIST_FAULT_NAN") else None  # fixed random training images whose features are plotted (at most)
+TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are plotted (at most)
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Test-only fault injection, read once from the environment.
+
+    ARCDIST_FAULT_NAN="EPOCH:STEP" (1-based epoch, 0-based step) makes that step's loss NaN once.
+    """
+
+    nan_at: tuple[int, int] | None = None
+
+    @classmethod
+    def from_env(cls) -> "Faults":
+        nan = os.environ.get("ARCDIST_FAULT_NAN")
+        return cls(nan_at=tuple(int(v) for v in nan.split(":")) if nan else None)
+
+
+FAULTS = Faults.from_env()
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -66,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--group", default=None, help="W&B group (the grid id when run from a grid)")
     p.add_argument("--plot-every", type=int, default=1, help="render plots every N epochs (0 = never)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--lock-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="when another process owns the run folder, wait this long for it to exit, then refuse "
+                        "(default 60: a requeued job may start while its previous incarnation exits)")
     return p.parse_args(argv)
 
 
@@ -87,7 +106,14 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
              "train.cpu": True if args.cpu else None}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     cfg = apply_overrides(cfg, overrides)
-    cfg = replace(cfg, data=replace(cfg.data, data_dir=resolve_data_dir(args.data_dir)))
+    if saved is not None and not (args.data_dir or os.environ.get("ARCDIST_DATA_DIR")):
+        data_dir = saved.data.data_dir  # resume reads the folder the run recorded
+        if not Path(data_dir).is_dir():
+            raise ConfigError(f"--resume: the run's data folder {data_dir} is gone; pass --data-dir DIR "
+                              f"(or set ARCDIST_DATA_DIR) with the dataset's files")
+    else:
+        data_dir = str(Path(resolve_data_dir(args.data_dir)).absolute())  # recorded absolute: resumable anywhere
+    cfg = replace(cfg, data=replace(cfg.data, data_dir=data_dir))
     if saved is not None:
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
         if changed or cfg.data.dataset != saved.data.dataset or cfg.train.seed != saved.train.seed:
@@ -149,7 +175,8 @@ class Trainer:
         self.state = dict(epoch=0, step=0, loss_sum=0.0, best_accuracy=0.0, best_epoch=0, status="running",
                           wandb_id=None, rollbacks=0, lr_scale=1.0)
         self.stop_requested = False  # all ranks agreed on a preemption request (signal or stop file)
-        self.stop_file = run_dir / STOP_FILE  # or by this file: reaches every launcher topology (sbatch traps)
+        self.warned: set[str] = set()  # kinds of non-fatal failures already reported (plots, W&B)
+        self.stop_file = preempt.stop_file(run_dir)  # created by batch scripts' traps: reaches every topology
 
     # -- one optimisation step ------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor, margin: float, poison: bool = False
@@ -170,7 +197,7 @@ class Trainer:
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
                              (~torch.isfinite(features).all()).float(), (~torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(self.stop_requested or _signalled
+                             torch.tensor(float(self.stop_requested or preempt.requested()
                                                 or (self.rank == 0 and self.stop_file.exists())),
                                           device=loss.device)])
         if self.world > 1:
@@ -214,7 +241,7 @@ class Trainer:
                                 self.cfg.data.rotate)
         for step, (x, y) in enumerate(batches, start=start_step):
             margin = margin_at(self.cfg.head, epoch + step / self.steps_per_epoch)
-            poison = FAULT_NAN == (epoch + 1, step) and self.state["rollbacks"] == 0
+            poison = FAULTS.nan_at == (epoch + 1, step) and self.state["rollbacks"] == 0
             loss, bad = self.train_step(x, y, margin, poison)
             if bad:
                 bar.close()
@@ -285,8 +312,12 @@ class Trainer:
         folder = self.run_dir / "features"
         folder.mkdir(exist_ok=True)
         path = folder / f"{split}-epoch-{epoch:04d}.npz"
-        np.savez(path, features=feats.numpy(), labels=labels.numpy(), W=self.head_weight().numpy(),
-                 margin=np.float64(margin_at(self.cfg.head, epoch)), epoch=np.int64(epoch))
+        try:
+            np.savez(path, features=feats.numpy(), labels=labels.numpy(), W=self.head_weight().numpy(),
+                     margin=np.float64(margin_at(self.cfg.head, epoch)), epoch=np.int64(epoch))
+        except OSError:
+            path.unlink(missing_ok=True)  # no half-written features file
+            raise
         if split == "test":
             runinfo.atomic_copy(path, self.run_dir / "features.npz")
 
@@ -358,13 +389,20 @@ class Trainer:
             self.state.update(best_accuracy=metrics["accuracy"], best_epoch=epoch + 1)
         want_plots = plot_every and ((epoch + 1) % plot_every == 0 or epoch + 1 == self.cfg.train.epochs)
         train_feats = self.extract_features(self.train_sample) if want_plots else None  # a collective: all ranks
+        error = None
         if self.acc.is_main_process:
-            runinfo.append_metrics(self.run_dir, record)
-            self.save_features(epoch + 1, feats, labels)
-            images = {}
-            if train_feats is not None:
-                self.save_features(epoch + 1, *train_feats, split="train")
-                images = self.render_plots(epoch + 1)
+            try:  # what resume needs: a failure here stops every rank (metrics are cut back on resume)
+                runinfo.append_metrics(self.run_dir, record)
+                self.save_features(epoch + 1, feats, labels)
+                if train_feats is not None:
+                    self.save_features(epoch + 1, *train_feats, split="train")
+            except OSError as e:
+                error = e
+        failed = checkpoint.agree(self.acc, error, self.run_dir, self.run_dir)
+        if failed:
+            raise failed
+        if self.acc.is_main_process:
+            images = self.render_plots(epoch + 1) if train_feats is not None else {}  # never stops training
             self.log(record, epoch + 1, images)
             self.acc.print(f"epoch {epoch + 1}/{self.cfg.train.epochs}  loss {stats['train_loss']:.4f}  "
                            f"test acc {metrics['accuracy']:.4f}  spread {metrics['intra_spread_deg']:.1f} deg  "
@@ -382,19 +420,33 @@ class Trainer:
                        f"step {where['step']}; stopped")
 
     # -- plots and tracking (main process) -------------------------------------------------------
+    def warn_once(self, what: str, e: BaseException) -> None:
+        """Plots and W&B are not worth stopping a run for: one warning per kind, then silence."""
+        if what not in self.warned:
+            self.warned.add(what)
+            print(f"arcdist: warning: {what} failed ({first_line(e)}); training continues, further {what} "
+                  "failures are not reported", file=sys.stderr, flush=True)
+
     def render_plots(self, epoch: int) -> dict:
         from arcdist import plots  # matplotlib stays out of the import path of the hot loop
 
-        return plots.render_epoch(self.run_dir, epoch)
+        try:
+            return plots.render_epoch(self.run_dir, epoch)
+        except Exception as e:  # noqa: BLE001 - a full disk, a broken font cache: the run goes on
+            self.warn_once("plotting", e)
+            return {}
 
     def log(self, record: dict, epoch: int, images: dict | None = None) -> None:
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.acc.log(scalars, step=epoch)
-        run = tracking.wandb_run(self.acc)
-        if run is not None and images:
-            import wandb
+        try:
+            self.acc.log(scalars, step=epoch)
+            run = tracking.wandb_run(self.acc)
+            if run is not None and images:
+                import wandb
 
-            run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()}, step=epoch)
+                run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()}, step=epoch)
+        except Exception as e:  # noqa: BLE001 - W&B's own errors vary by version
+            self.warn_once("W&B logging", e)
 
     def write_wandb_summary(self, summary: dict) -> None:
         run = tracking.wandb_run(self.acc)
@@ -488,7 +540,7 @@ def load_saved_config(run_dir: Path) -> Config:
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse arguments, build everything, train. Raises ConfigError on bad input."""
-    install_signal_handlers()
+    preempt.install_handlers()
     args = parse_args(argv)
     if elastic_restart() and not args.resume:  # torchrun --max-restarts relaunched us after a rank died
         run_dir = default_run_dir(args, build_config(args))
@@ -503,11 +555,21 @@ def run(argv: list[str] | None = None) -> dict:
     run_dir = check_run_dir(args, cfg)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
+    busy = [None]
     if accelerator.is_main_process:
         create_run_dir(run_dir)
-        stop = run_dir / STOP_FILE
-        if stop.exists() and stop.stat().st_mtime < PROCESS_START:  # stale: from before a requeue
-            stop.unlink()
+        try:  # held until this process exits; nothing is written to the folder before it is ours
+            _LOCKS.append(RunLock(run_dir))
+            _LOCKS[-1].acquire(args.lock_wait)
+        except ConfigError as e:
+            busy[0] = str(e)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(busy, from_process=0)
+    if busy[0]:
+        raise ConfigError(busy[0])
+    if accelerator.is_main_process:
+        preempt.clear_stale_stop_file(run_dir)
+        checkpoint.remove_partial(run_dir)  # left by a writer that died (we own the folder now)
         if elastic_restart() and not args.resume:
             runinfo.truncate_metrics(run_dir, 0)
     accelerator.wait_for_everyone()
@@ -527,38 +589,31 @@ def run(argv: list[str] | None = None) -> dict:
         state = trainer.fit(plot_every=args.plot_every)
     finally:
         accelerator.end_training()
-    if state["status"] == "preempted" and accelerator.is_main_process:
-        from arcdist import preempt
-
-        preempt.requeue_self()
+    if state["status"] == "preempted":
+        status = preempt.after_stop(run_dir, state) if accelerator.is_main_process else 0
+        state = dict(state, exit_status=status if preempt.interrupted() else 0)
     return state
 
 
-_signalled = False  # set by SIGUSR1/SIGTERM; read at each step boundary
-PROCESS_START = time.time()
-
-
-def _on_signal(signum, frame) -> None:
-    global _signalled
-    _signalled = True
-
-
-def install_signal_handlers() -> None:
-    """USR1/TERM (SLURM preemption) set a flag; all ranks agree on it at the next step and checkpoint.
-
-    Installed first thing, so a signal during start-up is kept for the first step, not fatal.
-    """
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, _on_signal)
+_LOCKS: list[RunLock] = []  # the run folder's lock, held for the life of the process
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        run(argv)
+        state = run(argv)
     except ConfigError as e:
         print(f"arcdist: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except checkpoint.WriteError as e:
+        print(f"arcdist: error: {e}", file=sys.stderr)
+        return checkpoint.WriteError.EXIT_STATUS
+    except OSError as e:  # a write outside the checked places (config.json, summary.json)
+        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT):
+            raise
+        print(f"arcdist: error: {checkpoint.write_error(e.filename or 'the run folder', e.strerror, 'RUN_DIR')}",
+              file=sys.stderr)
+        return checkpoint.WriteError.EXIT_STATUS
+    return state.get("exit_status", 0)
 
 
 if __name__ == "__main__":

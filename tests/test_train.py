@@ -159,3 +159,23 @@ def test_resume_with_ema_equals_uninterrupted_run(tiny_run, tiny_data, tmp_path)
     # the average changes what is evaluated, not what is trained: tiny_run is the same run without EMA
     assert [r["train_loss"] for r in metric_rows(whole)] == [r["train_loss"] for r in metric_rows(tiny_run)]
     assert not np.array_equal(b["features"], np.load(tiny_run / "features.npz")["features"])
+
+
+def test_resume_reads_the_data_folder_the_run_recorded(tiny_data, tmp_path):
+    import shutil
+
+    from conftest import cli_env
+
+    data, out = tmp_path / "elsewhere", tmp_path / "run"
+    shutil.copytree(tiny_data, data)
+    env = {k: v for k, v in cli_env().items() if k != "ARCDIST_DATA_DIR"}
+    common = [*TINY, "--set", "data.batch_size=64", "--plot-every", "0", "--mixed-precision", "no"]
+    run_train([*common, "--data-dir", str(data), "--epochs", "1", "--output-dir", str(out)], env=env)
+    run_train([*TINY, "--resume", str(out), "--epochs", "2", "--plot-every", "0"], env=env)  # no --data-dir
+    assert [r["epoch"] for r in metric_rows(out)] == [1, 2]
+    shutil.rmtree(data)
+    before = sorted(p.name for p in out.rglob("*"))
+    proc = run_train([*TINY, "--resume", str(out), "--epochs", "3", "--plot-every", "0"], env=env, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert str(data) in proc.stderr and "--data-dir" in proc.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before

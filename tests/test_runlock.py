@@ -1,0 +1,79 @@
+"""One owner per run folder: a second train.py waits a bounded time, then refuses naming the holder."""
+import hashlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from arcdist.grid import Job, finish
+from arcdist.runlock import BUSY, RunBusy, RunLock
+from conftest import ROOT, TINY, run_train
+
+HOLD = "import sys, time; from arcdist.runlock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
+
+
+def hold(run_dir):
+    """Another process holding run_dir's lock until killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_lock_names_its_holder_and_a_killed_holder_leaves_nothing_stale(tmp_path):
+    holder = hold(tmp_path)
+    try:
+        with pytest.raises(RunBusy, match=rf"{BUSY}: held by PID {holder.pid} on {socket.gethostname()} since "):
+            RunLock(tmp_path).acquire(wait_s=0.2, poll_s=0.05)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = RunLock(tmp_path)
+    lock.acquire(wait_s=0)  # the kernel released the dead holder's lock: no stale-lock cleanup needed
+    assert json.loads((tmp_path / ".arcdist.lock").read_text())["pid"] != holder.pid
+    lock.release()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lock") / "run"
+    run_train([*TINY, "--data-dir", str(tiny_data), "--epochs", "1", "--set", "data.batch_size=64",
+               "--plot-every", "0", "--output-dir", str(out)])
+    return out
+
+
+def test_second_trainer_on_a_busy_folder_refuses_and_writes_nothing(finished_run, tiny_data):
+    before = digest(finished_run)
+    holder = hold(finished_run)
+    try:
+        proc = run_train([*TINY, "--resume", str(finished_run), "--epochs", "2", "--data-dir", str(tiny_data),
+                          "--lock-wait", "0.5", "--plot-every", "0"], check=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{BUSY}: held by PID {holder.pid}" in proc.stderr and "--resume" in proc.stderr
+    after = digest(finished_run)
+    after.pop(".arcdist.lock"), before.pop(".arcdist.lock")  # (the holder rewrote who holds it)
+    assert after == before
+    # the holder gone, the same command continues the run
+    run_train([*TINY, "--resume", str(finished_run), "--epochs", "2", "--data-dir", str(tiny_data), "--plot-every", "0"])
+    assert json.loads((finished_run / "summary.json").read_text())["epochs"] == 2
+
+
+def test_grid_records_a_busy_job_as_busy_not_failed(tmp_path):
+    log = tmp_path / "job.log"
+    log.write_text(f"arcdist: error: runs/x {BUSY}: held by PID 7 on n1 since 2026-01-01T00:00:00; wait\n")
+    job = Job(index=0, variant="V2", seed=0, dataset="mnist", run_dir=str(tmp_path / "run"), log=str(log))
+    finish(job, 2, 0.0)
+    assert job.status == "busy"
+    log.write_text("arcdist: error: something else\n")
+    finish(job, 2, 0.0)
+    assert job.status == "failed"

@@ -1,0 +1,57 @@
+"""A full disk while training: one line, exit status 3, no partial files, the last checkpoint intact, resume works."""
+import json
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from arcdist.checkpoint import latest_checkpoint
+from conftest import TINY, make_tiny_mnist, run_train
+
+VOLATILE = {"epoch_time_s", "images_per_s"}
+
+
+def rows(run_dir):
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(size_bytes) -> a tmpfs of that size (remounted larger later); unmounted after the test."""
+    mnt = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+
+    def mount(size: int):
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size // 4096 * 4096}", "tmpfs", str(mnt)],
+                              capture_output=True)
+        if proc.returncode:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.decode().strip()}")
+        return mnt
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    yield mount
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_stops_cleanly_and_resume_continues_once_space_is_back(small_disk, tmp_path):
+    data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=64, seed=2)
+    common = [*TINY, "--data-dir", str(data), "--epochs", "3", "--plot-every", "0", "--set", "data.batch_size=64",
+              "--mixed-precision", "no", "--set", "train.channels_last=false", "--set", "train.keep_checkpoints=3"]
+    whole = tmp_path / "whole"
+    run_train([*common, "--output-dir", str(whole)])
+    size = sum(f.stat().st_size for f in (whole / "checkpoints" / "epoch-0001").iterdir())
+    disk = small_disk(int(1.5 * size))  # room for one checkpoint and the small files, not for two checkpoints
+    out = disk / "run"
+    proc = run_train([*common, "--output-dir", str(out)], check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and f"--resume {out}" in err[0], err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch-0001"]  # the partial one removed
+    assert (out / "metrics.jsonl").read_text().endswith("\n")  # no partial line
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    run_train([*TINY, "--resume", str(out), "--data-dir", str(data), "--plot-every", "0"])
+    assert rows(out) == rows(whole)
+    assert latest_checkpoint(out).name == "epoch-0003"
