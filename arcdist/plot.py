@@ -14,9 +14,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arcdist.plot: error: {args.run_dir} has no features/ folder; pass a run folder written by "
               "arcdist.train", file=sys.stderr)
         return 2
-    from arcdist import plots
+    from arcdist import figures
 
-    written = plots.render_all(args.run_dir)
+    written = figures.render_all(args.run_dir)
     print(f"wrote {len(written)} files under {args.run_dir / 'plots'}")
     return 0
 

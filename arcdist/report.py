@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from arcdist import plots, runinfo
-from arcdist.plots import COLOURS, plt
+from arcdist import figures, runinfo
+from arcdist.figures import COLOURS, plt
 from arcdist.config import first_line
 
 STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "worst_class_accuracy",
@@ -194,7 +194,7 @@ def last_features(run_dir: Path) -> dict | None:
     """features/labels of the run's last epoch: features.npz, else the newest features/test-epoch-*.npz."""
     path = Path(run_dir) / "features.npz"
     if not path.exists():
-        files = plots.feature_files(run_dir)
+        files = figures.feature_files(run_dir)
         path = files[max(files)] if files else None
     return dict(np.load(path)) if path else None
 

@@ -50,7 +50,7 @@ def init_wandb(accelerator: Accelerator, mode: str, run_dir: Path, run_id: str, 
     import wandb
 
     kwargs = dict(id=run_id, resume="allow", name=name, group=group, job_type=job_type, tags=tags,
-                  dir=str(run_dir), entity=os.environ.get("WANDB_ENTITY"))
+                  dir=os.environ.get("WANDB_DIR") or str(run_dir), entity=os.environ.get("WANDB_ENTITY"))
     project = os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
     if init_timeout_s is None:
         init_timeout_s = float(os.environ.get("ARCDIST_WANDB_INIT_TIMEOUT", "30"))

@@ -194,7 +194,7 @@ class Trainer:
             loss = loss * float("nan")
         self.acc.backward(loss)
         grads = [p.grad for p in (*self.backbone.parameters(), *self.head.parameters()) if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        grad_norm = torch.nn.utils.get_total_norm(grads)  # non-finite stays non-finite (no error raised)
         flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
                              (~torch.isfinite(features).all()).float(), (~torch.isfinite(grad_norm)).float(),
                              torch.tensor(float(self.stop_requested or preempt.requested()
@@ -375,9 +375,9 @@ class Trainer:
         if self.acc.is_main_process:
             self.write_wandb_summary(runinfo.write_summary(self.run_dir, self.state, self.model_info()))
             if plot_every:
-                from arcdist import plots
+                from arcdist import figures
 
-                plots.render_gif(self.run_dir)
+                figures.render_gif(self.run_dir)
         return self.state
 
     def end_epoch(self, epoch: int, stats: dict, plot_every: int) -> None:
@@ -428,10 +428,10 @@ class Trainer:
                   "failures are not reported", file=sys.stderr, flush=True)
 
     def render_plots(self, epoch: int) -> dict:
-        from arcdist import plots  # matplotlib stays out of the import path of the hot loop
+        from arcdist import figures  # matplotlib stays out of the import path of the hot loop
 
         try:
-            return plots.render_epoch(self.run_dir, epoch)
+            return figures.render_epoch(self.run_dir, epoch)
         except Exception as e:  # noqa: BLE001 - a full disk, a broken font cache: the run goes on
             self.warn_once("plotting", e)
             return {}

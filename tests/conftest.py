@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -90,3 +91,14 @@ def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | N
 
 
 TINY = ["--variant", "V2", "--no-progress", "--wandb", "disabled"]
+VOLATILE = {"epoch_time_s", "images_per_s"}  # wall-clock fields: never compared between runs
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without its wall-clock fields."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())

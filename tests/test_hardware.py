@@ -109,14 +109,14 @@ def test_probe_times_every_candidate_once_then_reads_the_cache(monkeypatch, tmp_
     model = get_variant("V0").config.model
     candidates = [("no", False), ("no", True), ("bf16", False), ("bf16", True)]
     timed = []
-    real = hardware._time_candidate
-    monkeypatch.setattr(hardware, "_time_candidate", lambda *a: timed.append(a[2:]) or real(*a))
+    real = hardware._candidate_step
+    monkeypatch.setattr(hardware, "_candidate_step", lambda *a: timed.append(a[2:]) or real(*a))
     rng = torch.get_rng_state()
     first = hardware.probe_cpu(model, 8, candidates)
     assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is untouched
     assert set(first) == {"fp32", "fp32+cl", "bf16", "bf16+cl"} and min(first.values()) > 0
     assert timed == candidates
-    monkeypatch.setattr(hardware, "_time_candidate", lambda *a: pytest.fail("timed again"))
+    monkeypatch.setattr(hardware, "_candidate_step", lambda *a: pytest.fail("timed again"))
     assert hardware.probe_cpu(model, 8, candidates) == first
     assert len(json.loads((tmp_path / "precision-probe.json").read_text())) == 1
 

@@ -9,14 +9,7 @@ import pytest
 
 from arcdist.checkpoint import latest_checkpoint
 from arcdist.preempt import INTERRUPTED_EXIT
-from conftest import ROOT, TINY, cli_env, make_tiny_mnist, run_train
-
-VOLATILE = {"epoch_time_s", "images_per_s"}
-
-
-def rows(run_dir):
-    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from conftest import metric_rows as rows, ROOT, TINY, cli_env, make_tiny_mnist, run_train
 
 
 @pytest.fixture(scope="module")

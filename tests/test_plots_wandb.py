@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arcdist import plots
+from arcdist import figures
 from arcdist.config import from_dict
 from arcdist.tracking import read_offline_run
 from conftest import ROOT, TINY, cli_env, make_tiny_mnist, run_train
@@ -70,10 +70,10 @@ def test_plots_are_real_images_with_all_ten_class_colours(wandb_run):
 
 def test_points_drawn_equal_gathered_rows(wandb_run):
     f = np.load(wandb_run / "features.npz")
-    fig = plots.raw_figure(f["features"], f["labels"], 1.0, "t")
+    fig = figures.raw_figure(f["features"], f["labels"], 1.0, "t")
     drawn = sum(len(c.get_offsets()) for c in fig.axes[0].collections)
     assert drawn == len(f["labels"]) == 101
-    fig = plots.circle_figure(f["features"], f["labels"], f["W"], 0.2, "t")
+    fig = figures.circle_figure(f["features"], f["labels"], f["W"], 0.2, "t")
     assert sum(len(c.get_offsets()) for c in fig.axes[0].collections) == 101
 
 
@@ -98,7 +98,7 @@ def test_two_ranks_draw_as_many_points_as_one(tmp_path):
         run_train([*TINY, "--epochs", "1", "--data-dir", str(data), "--output-dir", str(out),
                    "--set", "data.batch_size=64"], world=world)
         f = np.load(out / "features" / "test-epoch-0001.npz")
-        fig = plots.raw_figure(f["features"], f["labels"], 1.0, "t")
+        fig = figures.raw_figure(f["features"], f["labels"], 1.0, "t")
         counts.append(sum(len(c.get_offsets()) for c in fig.axes[0].collections))
         train_sample = np.load(out / "features" / "train-epoch-0001.npz")
         assert len(train_sample["labels"]) == 256

@@ -13,14 +13,7 @@ import torch
 
 from arcdist.checkpoint import latest_checkpoint
 from arcdist.tracking import read_offline_run
-from conftest import ROOT, TINY, cli_env, make_tiny_mnist, run_train
-
-VOLATILE = {"epoch_time_s", "images_per_s"}
-
-
-def rows(run_dir):
-    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from conftest import metric_rows as rows, ROOT, TINY, cli_env, make_tiny_mnist, run_train
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env, free_port, make_tiny_mnist
+from conftest import metric_rows, summary, ROOT, cli_env, free_port, make_tiny_mnist
+
 
 CLUSTER = ROOT / "slurm" / "dev-cluster.sh"
-VOLATILE = {"epoch_time_s", "images_per_s"}
 SCRIPTS = [ROOT / "slurm" / "dev-cluster.sh", ROOT / "slurm" / "grid.sbatch", ROOT / "slurm" / "multinode.sbatch",
            ROOT / "launch" / "torchrun.sh", ROOT / "launch" / "grid.sh", ROOT / ".ci" / "system-deps"]
 
@@ -69,15 +69,6 @@ def wait_gone(job: str, logs: list[Path], timeout: float) -> None:
 def job_state(job: str) -> tuple[str, str]:
     info = sh("scontrol", "show", "job", job).stdout
     return re.search(r"JobState=(\S+)", info).group(1), re.search(r"\bExitCode=(\S+)", info).group(1)
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 def world_size(run_dir: Path) -> int:

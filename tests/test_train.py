@@ -9,14 +9,7 @@ from safetensors.torch import load_file
 from arcdist.config import from_dict
 from arcdist.data import load_dataset, DeviceData, get_spec
 from arcdist.model import build_backbone
-from conftest import TINY, make_tiny_mnist, run_train
-
-VOLATILE = {"epoch_time_s", "images_per_s"}
-
-
-def metric_rows(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+from conftest import metric_rows, TINY, make_tiny_mnist, run_train
 
 
 @pytest.fixture(scope="module")
