@@ -23,6 +23,7 @@ from pathlib import Path
 
 from arcdist import runinfo
 from arcdist.checkpoint import latest_checkpoint
+from arcdist.cli import ArgumentParser
 from arcdist.preempt import INTERRUPTED_EXIT
 from arcdist.config import ConfigError
 from arcdist.data import get_spec
@@ -51,8 +52,7 @@ class Job:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="arcdist.grid", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="arcdist.grid", description=__doc__)
     p.add_argument("--grid-id", required=True, help="names the grid folder and the W&B group")
     p.add_argument("--variants", default=",".join(POST_VARIANTS), help="comma-separated (default: the post's 12)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")

@@ -1,13 +1,14 @@
 """`python -m arcdist.plot RUN_DIR`: re-render every plot and the GIF from saved features, no training."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from arcdist.cli import ArgumentParser
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="arcdist.plot", description=__doc__)
+    parser = ArgumentParser(prog="arcdist.plot", description=__doc__)
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
     if not (args.run_dir / "features").is_dir():

@@ -165,7 +165,10 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    from arcdist.cli import ArgumentParser
+
+    ArgumentParser(prog="arcdist.variants", description=__doc__).parse_args(argv)  # --help; no options
     print(format_table(table_rows()))
     return 0
 

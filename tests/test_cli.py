@@ -1,0 +1,39 @@
+"""Every command's bad arguments: one line `NAME: error: MESSAGE; see --help`, exit status 2, no usage dump."""
+import subprocess
+import sys
+
+import pytest
+
+from arcdist import grid, plot, report, train, variants
+from conftest import ROOT, cli_env
+
+CASES = {
+    "train": (train.main, ["--epochs", "ten"], "arcdist: error: argument --epochs: invalid int value: 'ten'"),
+    "grid": (grid.main, ["--grid-id", "x", "--jobs", "two"],
+             "arcdist.grid: error: argument --jobs: invalid int value: 'two'"),
+    "grid without id": (grid.main, [], "arcdist.grid: error: the following arguments are required: --grid-id"),
+    "report": (report.main, ["--threshold-acc", "high"],
+               "arcdist.report: error: argument --threshold-acc: invalid float value: 'high'"),
+    "plot": (plot.main, [], "arcdist.plot: error: the following arguments are required: run_dir"),
+    "variants": (variants.main, ["--bogus"], "arcdist.variants: error: unrecognized arguments: --bogus"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_arguments_are_one_line_and_exit_2(case, capsys):
+    main, argv, line = CASES[case]
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    assert capsys.readouterr().err == f"{line}; see --help\n"
+
+
+@pytest.mark.parametrize("module", ["grid", "report", "plot", "variants"])
+def test_real_commands_answer_help_and_bad_arguments(module):
+    run = lambda *args: subprocess.run([sys.executable, "-m", f"arcdist.{module}", *args], cwd=ROOT,  # noqa: E731
+                                       env=cli_env(), capture_output=True, text=True, timeout=120)
+    helped = run("--help")
+    assert helped.returncode == 0 and helped.stdout.startswith(f"usage: arcdist.{module} ")
+    bad = run("--no-such-flag")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == [bad.stderr.strip()] and bad.stderr.startswith(f"arcdist.{module}: error: ")
