@@ -7,6 +7,7 @@
 
 Every statistic is over the seeds of a variant: the mean and the sample standard deviation (ddof=1);
 with one seed the deviation is "n/a". The measured verdict follows the rule in `VERDICT_RULE`.
+The W&B Report itself (spec, push, pull of a group) is arcdist.wandb_report; this module is its command line.
 """
 from __future__ import annotations
 
@@ -15,17 +16,17 @@ import base64
 import html
 import json
 import math
-import operator
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from arcdist import figures, runinfo
-from arcdist.figures import COLOURS, plt
+from arcdist.cli import ArgumentParser
 from arcdist.config import first_line
+from arcdist.figures import COLOURS, plt
+from arcdist.wandb_report import WandbError, pull_group, push_spec, wandb_report_spec
 
 STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "worst_class_accuracy",
          "wall_time_s")
@@ -36,7 +37,8 @@ POST = "post's verdict"
 IMAGES = ("test_accuracy.png", "train_loss.png", "features.png")
 HEADINGS = dict(test_accuracy="Test accuracy per epoch (mean over seeds)",
                 train_loss="Train loss per epoch (mean over seeds)",
-                features="Final 2-D test features: lowest seed, last epoch, shared axes (the post's figures)")
+                features="Final 2-D test features: lowest seed, last epoch, each panel on its own scale "
+                         "(the post's figures)")
 
 
 class ReportError(Exception):
@@ -200,25 +202,30 @@ def last_features(run_dir: Path) -> dict | None:
 
 
 def features_figure(rows: list[dict], path: Path) -> Path:
-    """The post's raw 2-D plots of every variant (lowest seed, last epoch), one subplot each, shared axes."""
+    """The post's raw 2-D plots of every variant (lowest seed, last epoch), one subplot each, written to `path`."""
+    fig = draw_features(rows)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def draw_features(rows: list[dict]):
+    """The features figure: each panel scaled to its own points (square, centred on 0), so a variant whose
+    features are 1000x larger or smaller than the others' is still drawn whole rather than as an empty panel."""
     panels = []
     for row in rows:
         order = sorted(zip(row["seeds"], row["run_dirs"]))
         found = next(((s, d, f) for s, d in order if (f := last_features(Path(d))) is not None), None)
         panels.append((row, found))
-    # shared axes sized for the typical variant (median of each panel's 99th percentile of |x|), so one
-    # exploding variant does not shrink all others to a dot; its panel says how many points fall outside
-    spans = [float(np.percentile(np.abs(x[2]["features"]), 99)) for _, x in panels if x]
-    limit = float(np.median(spans)) * 1.1 if spans else 1.0
-    limit = limit if math.isfinite(limit) and limit > 0 else 1.0
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     height = 3.4 * nrows + 0.5
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, height), dpi=100, sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, height), dpi=100, squeeze=False)
     for ax, (row, found) in zip(axes.flat, panels):
         if found is None:
             ax.set_title(f"{row['label']}: no features", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
             continue
         seed, run_dir, f = found
         acc = runinfo.read_summary(Path(run_dir)).get("final_accuracy")
@@ -227,24 +234,23 @@ def features_figure(rows: list[dict], path: Path) -> Path:
             ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=str(c), linewidths=0, rasterized=True)
         ax.set_title(f"{row['label']} s{seed}  acc {acc:.4f}" if _finite(acc) else f"{row['label']} s{seed}",
                      fontsize=9)
-        outside = float((np.abs(f["features"]) > limit).any(axis=1).mean())
-        ax.text(0.02, 0.02, f"max |x| {np.abs(f['features']).max():.3g}"
-                + (f", {outside:.0%} of points outside the axes" if outside else ""), transform=ax.transAxes, fontsize=7)
+        finite = np.isfinite(f["features"]).all(axis=1)
+        span = float(np.abs(f["features"][finite]).max()) if finite.any() else 0.0
+        limit = span * 1.05 if span > 0 else 1.0
+        ax.set_xlim(-limit, limit)
+        ax.set_ylim(-limit, limit)
+        ax.set_aspect("equal")
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+        ax.text(0.02, 0.02, f"max |x| {span:.3g}" + ("" if finite.all() else f", {(~finite).sum()} non-finite points"),
+                transform=ax.transAxes, fontsize=7)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    axes.flat[0].set_xlim(-limit, limit)
-    axes.flat[0].set_ylim(-limit, limit)
-    axes.flat[0].xaxis.set_major_locator(MaxNLocator(4))
-    axes.flat[0].yaxis.set_major_locator(MaxNLocator(4))
-    for ax in axes.flat:
-        ax.set_aspect("equal")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+    handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.collections), ([], []))
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=10, markerscale=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.5 / height, 1, 1))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # --- writing ----------------------------------------------------------------------------------------
@@ -318,148 +324,19 @@ def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float =
                    variants=[dict({k: v for k, v in r.items() if k != "curves"}, display=c)
                              for r, c in zip(rows, cells)])
     runinfo.atomic_write(out / "summary.json", json.dumps(summary, indent=1))
-    spec = wandb_report_spec(grid_dir)
+    spec = wandb_report_spec(doc, grid_group(doc, grid_dir))
     runinfo.atomic_write(out / "wandb_report.json", json.dumps(spec, indent=1))
     return summary
 
 
-# --- W&B --------------------------------------------------------------------------------------------
-def wandb_report_spec(grid_dir: Path, entity: str | None = None, project: str | None = None) -> dict:
-    """The W&B Report as plain data: runs of the grid's group, panels, and per-variant params to backfill."""
-    import os
-
-    from arcdist.variants import table_rows
-
-    doc = load_grid(Path(grid_dir))
-    group = doc.get("grid_id") or Path(grid_dir).name
-    variants = list(dict.fromkeys(j["variant"] for j in doc["jobs"]))
-    info = {r["name"]: r for r in table_rows()}
-    by_variant = dict(groupby="config:variant", agg="mean", range="stddev")
-    return dict(
-        title=f"arcdist grid {group}", group=group,
-        entity=entity or os.environ.get("WANDB_ENTITY"), project=project or os.environ.get("WANDB_PROJECT", "arcdist"),
-        description=f"Variants {', '.join(variants)}; lines and bars are means over seeds, bands one std.",
-        runset=dict(name=group, filters=[dict(section="run", key="Group", op="==", value=group)],
-                    groupby=["config:variant"]),
-        panels=[dict(type="line", title="test accuracy per epoch", x="Step", y=["test_accuracy"], **by_variant),
-                dict(type="line", title="train loss per epoch", x="Step", y=["train_loss"], **by_variant),
-                dict(type="bar", title="final test accuracy", metrics=["summary:final_accuracy"], **by_variant),
-                dict(type="scatter", title="parameters vs final test accuracy", x="summary:params",
-                     y="summary:final_accuracy", log_x=True),
-                dict(type="media", title="2-D test features (raw)", media_keys=["plots/test_raw"])],
-        summary_backfill={v: dict(params=info[v]["params"], flops=info[v]["flops"]) for v in variants})
-
-
-def _metric(key: str):
-    import wandb_workspaces.reports.v2 as wr
-
-    section, _, name = key.rpartition(":")
-    return {"summary": wr.SummaryMetric, "config": wr.Config}.get(section, str)(name) if section else key
-
-
-def to_wandb_report(spec: dict, entity: str, project: str):
-    """wandb_workspaces objects for `spec`; building them needs no network, only `.save()` does."""
-    import wandb_workspaces.reports.v2 as wr
-    from wandb_workspaces import expr
-
-    section = {"run": expr.Metric, "config": expr.Config, "summary": expr.Summary}
-    ops = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-           ">=": operator.ge}
-    filters = [ops[f["op"]](section[f["section"]](f["key"]), f["value"]) for f in spec["runset"]["filters"]]
-    runset = wr.Runset(entity=entity, project=project, name=spec["runset"]["name"], filters=expr.And(*filters),
-                       groupby=[g.replace(":", ".", 1) for g in spec["runset"]["groupby"]])
-    make = {
-        "line": lambda p: wr.LinePlot(title=p["title"], x=p["x"], y=[_metric(k) for k in p["y"]],
-                                      groupby=_metric(p["groupby"]), groupby_aggfunc=p["agg"],
-                                      groupby_rangefunc=p["range"]),
-        "bar": lambda p: wr.BarPlot(title=p["title"], metrics=[_metric(k) for k in p["metrics"]],
-                                    groupby=_metric(p["groupby"]), groupby_aggfunc=p["agg"],
-                                    groupby_rangefunc=p["range"]),
-        "scatter": lambda p: wr.ScatterPlot(title=p["title"], x=_metric(p["x"]), y=_metric(p["y"]),
-                                            log_x=p.get("log_x")),
-        "media": lambda p: wr.MediaBrowser(title=p["title"], media_keys=p["media_keys"], num_columns=4),
-    }
-    grid = wr.PanelGrid(runsets=[runset], panels=[make[p["type"]](p) for p in spec["panels"]])
-    return wr.Report(entity=entity, project=project, title=spec["title"], description=spec["description"],
-                     blocks=[wr.P(spec["description"]), grid])
-
-
-def _bounded(fn, timeout: float, what: str):
-    """fn() in a daemon thread; TimeoutError after `timeout` seconds (the thread is abandoned)."""
-    box: dict = {}
-    thread = threading.Thread(target=_capture, args=(fn, box), daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(f"{what} took longer than {timeout:g}s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def _capture(fn, box: dict) -> None:
-    try:
-        box["value"] = fn()
-    except BaseException as e:  # noqa: BLE001 - handed to the caller
-        box["error"] = e
-
-
-def _wandb_api(timeout: float):
-    from arcdist.tracking import has_credentials
-
-    if not has_credentials():
-        raise ReportError("no W&B credentials (set WANDB_API_KEY or run `wandb login`)")
-    import wandb
-
-    return wandb.Api(timeout=int(timeout))
-
-
-def push_spec(spec: dict, timeout: float = 60.0) -> str:
-    """Backfill params/flops into the group's run summaries, save the Report; returns its URL."""
-    def push() -> str:
-        api = _wandb_api(timeout)
-        entity, project = spec.get("entity") or api.default_entity, spec["project"]
-        for run in api.runs(f"{entity}/{project}", filters={"group": spec["group"]}):
-            extra = spec["summary_backfill"].get(run.config.get("variant"), {})
-            if extra and any(k not in run.summary for k in extra):
-                run.summary.update(extra)
-        report = to_wandb_report(spec, entity, project)
-        report.save()
-        return report.url
-
-    return _bounded(push, timeout, "the W&B push")
-
-
-def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout: float = 60.0) -> Path:
-    """W&B runs of `group` written as a grid folder (no features: the 2-D panel says so)."""
-    def pull() -> list[dict]:
-        api = _wandb_api(timeout)
-        jobs = []
-        for run in api.runs(f"{entity or api.default_entity}/{project}", filters={"group": group}):
-            variant, seed = run.config.get("variant"), run.config.get("train", {}).get("seed", 0)
-            run_dir = dest / f"{variant}-s{seed}"
-            run_dir.mkdir(parents=True, exist_ok=True)
-            rows = [dict({k: v for k, v in r.items() if not k.startswith("_") and _finite(v)}, epoch=r["_step"])
-                    for r in run.scan_history() if "test_accuracy" in r or "diverged" in r]
-            rows = [dict(r, status="diverged") if "diverged" in r else r for r in rows]
-            runinfo.atomic_write(run_dir / runinfo.METRICS, "".join(json.dumps(r) + "\n" for r in rows))
-            summary = {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str, bool))}
-            runinfo.atomic_write(run_dir / runinfo.SUMMARY, json.dumps(summary))
-            jobs.append(dict(variant=variant, seed=seed, dataset=run.config.get("data", {}).get("dataset", "mnist"),
-                             run_dir=str(run_dir), status=run.state, error=None))
-        return jobs
-
-    jobs = _bounded(pull, timeout, "reading the W&B group")
-    if not jobs:
-        raise ReportError(f"W&B group {group!r} in {entity or '(default entity)'}/{project} has no runs")
-    runinfo.atomic_write(dest / "grid.json", json.dumps(dict(grid_id=group, jobs=jobs), indent=1))
-    return dest
+def grid_group(doc: dict, grid_dir: Path) -> str:
+    """The grid's W&B group: its id (the folder's name for an old grid.json without one)."""
+    return doc.get("grid_id") or Path(grid_dir).name
 
 
 # --- command line -----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="arcdist.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="arcdist.report", description=__doc__)
     p.add_argument("grid_dir", nargs="?", help="the grid folder (OUT/GRID_ID of arcdist.grid)")
     p.add_argument("--out", default=None, help="where to write (default GRID_DIR/report)")
     p.add_argument("--threshold-acc", type=float, default=0.97, help="accuracy for 'separated' and epochs-to")
@@ -491,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise ReportError("give GRID_DIR (a folder made by `python -m arcdist.grid`), --wandb-group or --push-spec")
         summary = build_report(grid_dir, out, args.threshold_acc, args.threshold_angle)
-    except (ReportError, TimeoutError, OSError) as e:
+    except (ReportError, WandbError, TimeoutError, OSError) as e:
         print(f"arcdist.report: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - W&B client errors: one line, no traceback
@@ -508,14 +385,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _push(args: argparse.Namespace, grid_dir: Path, out: Path) -> int:
     """--push: save the Report, or say where the spec waits when that cannot happen."""
-    spec = wandb_report_spec(grid_dir, args.entity, args.project)
+    doc = load_grid(grid_dir)
+    spec = wandb_report_spec(doc, grid_group(doc, grid_dir), args.entity, args.project)
     spec_path = out / "wandb_report.json"
     runinfo.atomic_write(spec_path, json.dumps(spec, indent=1))
     later = f"the spec is in {spec_path}; push it later with `python -m arcdist.report --push-spec {spec_path}`"
     try:
         print(f"W&B report: {push_spec(spec, args.timeout)}")
         return 0
-    except ReportError as e:  # no credentials: expected offline, not a failure
+    except WandbError as e:  # no credentials: expected offline, not a failure
         print(f"arcdist.report: {e}; {later}")
         return 0
     except Exception as e:  # noqa: BLE001 - network/API failure: one line

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arcdist import report
+from arcdist import report, wandb_report
 from conftest import ROOT, cli_env, make_tiny_mnist
 
 VARIANTS, SEEDS = ("V2", "V2.1"), (0, 1)
@@ -150,9 +150,9 @@ def test_wandb_spec_names_group_and_panels(grid):
 
 def test_spec_converts_to_wandb_workspaces_offline(grid):
     pytest.importorskip("wandb_workspaces")
-    spec = report.wandb_report_spec(grid["grid"])
+    spec = wandb_report.wandb_report_spec(report.load_grid(grid["grid"]), "g")
     # an empty entity skips the runset's project lookup, so the whole report serialises without network
-    model = json.loads(report.to_wandb_report(spec, entity="", project="arcdist")._to_model()
+    model = json.loads(wandb_report.to_wandb_report(spec, entity="", project="arcdist")._to_model()
                        .spec.model_dump_json(by_alias=True, exclude_none=True))
     block = next(b for b in model["blocks"] if b.get("type") == "panel-grid")["metadata"]
     assert block["runSets"][0]["filters"]["filters"][0] | {"disabled": False} == dict(
@@ -182,3 +182,23 @@ def test_std_is_sample_std_and_na_with_one_seed():
     assert report.fmt(report.mean_std([0.5, 0.7, 0.9]), 3) == f"0.700 ± {statistics.stdev([0.5, 0.7, 0.9]):.3f}"
     assert report.fmt(report.mean_std([0.5, float("nan")]), 2) == "0.50 ± n/a"  # one finite value
     assert report.fmt(report.mean_std([]), 2) == "n/a"
+
+
+def test_features_figure_scales_each_panel_to_its_own_points(tmp_path):
+    """Variants whose features are 1000x smaller or larger than the rest (V1.2.3, V1.2.4 in the post's grid)
+    are drawn whole, each filling its own panel, instead of as an empty or a one-dot panel."""
+    rng, scales, rows = np.random.default_rng(0), (1e-3, 1.0, 1e3, 2.0), []
+    for i, scale in enumerate(scales):
+        run = tmp_path / f"v{i}-s0"
+        run.mkdir()
+        np.savez(run / "features.npz", features=rng.normal(0, scale, (200, 2)), labels=np.arange(200) % 10)
+        rows.append(dict(label=f"v{i}", seeds=[0], run_dirs=[str(run)]))
+    fig = report.draw_features(rows)
+    assert len(fig.axes) == len(scales)
+    for ax in fig.axes:
+        pts = np.concatenate([np.asarray(c.get_offsets()) for c in ax.collections])
+        assert len(pts) == 200
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        assert ((pts[:, 0] >= x0) & (pts[:, 0] <= x1) & (pts[:, 1] >= y0) & (pts[:, 1] <= y1)).all(), ax.get_title()
+        assert np.abs(pts).max() >= 0.9 * min(x1, y1), ax.get_title()  # the farthest point is near the edge
+    report.plt.close(fig)
