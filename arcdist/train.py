@@ -1,23 +1,23 @@
 """The training job: `accelerate launch arcdist/train.py --variant V1.1 ...`.
 
-One code path for one CPU process, gloo DDP on CPU, and one or many GPUs (NCCL, AMP).
+One code path for one CPU process, gloo DDP on CPU, and one or many GPUs (NCCL, AMP). The Trainer builds
+and trains; the run folder is prepared by arcdist.rundir and written by arcdist.recorder.
 """
 from __future__ import annotations
 
 import argparse
 import errno
-import json
 import math
 import os
+import signal
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
@@ -25,14 +25,15 @@ from accelerate.utils import broadcast_object_list, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from arcdist import checkpoint, hardware, preempt, runinfo, tracking
-from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict, validate
+from arcdist import checkpoint, hardware, preempt, rundir, runinfo, tracking
+from arcdist.cli import ArgumentParser
+from arcdist.config import Config, ConfigError, apply_overrides, validate
 from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset, resolve_data_dir, shard_bounds,
                           steps_per_epoch, train_batches)
 from arcdist.metrics import separation_metrics
 from arcdist.model import ArcMarginHead, build_backbone, describe, margin_at
 from arcdist.optim import build_optimizers, build_schedulers
-from arcdist.runlock import RunLock
+from arcdist.recorder import Recorder
 from arcdist.variants import DEFAULT_VARIANT, get_variant
 
 TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are plotted (at most)
@@ -40,29 +41,56 @@ TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are pl
 
 @dataclass(frozen=True)
 class Faults:
-    """Test-only fault injection, read once from the environment.
+    """Test-only fault injection, read once from the environment (when a Trainer is built).
 
     ARCDIST_FAULT_NAN="EPOCH:STEP" (1-based epoch, 0-based step) makes that step's loss NaN once.
+    ARCDIST_FAULT_KILL="EPOCH:STEP" makes rank 1 die by SIGKILL before that step, in the first incarnation
+    only (TORCHELASTIC_RESTART_COUNT=0), so that torchrun's relaunch trains on.
     """
 
     nan_at: tuple[int, int] | None = None
+    kill_at: tuple[int, int] | None = None
 
     @classmethod
     def from_env(cls) -> "Faults":
-        nan = os.environ.get("ARCDIST_FAULT_NAN")
-        return cls(nan_at=tuple(int(v) for v in nan.split(":")) if nan else None)
+        def at(name: str) -> tuple[int, int] | None:
+            value = os.environ.get(name)
+            return tuple(int(v) for v in value.split(":")) if value else None
+
+        kill = None if rundir.elastic_restart() else at("ARCDIST_FAULT_KILL")
+        return cls(nan_at=at("ARCDIST_FAULT_NAN"), kill_at=kill)
 
 
-FAULTS = Faults.from_env()
+@dataclass
+class TrainState:
+    """The run's progress: what trainer.json holds and resume restores (torchtitan's state_dict contract)."""
 
+    epoch: int = 0  # finished epochs
+    step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint resumes there)
+    loss_sum: float = 0.0  # of the current epoch's steps so far
+    best_accuracy: float = 0.0
+    best_epoch: int = 0
+    status: str = "running"  # running | finished | preempted | diverged
+    wandb_id: str | None = None
+    rollbacks: int = 0
+    lr_scale: float = 1.0  # the learning rates' factor after rollbacks (0.5 ** rollbacks)
+    diverged: dict | None = None  # where and in which tensors (summary.json's diverged_at)
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit status 2 (argparse's default prints the usage too)
-        self.exit(2, f"arcdist: error: {message}; see --help\n")
+    def state_dict(self) -> dict:
+        state = asdict(self)
+        if state["diverged"] is None:  # trainer.json has had no such key: keep the files alike
+            del state["diverged"]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take the fields `state` has (older files may lack some); the rest stay."""
+        for f in fields(self):
+            if f.name in state:
+                setattr(self, f.name, state[f.name])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="arcdist.train", description=__doc__)
+    p = ArgumentParser(prog="arcdist.train", description=__doc__, name="arcdist")
     p.add_argument("--variant", default=None, help=f"variant name (default {DEFAULT_VARIANT}); see python -m arcdist.variants")
     p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the variant's, 100)")
     p.add_argument("--seed", type=int, default=None)
@@ -129,9 +157,13 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
 
 
 class Trainer:
-    """Owns models, optimizers, data and the run folder. init / train_step / train_epoch / evaluate / fit."""
+    """Builds models, optimizers and data; trains: train_step / train_epoch / evaluate / fit, rollback, resume.
 
-    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None, no_progress: bool = False):
+    The main process's files and W&B go through `self.recorder`; the run folder is prepared by arcdist.rundir.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None, no_progress: bool = False,
+                 faults: Faults | None = None):
         if "auto" in (cfg.train.mixed_precision, cfg.train.channels_last):  # built without setup_accelerator
             cfg = replace(cfg, train=replace(cfg.train, mixed_precision=accelerator.mixed_precision,
                                              channels_last=cfg.train.channels_last is True))
@@ -172,10 +204,10 @@ class Trainer:
             average = AveragedModel(accelerator.unwrap_model(self.backbone), use_buffers=True,
                                     multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema))
             self.ema = accelerator.prepare_model(average, evaluation_mode=True)
-        self.state = dict(epoch=0, step=0, loss_sum=0.0, best_accuracy=0.0, best_epoch=0, status="running",
-                          wandb_id=None, rollbacks=0, lr_scale=1.0)
+        self.state = TrainState()
+        self.faults = faults or Faults.from_env()
+        self.recorder = Recorder(run_dir, accelerator)
         self.stop_requested = False  # all ranks agreed on a preemption request (signal or stop file)
-        self.warned: set[str] = set()  # kinds of non-fatal failures already reported (plots, W&B)
         self.stop_file = preempt.stop_file(run_dir)  # created by batch scripts' traps: reaches every topology
 
     # -- one optimisation step ------------------------------------------------------------------
@@ -230,33 +262,36 @@ class Trainer:
         return values[0] / self.world, bad
 
     def train_epoch(self, epoch: int) -> dict:
-        """Train the rest of `epoch` (from state['step']). Returns the epoch's stats, or where it stopped."""
+        """Train the rest of `epoch` (from state.step). Returns the epoch's stats, or where it stopped."""
         self.backbone.train()
         self.head.train()
-        start_step, t0 = self.state["step"], time.perf_counter()
+        start_step, t0 = self.state.step, time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.acc.is_main_process or self.no_progress, leave=False, dynamic_ncols=True)
         batches = train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
                                 self.world, start_step, self.cfg.data.shift, self.cfg.data.flip,
                                 self.cfg.data.rotate)
         for step, (x, y) in enumerate(batches, start=start_step):
+            if self.faults.kill_at == (epoch + 1, step) and self.rank == 1:
+                print(f"arcdist: fault: rank 1 killed at epoch {epoch + 1}, step {step}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
             margin = margin_at(self.cfg.head, epoch + step / self.steps_per_epoch)
-            poison = FAULTS.nan_at == (epoch + 1, step) and self.state["rollbacks"] == 0
+            poison = self.faults.nan_at == (epoch + 1, step) and self.state.rollbacks == 0
             loss, bad = self.train_step(x, y, margin, poison)
             if bad:
                 bar.close()
                 return dict(diverged=dict(epoch=epoch + 1, step=step, tensors=bad))
-            self.state["loss_sum"] += loss
-            self.state["step"] = step + 1
+            self.state.loss_sum += loss
+            self.state.step = step + 1
             done = step + 1 - start_step
             bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{done * self.cfg.data.batch_size / (time.perf_counter() - t0):.0f}")
             bar.update()
-            if self.stop_requested and self.state["step"] < self.steps_per_epoch:
+            if self.stop_requested and self.state.step < self.steps_per_epoch:
                 bar.close()
                 return dict(preempted=True)
         bar.close()
         seconds = time.perf_counter() - t0
-        return dict(train_loss=self.state["loss_sum"] / self.steps_per_epoch, epoch_time_s=seconds,
+        return dict(train_loss=self.state.loss_sum / self.steps_per_epoch, epoch_time_s=seconds,
                     images_per_s=(self.steps_per_epoch - start_step) * self.cfg.data.batch_size / seconds,
                     margin=margin_at(self.cfg.head, epoch + 1), lr=self.opt_net.param_groups[0]["lr"])
 
@@ -267,6 +302,9 @@ class Trainer:
 
         Each rank embeds a contiguous shard; shards are padded to equal length for the gather and the
         padding is cut off again, so the result has exactly len(data) rows for any number of ranks.
+        (Accelerate's helpers do not do this job: `gather_for_metrics` only drops the duplicates of a
+        prepared DataLoader's last batch, and we have no DataLoader; `pad_across_processes` pads alike but
+        first gathers every rank's length, which shard_bounds already gives, and the cut stays ours.)
         """
         model = self.acc.unwrap_model(self.backbone) if self.ema is None else self.ema.module
         if self.world > 1:  # BN running statistics drift apart per rank; use rank 0's, as the checkpoint does
@@ -307,154 +345,75 @@ class Trainer:
         metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
         return metrics, feats, labels
 
-    # -- run folder ------------------------------------------------------------------------------
-    def save_features(self, epoch: int, feats: torch.Tensor, labels: torch.Tensor, split: str = "test") -> None:
-        folder = self.run_dir / "features"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{split}-epoch-{epoch:04d}.npz"
-        try:
-            np.savez(path, features=feats.numpy(), labels=labels.numpy(), W=self.head_weight().numpy(),
-                     margin=np.float64(margin_at(self.cfg.head, epoch)), epoch=np.int64(epoch))
-        except OSError:
-            path.unlink(missing_ok=True)  # no half-written features file
-            raise
-        if split == "test":
-            runinfo.atomic_copy(path, self.run_dir / "features.npz")
-
+    # -- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self) -> None:
-        checkpoint.save_checkpoint(self.acc, self.run_dir, self.state["epoch"], self.state,
+        checkpoint.save_checkpoint(self.acc, self.run_dir, self.state.epoch, self.state.state_dict(),
                                    self.cfg.train.keep_checkpoints)
 
     def resume(self) -> None:
-        path = checkpoint.latest_checkpoint(self.run_dir)
-        if path is None:
-            raise ConfigError(f"--resume {self.run_dir}: no complete checkpoint there; start a new run instead")
-        self.state.update(checkpoint.load_checkpoint(self.acc, path))
-        self.state["status"] = "running"
+        """Continue from the folder's latest complete checkpoint (rundir.locate made sure there is one)."""
+        self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, checkpoint.latest_checkpoint(self.run_dir)))
+        self.state.status = "running"
         if self.acc.is_main_process:
-            runinfo.truncate_metrics(self.run_dir, self.state["epoch"])
+            runinfo.truncate_metrics(self.run_dir, self.state.epoch)
 
     def rollback(self) -> None:
         """Restore the last checkpoint with both learning rates halved (--set train.on_diverge=rollback)."""
-        rollbacks, path = self.state["rollbacks"] + 1, checkpoint.latest_checkpoint(self.run_dir)
+        rollbacks, path = self.state.rollbacks + 1, checkpoint.latest_checkpoint(self.run_dir)
         if path is not None:
-            self.state.update(checkpoint.load_checkpoint(self.acc, path))
+            self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, path))
         else:  # diverged before the first checkpoint: the bad step was not applied, so restart the epoch
-            self.state.update(step=0, loss_sum=0.0)
-        factor = 0.5 ** rollbacks / self.state["lr_scale"]  # the checkpoint's lrs already carry its lr_scale
+            self.state.step, self.state.loss_sum = 0, 0.0
+        factor = 0.5 ** rollbacks / self.state.lr_scale  # the checkpoint's lrs already carry its lr_scale
         for opt in (self.opt_net, self.opt_head):
             for group in opt.param_groups:
                 group["lr"] *= factor
         for sched in (self.sched_net, self.sched_head):
             sched.scheduler.base_lrs = [lr * factor for lr in sched.scheduler.base_lrs]
-        self.state.update(rollbacks=rollbacks, lr_scale=0.5 ** rollbacks, status="running")
+        self.state.rollbacks, self.state.lr_scale, self.state.status = rollbacks, 0.5 ** rollbacks, "running"
 
     # -- the whole run ---------------------------------------------------------------------------
-    def fit(self, plot_every: int = 1) -> dict:
-        """Train until cfg.train.epochs, a preemption or a divergence; returns the trainer state."""
-        while self.state["epoch"] < self.cfg.train.epochs:
-            epoch = self.state["epoch"]
+    def fit(self, plot_every: int = 1) -> TrainState:
+        """Train until cfg.train.epochs, a preemption or a divergence; returns the state."""
+        while self.state.epoch < self.cfg.train.epochs:
+            epoch = self.state.epoch
             stats = self.train_epoch(epoch)
             if "preempted" in stats:
-                self.state["status"] = "preempted"
+                self.state.status = "preempted"
                 self.checkpoint()  # mid-epoch: (epoch, step, loss_sum) let resume replay the rest exactly
                 if self.acc.is_main_process:
-                    runinfo.write_summary(self.run_dir, self.state, self.model_info())
+                    self.recorder.summary(self.state.state_dict(), self.model_info())
                     self.stop_file.unlink(missing_ok=True)
                 return self.state
             if "diverged" in stats:
-                if self.cfg.train.on_diverge == "rollback" and self.state["rollbacks"] < self.cfg.train.max_rollbacks:
+                if self.cfg.train.on_diverge == "rollback" and self.state.rollbacks < self.cfg.train.max_rollbacks:
                     self.acc.print(f"diverged at {stats['diverged']}; rolling back with halved learning rates")
                     self.rollback()
                     continue
-                self.stop_diverged(epoch, stats["diverged"])
+                self.state.status, self.state.diverged = "diverged", stats["diverged"]
+                self.recorder.diverged(epoch + 1, stats["diverged"])
                 break
             self.end_epoch(epoch, stats, plot_every)
-        if self.state["status"] == "running":
-            self.state["status"] = "finished"
+        if self.state.status == "running":
+            self.state.status = "finished"
         if self.acc.is_main_process:
-            self.write_wandb_summary(runinfo.write_summary(self.run_dir, self.state, self.model_info()))
-            if plot_every:
-                from arcdist import figures
-
-                figures.render_gif(self.run_dir)
+            self.recorder.finish(self.state.state_dict(), self.model_info(), gif=bool(plot_every))
         return self.state
 
     def end_epoch(self, epoch: int, stats: dict, plot_every: int) -> None:
-        """Evaluate on all ranks' data, write metrics, features and plots, log, checkpoint."""
+        """Evaluate on all ranks' data, record metrics, features and plots, checkpoint."""
         metrics, feats, labels = self.evaluate()
-        self.state.update(epoch=epoch + 1, step=0, loss_sum=0.0)
+        self.state.epoch, self.state.step, self.state.loss_sum = epoch + 1, 0, 0.0
         record = dict(epoch=epoch + 1, **stats, **{("test_" + k if k == "accuracy" else k): v for k, v in metrics.items()})
-        if metrics["accuracy"] > self.state["best_accuracy"]:
-            self.state.update(best_accuracy=metrics["accuracy"], best_epoch=epoch + 1)
+        if metrics["accuracy"] > self.state.best_accuracy:
+            self.state.best_accuracy, self.state.best_epoch = metrics["accuracy"], epoch + 1
         want_plots = plot_every and ((epoch + 1) % plot_every == 0 or epoch + 1 == self.cfg.train.epochs)
-        train_feats = self.extract_features(self.train_sample) if want_plots else None  # a collective: all ranks
-        error = None
-        if self.acc.is_main_process:
-            try:  # what resume needs: a failure here stops every rank (metrics are cut back on resume)
-                runinfo.append_metrics(self.run_dir, record)
-                self.save_features(epoch + 1, feats, labels)
-                if train_feats is not None:
-                    self.save_features(epoch + 1, *train_feats, split="train")
-            except OSError as e:
-                error = e
-        failed = checkpoint.agree(self.acc, error, self.run_dir, self.run_dir)
-        if failed:
-            raise failed
-        if self.acc.is_main_process:
-            images = self.render_plots(epoch + 1) if train_feats is not None else {}  # never stops training
-            self.log(record, epoch + 1, images)
-            self.acc.print(f"epoch {epoch + 1}/{self.cfg.train.epochs}  loss {stats['train_loss']:.4f}  "
-                           f"test acc {metrics['accuracy']:.4f}  spread {metrics['intra_spread_deg']:.1f} deg  "
-                           f"min centre angle {metrics['min_centre_angle_deg']:.1f} deg  "
-                           f"{stats['images_per_s']:.0f} img/s")
+        features = dict(test=(feats, labels))
+        if want_plots:
+            features["train"] = self.extract_features(self.train_sample)  # a collective: all ranks
+        self.recorder.end_epoch(record, features, self.head_weight(), margin_at(self.cfg.head, epoch + 1),
+                                self.cfg.train.epochs, plots=bool(want_plots))
         self.checkpoint()
-
-    def stop_diverged(self, epoch: int, where: dict) -> None:
-        """Record where and in which tensors the run diverged (metrics, W&B) and stop."""
-        self.state.update(status="diverged", diverged=where)
-        if self.acc.is_main_process:
-            runinfo.append_metrics(self.run_dir, dict(epoch=epoch + 1, status="diverged", diverged=where))
-            self.log({"diverged_epoch": epoch + 1, "diverged_step": where["step"]}, epoch + 1)
-        self.acc.print(f"diverged: non-finite {', '.join(where['tensors'])} at epoch {where['epoch']}, "
-                       f"step {where['step']}; stopped")
-
-    # -- plots and tracking (main process) -------------------------------------------------------
-    def warn_once(self, what: str, e: BaseException) -> None:
-        """Plots and W&B are not worth stopping a run for: one warning per kind, then silence."""
-        if what not in self.warned:
-            self.warned.add(what)
-            print(f"arcdist: warning: {what} failed ({first_line(e)}); training continues, further {what} "
-                  "failures are not reported", file=sys.stderr, flush=True)
-
-    def render_plots(self, epoch: int) -> dict:
-        from arcdist import figures  # matplotlib stays out of the import path of the hot loop
-
-        try:
-            return figures.render_epoch(self.run_dir, epoch)
-        except Exception as e:  # noqa: BLE001 - a full disk, a broken font cache: the run goes on
-            self.warn_once("plotting", e)
-            return {}
-
-    def log(self, record: dict, epoch: int, images: dict | None = None) -> None:
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        try:
-            self.acc.log(scalars, step=epoch)
-            run = tracking.wandb_run(self.acc)
-            if run is not None and images:
-                import wandb
-
-                run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()}, step=epoch)
-        except Exception as e:  # noqa: BLE001 - W&B's own errors vary by version
-            self.warn_once("W&B logging", e)
-
-    def write_wandb_summary(self, summary: dict) -> None:
-        run = tracking.wandb_run(self.acc)
-        if run is None:
-            return
-        for key, value in summary.items():
-            if isinstance(value, (int, float, str, bool)):
-                run.summary[key] = value
 
 
 def configure_cpu(cfg: Config) -> None:
@@ -491,116 +450,40 @@ def setup_accelerator(cfg: Config, log_with: str | None = None) -> tuple[Config,
     return cfg, accelerator, resolved
 
 
-def default_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
-    """--output-dir, else runs/<variant>-s<seed>."""
-    return Path(args.output_dir or f"runs/{cfg.variant}-s{cfg.train.seed}")
-
-
-def elastic_restart() -> bool:
-    """True in workers that torchrun relaunched after a failure (--max-restarts)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-
-
-def check_run_dir(args: argparse.Namespace, cfg: Config) -> Path:
-    """The run folder to use: the one being resumed, or a new one (never overwrite a run). Creates nothing."""
-    if args.resume:
-        return Path(args.resume)
-    run_dir = default_run_dir(args, cfg)
-    if elastic_restart() and run_dir.is_dir():  # relaunched before the first checkpoint: start this run again
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
-                          "or choose another --output-dir")
-    parent = run_dir.absolute()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot create {run_dir} ({parent} is not a writable folder); "
-                          "choose a writable --output-dir")
-    return run_dir
-
-
-def create_run_dir(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create {run_dir} ({e.strerror}); choose a writable --output-dir") from None
-
-
-def load_saved_config(run_dir: Path) -> Config:
-    path = run_dir / "config.json"
-    try:
-        return from_dict(json.loads(path.read_text())["config"])
-    except FileNotFoundError:
-        raise ConfigError(f"--resume {run_dir}: no config.json there, so it is not an arcdist run folder; "
-                          "pass the folder a run wrote") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--resume {run_dir}: config.json is unreadable ({first_line(e)}); start a new run") from None
-
-
-def run(argv: list[str] | None = None) -> dict:
-    """Parse arguments, build everything, train. Raises ConfigError on bad input."""
+def run(argv: list[str] | None = None) -> int:
+    """Parse arguments, build everything, train; returns the exit status. Raises ConfigError on bad input."""
     preempt.install_handlers()
     args = parse_args(argv)
-    if elastic_restart() and not args.resume:  # torchrun --max-restarts relaunched us after a rank died
-        run_dir = default_run_dir(args, build_config(args))
-        if checkpoint.latest_checkpoint(run_dir):
-            args.resume = str(run_dir)
-    saved = load_saved_config(Path(args.resume)) if args.resume else None
-    if args.resume and checkpoint.latest_checkpoint(args.resume) is None:
-        raise ConfigError(f"--resume {args.resume}: no complete checkpoint there; start a new run instead")
+    run_dir, saved = rundir.locate(args)  # reads only: bad input leaves the disk as it was
     cfg = build_config(args, saved)
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
-    run_dir = check_run_dir(args, cfg)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
-    busy = [None]
-    if accelerator.is_main_process:
-        create_run_dir(run_dir)
-        try:  # held until this process exits; nothing is written to the folder before it is ours
-            _LOCKS.append(RunLock(run_dir))
-            _LOCKS[-1].acquire(args.lock_wait)
-        except ConfigError as e:
-            busy[0] = str(e)
-    if accelerator.num_processes > 1:
-        broadcast_object_list(busy, from_process=0)
-    if busy[0]:
-        raise ConfigError(busy[0])
-    if accelerator.is_main_process:
-        preempt.clear_stale_stop_file(run_dir)
-        checkpoint.remove_partial(run_dir)  # left by a writer that died (we own the folder now)
-        if elastic_restart() and not args.resume:
-            runinfo.truncate_metrics(run_dir, 0)
-    accelerator.wait_for_everyone()
-    if args.resume:
-        trainer.resume()
-    if accelerator.is_main_process and not args.resume:
-        runinfo.write_config(run_dir, cfg, world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
+    rundir.claim(run_dir, accelerator, cfg, resume=saved is not None, lock_wait=args.lock_wait,
+                 launch=dict(world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
                              distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
-                             precision=choice.to_dict())
+                             precision=choice.to_dict()))
+    if saved is not None:
+        trainer.resume()
     if mode != "disabled":
-        trainer.state["wandb_id"] = trainer.state["wandb_id"] or runinfo.new_run_id()
-        mode = tracking.init_wandb(accelerator, mode, run_dir, trainer.state["wandb_id"],
-                                   name=f"{cfg.variant}-s{cfg.train.seed}",
-                                   config=dict(cfg.to_dict(), precision=choice.to_dict()), group=args.group,
-                                   job_type="train", tags=[cfg.variant, cfg.data.dataset])
+        trainer.state.wandb_id = trainer.state.wandb_id or runinfo.new_run_id()
+        tracking.init_wandb(accelerator, mode, run_dir, trainer.state.wandb_id, name=f"{cfg.variant}-s{cfg.train.seed}",
+                            config=dict(cfg.to_dict(), precision=choice.to_dict()), group=args.group,
+                            job_type="train", tags=[cfg.variant, cfg.data.dataset])
     try:
         state = trainer.fit(plot_every=args.plot_every)
     finally:
         accelerator.end_training()
-    if state["status"] == "preempted":
-        status = preempt.after_stop(run_dir, state) if accelerator.is_main_process else 0
-        state = dict(state, exit_status=status if preempt.interrupted() else 0)
-    return state
-
-
-_LOCKS: list[RunLock] = []  # the run folder's lock, held for the life of the process
+    if state.status != "preempted":
+        return 0
+    status = preempt.after_stop(run_dir, state.state_dict()) if accelerator.is_main_process else 0
+    return status if preempt.interrupted() else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        state = run(argv)
+        return run(argv)
     except ConfigError as e:
         print(f"arcdist: error: {e}", file=sys.stderr)
         return 2
@@ -613,7 +496,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arcdist: error: {checkpoint.write_error(e.filename or 'the run folder', e.strerror, 'RUN_DIR')}",
               file=sys.stderr)
         return checkpoint.WriteError.EXIT_STATUS
-    return state.get("exit_status", 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""The run folder before training: which folder (new, resumed, or torchrun's relaunch), then claiming it.
+
+`locate` only reads, so bad input changes nothing on disk; the Trainer then checks the data; `claim` creates
+the folder, takes its lock, removes what a dead writer left and writes config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from arcdist import checkpoint, preempt, runinfo
+from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict
+from arcdist.runlock import RunLock
+from arcdist.variants import DEFAULT_VARIANT, get_variant
+
+_HELD: list[RunLock] = []  # the run folder's lock, held for the life of the process
+
+
+def elastic_restart() -> bool:
+    """True in workers that torchrun relaunched after a failure (--max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def default_run_dir(args: argparse.Namespace) -> Path:
+    """--output-dir, else runs/<variant>-s<seed> (the seed of --seed, --set train.seed=N, or the variant)."""
+    if args.output_dir:
+        return Path(args.output_dir)
+    variant = args.variant or DEFAULT_VARIANT
+    seed = [f"train.seed={args.seed}"] if args.seed is not None else []
+    cfg = apply_overrides(get_variant(variant).config, seed + list(args.overrides))  # as build_config orders them
+    return Path(f"runs/{variant}-s{cfg.train.seed}")
+
+
+def load_saved_config(run_dir: Path) -> Config:
+    path = run_dir / "config.json"
+    try:
+        return from_dict(json.loads(path.read_text())["config"])
+    except FileNotFoundError:
+        raise ConfigError(f"--resume {run_dir}: no config.json there, so it is not an arcdist run folder; "
+                          "pass the folder a run wrote") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume {run_dir}: config.json is unreadable ({first_line(e)}); start a new run") from None
+
+
+def locate(args: argparse.Namespace) -> tuple[Path, Config | None]:
+    """The run folder, and its saved config when the run continues one. Reads only; raises ConfigError.
+
+    --resume DIR continues DIR (it must hold a complete checkpoint). A worker that torchrun relaunched after a
+    rank died continues the default folder from its checkpoint, or starts it again when it died before the
+    first one. Otherwise the folder must be new or empty (never overwrite a run) and creatable.
+    """
+    run_dir = Path(args.resume) if args.resume else default_run_dir(args)
+    if args.resume or (elastic_restart() and checkpoint.latest_checkpoint(run_dir) is not None):
+        saved = load_saved_config(run_dir)
+        if checkpoint.latest_checkpoint(run_dir) is None:
+            raise ConfigError(f"--resume {run_dir}: no complete checkpoint there; start a new run instead")
+        return run_dir, saved
+    if elastic_restart() and run_dir.is_dir():
+        return run_dir, None
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+                          "or choose another --output-dir")
+    parent = run_dir.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create {run_dir} ({parent} is not a writable folder); "
+                          "choose a writable --output-dir")
+    return run_dir, None
+
+
+def claim(run_dir: Path, accelerator: Accelerator, cfg: Config, *, resume: bool, lock_wait: float,
+          launch: dict) -> None:
+    """Make `run_dir` this run's (all ranks call; the main process writes).
+
+    Creates it and takes its lock (waiting up to `lock_wait` s; every rank raises the refusal), then removes what
+    a dead writer left: a stale stop file, half-written checkpoints, and a relaunched first incarnation's
+    metrics. A new run's config.json gets the config and `launch` (world size, argv, device, precision).
+    """
+    busy = [None]
+    if accelerator.is_main_process:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create {run_dir} ({e.strerror}); choose a writable --output-dir") from None
+        try:  # held until this process exits; nothing is written to the folder before it is ours
+            _HELD.append(RunLock(run_dir))
+            _HELD[-1].acquire(lock_wait)
+        except ConfigError as e:
+            busy[0] = str(e)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(busy, from_process=0)
+    if busy[0]:
+        raise ConfigError(busy[0])
+    if accelerator.is_main_process:
+        preempt.clear_stale_stop_file(run_dir)
+        checkpoint.remove_partial(run_dir)  # left by a writer that died (we own the folder now)
+        if not resume:
+            if elastic_restart():  # relaunched before the first checkpoint: the epochs run again
+                runinfo.truncate_metrics(run_dir, 0)
+            runinfo.write_config(run_dir, cfg, **launch)
+    accelerator.wait_for_everyone()
