@@ -50,6 +50,20 @@ def make_tiny_mnist(root: Path, n_train: int = 512, n_test: int = 101, seed: int
     return root
 
 
+def write_cifar(root: Path, n_per_batch: int = 8, seed: int = 0) -> Path:
+    """torchvision's cifar-10-batches-py layout with tiny batches (pickled dicts of numpy arrays)."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        d = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+             b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(d))
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def probe_cache(tmp_path_factory) -> Path:
     """One precision-probe cache for the session (train.mixed_precision=auto), not the user's ~/.cache."""
@@ -91,6 +105,13 @@ def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | N
 
 
 TINY = ["--variant", "V2", "--no-progress", "--wandb", "disabled"]
+EXACT = ["--mixed-precision", "no", "--set", "train.channels_last=false"]  # no machine-dependent "auto" choice
+
+
+def tiny_args(data: Path, out: Path, epochs: int, *extra: str, batch: int = 64) -> list[str]:
+    """A tiny V2 run into `out`: no W&B, no progress bar, `extra` arguments last."""
+    return [*TINY, "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out),
+            "--set", f"data.batch_size={batch}", *extra]
 VOLATILE = {"epoch_time_s", "images_per_s"}  # wall-clock fields: never compared between runs
 
 

@@ -8,7 +8,7 @@ import torch
 
 from arcdist.data import (DataError, augment, augment_plan, epoch_permutation, load_dataset, read_idx, resolve_data_dir,
                           rotate, rotation_plan, shard_bounds, train_batches, DeviceData, DATASETS)
-from conftest import make_tiny_mnist, write_idx
+from conftest import make_tiny_mnist, write_cifar, write_idx
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -176,20 +176,6 @@ def test_rotated_batches_are_fixed_per_seed_epoch_and_world_size():
     assert a.shape == (1000,) and a.abs().max() <= math.radians(10) and a.abs().max() > math.radians(9.9)
     assert torch.equal(a, rotation_plan(1000, 1, 0, 10.0)) and not torch.equal(a, rotation_plan(1000, 1, 1, 10.0))
     assert rotation_plan(1000, 1, 0, 0.0) is None
-
-
-def write_cifar(root, n_per_batch=8, seed=0):
-    """torchvision's cifar-10-batches-py layout with tiny batches (pickled dicts of numpy arrays)."""
-    import pickle
-
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-             b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)]}
-        (folder / name).write_bytes(pickle.dumps(d))
-    return root
 
 
 def test_cifar_batches_load_in_torchvision_layout(tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from arcdist import hardware
 from arcdist.hardware import BF16_MIN_GAIN, resolve
-from conftest import TINY, run_train
+from conftest import EXACT, run_train, tiny_args
 
 AVX512_BF16 = {"avx2", "avx512f", "avx512_bf16"}
 AVX2 = {"avx2", "fma"}
@@ -123,8 +123,7 @@ def test_probe_times_every_candidate_once_then_reads_the_cache(monkeypatch, tmp_
 
 def test_the_resolved_choice_is_printed_once_and_stored_in_config_json(tiny_data, tmp_path):
     out = tmp_path / "auto"
-    proc = run_train([*TINY, "--data-dir", str(tiny_data), "--epochs", "1", "--set", "data.batch_size=64",
-                      "--plot-every", "0", "--output-dir", str(out)])
+    proc = run_train(tiny_args(tiny_data, out, 1, "--plot-every", "0"))
     doc = json.loads((out / "config.json").read_text())
     train, precision = doc["config"]["train"], doc["precision"]
     assert train["mixed_precision"] in ("no", "bf16") and train["channels_last"] in (True, False)
@@ -132,8 +131,7 @@ def test_the_resolved_choice_is_printed_once_and_stored_in_config_json(tiny_data
     lines = [line for line in proc.stdout.splitlines() if line.startswith("arcdist: cpu, ")]
     assert len(lines) == 1 and precision["reason"] in lines[0]
     pinned = tmp_path / "pinned"
-    run_train([*TINY, "--data-dir", str(tiny_data), "--epochs", "1", "--set", "data.batch_size=64", "--plot-every",
-               "0", "--mixed-precision", "no", "--set", "train.channels_last=false", "--output-dir", str(pinned)])
+    run_train(tiny_args(tiny_data, pinned, 1, "--plot-every", "0", *EXACT))
     doc = json.loads((pinned / "config.json").read_text())
     assert (doc["config"]["train"]["mixed_precision"], doc["config"]["train"]["channels_last"]) == ("no", False)
     assert doc["precision"]["reason"] == "set explicitly"

@@ -9,7 +9,7 @@ import pytest
 
 from arcdist.checkpoint import latest_checkpoint
 from arcdist.preempt import INTERRUPTED_EXIT
-from conftest import metric_rows as rows, ROOT, TINY, cli_env, make_tiny_mnist, run_train
+from conftest import metric_rows as rows, EXACT, ROOT, TINY, cli_env, make_tiny_mnist, run_train, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,7 @@ def data(tmp_path_factory):
 
 
 def args(data, out, epochs=12):
-    return [*TINY, "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out), "--plot-every", "0",
-            "--set", "data.batch_size=32", "--mixed-precision", "no", "--set", "train.channels_last=false"]
+    return tiny_args(data, out, epochs, "--plot-every", "0", *EXACT, batch=32)
 
 
 def start_and_wait_for_epoch_1(cmd, out, **popen):

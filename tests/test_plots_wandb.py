@@ -65,7 +65,7 @@ def test_plots_are_real_images_with_all_ten_class_colours(wandb_run):
         for kind in ("raw", "circle"):
             png = wandb_run / "plots" / f"{split}-{kind}-epoch-{EPOCHS:04d}.png"
             assert Image.open(png).size[0] >= 400
-            assert set(plots.COLOURS) <= _colours(png), png
+            assert set(figures.COLOURS) <= _colours(png), png
 
 
 def test_points_drawn_equal_gathered_rows(wandb_run):

@@ -2,18 +2,17 @@
 import json
 import math
 import os
+import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from arcdist.checkpoint import latest_checkpoint
 from arcdist.tracking import read_offline_run
-from conftest import metric_rows as rows, ROOT, TINY, cli_env, make_tiny_mnist, run_train
+from conftest import metric_rows as rows, ROOT, cli_env, make_tiny_mnist, run_train, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +21,7 @@ def data(tmp_path_factory):
 
 
 def common(data, out, epochs=3):
-    return [*TINY, "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out),
-            "--set", "data.batch_size=32"]
+    return tiny_args(data, out, epochs, batch=32)
 
 
 def test_half_written_checkpoints_are_never_chosen(data, tmp_path):
@@ -39,38 +37,25 @@ def test_half_written_checkpoints_are_never_chosen(data, tmp_path):
     assert latest_checkpoint(out).name == "epoch-0003"
 
 
-def _worker_pid(launcher: subprocess.Popen, rank: int) -> int | None:
-    for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
-        try:
-            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-            ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if ppid == launcher.pid and f"RANK={rank}".encode() in env:
-            return pid
-    return None
-
-
 def test_killed_rank_restarts_from_checkpoint_and_matches(data, tmp_path):
     straight = tmp_path / "straight"
     run_train(common(data, straight), world=2)
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--max-restarts",
            "1", str(ROOT / "arcdist" / "train.py"), *common(data, killed)]
-    # the agent's shared TCP store keeps the dead round's gloo addresses (torch 2.14); a store per round avoids them
-    env = cli_env(TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    deadline = time.time() + 300
-    while latest_checkpoint(killed) is None and time.time() < deadline and launcher.poll() is None:
-        time.sleep(0.1)
-    pid = _worker_pid(launcher, 1)
-    assert pid is not None and latest_checkpoint(killed).name == "epoch-0001"
-    os.kill(pid, signal.SIGKILL)
-    out, _ = launcher.communicate(timeout=300)
-    (tmp_path / "launcher.log").write_text(out)
-    assert launcher.returncode == 0, out[-3000:]
-    assert "restart" in out.lower() or "SIGKILL" in out or "Signal 9" in out or "exitcode" in out
+    # rank 1 dies by SIGKILL before step 3 of epoch 2 (after epoch 1's checkpoint), in the first incarnation only.
+    # The agent's shared TCP store keeps the dead round's gloo addresses (torch 2.14); a store per round avoids
+    # them. Unbuffered output: the first incarnation's lines must reach the log although it is killed.
+    env = cli_env(ARCDIST_FAULT_KILL="2:3", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    (tmp_path / "launcher.log").write_text(proc.stdout)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:]
+    # in order: the first start, epoch 1, the kill, one relaunch that continues from epoch 1's checkpoint
+    events = re.findall(r"^(arcdist: cpu, |arcdist: fault: rank 1 killed at epoch 2, step 3$|epoch \d/3 )", out, re.M)
+    assert events == ["arcdist: cpu, ", "epoch 1/3 ", "arcdist: fault: rank 1 killed at epoch 2, step 3",
+                      "arcdist: cpu, ", "epoch 2/3 ", "epoch 3/3 "], out[-3000:]
     assert rows(killed) == rows(straight)
 
 

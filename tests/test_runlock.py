@@ -10,7 +10,7 @@ import pytest
 
 from arcdist.grid import Job, finish
 from arcdist.runlock import BUSY, RunBusy, RunLock
-from conftest import ROOT, TINY, run_train
+from conftest import ROOT, TINY, run_train, tiny_args
 
 HOLD = "import sys, time; from arcdist.runlock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 
@@ -44,8 +44,7 @@ def test_lock_names_its_holder_and_a_killed_holder_leaves_nothing_stale(tmp_path
 @pytest.fixture(scope="module")
 def finished_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("lock") / "run"
-    run_train([*TINY, "--data-dir", str(tiny_data), "--epochs", "1", "--set", "data.batch_size=64",
-               "--plot-every", "0", "--output-dir", str(out)])
+    run_train(tiny_args(tiny_data, out, 1, "--plot-every", "0"))
     return out
 
 

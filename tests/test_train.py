@@ -9,14 +9,13 @@ from safetensors.torch import load_file
 from arcdist.config import from_dict
 from arcdist.data import load_dataset, DeviceData, get_spec
 from arcdist.model import build_backbone
-from conftest import metric_rows, TINY, make_tiny_mnist, run_train
+from conftest import metric_rows, TINY, make_tiny_mnist, run_train, tiny_args, write_cifar
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    run_train([*TINY, "--epochs", "3", "--data-dir", str(tiny_data), "--output-dir", str(out),
-               "--set", "data.batch_size=64", "--seed", "1"])
+    run_train(tiny_args(tiny_data, out, 3, "--seed", "1"))
     return out
 
 
@@ -86,8 +85,6 @@ def test_two_rank_ddp_gathers_every_test_row_once(tmp_path):
 
 
 def test_cifar_variant_trains_on_synthetic_cifar(tmp_path):
-    from test_data import write_cifar
-
     data = write_cifar(tmp_path / "data", n_per_batch=16)
     out = tmp_path / "c1"
     run_train(["--variant", "C1", "--epochs", "1", "--no-progress", "--wandb", "disabled", "--data-dir", str(data),

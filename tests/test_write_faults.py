@@ -1,5 +1,4 @@
 """A full disk while training: one line, exit status 3, no partial files, the last checkpoint intact, resume works."""
-import json
 import shutil
 import subprocess
 import uuid
@@ -7,7 +6,7 @@ import uuid
 import pytest
 
 from arcdist.checkpoint import latest_checkpoint
-from conftest import metric_rows as rows, TINY, make_tiny_mnist, run_train
+from conftest import metric_rows as rows, EXACT, TINY, make_tiny_mnist, run_train, tiny_args
 
 
 @pytest.fixture
@@ -31,14 +30,15 @@ def small_disk(tmp_path):
 
 def test_full_disk_stops_cleanly_and_resume_continues_once_space_is_back(small_disk, tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=64, seed=2)
-    common = [*TINY, "--data-dir", str(data), "--epochs", "3", "--plot-every", "0", "--set", "data.batch_size=64",
-              "--mixed-precision", "no", "--set", "train.channels_last=false", "--set", "train.keep_checkpoints=3"]
+    def common(out):
+        return tiny_args(data, out, 3, "--plot-every", "0", *EXACT, "--set", "train.keep_checkpoints=3")
+
     whole = tmp_path / "whole"
-    run_train([*common, "--output-dir", str(whole)])
+    run_train(common(whole))
     size = sum(f.stat().st_size for f in (whole / "checkpoints" / "epoch-0001").iterdir())
     disk = small_disk(int(1.5 * size))  # room for one checkpoint and the small files, not for two checkpoints
     out = disk / "run"
-    proc = run_train([*common, "--output-dir", str(out)], check=False)
+    proc = run_train(common(out), check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and f"--resume {out}" in err[0], err
