@@ -120,6 +120,19 @@ _add("A4F", "A4", "Fashion-MNIST: shifts and flips (no rotation), W frozen in la
 _add("A5F", "A5", "Fashion-MNIST: A4F's data on A5's backbone, W frozen with look-alike classes adjacent", "",
      _from("A5", data=DataConfig(dataset="fashion-mnist", shift=2, flip=True),
            head=HeadConfig(init="even", freeze=True, order=FASHION_RING)))
+# the README's main command: a light 3x3 net (15.6 MFLOP, a quarter of A1's) whose 128x3x3 map goes through two
+# ConvLayers to 256x1x1 before the 2-D fc; that small non-linear head placed the angles far better in short runs
+# (without it: 89.0 % after 3 epochs; with one layer 95.7 %). With W frozen, the classes that look alike sit next
+# to each other on the circle (4-9, 9-7, 7-1, 2-3, 3-5, 5-8, 0-6), the order A4F found for Fashion-MNIST:
+# 99.00 % after 7 of 8 epochs against 98.72 % in label order (README, "The CPU recipe")
+DIGIT_RING = (4, 9, 7, 1, 2, 3, 5, 8, 0, 6)
+CPU_LAYERS = (conv(1, 32, 3, 1, 1), M, conv(32, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), M,
+              conv(128, 256, 3, 1, 0), conv(256, 256, 1, 1, 0))
+_add("A6", "A4", "CPU recipe: light 3x3 net with a 2-layer head (32-64-128, 256x1x1 x2 -> Linear(256, 2)), W frozen "
+     "with look-alike digits adjacent, net lr 2e-3, 1-pixel shifts, no rotation, 9 epochs", "",
+     _from("A4", model=_model(CPU_LAYERS, ("linear", 256)), optim=replace(VARIANTS["A4"].config.optim, lr=0.002),
+           head=HeadConfig(init="even", freeze=True, order=DIGIT_RING), data=DataConfig(shift=1),
+           train=TrainConfig(epochs=9)))
 C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
       conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",

@@ -330,8 +330,8 @@ def main(argv=None) -> int:
         p = "fp32" if mode == "post" else prec
         gflops = r["images_per_s"] * 3 * fwd / 1e9
         print(f"  {mode:8s} {r['images_per_s']:8.1f} images/s   {gflops:7.1f} GFLOP/s"
-              + (f"  [{r['precision']}]" if "precision" in r else "")
               f" ({100 * gflops * 1e9 / peaks[p]:.0f} % of the {p} peak)"
+              + (f"  [{r['precision']}]" if "precision" in r else "")
               + (f"   test acc after {args.accuracy_steps} steps {r['test_accuracy']:.4f}" if "test_accuracy" in r else ""),
               flush=True)
     ceiling = peaks[prec] / (3 * fwd)

@@ -69,3 +69,19 @@ def test_variants_command_prints_every_row_with_counts():
     assert len(rows) == len(VARIANTS)
     v122 = next(r for r in rows if r.startswith("| V1.2.2 |"))
     assert f"{describe(VARIANTS['V1.2.2'].config.model)['params']:,}" in v122 and "| 128x3x3 |" in v122
+
+
+def test_the_cpu_recipe_row_matches_the_readme_table():
+    v = VARIANTS["A6"]
+    info = describe(v.config.model)
+    # 0.45 + 7.23 + 7.23 MFLOP in the three 3x3 stages, 0.59 + 0.13 in the two-layer head, 1 kFLOP in the fc
+    assert (info["params"], info["flops"], info["pre_head_shape"]) == (454_887, 15_624_192, (256, 1, 1))
+    cfg = v.config
+    assert (cfg.train.mixed_precision, cfg.train.channels_last, cfg.train.epochs) == ("auto", "auto", 9)
+    assert (cfg.head.init, cfg.head.freeze, cfg.data.shift, cfg.data.rotate) == ("even", True, 1, 0.0)
+    assert cfg.head.order == (4, 9, 7, 1, 2, 3, 5, 8, 0, 6)
+    assert (cfg.optim.net, cfg.optim.lr, cfg.optim.schedule, cfg.data.batch_size) == ("adam", 0.002, "cosine", 256)
+
+
+def test_every_variant_leaves_precision_and_layout_to_the_machine():
+    assert {(v.config.train.mixed_precision, v.config.train.channels_last) for v in VARIANTS.values()} == {("auto", "auto")}
