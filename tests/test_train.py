@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from arcdist.config import from_dict
 from arcdist.data import load_dataset, DeviceData, get_spec
 from arcdist.model import build_backbone
-from conftest import metric_rows, TINY, make_tiny_mnist, run_train, tiny_args, write_cifar
+from conftest import metric_rows, EXACT, TINY, make_tiny_mnist, run_train, tiny_args, write_cifar
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,7 @@ def test_augmentation_reaches_training_and_is_recorded(tiny_run, tiny_data, tmp_
 def test_two_rank_ddp_gathers_every_test_row_once(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=1001, seed=5)
     out = tmp_path / "ddp"
-    run_train([*TINY, "--epochs", "1", "--data-dir", str(data), "--output-dir", str(out),
-               "--set", "data.batch_size=64"], world=2)
+    run_train(tiny_args(data, out, 1, *EXACT), world=2)  # fp32: compared with an fp32 forward below
     doc = json.loads((out / "config.json").read_text())
     assert doc["world_size"] == 2 and "MULTI_CPU" in doc["distributed_type"]
     f = np.load(out / "features.npz")
