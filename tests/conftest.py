@@ -104,14 +104,18 @@ def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | N
     return proc
 
 
-TINY = ["--variant", "V2", "--no-progress", "--wandb", "disabled"]
 EXACT = ["--mixed-precision", "no", "--set", "train.channels_last=false"]  # no machine-dependent "auto" choice
+# tests compare runs exactly, so they pin fp32 / NCHW: "auto" rests on a timing probe (tests/test_hardware.py)
+TINY_AUTO = ["--variant", "V2", "--no-progress", "--wandb", "disabled"]
+TINY = [*TINY_AUTO, *EXACT]
 
 
-def tiny_args(data: Path, out: Path, epochs: int, *extra: str, batch: int = 64) -> list[str]:
-    """A tiny V2 run into `out`: no W&B, no progress bar, `extra` arguments last."""
-    return [*TINY, "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out),
+def tiny_args(data: Path, out: Path, epochs: int, *extra: str, batch: int = 64, auto: bool = False) -> list[str]:
+    """A tiny V2 run into `out`: no W&B, no progress bar, fp32 / NCHW unless `auto`, `extra` arguments last."""
+    return [*(TINY_AUTO if auto else TINY), "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out),
             "--set", f"data.batch_size={batch}", *extra]
+
+
 VOLATILE = {"epoch_time_s", "images_per_s"}  # wall-clock fields: never compared between runs
 
 

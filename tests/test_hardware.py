@@ -123,7 +123,7 @@ def test_probe_times_every_candidate_once_then_reads_the_cache(monkeypatch, tmp_
 
 def test_the_resolved_choice_is_printed_once_and_stored_in_config_json(tiny_data, tmp_path):
     out = tmp_path / "auto"
-    proc = run_train(tiny_args(tiny_data, out, 1, "--plot-every", "0"))
+    proc = run_train(tiny_args(tiny_data, out, 1, "--plot-every", "0", auto=True))
     doc = json.loads((out / "config.json").read_text())
     train, precision = doc["config"]["train"], doc["precision"]
     assert train["mixed_precision"] in ("no", "bf16") and train["channels_last"] in (True, False)

@@ -21,11 +21,12 @@ def args(data, out, epochs=12):
     return tiny_args(data, out, epochs, "--plot-every", "0", *EXACT, batch=32)
 
 
-def start_and_wait_for_epoch_1(cmd, out, **popen):
+def start_and_wait_for_checkpoint_1(cmd, out, **popen):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **popen)
     deadline = time.time() + 300
-    while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+    # after epoch 1's checkpoint is complete: a second Ctrl-C then has a last complete checkpoint to keep
+    while latest_checkpoint(out) is None and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     return proc
@@ -34,7 +35,7 @@ def start_and_wait_for_epoch_1(cmd, out, **popen):
 def test_first_ctrl_c_checkpoints_prints_the_resume_command_and_resume_matches(data, tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run_train(args(data, whole))
-    proc = start_and_wait_for_epoch_1([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, cut)], cut)
+    proc = start_and_wait_for_checkpoint_1([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, cut)], cut)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == INTERRUPTED_EXIT, err
@@ -48,7 +49,7 @@ def test_first_ctrl_c_checkpoints_prints_the_resume_command_and_resume_matches(d
 
 def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(data, tmp_path):
     out_dir = tmp_path / "twice"
-    proc = start_and_wait_for_epoch_1([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, out_dir, 200)],
+    proc = start_and_wait_for_checkpoint_1([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, out_dir, 200)],
                                       out_dir)
     proc.send_signal(signal.SIGINT)
     assert "Ctrl-C" in proc.stderr.readline() + proc.stderr.readline()  # (a blank line, then the message)
