@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import struct
@@ -123,6 +124,19 @@ def metric_rows(run_dir: Path) -> list[dict]:
     """metrics.jsonl without its wall-clock fields."""
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def snapshot(*roots: Path) -> dict:
+    """Every file's hash, except the run-folder lock's content: it names the folder's last holder (host, PID),
+    which a refused resume that got as far as taking the lock rewrites; its presence is still compared."""
+    out = {}
+    for root in roots:
+        for p in sorted(Path(root).rglob("*")):
+            if p.name == ".arcdist.lock":
+                out[str(p)] = "lock"
+            else:
+                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
 
 
 def summary(run_dir: Path) -> dict:

@@ -1,27 +1,12 @@
 """Bad input: one line naming the problem and the fix, exit status 2, no traceback, nothing on disk changed."""
 import contextlib
 import gzip
-import hashlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from arcdist import train
-from conftest import EXACT, TINY, make_tiny_mnist, run_train, write_idx
-
-
-def snapshot(*roots: Path) -> dict:
-    """Every file's hash, except the run-folder lock's content: it names the folder's last holder (host, PID),
-    which a refused resume that got as far as taking the lock rewrites; its presence is still compared."""
-    out = {}
-    for root in roots:
-        for p in sorted(Path(root).rglob("*")):
-            if p.name == ".arcdist.lock":
-                out[str(p)] = "lock"
-            else:
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-    return out
+from conftest import EXACT, TINY, snapshot, make_tiny_mnist, run_train, write_idx
 
 
 @pytest.fixture(scope="module")

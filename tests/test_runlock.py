@@ -1,5 +1,4 @@
 """One owner per run folder: a second train.py waits a bounded time, then refuses naming the holder."""
-import hashlib
 import json
 import signal
 import socket
@@ -10,7 +9,7 @@ import pytest
 
 from arcdist.grid import Job, finish
 from arcdist.runlock import BUSY, RunBusy, RunLock
-from conftest import ROOT, TINY, run_train, tiny_args
+from conftest import snapshot, ROOT, TINY, run_train, tiny_args
 
 HOLD = "import sys, time; from arcdist.runlock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 
@@ -20,11 +19,6 @@ def hold(run_dir):
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
-
-
-def digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_lock_names_its_holder_and_a_killed_holder_leaves_nothing_stale(tmp_path):
@@ -49,7 +43,7 @@ def finished_run(tiny_data, tmp_path_factory):
 
 
 def test_second_trainer_on_a_busy_folder_refuses_and_writes_nothing(finished_run, tiny_data):
-    before = digest(finished_run)
+    before = snapshot(finished_run)  # (the lock's holder line is not compared: the holder rewrote it)
     holder = hold(finished_run)
     try:
         proc = run_train([*TINY, "--resume", str(finished_run), "--epochs", "2", "--data-dir", str(tiny_data),
@@ -59,9 +53,7 @@ def test_second_trainer_on_a_busy_folder_refuses_and_writes_nothing(finished_run
         holder.wait()
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert f"{BUSY}: held by PID {holder.pid}" in proc.stderr and "--resume" in proc.stderr
-    after = digest(finished_run)
-    after.pop(".arcdist.lock"), before.pop(".arcdist.lock")  # (the holder rewrote who holds it)
-    assert after == before
+    assert snapshot(finished_run) == before
     # the holder gone, the same command continues the run
     run_train([*TINY, "--resume", str(finished_run), "--epochs", "2", "--data-dir", str(tiny_data), "--plot-every", "0"])
     assert json.loads((finished_run / "summary.json").read_text())["epochs"] == 2
