@@ -41,17 +41,50 @@ class ModelConfig:
     image_size: int = 28  # pixels, square
 
 
+HeadKind = Literal["softmax", "normface", "sphereface", "cosface", "arcface", "combined", "center"]
+
+
 @dataclass(frozen=True)
 class HeadConfig:
-    """ArcFace head. Defaults are for 10 classes in 2-D (see README, 'Head defaults')."""
+    """The classifier on the 2-D feature. `kind` picks the loss; the defaults are ArcFace's for 10 classes in 2-D
+    (README, 'Head defaults'). `--set head.kind=K` also sets K's own defaults (HEAD_DEFAULTS) before other --set."""
 
-    scale: float = 16.0  # s, logit scale
-    margin: float = 0.2  # m, additive angular margin in radians (0.2 rad = 11.5 deg)
-    margin_warmup_epochs: float = 1.0  # margin grows linearly from 0 to m over this many epochs
+    kind: HeadKind = "arcface"
+    scale: float = 16.0  # s, logit scale (normface, cosface, arcface, combined; sphereface and softmax use |x|)
+    # the kind's margin: arcface additive angle m (radians; 0.2 rad = 11.5 deg); cosface cosine margin m;
+    # sphereface multiplicative angle m (an integer); unused by softmax, normface, center, combined (see margins)
+    margin: float = 0.2
+    margins: tuple = ()  # combined only: (m1, m2, m3) of s*(cos(m1*theta + m2) - m3)
+    margin_warmup_epochs: float = 1.0  # margins grow linearly from 0 to their value over this many epochs
+    # sphereface only: lambda = max(min, base * (1 + gamma * iteration) ** -power) mixes softmax into the margin
+    # logit, (lambda*cos + psi) / (1 + lambda); the SphereFace release's schedule
+    anneal: tuple = (1000.0, 0.12, 1.0, 5.0)  # (base, gamma, power, min)
+    center_weight: float = 0.0  # center only: lambda of softmax + lambda * center loss
+    center_alpha: float = 0.5  # center only: the centers' own learning rate (Wen et al.'s alpha)
     num_classes: int = 10
     init: Literal["xavier", "even"] = "xavier"  # W init; "even": class directions 360/C degrees apart (2-D)
     order: tuple = ()  # "even" only: class at each position around the circle, e.g. (0, 6, 2, ...); () = 0..C-1
     freeze: bool = False  # keep W at its init (not trained): the class directions cannot collapse
+
+
+# each kind's own defaults for 10 classes in 2-D (README, 'Head defaults'); set with the kind by --set head.kind=K
+HEAD_DEFAULTS: dict[str, dict] = {
+    "softmax": dict(scale=1.0, margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
+    "normface": dict(scale=16.0, margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
+    "sphereface": dict(scale=1.0, margin=4.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
+    "cosface": dict(scale=16.0, margin=0.1, margins=(), margin_warmup_epochs=1.0, center_weight=0.0),
+    "arcface": dict(scale=16.0, margin=0.2, margins=(), margin_warmup_epochs=1.0, center_weight=0.0),
+    "combined": dict(scale=16.0, margin=0.0, margins=(1.0, 0.1, 0.05), margin_warmup_epochs=1.0, center_weight=0.0),
+    "center": dict(scale=1.0, margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.1,
+                   center_alpha=0.5),
+}
+
+
+def head_of_kind(head: "HeadConfig", kind: str) -> "HeadConfig":
+    """`head` switched to `kind` with that kind's defaults (init, order, freeze and num_classes are kept)."""
+    if kind not in HEAD_DEFAULTS:
+        raise ConfigError(f"unknown head kind {kind!r}; use one of {', '.join(HEAD_DEFAULTS)}")
+    return dataclasses.replace(head, kind=kind, **HEAD_DEFAULTS[kind])
 
 
 @dataclass(frozen=True)
@@ -192,7 +225,12 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply "section.field=value" strings, each parsed to the field's declared type."""
+    """Apply "section.field=value" strings, each parsed to the field's declared type.
+
+    head.kind is applied first, with the kind's defaults, so that `--set head.margin=...` refines it in any order.
+    """
+    kinds = [o for o in overrides if o.partition("=")[0].strip() == "head.kind"]
+    overrides = kinds + [o for o in overrides if o not in kinds]
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -208,6 +246,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if name not in sub_hints:
             raise ConfigError(f"--set {key}: unknown field {name!r}; valid fields of {section}: {', '.join(sub_hints)}")
         value = _coerce(text.strip(), sub_hints[name], key)
+        if key == "head.kind":
+            cfg = dataclasses.replace(cfg, head=head_of_kind(sub, value))
+            continue
         cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **{name: value})})
     return cfg
 
@@ -220,8 +261,7 @@ def validate(cfg: Config) -> None:
         (cfg.optim.head_lr > 0, f"optim.head_lr must be > 0 (got {cfg.optim.head_lr}); pass --set optim.head_lr=0.5"),
         (cfg.data.batch_size > 0, f"batch size must be > 0 (got {cfg.data.batch_size}); pass --set data.batch_size=256"),
         (cfg.train.eval_batch_size > 0, "train.eval_batch_size must be > 0; pass --set train.eval_batch_size=1000"),
-        (cfg.head.scale > 0, f"head.scale must be > 0 (got {cfg.head.scale}); pass --set head.scale=16"),
-        (0 <= cfg.head.margin < math.pi / 2, f"head.margin must be in [0, pi/2) radians (got {cfg.head.margin}); pass --set head.margin=0.2"),
+        *_head_checks(cfg.head),
         (cfg.head.margin_warmup_epochs >= 0, "head.margin_warmup_epochs must be >= 0; pass --set head.margin_warmup_epochs=1"),
         (cfg.optim.step_size > 0, "optim.step_size must be > 0; pass --set optim.step_size=20"),
         (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
@@ -241,3 +281,28 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _head_checks(h: HeadConfig) -> list[tuple[bool, str]]:
+    """The kind's margin in its own unit, and its other fields."""
+    m = h.margin
+    checks = {
+        "arcface": [(0 <= m < math.pi / 2, f"head.margin must be in [0, pi/2) radians for arcface (got {m}); "
+                                            "pass --set head.margin=0.2")],
+        "cosface": [(0 <= m < 1, f"head.margin must be in [0, 1) for cosface, a cosine margin (got {m}); "
+                                 "pass --set head.margin=0.1")],
+        "sphereface": [(m >= 1 and m == int(m) and m <= 8, f"head.margin must be an integer 1..8 for sphereface "
+                                                          f"(got {m}); pass --set head.margin=4"),
+                       (len(h.anneal) == 4 and all(v >= 0 for v in h.anneal),
+                        f"head.anneal must be (base, gamma, power, min) >= 0 (got {h.anneal}); "
+                        "pass --set head.anneal=(1000,0.12,1,5)")],
+        "combined": [(len(h.margins) == 3 and h.margins[0] >= 1 and 0 <= h.margins[1] < math.pi / 2
+                      and 0 <= h.margins[2] < 1,
+                      f"head.margins must be (m1 >= 1, m2 in [0, pi/2), m3 in [0, 1)) for combined (got {h.margins}); "
+                      "pass --set head.margins=(1.0,0.1,0.05)")],
+        "center": [(h.center_weight >= 0, f"head.center_weight must be >= 0 (got {h.center_weight}); "
+                                          "pass --set head.center_weight=0.1"),
+                   (0 < h.center_alpha <= 1, f"head.center_alpha must be in (0, 1] (got {h.center_alpha}); "
+                                             "pass --set head.center_alpha=0.5")],
+    }.get(h.kind, [])
+    return checks + [(h.scale > 0, f"head.scale must be > 0 (got {h.scale}); pass --set head.scale=16")]

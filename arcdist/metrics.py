@@ -18,11 +18,14 @@ def class_centres(features: torch.Tensor, labels: torch.Tensor, num_classes: int
     return F.normalize(sums, dim=1)
 
 
-def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> dict[str, float]:
-    """Test accuracy (nearest class direction by cosine), intra-class spread and smallest centre angle.
+def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
+                       bias: torch.Tensor | None = None) -> dict[str, float]:
+    """Test accuracy by the head's prediction rule, intra-class spread and smallest centre angle.
 
-    - accuracy: fraction whose highest cosine to the rows of W is their own class;
-    - intra_spread_deg: mean over classes of the mean angle between a feature and its class centre;
+    - accuracy: fraction whose highest cosine to the rows of W is their own class (the angular heads), or, with a
+      `bias` (softmax, center loss), whose highest W x + b is;
+    - intra_spread_deg: mean over classes of the mean angle between a feature and its class centre (angles are of
+      the feature directions, for every head);
     - min_centre_angle_deg: smallest angle between two class centres (the centre is the mean direction);
     - min_weight_angle_deg: smallest angle between two rows of W;
     - worst_class, worst_class_accuracy: the class with the lowest accuracy among those present, and that accuracy.
@@ -31,7 +34,8 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
     num_classes = weight.shape[0]
     x = F.normalize(features.double(), dim=1)
     w = F.normalize(weight.double(), dim=1)
-    right = (x @ w.t()).argmax(1).eq(labels).double()
+    scores = x @ w.t() if bias is None else features.double() @ weight.double().t() + bias.detach().cpu().double()
+    right = scores.argmax(1).eq(labels).double()
     accuracy = right.mean().item()
     centres = class_centres(features, labels, num_classes)
     counts = torch.bincount(labels, minlength=num_classes)

@@ -1,13 +1,11 @@
-"""Backbone built from a layer list, and the ArcFace ("ArcMargin") head."""
+"""The backbone: ConvLayer blocks built from a layer list, its FLOPs and shapes. The heads are in arcdist.heads."""
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arcdist.config import ConfigError, HeadConfig, ModelConfig
+from arcdist.config import ConfigError, ModelConfig
 
 
 class PReLU(nn.PReLU):
@@ -89,54 +87,3 @@ def describe(cfg: ModelConfig) -> dict:
         params += cfg.feature_dim * cin * k * k + cfg.feature_dim
         flops += 2 * cfg.feature_dim * cin * k * k * ho * ho
     return dict(params=params, flops=flops, pre_head_shape=pre_head)
-
-
-def arc_margin_logits(features: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                      scale: float, margin: float) -> torch.Tensor:
-    """ArcFace logits: s*cos(theta_y + m) for the target, s*cos(theta_j) otherwise, in fp32.
-
-    When theta_y + m > pi, cos(theta + m) would turn back up; the target logit then
-    continues monotonically as cos(theta_y) - m*sin(m) (insightface's fallback).
-    """
-    x = F.normalize(features.float(), dim=1, eps=1e-6)
-    w = F.normalize(weight.float(), dim=1, eps=1e-6)
-    cos = (x @ w.t()).clamp(-1.0, 1.0)
-    if margin == 0.0:
-        return scale * cos
-    cos_y = cos.gather(1, labels[:, None])
-    # clamp inside the sqrt: its derivative is infinite at cos = +-1; clamp passes a zero gradient there
-    sin_y = (1.0 - cos_y * cos_y).clamp_min(1e-7).sqrt()
-    phi = cos_y * math.cos(margin) - sin_y * math.sin(margin)
-    phi = torch.where(cos_y > math.cos(math.pi - margin), phi, cos_y - margin * math.sin(margin))
-    return scale * cos.scatter(1, labels[:, None], phi)
-
-
-class ArcMarginHead(nn.Module):
-    """Class directions W (num_classes x feature_dim); returns logits with the angular margin applied."""
-
-    def __init__(self, cfg: HeadConfig, feature_dim: int = 2):
-        super().__init__()
-        self.scale = cfg.scale
-        self.weight = nn.Parameter(torch.empty(cfg.num_classes, feature_dim))
-        if cfg.init == "even" and feature_dim == 2:
-            position = torch.empty(cfg.num_classes)  # position[c]: slot of class c around the circle
-            position[list(cfg.order or range(cfg.num_classes))] = torch.arange(cfg.num_classes, dtype=torch.float)
-            angles = position * (2 * math.pi / cfg.num_classes)
-            with torch.no_grad():
-                self.weight.copy_(torch.stack([angles.cos(), angles.sin()], dim=1))
-        else:
-            nn.init.xavier_uniform_(self.weight)
-        # frozen W has no gradient: the head optimizer skips it, and the trainer keeps the head out of DDP
-        self.weight.requires_grad_(not cfg.freeze)
-
-    def forward(self, features: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-        # the margin arithmetic needs fp32 even under bf16/fp16 autocast
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            return arc_margin_logits(features, self.weight, labels, self.scale, margin)
-
-
-def margin_at(cfg: HeadConfig, epoch_progress: float) -> float:
-    """Margin after `epoch_progress` epochs (fractional), with the linear warm-up."""
-    if cfg.margin_warmup_epochs <= 0:
-        return cfg.margin
-    return cfg.margin * min(1.0, epoch_progress / cfg.margin_warmup_epochs)

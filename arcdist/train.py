@@ -31,7 +31,8 @@ from arcdist.config import Config, ConfigError, apply_overrides, validate
 from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset, resolve_data_dir, shard_bounds,
                           steps_per_epoch, train_batches)
 from arcdist.metrics import separation_metrics
-from arcdist.model import ArcMarginHead, build_backbone, describe, margin_at
+from arcdist.heads import build_head, margin_at, param_count
+from arcdist.model import build_backbone, describe
 from arcdist.optim import build_optimizers, build_schedulers
 from arcdist.recorder import Recorder
 from arcdist.variants import DEFAULT_VARIANT, get_variant
@@ -192,10 +193,11 @@ class Trainer:
             backbone = backbone.to(memory_format=torch.channels_last)
             for d in (self.train_data, self.test_data, self.train_sample):
                 d.channels_last = True
-        head = ArcMarginHead(cfg.head, cfg.model.feature_dim)
+        head = build_head(cfg.head, cfg.model.feature_dim, self.steps_per_epoch)
         opt_net, opt_head = build_optimizers(cfg.optim, backbone, head)
         sched_net, sched_head = build_schedulers(cfg.optim, opt_net, opt_head, self.steps_per_epoch, cfg.train.epochs)
-        if cfg.head.freeze:  # nothing to synchronise: no DDP wrapper (torch refuses one without trainable params)
+        self.head_trains = any(p.requires_grad for p in head.parameters())
+        if not self.head_trains:  # nothing to synchronise: no DDP wrapper (torch refuses one without trainable params)
             head = accelerator.prepare_model(head, evaluation_mode=True)
         (self.backbone, self.head, self.opt_net, self.opt_head, self.sched_net, self.sched_head) = \
             accelerator.prepare(backbone, head, opt_net, opt_head, sched_net, sched_head)
@@ -211,17 +213,18 @@ class Trainer:
         self.stop_file = preempt.stop_file(run_dir)  # created by batch scripts' traps: reaches every topology
 
     # -- one optimisation step ------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, margin: float, poison: bool = False
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, poison: bool = False
                    ) -> tuple[float, list[str]]:
-        """Forward, backward and both optimizer steps. Returns (global mean loss, non-finite tensors).
+        """Forward, backward and both optimizer steps at `epoch_progress` epochs (the head's margin schedule).
+        Returns (global mean loss, non-finite tensors).
 
         Nothing is stepped when a loss, feature or gradient is non-finite on any rank.
         `poison` (tests only) makes the loss NaN, as a real divergence would.
         """
         with self.acc.autocast():
             features = self.backbone(x)
-        logits = self.head(features, y, margin)
-        loss = F.cross_entropy(logits, y)
+        logits = self.head(features, y, epoch_progress)
+        loss = F.cross_entropy(logits, y) + self.head_module.regulariser(features, y)
         if poison:
             loss = loss * float("nan")
         self.acc.backward(loss)
@@ -245,7 +248,7 @@ class Trainer:
                 # one scale update per step for both optimizers: Accelerate's optimizer.step() updates it after
                 # each, so after an overflow the head would be unscaled with the already halved scale
                 scale = scaler.get_scale()
-                for opt in (self.opt_net,) if self.cfg.head.freeze else (self.opt_net, self.opt_head):
+                for opt in (self.opt_net, self.opt_head) if self.head_trains else (self.opt_net,):
                     scaler.step(opt.optimizer)  # (the scaler refuses an optimizer without gradients)
                 scaler.update()
                 overflow = scaler.get_scale() < scale  # the scale only drops when the steps were skipped
@@ -253,6 +256,7 @@ class Trainer:
                 self.opt_net.step()
                 self.opt_head.step()
             if not overflow:  # as Accelerate does: a skipped step advances neither the schedule nor the average
+                self.head_module.after_step()
                 self.sched_net.step()
                 self.sched_head.step()
                 if self.ema is not None:
@@ -275,9 +279,8 @@ class Trainer:
             if self.faults.kill_at == (epoch + 1, step) and self.rank == 1:
                 print(f"arcdist: fault: rank 1 killed at epoch {epoch + 1}, step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
-            margin = margin_at(self.cfg.head, epoch + step / self.steps_per_epoch)
             poison = self.faults.nan_at == (epoch + 1, step) and self.state.rollbacks == 0
-            loss, bad = self.train_step(x, y, margin, poison)
+            loss, bad = self.train_step(x, y, epoch + step / self.steps_per_epoch, poison)
             if bad:
                 bar.close()
                 return dict(diverged=dict(epoch=epoch + 1, step=step, tensors=bad))
@@ -332,16 +335,20 @@ class Trainer:
     def model_info(self) -> dict:
         """Parameters (backbone + head) and forward FLOPs per image, for summaries and reports."""
         info = describe(self.cfg.model)
-        return dict(params=info["params"] + self.cfg.head.num_classes * self.cfg.model.feature_dim,
+        return dict(params=info["params"] + param_count(self.cfg.head, self.cfg.model.feature_dim),
                     flops=info["flops"])
 
-    def head_weight(self) -> torch.Tensor:
-        return self.acc.unwrap_model(self.head).weight.detach().float().cpu()
+    @property
+    def head_module(self):
+        """The head without its DDP wrapper."""
+        return self.acc.unwrap_model(self.head)
 
     def evaluate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        """Metrics on the whole gathered test set (computed on every rank; only the main one writes)."""
+        """Metrics on the whole gathered test set by the head's prediction rule (computed on every rank; only the
+        main one writes)."""
         feats, labels = self.extract_features(self.test_data)
-        metrics = separation_metrics(feats, labels, self.head_weight())
+        geometry = self.head_module.geometry()
+        metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"))
         metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
         return metrics, feats, labels
 
@@ -411,7 +418,7 @@ class Trainer:
         features = dict(test=(feats, labels))
         if want_plots:
             features["train"] = self.extract_features(self.train_sample)  # a collective: all ranks
-        self.recorder.end_epoch(record, features, self.head_weight(), margin_at(self.cfg.head, epoch + 1),
+        self.recorder.end_epoch(record, features, self.head_module.geometry(), self.head_module.wedge(epoch + 1),
                                 self.cfg.train.epochs, plots=bool(want_plots))
         self.checkpoint()
 

@@ -91,7 +91,8 @@ def run_post(args) -> dict:
     import torchvision
     from torch.utils.data import DataLoader
 
-    from arcdist.model import ArcMarginHead, build_backbone
+    from arcdist.heads import ArcMarginHead
+    from arcdist.model import build_backbone
 
     cfg = _config(args)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,7 +114,7 @@ def run_post(args) -> dict:
             it = iter(loader)
             x, y = next(it)
         x, y = x.to(dev), y.to(dev)
-        loss = F.cross_entropy(arc(net(x), y, cfg.head.margin), y)
+        loss = F.cross_entropy(arc(net(x), y, cfg.head.margin_warmup_epochs), y)  # the full margin
         opt_net.zero_grad()
         opt_arc.zero_grad()
         loss.backward()
@@ -134,7 +135,8 @@ def _post_accuracy(args, cfg, net, arc, loader, opt_net, opt_arc, dev) -> float:
     import torchvision
 
     from arcdist.metrics import separation_metrics
-    from arcdist.model import ArcMarginHead, build_backbone, margin_at
+    from arcdist.heads import ArcMarginHead
+    from arcdist.model import build_backbone
     from arcdist.optim import build_optimizers
 
     torch.manual_seed(cfg.train.seed)
@@ -147,7 +149,7 @@ def _post_accuracy(args, cfg, net, arc, loader, opt_net, opt_arc, dev) -> float:
                 break
             x = (x.to(dev) - 0.1307) / 0.3081  # arcdist normalises too: compare like with like
             y = y.to(dev)
-            loss = F.cross_entropy(arc(net(x), y, margin_at(cfg.head, steps / spe)), y)
+            loss = F.cross_entropy(arc(net(x), y, steps / spe), y)
             opt_net.zero_grad()
             opt_arc.zero_grad()
             loss.backward()
@@ -181,15 +183,13 @@ def run_arcdist(args) -> dict:
     import torch
 
     from arcdist.data import train_batches
-    from arcdist.model import margin_at
-
     trainer, cfg, acc = _trainer(args)
     batches = train_batches(trainer.train_data, cfg.data.batch_size, cfg.train.seed, 0, acc.process_index,
                             acc.num_processes)
 
     def step():
         x, y = next(batches)
-        trainer.train_step(x, y, cfg.head.margin)
+        trainer.train_step(x, y, cfg.head.margin_warmup_epochs)  # the full margin
 
     sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
     out = dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync),
@@ -201,7 +201,7 @@ def run_arcdist(args) -> dict:
             for x, y in train_batches(trainer.train_data, cfg.data.batch_size, cfg.train.seed, epoch, 0, 1):
                 if steps >= args.accuracy_steps:
                     break
-                trainer.train_step(x, y, margin_at(cfg.head, steps / spe))
+                trainer.train_step(x, y, steps / spe)
                 steps += 1
             if steps >= args.accuracy_steps:
                 break
@@ -224,7 +224,7 @@ def run_bare(args) -> dict:
     def step():
         with acc.autocast():
             feats = net(x)
-        loss = F.cross_entropy(head(feats, y, cfg.head.margin), y)
+        loss = F.cross_entropy(head(feats, y, cfg.head.margin_warmup_epochs), y)  # the full margin
         loss.backward()
         opt_net.step()
         opt_head.step()

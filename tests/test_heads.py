@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from arcdist.config import HeadConfig
-from arcdist.model import ArcMarginHead, arc_margin_logits, margin_at
+from arcdist.heads import ArcMarginHead, arc_margin_logits, margin_at
 
 
 def reference_logits(x, w, y, s, m):
@@ -55,7 +55,7 @@ def test_gradients_finite_at_cos_plus_minus_one_and_zero_feature(feature):
     with torch.no_grad():
         head.weight.copy_(torch.tensor([[1.0, 0.0]] + [[0.0, 1.0]] * 9))
     x = torch.tensor([feature], requires_grad=True)
-    logits = head(x, torch.tensor([0]), 0.3)
+    logits = head(x, torch.tensor([0]), 1.0)  # 1 epoch: the whole margin
     loss = F.cross_entropy(logits, torch.tensor([0]))
     loss.backward()
     assert torch.isfinite(logits).all() and torch.isfinite(loss)
@@ -66,7 +66,7 @@ def test_head_runs_fp32_under_bf16_autocast():
     head = ArcMarginHead(HeadConfig())
     x = torch.randn(8, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = head(x.bfloat16(), torch.arange(8), 0.2)
+        out = head(x.bfloat16(), torch.arange(8), 1.0)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, arc_margin_logits(x.bfloat16().float(), head.weight, torch.arange(8), 16.0, 0.2))
 
@@ -133,7 +133,7 @@ def test_frozen_head_gets_no_gradient_and_its_optimizer_leaves_it_alone():
     opt_net, opt_head = build_optimizers(OptimConfig(net="adam", head="adam", head_lr=0.5), net, head)
     x, y = torch.randn(16, 4), torch.randint(0, 10, (16,))
     for _ in range(3):
-        F.cross_entropy(head(net(x), y, 0.2), y).backward()
+        F.cross_entropy(head(net(x), y, 1.0), y).backward()
         opt_net.step()
         opt_head.step()
     assert head.weight.grad is None and not head.weight.requires_grad

@@ -1,0 +1,294 @@
+"""The classifier heads on the 2-D feature, one per `head.kind`: the margin-loss family side by side.
+
+    softmax     W x + b (the post's "before")
+    normface    s cos(theta_j)                                   (Wang et al. 2017)
+    sphereface  |x| psi(theta_y), psi(t) = (-1)^k cos(m t) - 2k   (Liu et al. 2017, A-Softmax, lambda annealing)
+    cosface     s (cos(theta_y) - m)                             (Wang et al. 2018)
+    arcface     s cos(theta_y + m)                               (Deng et al. 2019; the post's ArcMargin)
+    combined    s (cos(m1 theta_y + m2) - m3)                    (insightface's combined margin)
+    center      softmax + lambda/2 |x - c_y|^2, centers moved by their own rule with rate alpha (Wen et al. 2016)
+
+Every head holds class vectors W (C x D) and returns its training logits (margin applied) for cross-entropy;
+`predict` is its prediction rule (the logits without margin: the cosine for the angular heads, W x + b for
+softmax and center), which the metrics use. The margin arithmetic runs in fp32 even under autocast.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arcdist.config import ConfigError, HeadConfig
+
+ANGULAR = ("normface", "sphereface", "cosface", "arcface", "combined")  # predict by the cosine to W
+LINEAR = ("softmax", "center")  # predict by W x + b
+
+
+# -- formulas (fp32 tensors in, fp32 out) --------------------------------------------------------------
+def cosines(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """cos(theta_j) between each feature and each row of W, (N, C); a zero feature has cosine 0."""
+    x = F.normalize(features.float(), dim=1, eps=1e-6)
+    w = F.normalize(weight.float(), dim=1, eps=1e-6)
+    return (x @ w.t()).clamp(-1.0, 1.0)
+
+
+def arcface_target(cos_y: torch.Tensor, margin: float) -> torch.Tensor:
+    """cos(theta_y + m); past theta_y + m > pi it would turn back up, so it continues monotonically as
+    cos(theta_y) - m sin(m) there (insightface's fallback)."""
+    if margin == 0.0:
+        return cos_y
+    # clamp inside the sqrt: its derivative is infinite at cos = +-1; clamp passes a zero gradient there
+    sin_y = (1.0 - cos_y * cos_y).clamp_min(1e-7).sqrt()
+    phi = cos_y * math.cos(margin) - sin_y * math.sin(margin)
+    return torch.where(cos_y > math.cos(math.pi - margin), phi, cos_y - margin * math.sin(margin))
+
+
+def arc_margin_logits(features: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      scale: float, margin: float) -> torch.Tensor:
+    """ArcFace logits: s*cos(theta_y + m) for the target, s*cos(theta_j) otherwise."""
+    cos = cosines(features, weight)
+    if margin == 0.0:
+        return scale * cos
+    phi = arcface_target(cos.gather(1, labels[:, None]), margin)
+    return scale * cos.scatter(1, labels[:, None], phi)
+
+
+def cos_multiple(cos: torch.Tensor, m: int) -> torch.Tensor:
+    """cos(m theta) from cos(theta) by the multiple-angle formula, sum_n (-1)^n C(m, 2n) c^(m-2n) (1-c^2)^n:
+    a polynomial, so its gradient stays finite at cos = +-1 (acos's does not)."""
+    sin2 = 1.0 - cos * cos
+    return sum((-1) ** n * math.comb(m, 2 * n) * cos ** (m - 2 * n) * sin2 ** n for n in range(m // 2 + 1))
+
+
+def sphere_psi(cos: torch.Tensor, m: int) -> torch.Tensor:
+    """SphereFace's psi(theta) = (-1)^k cos(m theta) - 2k for theta in [k pi/m, (k+1) pi/m]: monotonically
+    decreasing over [0, pi], continuous, equal to cos(m theta) below pi/m."""
+    with torch.no_grad():
+        k = torch.floor(torch.acos(cos) * m / math.pi).clamp(0, m - 1)
+    return (1.0 - 2.0 * (k % 2)) * cos_multiple(cos, m) - 2.0 * k
+
+
+def combined_target(cos_y: torch.Tensor, m1: float, m2: float, m3: float) -> torch.Tensor:
+    """cos(m1 theta_y + m2) - m3. With m1 = 1 this is ArcFace's target (and its fallback) minus m3, so
+    (1, m, 0) is ArcFace and (1, 0, m) CosFace exactly; with m1 > 1 the angle t = m1 theta + m2 continues past pi
+    as SphereFace's psi does, (-1)^k cos(t) - 2k with k = floor(t / pi), monotonic and continuous."""
+    if m1 == 1.0:
+        return arcface_target(cos_y, m2) - m3
+    theta = torch.acos(cos_y.clamp(-1.0 + 1e-7, 1.0 - 1e-7))  # acos' derivative is infinite at +-1
+    t = m1 * theta + m2
+    with torch.no_grad():
+        k = torch.floor(t / math.pi)
+    return (1.0 - 2.0 * (k % 2)) * torch.cos(t) - 2.0 * k - m3
+
+
+def sphere_lambda(anneal: tuple, iteration: float) -> float:
+    """SphereFace's annealing: lambda = max(min, base (1 + gamma iteration)^-power)."""
+    base, gamma, power, low = anneal
+    return max(low, base * (1.0 + gamma * iteration) ** -power)
+
+
+def warmup_fraction(cfg: HeadConfig, epoch_progress: float) -> float:
+    """Fraction of the margin in force after `epoch_progress` epochs (the linear margin warm-up)."""
+    if cfg.margin_warmup_epochs <= 0:
+        return 1.0
+    return min(1.0, epoch_progress / cfg.margin_warmup_epochs)
+
+
+def margin_at(cfg: HeadConfig, epoch_progress: float) -> float:
+    """The kind's margin (its own unit) after `epoch_progress` epochs, with the linear warm-up; combined: m2."""
+    margin = cfg.margins[1] if cfg.kind == "combined" else cfg.margin
+    return margin * warmup_fraction(cfg, epoch_progress)
+
+
+# -- heads ---------------------------------------------------------------------------------------------
+class Head(nn.Module):
+    """Class vectors W (num_classes x feature_dim) and the kind's logits. Subclasses set `train_logits`."""
+
+    kind = ""
+
+    def __init__(self, cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1):
+        super().__init__()
+        self.cfg, self.scale, self.steps_per_epoch = cfg, cfg.scale, steps_per_epoch
+        self.weight = nn.Parameter(torch.empty(cfg.num_classes, feature_dim))
+        if cfg.init == "even" and feature_dim == 2:
+            position = torch.empty(cfg.num_classes)  # position[c]: slot of class c around the circle
+            position[list(cfg.order or range(cfg.num_classes))] = torch.arange(cfg.num_classes, dtype=torch.float)
+            angles = position * (2 * math.pi / cfg.num_classes)
+            with torch.no_grad():
+                self.weight.copy_(torch.stack([angles.cos(), angles.sin()], dim=1))
+        else:
+            nn.init.xavier_uniform_(self.weight)
+        # frozen W has no gradient: the head optimizer skips it, and the trainer keeps a head with nothing to train
+        # out of DDP
+        self.weight.requires_grad_(not cfg.freeze)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor, epoch_progress: float) -> torch.Tensor:
+        """Training logits (margin applied) after `epoch_progress` epochs, fp32 even under bf16/fp16 autocast."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.train_logits(features.float(), labels, epoch_progress)
+
+    def train_logits(self, x: torch.Tensor, labels: torch.Tensor, epoch_progress: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """The prediction rule's scores (no margin): argmax is the predicted class."""
+        return cosines(features, self.weight)
+
+    def regulariser(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """A loss term beside cross-entropy (center loss); zero for the others."""
+        return features.new_zeros((), dtype=torch.float32)
+
+    def after_step(self) -> None:
+        """Called once an optimizer step was applied (the center rule moves the centers here)."""
+
+    def geometry(self) -> dict[str, torch.Tensor]:
+        """What the plots and metrics need: W, and b / centers where the head has them (CPU, fp32)."""
+        return dict(W=self.weight.detach().float().cpu())
+
+    def wedge(self, epoch_progress: float) -> float:
+        """Half-width (radians) of the angular margin drawn around each W direction; 0 when not angular."""
+        return 0.0
+
+
+class SoftmaxHead(Head):
+    """Linear classifier W x + b on the 2-D feature: the post's "before"."""
+
+    kind = "softmax"
+
+    def __init__(self, cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1):
+        super().__init__(cfg, feature_dim, steps_per_epoch)
+        self.bias = nn.Parameter(torch.zeros(cfg.num_classes))
+
+    def train_logits(self, x, labels, epoch_progress):
+        return F.linear(x, self.weight.float(), self.bias.float())
+
+    def predict(self, features):
+        return F.linear(features.float(), self.weight.float(), self.bias.float())
+
+    def geometry(self):
+        return dict(super().geometry(), b=self.bias.detach().float().cpu())
+
+
+class NormFaceHead(Head):
+    kind = "normface"
+
+    def train_logits(self, x, labels, epoch_progress):
+        return self.scale * cosines(x, self.weight)
+
+
+class SphereFaceHead(Head):
+    """A-Softmax: W normalised, no bias, logits |x| cos(theta_j); the target |x| (lambda cos + psi) / (1 + lambda)."""
+
+    kind = "sphereface"
+
+    def train_logits(self, x, labels, epoch_progress):
+        cos = cosines(x, self.weight)
+        norm = x.norm(dim=1, keepdim=True)
+        cos_y = cos.gather(1, labels[:, None])
+        lam = sphere_lambda(self.cfg.anneal, epoch_progress * self.steps_per_epoch)
+        target = (lam * cos_y + sphere_psi(cos_y, int(self.cfg.margin))) / (1.0 + lam)
+        return self.scale * norm * cos.scatter(1, labels[:, None], target)
+
+    def predict(self, features):
+        return features.float().norm(dim=1, keepdim=True) * cosines(features, self.weight)
+
+
+class CosFaceHead(Head):
+    kind = "cosface"
+
+    def train_logits(self, x, labels, epoch_progress):
+        cos = cosines(x, self.weight)
+        m = self.cfg.margin * warmup_fraction(self.cfg, epoch_progress)
+        return self.scale * (cos - m * F.one_hot(labels, cos.shape[1]))
+
+
+class ArcFaceHead(Head):
+    """The post's ArcMargin head (additive angular margin)."""
+
+    kind = "arcface"
+
+    def train_logits(self, x, labels, epoch_progress):
+        return arc_margin_logits(x, self.weight, labels, self.scale, margin_at(self.cfg, epoch_progress))
+
+    def wedge(self, epoch_progress):
+        return margin_at(self.cfg, epoch_progress)
+
+
+class CombinedHead(Head):
+    kind = "combined"
+
+    def margins(self, epoch_progress: float) -> tuple[float, float, float]:
+        """(m1, m2, m3) with the warm-up: each moves linearly from no margin (1, 0, 0)."""
+        f = warmup_fraction(self.cfg, epoch_progress)
+        m1, m2, m3 = self.cfg.margins
+        return 1.0 + (m1 - 1.0) * f, m2 * f, m3 * f
+
+    def train_logits(self, x, labels, epoch_progress):
+        cos = cosines(x, self.weight)
+        target = combined_target(cos.gather(1, labels[:, None]), *self.margins(epoch_progress))
+        return self.scale * cos.scatter(1, labels[:, None], target)
+
+    def wedge(self, epoch_progress):
+        m1, m2, _ = self.margins(epoch_progress)
+        return m2 if m1 == 1.0 else 0.0
+
+
+class CenterLossHead(SoftmaxHead):
+    """Softmax plus lambda times the center loss 1/2 |x_i - c_{y_i}|^2 (mean over the batch, as the paper's layer).
+
+    The centers are not trained by backpropagation: after each applied step they move by the paper's rule,
+    c_j <- c_j - alpha * sum_{i: y_i = j} (c_j - x_i) / (1 + n_j), over the global batch (sums and counts are
+    summed over ranks, so every rank holds the same centers). They start at 0 and are saved with the model.
+    """
+
+    kind = "center"
+
+    def __init__(self, cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1):
+        super().__init__(cfg, feature_dim, steps_per_epoch)
+        self.register_buffer("centers", torch.zeros(cfg.num_classes, feature_dim))
+        self.pending: torch.Tensor | None = None  # the next update, computed with this step's loss
+
+    def regulariser(self, features, labels):
+        x = features.float()
+        loss = 0.5 * self.cfg.center_weight * (x - self.centers[labels]).pow(2).sum(1).mean()
+        with torch.no_grad():
+            sums = torch.zeros_like(self.centers).index_add_(0, labels, self.centers[labels] - x)
+            counts = torch.bincount(labels, minlength=self.centers.shape[0]).to(sums.dtype)
+            both = torch.cat([sums.flatten(), counts])
+            if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+                torch.distributed.all_reduce(both)
+            sums, counts = both[:sums.numel()].view_as(sums), both[sums.numel():]
+            self.pending = sums / (1.0 + counts[:, None])
+        return loss
+
+    def after_step(self):
+        if self.pending is not None:
+            self.centers.sub_(self.cfg.center_alpha * self.pending)
+            self.pending = None
+
+    def geometry(self):
+        return dict(super().geometry(), centers=self.centers.detach().float().cpu())
+
+
+HEADS: dict[str, type[Head]] = {h.kind: h for h in (SoftmaxHead, NormFaceHead, SphereFaceHead, CosFaceHead,
+                                                     ArcFaceHead, CombinedHead, CenterLossHead)}
+ArcMarginHead = ArcFaceHead  # the post's name
+
+
+def build_head(cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1) -> Head:
+    """The head of kind `cfg.kind`."""
+    if cfg.kind not in HEADS:
+        raise ConfigError(f"unknown head kind {cfg.kind!r}; use one of {', '.join(HEADS)}")
+    return HEADS[cfg.kind](cfg, feature_dim, steps_per_epoch)
+
+
+def param_count(cfg: HeadConfig, feature_dim: int = 2) -> int:
+    """Learned numbers of the head: W, plus b (softmax, center) and the centers (center)."""
+    n = cfg.num_classes * feature_dim
+    if cfg.kind in LINEAR:
+        n += cfg.num_classes
+    if cfg.kind == "center":
+        n += cfg.num_classes * feature_dim
+    return n
