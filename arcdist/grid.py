@@ -29,7 +29,7 @@ from arcdist.config import ConfigError
 from arcdist.data import get_spec
 from arcdist.runlock import BUSY
 from arcdist.tracking import WANDB_MODES
-from arcdist.variants import POST_VARIANTS, get_variant
+from arcdist.variants import GROUPS, POST_VARIANTS, get_variant
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 
@@ -54,7 +54,8 @@ class Job:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog="arcdist.grid", description=__doc__)
     p.add_argument("--grid-id", required=True, help="names the grid folder and the W&B group")
-    p.add_argument("--variants", default=",".join(POST_VARIANTS), help="comma-separated (default: the post's 12)")
+    p.add_argument("--variants", default=",".join(POST_VARIANTS), help="comma-separated names or groups: post (the post's 12, the default), "
+                                                             "losses (one row per head kind, L-*)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--datasets", default="mnist", help="comma-separated datasets (default mnist)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each variant's)")
@@ -78,7 +79,8 @@ def _split(text: str) -> list[str]:
 
 def build_jobs(args: argparse.Namespace) -> list[Job]:
     """variants x seeds x datasets, in that nesting order; validates every name first."""
-    variants, datasets = _split(args.variants), _split(args.datasets)
+    variants = [v for name in _split(args.variants) for v in GROUPS.get(name, (name,))]
+    datasets = _split(args.datasets)
     try:
         seeds = [int(s) for s in _split(args.seeds)]
     except ValueError:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 
-from arcdist.config import Config, ConfigError, DataConfig, HeadConfig, ModelConfig, OptimConfig, TrainConfig
+from arcdist.config import (Config, ConfigError, DataConfig, HeadConfig, ModelConfig, OptimConfig, TrainConfig,
+                            head_of_kind)
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,32 @@ _add("A6", "A4", "CPU recipe: light 3x3 net with a 2-layer head (32-64-128, 256x
      _from("A4", model=_model(CPU_LAYERS, ("linear", 256)), optim=replace(VARIANTS["A4"].config.optim, lr=0.002),
            head=HeadConfig(init="even", freeze=True, order=DIGIT_RING), data=DataConfig(shift=1),
            train=TrainConfig(epochs=9)))
+# the losses grid (python -m arcdist.grid --variants losses): every head on A6's backbone and recipe, W learned from
+# A6's even spread (frozen W would hide what each loss does to the class directions), 3 epochs to fit a 2-core CPU
+_add("L-arcface", "A6", "losses grid: A6 with W learned (not frozen), 3 epochs", "",
+     _from("A6", head=replace(VARIANTS["A6"].config.head, freeze=False), train=TrainConfig(epochs=3)))
+
+
+def _head(kind: str) -> Config:
+    return _from("L-arcface", head=head_of_kind(VARIANTS["L-arcface"].config.head, kind))
+
+
+_add("L-softmax", "L-arcface", "head: softmax, W x + b", "", _head("softmax"))
+_add("L-normface", "L-arcface", "head: NormFace, s cos, no margin", "", _head("normface"))
+_add("L-sphereface", "L-arcface", "head: SphereFace (A-Softmax), m = 4, lambda annealed 5x faster than the paper's "
+     "(gamma 0.6: at its minimum 5 after 1.4 epochs)", "",
+     _from("L-arcface", head=replace(_head("sphereface").head, anneal=(1000.0, 0.6, 1.0, 5.0))))
+_add("L-cosface", "L-arcface", "head: CosFace, s (cos - m), m = 0.1", "", _head("cosface"))
+_add("L-combined", "L-arcface", "head: combined margin s (cos(m1 t + m2) - m3), (1, 0.1, 0.05)", "", _head("combined"))
+_add("L-center", "L-arcface", "head: softmax + 0.1 x center loss, centers' rate alpha 0.5", "", _head("center"))
+LOSS_VARIANTS = ("L-softmax", "L-normface", "L-sphereface", "L-cosface", "L-arcface", "L-combined", "L-center")
 C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
       conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",
      _from("A1", model=ModelConfig(layers=C3, fc=("linear", 256 * 2 * 2), in_channels=3, image_size=32),
            data=DataConfig(dataset="cifar10"), train=TrainConfig(epochs=30)))
 DEFAULT_VARIANT = "V1.1"  # the post's best
+GROUPS = {"post": POST_VARIANTS, "losses": LOSS_VARIANTS}  # names that stand for several rows (grid --variants)
 
 
 def get_variant(name: str) -> Variant:
