@@ -76,7 +76,8 @@ def combined_target(cos_y: torch.Tensor, m1: float, m2: float, m3: float) -> tor
     as SphereFace's psi does, (-1)^k cos(t) - 2k with k = floor(t / pi), monotonic and continuous."""
     if m1 == 1.0:
         return arcface_target(cos_y, m2) - m3
-    theta = torch.acos(cos_y.clamp(-1.0 + 1e-7, 1.0 - 1e-7))  # acos' derivative is infinite at +-1
+    # theta by atan2 with the sine clamped away from 0: acos' derivative is infinite at cos = +-1, this one is 0 there
+    theta = torch.atan2((1.0 - cos_y * cos_y).clamp_min(1e-12).sqrt(), cos_y)
     t = m1 * theta + m2
     with torch.no_grad():
         k = torch.floor(t / math.pi)

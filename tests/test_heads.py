@@ -139,3 +139,230 @@ def test_frozen_head_gets_no_gradient_and_its_optimizer_leaves_it_alone():
     assert head.weight.grad is None and not head.weight.requires_grad
     assert torch.equal(head.weight.detach(), before)
     assert net.weight.grad is not None
+
+
+# -- the margin-loss family (head.kind) ------------------------------------------------------------------
+from arcdist.config import HEAD_DEFAULTS, head_of_kind  # noqa: E402
+from arcdist.heads import HEADS, build_head, sphere_lambda  # noqa: E402
+
+KINDS = tuple(HEAD_DEFAULTS)
+
+
+def spread_inputs(n_random=64, seed=0):
+    """Features at every angle to their target direction (0..180 deg: every branch of psi and the fallbacks),
+    random ones, and W with rows of unequal norms."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(10, 2, generator=g) * torch.linspace(0.5, 2.0, 10)[:, None]
+    y_sweep = torch.arange(37) % 10
+    base = torch.atan2(w[y_sweep, 1], w[y_sweep, 0])
+    theta = torch.linspace(0, math.pi, 37) * torch.where(torch.arange(37) % 2 == 0, 1.0, -1.0)
+    r = torch.linspace(0.3, 5.0, 37)
+    sweep = torch.stack([r * torch.cos(base + theta), r * torch.sin(base + theta)], 1)
+    x = torch.cat([sweep, torch.randn(n_random, 2, generator=g) * 3])
+    y = torch.cat([y_sweep, torch.randint(0, 10, (n_random,), generator=g)])
+    return x, w, y
+
+
+def reference_family_logits(kind, x, w, b, y, cfg, progress, steps_per_epoch):
+    """Each kind's logits from its paper's formula, in float64, angle by acos (independent of arcdist.heads)."""
+    x, w = x.double(), w.double()
+    if kind in ("softmax", "center"):
+        return x @ w.t() + b.double()
+    norm = x.norm(dim=1, keepdim=True)
+    cos = ((x / norm) @ (w / w.norm(dim=1, keepdim=True)).t()).clamp(-1, 1)
+    out = cos.clone()
+    f = min(1.0, progress / cfg.margin_warmup_epochs) if cfg.margin_warmup_epochs > 0 else 1.0
+    for i, c in enumerate(y.tolist()):
+        theta = math.acos(cos[i, c].item())
+        if kind == "cosface":
+            out[i, c] = cos[i, c] - cfg.margin * f
+        elif kind == "arcface":
+            m = cfg.margin * f
+            out[i, c] = math.cos(theta + m) if theta + m <= math.pi else math.cos(theta) - m * math.sin(m)
+        elif kind == "combined":
+            m1, m2, m3 = 1 + (cfg.margins[0] - 1) * f, cfg.margins[1] * f, cfg.margins[2] * f
+            t = m1 * theta + m2
+            if m1 == 1:
+                out[i, c] = (math.cos(t) if t <= math.pi else math.cos(theta) - m2 * math.sin(m2)) - m3
+            else:
+                k = math.floor(t / math.pi)
+                out[i, c] = (-1) ** k * math.cos(t) - 2 * k - m3
+        elif kind == "sphereface":
+            m = int(cfg.margin)
+            k = min(m - 1, math.floor(theta * m / math.pi))
+            psi = (-1) ** k * math.cos(m * theta) - 2 * k
+            base, gamma, power, low = cfg.anneal
+            lam = max(low, base * (1 + gamma * progress * steps_per_epoch) ** -power)
+            out[i, c] = (lam * math.cos(theta) + psi) / (1 + lam)
+    return out * norm * cfg.scale if kind == "sphereface" else out * cfg.scale
+
+
+CASES = [("softmax", {}), ("normface", {}), ("sphereface", dict(margin=4.0)), ("sphereface", dict(margin=3.0)),
+         ("sphereface", dict(margin=2.0, anneal=(0.0, 0.0, 1.0, 0.0))), ("cosface", {}), ("cosface", dict(margin=0.35)),
+         ("arcface", {}), ("arcface", dict(margin=0.5)), ("combined", {}), ("combined", dict(margins=(1.0, 0.3, 0.2))),
+         ("combined", dict(margins=(2.0, 0.2, 0.1))), ("combined", dict(margins=(1.35, 0.5, 0.0))), ("center", {})]
+
+
+@pytest.mark.parametrize("progress", [0.25, 3.0])
+@pytest.mark.parametrize("kind,changes", CASES)
+def test_every_head_equals_its_float64_formula(kind, changes, progress):
+    from dataclasses import replace
+
+    cfg = replace(head_of_kind(HeadConfig(), kind), **changes)
+    x, w, y = spread_inputs()
+    head = build_head(cfg, steps_per_epoch=50)
+    with torch.no_grad():
+        head.weight.copy_(w)
+        if hasattr(head, "bias"):
+            head.bias.copy_(torch.linspace(-1, 1, 10))
+    got = head(x, y, progress)
+    want = reference_family_logits(kind, x, w, getattr(head, "bias", None), y, cfg, progress, 50)
+    assert got.dtype == torch.float32 and got.shape == (len(y), 10)
+    # fp32 against float64; the sqrt's clamp at cos = 1 moves cos(theta + m) by sqrt(1e-7) sin(m) (the old test's bound)
+    scale = float(want.detach().abs().max())
+    torch.testing.assert_close(got.double(), want, atol=2e-4 * max(scale, 1.0), rtol=1e-5)
+    torch.testing.assert_close(F.cross_entropy(got, y).double(), F.cross_entropy(want, y), atol=1e-4, rtol=1e-5)
+    # the prediction rule: the logits without margin
+    plain = reference_family_logits(kind if kind in ("softmax", "center") else "normface", x, w,
+                                    getattr(head, "bias", None), y, replace(cfg, scale=1.0), progress, 50)
+    if kind == "sphereface":
+        plain = plain * x.double().norm(dim=1, keepdim=True)
+    torch.testing.assert_close(head.predict(x).double(), plain, atol=1e-5 * float(plain.detach().abs().max()), rtol=1e-5)
+
+
+def test_sweep_reaches_every_branch():
+    """The inputs above cover each psi piece of m = 4 and the fallbacks past pi - m (else the formula test is weak)."""
+    x, w, y = spread_inputs()
+    cos = F.normalize(x.double(), dim=1) @ F.normalize(w.double(), dim=1).t()
+    theta = torch.acos(cos.gather(1, y[:, None]).clamp(-1, 1)).squeeze(1)
+    assert set(torch.floor(theta * 4 / math.pi).clamp(max=3).long().tolist()) == {0, 1, 2, 3}
+    assert (theta > math.pi - 0.5).sum() >= 3 and (theta < 0.1).sum() >= 3
+
+
+def test_sphereface_annealing_follows_the_release_schedule():
+    anneal = HeadConfig().anneal
+    assert anneal == (1000.0, 0.12, 1.0, 5.0)
+    assert sphere_lambda(anneal, 0) == 1000.0
+    assert sphere_lambda(anneal, 100) == pytest.approx(1000 / 13)
+    assert sphere_lambda(anneal, 10_000) == 5.0
+
+
+pml = pytest.importorskip("pytorch_metric_learning.losses", reason="pytorch-metric-learning (a dev dependency)")
+
+
+def pml_loss(loss_fn, w, x, y):
+    loss_fn.W.data = w.t().clone().double()
+    return loss_fn(x.double(), y)
+
+
+@pytest.mark.parametrize("kind,changes,make", [
+    ("cosface", dict(margin=0.35, scale=30.0), lambda: pml.CosFaceLoss(10, 2, margin=0.35, scale=30)),
+    ("arcface", dict(margin=0.5, scale=30.0), lambda: pml.ArcFaceLoss(10, 2, margin=math.degrees(0.5), scale=30)),
+    ("sphereface", dict(margin=4.0, anneal=(0.0, 0.0, 1.0, 0.0)), lambda: pml.SphereFaceLoss(10, 2, margin=4, scale=1)),
+    ("sphereface", dict(margin=3.0, anneal=(0.0, 0.0, 1.0, 0.0)), lambda: pml.SphereFaceLoss(10, 2, margin=3, scale=1)),
+])
+def test_heads_equal_pytorch_metric_learning(kind, changes, make):
+    from dataclasses import replace
+
+    cfg = replace(head_of_kind(HeadConfig(), kind), margin_warmup_epochs=0.0, **changes)
+    x, w, y = spread_inputs(seed=1)
+    head = build_head(cfg)
+    with torch.no_grad():
+        head.weight.copy_(w)
+    ours = F.cross_entropy(head(x, y, 0.0).double(), y)
+    torch.testing.assert_close(ours, pml_loss(make(), w, x, y), atol=1e-4, rtol=1e-5)
+
+
+def test_normface_equals_normalized_softmax_and_sphereface_unit_w_equals_large_margin_softmax():
+    from dataclasses import replace
+
+    x, w, y = spread_inputs(seed=2)
+    head = build_head(head_of_kind(HeadConfig(scale=20.0), "normface"))
+    assert head.scale == 16.0  # the kind's default replaced the scale given before it; set it after the kind
+    head = build_head(replace(head_of_kind(HeadConfig(), "normface"), scale=20.0))
+    with torch.no_grad():
+        head.weight.copy_(w)
+    ours = F.cross_entropy(head(x, y, 0.0).double(), y)
+    # pml's NormalizedSoftmaxLoss normalises W only: given unit features it is NormFace with s = 1 / temperature
+    torch.testing.assert_close(ours, pml_loss(pml.NormalizedSoftmaxLoss(10, 2, temperature=1 / 20), w,
+                                              F.normalize(x, dim=1), y), atol=1e-4, rtol=1e-5)
+    unit = F.normalize(w, dim=1)  # L-Softmax scales by |W||x|; with unit rows it is A-Softmax
+    sphere = build_head(replace(head_of_kind(HeadConfig(), "sphereface"), anneal=(0.0, 0.0, 1.0, 0.0)))
+    with torch.no_grad():
+        sphere.weight.copy_(unit)
+    ours = F.cross_entropy(sphere(x, y, 0.0).double(), y)
+    torch.testing.assert_close(ours, pml_loss(pml.LargeMarginSoftmaxLoss(10, 2, margin=4), unit, x, y),
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_combined_contains_arcface_cosface_and_normface_exactly():
+    from dataclasses import replace
+
+    x, w, y = spread_inputs(seed=3)
+    combined = lambda m: build_head(replace(head_of_kind(HeadConfig(), "combined"), margins=m))  # noqa: E731
+    others = {"arcface": ((1.0, 0.3, 0.0), dict(margin=0.3)), "cosface": ((1.0, 0.0, 0.2), dict(margin=0.2)),
+              "normface": ((1.0, 0.0, 0.0), {})}
+    for kind, (margins, changes) in others.items():
+        a, b = combined(margins), build_head(replace(head_of_kind(HeadConfig(), kind), **changes))
+        for h in (a, b):
+            with torch.no_grad():
+                h.weight.copy_(w)
+        assert torch.equal(a(x, y, 5.0), b(x, y, 5.0)), kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("feature", [[1.0, 0.0], [-1.0, 0.0], [0.0, 0.0], [3.0, 0.0]])
+def test_every_head_has_finite_gradients_at_cos_plus_minus_one_and_zero_feature(kind, feature):
+    head = build_head(head_of_kind(HeadConfig(), kind))
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0]] + [[0.0, 1.0]] * 9))
+    x = torch.tensor([feature], requires_grad=True)
+    y = torch.tensor([0])
+    loss = F.cross_entropy(head(x, y, 5.0), y) + head.regulariser(x, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+def test_center_loss_value_gradient_and_the_papers_center_update():
+    cfg = head_of_kind(HeadConfig(), "center")
+    assert (cfg.center_weight, cfg.center_alpha) == (0.1, 0.5)
+    head = build_head(cfg)
+    head.centers[2] = torch.tensor([1.0, 1.0])
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [2.0, 2.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 1, 2])
+    reg = head.regulariser(x, y)
+    # lambda/2 * mean |x - c_y|^2 = 0.05 * (1 + 9 + 4 + 2) / 4
+    assert reg.item() == pytest.approx(0.05 * 16 / 4)
+    reg.backward()
+    torch.testing.assert_close(x.grad, 0.1 * (x.detach() - torch.tensor([[0.0, 0], [0, 0], [0, 0], [1, 1]])) / 4)
+    assert torch.equal(head.centers[0], torch.zeros(2))  # nothing moves before the step is applied
+    head.after_step()
+    # c_j -= alpha * sum_i (c_j - x_i) / (1 + n_j): class 0: -0.5 * (-4/3, 0); class 1: -0.5 * (0, -2/2);
+    # class 2: -0.5 * ((1, 1) - (2, 2)) / 2; the other classes have no samples and stay at 0
+    want = torch.zeros(10, 2)
+    want[0], want[1], want[2] = torch.tensor([2 / 3, 0.0]), torch.tensor([0.0, 0.5]), torch.tensor([1.25, 1.25])
+    torch.testing.assert_close(head.centers, want)
+    head.after_step()  # a second call without a new loss changes nothing
+    torch.testing.assert_close(head.centers, want)
+
+
+def test_kind_switch_sets_the_kinds_defaults_in_any_order_and_checks_its_margin():
+    from arcdist.config import ConfigError, apply_overrides, validate
+    from arcdist.variants import get_variant
+
+    base = get_variant("A6").config
+    a = apply_overrides(base, ["head.margin=0.3", "head.kind=cosface"])
+    b = apply_overrides(base, ["head.kind=cosface", "head.margin=0.3"])
+    assert a == b and a.head.kind == "cosface" and a.head.margin == 0.3
+    assert (a.head.init, a.head.order, a.head.freeze) == (base.head.init, base.head.order, base.head.freeze)
+    assert apply_overrides(base, ["head.kind=sphereface"]).head.margin == 4.0
+    with pytest.raises(ConfigError, match=r"integer 1\.\.8 for sphereface.*head\.margin=4"):
+        validate(apply_overrides(base, ["head.kind=sphereface", "head.margin=2.5"]))
+    with pytest.raises(ConfigError, match=r"\[0, 1\) for cosface"):
+        validate(apply_overrides(base, ["head.kind=cosface", "head.margin=1.5"]))
+    with pytest.raises(ConfigError, match=r"head.margins must be"):
+        validate(apply_overrides(base, ["head.kind=combined", "head.margins=(0.5,0.1,0.1)"]))
+    with pytest.raises(ConfigError, match="expected one of"):
+        apply_overrides(base, ["head.kind=lsoftmax"])
+    assert set(HEADS) == set(KINDS)
