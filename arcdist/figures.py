@@ -1,7 +1,8 @@
 """2-D feature plots from saved features (matplotlib, headless). Never imported by the training step.
 
 Per epoch, for the test set (and the fixed training sample when saved):
-  plots/<split>-raw-epoch-NNNN.png     the post's figure: raw 2-D features, one colour per class
+  plots/<split>-raw-epoch-NNNN.png     the post's figure: raw 2-D features, one colour per class, over the head's
+                                       decision regions (softmax, center loss: and its centers) or class directions
   plots/<split>-circle-epoch-NNNN.png  normalised features on the unit circle, W directions, margin wedges
   plots/test-raw.gif                   the raw plots over the epochs, axes fixed for the whole run
 `python -m arcdist.plot RUN_DIR` re-renders all of it from RUN_DIR/features/.
@@ -34,16 +35,52 @@ def feature_files(run_dir: Path, split: str = "test") -> dict[int, Path]:
     return dict(sorted(out.items()))
 
 
+def extent_points(saved) -> np.ndarray:
+    """What the raw plot must hold: the features, and the head's centers where it has them."""
+    return np.concatenate([saved["features"], saved["centers"]]) if "centers" in saved else saved["features"]
+
+
 def axis_limit(paths: list[Path]) -> float:
     """Half-width of square axes that hold every feature of every given epoch."""
-    lim = max((float(np.abs(np.load(p)["features"]).max()) for p in paths), default=1.0)
+    lim = max((float(np.abs(extent_points(np.load(p))).max()) for p in paths), default=1.0)
     return lim * 1.05 if math.isfinite(lim) and lim > 0 else 1.0
 
 
+def head_geometry(saved) -> dict[str, np.ndarray]:
+    """The head's W, b and centers from a features file (older files hold W only)."""
+    return {k: np.asarray(saved[k]) for k in ("W", "b", "centers") if k in saved}
+
+
+def draw_head(ax, geometry: dict[str, np.ndarray], limit: float) -> None:
+    """Behind the points: a linear head's decision regions (softmax, center: argmax W x + b) and its centers, or an
+    angular head's class directions W as rays from the origin."""
+    W = geometry.get("W")
+    if W is None or W.shape[1] != 2:
+        return
+    colours = COLOURS[:len(W)]
+    if "b" in geometry:
+        t = np.linspace(-limit, limit, 300)
+        gx, gy = np.meshgrid(t, t)
+        region = (np.stack([gx.ravel(), gy.ravel()], 1) @ W.T + geometry["b"]).argmax(1).reshape(gx.shape)
+        ax.imshow(region, extent=(-limit, limit, -limit, limit), origin="lower", alpha=0.13, zorder=0,
+                  cmap=matplotlib.colors.ListedColormap(colours), vmin=-0.5, vmax=len(W) - 0.5,
+                  interpolation="nearest", aspect="auto")
+    else:
+        for c, w in enumerate(W):
+            u = w / max(np.linalg.norm(w), 1e-12)
+            ax.plot([0, limit * 1.5 * u[0]], [0, limit * 1.5 * u[1]], color=colours[c], lw=0.8, ls="--", zorder=0)
+    if "centers" in geometry:
+        ax.scatter(geometry["centers"][:, 0], geometry["centers"][:, 1], marker="X", s=60, c=colours,
+                   edgecolors="black", linewidths=0.8, zorder=3)
+
+
 def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: str,
-               class_names: list[str] | None = None) -> Figure:
-    """The post's plot: every feature as a point coloured by its class, axes [-limit, limit]^2."""
+               class_names: list[str] | None = None, geometry: dict[str, np.ndarray] | None = None) -> Figure:
+    """The post's plot: every feature as a point coloured by its class, axes [-limit, limit]^2, with the head's
+    decision regions or class directions behind them when `geometry` is given."""
     fig, ax = plt.subplots(figsize=(5.2, 5), dpi=100)
+    if geometry:
+        draw_head(ax, geometry, limit)
     for c in range(10):
         pts = features[labels == c]
         ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=(class_names or [str(d) for d in range(10)])[c],
@@ -97,7 +134,7 @@ def render(run_dir: Path, split: str, epoch: int, limit: float) -> dict[str, Pat
     d = np.load(feature_files(run_dir, split)[epoch])
     title = f"{run_dir.name}  {split}  epoch {epoch}  ({len(d['labels']):,} points)"
     return {
-        f"{split}_raw": _save(raw_figure(d["features"], d["labels"], limit, title),
+        f"{split}_raw": _save(raw_figure(d["features"], d["labels"], limit, title, geometry=head_geometry(d)),
                               out / f"{split}-raw-epoch-{epoch:04d}.png"),
         f"{split}_circle": _save(circle_figure(d["features"], d["labels"], d["W"], float(d["margin"]), title),
                                  out / f"{split}-circle-epoch-{epoch:04d}.png"),

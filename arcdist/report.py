@@ -34,11 +34,14 @@ STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation
 VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean smallest centre angle is at least "
                 "{angle:g} deg and the mean final test accuracy at least {acc:g}; else overlap")
 POST = "post's verdict"
+LOSSES = ("Losses side by side: one head per row on the same backbone, recipe and seeds; accuracy by each head's "
+          "prediction rule, angles of the feature directions")
 IMAGES = ("test_accuracy.png", "train_loss.png", "features.png")
 HEADINGS = dict(test_accuracy="Test accuracy per epoch (mean over seeds)",
                 train_loss="Train loss per epoch (mean over seeds)",
                 features="Final 2-D test features: lowest seed, last epoch, each panel on its own scale "
-                         "(the post's figures)")
+                         "(the post's figures), over each head's decision regions (softmax, center loss, with its "
+                         "centers as X) or class directions (dashed)")
 
 
 class ReportError(Exception):
@@ -123,6 +126,7 @@ def summarise(doc: dict, threshold_acc: float, threshold_angle: float) -> list[d
         row = dict(variant=variant, dataset=dataset, label=f"{dataset}/{variant}" if several else variant,
                    parent=info[variant]["parent"], changed=info[variant]["changed"], params=info[variant]["params"],
                    flops=info[variant]["flops"], post_verdict=info[variant]["verdict"], n_jobs=len(jobs),
+                   head=info[variant]["head"], head_settings=info[variant]["head_settings"],
                    seeds=[j["seed"] for j, _ in runs], run_dirs=[j["run_dir"] for j, _ in runs],
                    failed=[f"{Path(j['run_dir']).name}: {j.get('error') or j['status']}" for j in jobs
                            if j["status"] == "failed"],
@@ -171,6 +175,15 @@ def display_row(row: dict) -> dict:
             "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}", "epochs to acc threshold": epochs,
             "train time (s)": fmt(row["wall_time_s"], 1), POST: row["post_verdict"],
             "measured verdict": row["measured_verdict"]}
+
+
+def loss_row(row: dict) -> dict:
+    """The losses side-by-side table's cells."""
+    return {"head": row["head"], "variant": row["label"], "settings": row["head_settings"],
+            "seeds": f"{len(row['seeds'])}/{row['n_jobs']}", "final acc": fmt(row["final_accuracy"], 4),
+            "intra spread (deg)": fmt(row["intra_spread_deg"], 2),
+            "min centre angle (deg)": fmt(row["min_centre_angle_deg"], 2),
+            "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}"}
 
 
 # --- figures ----------------------------------------------------------------------------------------
@@ -229,14 +242,16 @@ def draw_features(rows: list[dict]):
             continue
         seed, run_dir, f = found
         acc = runinfo.read_summary(Path(run_dir)).get("final_accuracy")
+        points = figures.extent_points(f)
+        finite = np.isfinite(points).all(axis=1)
+        span = float(np.abs(points[finite]).max()) if finite.any() else 0.0
+        limit = span * 1.05 if span > 0 else 1.0
+        figures.draw_head(ax, figures.head_geometry(f), limit)
         for c in range(10):
             pts = f["features"][f["labels"] == c]
             ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=str(c), linewidths=0, rasterized=True)
         ax.set_title(f"{row['label']} s{seed}  acc {acc:.4f}" if _finite(acc) else f"{row['label']} s{seed}",
                      fontsize=9)
-        finite = np.isfinite(f["features"]).all(axis=1)
-        span = float(np.abs(f["features"][finite]).max()) if finite.any() else 0.0
-        limit = span * 1.05 if span > 0 else 1.0
         ax.set_xlim(-limit, limit)
         ax.set_ylim(-limit, limit)
         ax.set_aspect("equal")
@@ -264,29 +279,43 @@ th{background:#eef}td.n{text-align:right;white-space:nowrap}img{max-width:100%;d
 .wrap{overflow-x:auto}.note{color:#555}"""
 
 
-def write_html(path: Path, title: str, notes: list[str], cells: list[dict], images: list[Path]) -> Path:
-    """A page that needs nothing else: inline CSS, images as data URIs, no scripts or fonts."""
+def _html_table(cells: list[dict]) -> str:
     e = html.escape
-    head = "".join(f"<th>{e(k)}</th>" for k in cells[0])
     numeric = {"params", "MFLOPs/img", "seeds", "final acc", "best acc", "intra spread (deg)",
                "min centre angle (deg)", "diverged", "epochs to acc threshold", "train time (s)"}
+    head = "".join(f"<th>{e(k)}</th>" for k in cells[0])
     body = "".join("<tr>" + "".join(f"<td{' class=n' if k in numeric else ''}>{e(v)}</td>" for k, v in c.items())
                    + "</tr>\n" for c in cells)
+    return f'<div class="wrap"><table><tr>{head}</tr>\n{body}</table></div>'
+
+
+def _md_table(cells: list[dict]) -> list[str]:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    return ["| " + " | ".join(cells[0]) + " |", "|" + " --- |" * len(cells[0]),
+            *["| " + " | ".join(esc(v) for v in c.values()) + " |" for c in cells]]
+
+
+def write_html(path: Path, title: str, notes: list[str], cells: list[dict], images: list[Path],
+               sections: list[tuple[str, list[dict]]] = ()) -> Path:
+    """A page that needs nothing else: inline CSS, images as data URIs, no scripts or fonts; `sections` are more
+    (heading, table) pairs after the main table."""
+    e = html.escape
+    extra = "".join(f"<h2>{e(h)}</h2>{_html_table(c)}\n" for h, c in sections)
     imgs = "".join(f'<h2>{e(HEADINGS[p.stem])}</h2><img alt="{e(p.stem)}" src="{_data_uri(p)}">\n'
                    for p in images)
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style>"
             f"</head><body><h1>{e(title)}</h1>" + "".join(f'<p class="note">{e(n)}</p>' for n in notes)
-            + f'<div class="wrap"><table><tr>{head}</tr>\n{body}</table></div>{imgs}</body></html>\n')
+            + f'{_html_table(cells)}{extra}{imgs}</body></html>\n')
     runinfo.atomic_write(path, page)
     return path
 
 
-def write_markdown(path: Path, title: str, notes: list[str], cells: list[dict], images: list[Path]) -> Path:
-    """report.md: the same table, the PNGs beside it."""
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = [f"# {title}", "", *[f"{n}\n" for n in notes], "| " + " | ".join(cells[0]) + " |",
-             "|" + " --- |" * len(cells[0])]
-    lines += ["| " + " | ".join(esc(v) for v in c.values()) + " |" for c in cells]
+def write_markdown(path: Path, title: str, notes: list[str], cells: list[dict], images: list[Path],
+                   sections: list[tuple[str, list[dict]]] = ()) -> Path:
+    """report.md: the same tables, the PNGs beside it."""
+    lines = [f"# {title}", "", *[f"{n}\n" for n in notes], *_md_table(cells)]
+    for heading, section in sections:
+        lines += ["", f"## {heading}", "", *_md_table(section)]
     lines += ["", *[f"## {HEADINGS[p.stem]}\n\n![{p.stem}]({p.name})\n" for p in images]]
     runinfo.atomic_write(path, "\n".join(lines) + "\n")
     return path
@@ -316,13 +345,15 @@ def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float =
              "that reached it ('never' if none did).", f"Measured verdict: {rule}."]
     notes += [f"Failed job {f}" for r in rows for f in r["failed"]]
     title = f"arcdist report: {doc.get('grid_id', grid_dir.name)}"
-    write_html(out / "report.html", title, notes, cells, images)
-    write_markdown(out / "report.md", title, notes, cells, images)
+    losses = [loss_row(r) for r in rows] if len({r["head"] for r in rows}) > 1 else []
+    sections = [(LOSSES, losses)] if losses else []
+    write_html(out / "report.html", title, notes, cells, images, sections)
+    write_markdown(out / "report.md", title, notes, cells, images, sections)
     summary = dict(grid_id=doc.get("grid_id"), grid_dir=str(grid_dir), std=STD_NOTE, verdict_rule=rule,
                    thresholds=dict(accuracy=threshold_acc, angle_deg=threshold_angle),
                    images=[p.name for p in images],
                    variants=[dict({k: v for k, v in r.items() if k != "curves"}, display=c)
-                             for r, c in zip(rows, cells)])
+                             for r, c in zip(rows, cells)], losses=losses)
     runinfo.atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     spec = wandb_report_spec(doc, grid_group(doc, grid_dir))
     runinfo.atomic_write(out / "wandb_report.json", json.dumps(spec, indent=1))

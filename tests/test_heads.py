@@ -366,3 +366,29 @@ def test_kind_switch_sets_the_kinds_defaults_in_any_order_and_checks_its_margin(
     with pytest.raises(ConfigError, match="expected one of"):
         apply_overrides(base, ["head.kind=lsoftmax"])
     assert set(HEADS) == set(KINDS)
+
+
+def test_every_head_trains_one_epoch_on_two_ranks_with_every_row_gathered_once(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env, free_port, make_tiny_mnist
+
+    data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=203, seed=7)
+    out = tmp_path / "heads.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(ROOT / "tests" / "two_rank_heads.py"), str(data), str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    found = json.loads(out.read_text())
+    from arcdist.data import load_dataset
+
+    want_labels = load_dataset("mnist", data, download=False).test_y.tolist()
+    assert list(found) == list(HEADS)
+    for kind, r in found.items():
+        assert r["world"] == 2 and r["rows"] == 203 and r["labels"] == want_labels, kind
+        assert math.isfinite(r["loss"]) and r["ranks_equal"], kind
+        assert "weight" in r["changed"], kind  # W trained (L-* rows learn it)
+    assert found["softmax"]["keys"] == ["bias", "weight"] and "bias" in found["softmax"]["changed"]
+    assert found["center"]["keys"] == ["bias", "centers", "weight"] and "centers" in found["center"]["changed"]

@@ -202,3 +202,30 @@ def test_features_figure_scales_each_panel_to_its_own_points(tmp_path):
         assert ((pts[:, 0] >= x0) & (pts[:, 0] <= x1) & (pts[:, 1] >= y0) & (pts[:, 1] <= y1)).all(), ax.get_title()
         assert np.abs(pts).max() >= 0.9 * min(x1, y1), ax.get_title()  # the farthest point is near the edge
     report.plt.close(fig)
+
+
+def test_losses_grid_report_has_a_row_and_a_panel_per_head(tmp_path):
+    from arcdist.variants import LOSS_VARIANTS, VARIANTS
+
+    data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=60)
+    proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "losses", "--variants", "losses",
+                           "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data),
+                           "--jobs", "2", "--wandb", "disabled", "--set", "data.batch_size=64",
+                           "--set", "train.channels_last=false", "--", "--mixed-precision", "no"],
+                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    grid_dir = tmp_path / "runs" / "losses"
+    summary = report.build_report(grid_dir)
+    kinds = [VARIANTS[v].config.head.kind for v in LOSS_VARIANTS]
+    assert [r["head"] for r in summary["losses"]] == kinds == \
+        ["softmax", "normface", "sphereface", "cosface", "arcface", "combined", "center"]
+    for row, v in zip(summary["losses"], LOSS_VARIANTS):
+        acc = json.loads((grid_dir / f"{v}-s0" / "summary.json").read_text())["final_accuracy"]
+        assert row["variant"] == v and row["final acc"] == f"{acc:.4f} ± n/a"
+    md = (grid_dir / "report" / "report.md").read_text()
+    assert md.count("## Losses side by side") == 1 and all(f"| {k} | L-{k} |" in md for k in kinds)
+    fig = report.draw_features(report.summarise(report.load_grid(grid_dir), 0.97, 20.0))
+    panels = [ax for ax in fig.axes if ax.collections]
+    assert len(panels) == 7 and [ax.get_title().split()[0] for ax in panels] == list(LOSS_VARIANTS)
+    regions = [ax for ax in panels if ax.images]  # decision regions behind softmax and center only
+    assert [ax.get_title().split()[0] for ax in regions] == ["L-softmax", "L-center"]
