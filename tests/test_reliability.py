@@ -100,12 +100,21 @@ def test_unsafe_checkpoint_pickle_is_refused(data, tmp_path):
     assert not marker.exists()
 
 
-def test_wandb_key_never_written(data, tmp_path):
-    out = tmp_path / "run"
+@pytest.mark.parametrize("mode", ["offline", "online"])
+def test_wandb_key_never_written(data, tmp_path, mode):
+    """Online against a local dead server is where a leak could happen (W&B tries to log in with the key, then
+    arcdist falls back to offline); no file of the run folder or of W&B's own folders may hold the key."""
+    out, home = tmp_path / "run", tmp_path / "home"
     secret = "0123456789abcdef0123456789abcdef01234567"
-    args = [a for a in common(data, out, epochs=1) if a not in ("--wandb", "disabled")] + ["--wandb", "offline"]
-    run_train(args, env=cli_env(WANDB_API_KEY=secret))
-    hits = [p for p in out.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    args = [a for a in common(data, out, epochs=1) if a not in ("--wandb", "disabled")] + ["--wandb", mode]
+    env = cli_env(WANDB_API_KEY=secret, HOME=str(home), WANDB_CONFIG_DIR=str(home / "config"),
+                  WANDB_CACHE_DIR=str(home / "cache"), WANDB_BASE_URL="http://127.0.0.1:9",
+                  ARCDIST_WANDB_INIT_TIMEOUT="5")
+    env.pop("WANDB_MODE")
+    proc = run_train(args, env=env, timeout=180)
+    assert (mode == "online") == ("logging offline instead" in proc.stdout + proc.stderr)
+    assert list(out.rglob("*.wandb"))  # W&B did write its run log, offline
+    hits = [p for root in (out, home) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert hits == []
 
 
