@@ -177,13 +177,29 @@ def display_row(row: dict) -> dict:
             "measured verdict": row["measured_verdict"]}
 
 
-def loss_row(row: dict) -> dict:
-    """The losses side-by-side table's cells."""
-    return {"head": row["head"], "variant": row["label"], "settings": row["head_settings"],
-            "seeds": f"{len(row['seeds'])}/{row['n_jobs']}", "final acc": fmt(row["final_accuracy"], 4),
-            "intra spread (deg)": fmt(row["intra_spread_deg"], 2),
-            "min centre angle (deg)": fmt(row["min_centre_angle_deg"], 2),
-            "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}"}
+def loss_row(row: dict, reference: dict | None = None) -> dict:
+    """The losses side-by-side table's cells; with a `reference` row (softmax), the accuracy difference to it and
+    whether it exceeds the seed noise: |difference| > 2 sqrt(s1^2/n1 + s2^2/n2), the sample stds over seeds."""
+    cells = {"head": row["head"], "variant": row["label"], "settings": row["head_settings"],
+             "seeds": f"{len(row['seeds'])}/{row['n_jobs']}", "final acc": fmt(row["final_accuracy"], 4),
+             "intra spread (deg)": fmt(row["intra_spread_deg"], 2),
+             "min centre angle (deg)": fmt(row["min_centre_angle_deg"], 2),
+             "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}"}
+    if reference is not None:
+        cells[f"acc - {reference['head']}"] = noise_verdict(row, reference)
+    return cells
+
+
+def noise_verdict(row: dict, reference: dict) -> str:
+    """'+0.0012 (noise 0.0008: beyond)' or '... within'; 'n/a' without two seeds on both sides."""
+    a, b = row["final_accuracy"], reference["final_accuracy"]
+    if row is reference:
+        return "-"
+    if a["std"] is None or b["std"] is None:
+        return "n/a"
+    diff = a["mean"] - b["mean"]
+    noise = 2 * math.sqrt(a["std"] ** 2 / len(row["seeds"]) + b["std"] ** 2 / len(reference["seeds"]))
+    return f"{diff:+.4f} (noise {noise:.4f}: {'beyond' if abs(diff) > noise else 'within'})"
 
 
 # --- figures ----------------------------------------------------------------------------------------
@@ -345,7 +361,8 @@ def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float =
              "that reached it ('never' if none did).", f"Measured verdict: {rule}."]
     notes += [f"Failed job {f}" for r in rows for f in r["failed"]]
     title = f"arcdist report: {doc.get('grid_id', grid_dir.name)}"
-    losses = [loss_row(r) for r in rows] if len({r["head"] for r in rows}) > 1 else []
+    reference = next((r for r in rows if r["head"] == "softmax"), None)
+    losses = [loss_row(r, reference) for r in rows] if len({r["head"] for r in rows}) > 1 else []
     sections = [(LOSSES, losses)] if losses else []
     write_html(out / "report.html", title, notes, cells, images, sections)
     write_markdown(out / "report.md", title, notes, cells, images, sections)

@@ -229,3 +229,18 @@ def test_losses_grid_report_has_a_row_and_a_panel_per_head(tmp_path):
     assert len(panels) == 7 and [ax.get_title().split()[0] for ax in panels] == list(LOSS_VARIANTS)
     regions = [ax for ax in panels if ax.images]  # decision regions behind softmax and center only
     assert [ax.get_title().split()[0] for ax in regions] == ["L-softmax", "L-center"]
+
+
+def test_losses_table_says_whether_a_difference_exceeds_the_seed_noise():
+    def row(head, accs):
+        return dict(head=head, label=f"L-{head}", head_settings="", seeds=list(range(len(accs))), n_jobs=len(accs),
+                    final_accuracy=report.mean_std(accs), intra_spread_deg=report.mean_std([1.0] * len(accs)),
+                    min_centre_angle_deg=report.mean_std([30.0] * len(accs)), diverged_seeds=0)
+
+    soft = row("softmax", [0.990, 0.992, 0.991])  # mean 0.991, std 0.001
+    far, near = row("arcface", [0.995, 0.996, 0.997]), row("cosface", [0.990, 0.993, 0.993])
+    # noise = 2 sqrt(0.001^2/3 + 0.001^2/3) = 0.0016: +0.0050 beyond; cosface (std 0.00173): 2 sqrt(3e-6/3 + 1e-6/3) = 0.0023
+    assert report.loss_row(far, soft)["acc - softmax"] == "+0.0050 (noise 0.0016: beyond)"
+    assert report.loss_row(near, soft)["acc - softmax"] == "+0.0010 (noise 0.0023: within)"
+    assert report.loss_row(soft, soft)["acc - softmax"] == "-"
+    assert report.loss_row(row("center", [0.99]), soft)["acc - softmax"] == "n/a"
