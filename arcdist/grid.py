@@ -120,7 +120,7 @@ def train_command(job: Job, args: argparse.Namespace, port: int | None = None, t
     if args.wandb:
         cmd += ["--wandb", args.wandb]
     cmd += ["--group", args.grid_id, "--no-progress", *args.train_args]
-    if threads:
+    if threads and not any(item.startswith("train.threads=") for item in args.overrides):  # the user's wins
         cmd += ["--set", f"train.threads={threads}"]
     if args.gpus_per_job > 1 and port is not None:
         return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",

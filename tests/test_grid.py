@@ -92,3 +92,15 @@ def test_more_gpus_per_job_than_the_node_has_is_an_error(monkeypatch):
     monkeypatch.setattr(grid, "_gpu_ids", lambda: [0])
     with pytest.raises(ValueError, match="has only 1 GPUs; lower --gpus-per-job"):
         grid.plan_slots(grid.parse_args(["--grid-id", "x", "--gpus-per-job", "2"]))
+
+
+def test_cpu_slots_set_threads_unless_the_user_did(tmp_path):
+    from arcdist.grid import build_jobs, parse_args, train_command
+
+    def threads_of(*extra):
+        args = parse_args(["--grid-id", "g", "--variants", "V2", "--out", str(tmp_path), *extra])
+        cmd = train_command(build_jobs(args)[0], args, threads=2)
+        return [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set" and cmd[i + 1].startswith("train.threads=")]
+
+    assert threads_of() == ["train.threads=2"]
+    assert threads_of("--set", "train.threads=1") == ["train.threads=1"]
