@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
+from datetime import timedelta
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
@@ -46,10 +47,14 @@ class Faults:
     ARCDIST_FAULT_NAN="EPOCH:STEP" (1-based epoch, 0-based step) makes that step's loss NaN once.
     ARCDIST_FAULT_KILL="EPOCH:STEP" makes rank 1 die by SIGKILL before that step, in the first incarnation
     only (TORCHELASTIC_RESTART_COUNT=0), so that torchrun's relaunch trains on.
+    ARCDIST_FAULT_PAUSE="EPOCH:STEP" makes rank 0 create RUN_DIR/FAULT-PAUSED before that step and wait until
+    the file is removed (the other ranks wait in the step's all-reduce), in a new run only (not after a
+    resume or relaunch): a test signals or kills a job there, mid-epoch, with no timing luck.
     """
 
     nan_at: tuple[int, int] | None = None
     kill_at: tuple[int, int] | None = None
+    pause_at: tuple[int, int] | None = None
 
     @classmethod
     def from_env(cls) -> "Faults":
@@ -58,7 +63,18 @@ class Faults:
             return tuple(int(v) for v in value.split(":")) if value else None
 
         kill = None if rundir.elastic_restart() else at("ARCDIST_FAULT_KILL")
-        return cls(nan_at=at("ARCDIST_FAULT_NAN"), kill_at=kill)
+        pause = None if rundir.elastic_restart() else at("ARCDIST_FAULT_PAUSE")
+        return cls(nan_at=at("ARCDIST_FAULT_NAN"), kill_at=kill, pause_at=pause)
+
+    PAUSE_FILE = "FAULT-PAUSED"
+
+    def pause(self, run_dir: Path, epoch: int, step: int) -> None:
+        """Rank 0, at pause_at: wait while RUN_DIR/FAULT-PAUSED exists (a test removes it)."""
+        path = Path(run_dir) / self.PAUSE_FILE
+        path.write_text(f"epoch {epoch} step {step} pid {os.getpid()}\n")
+        print(f"arcdist: fault: paused at epoch {epoch}, step {step} until {path} is removed", flush=True)
+        while path.exists():
+            time.sleep(0.1)
 
 
 @dataclass
@@ -205,6 +221,7 @@ class Trainer:
                                     multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema))
             self.ema = accelerator.prepare_model(average, evaluation_mode=True)
         self.state = TrainState()
+        self.resumed = False  # continued from a checkpoint (resume())
         self.faults = faults or Faults.from_env()
         self.recorder = Recorder(run_dir, accelerator)
         self.stop_requested = False  # all ranks agreed on a preemption request (signal or stop file)
@@ -272,6 +289,8 @@ class Trainer:
                                 self.world, start_step, self.cfg.data.shift, self.cfg.data.flip,
                                 self.cfg.data.rotate)
         for step, (x, y) in enumerate(batches, start=start_step):
+            if self.faults.pause_at == (epoch + 1, step) and self.rank == 0 and not self.resumed:
+                self.faults.pause(self.run_dir, epoch + 1, step)
             if self.faults.kill_at == (epoch + 1, step) and self.rank == 1:
                 print(f"arcdist: fault: rank 1 killed at epoch {epoch + 1}, step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -354,6 +373,7 @@ class Trainer:
         """Continue from the folder's latest complete checkpoint (rundir.locate made sure there is one)."""
         self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, checkpoint.latest_checkpoint(self.run_dir)))
         self.state.status = "running"
+        self.resumed = True
         if self.acc.is_main_process:
             runinfo.truncate_metrics(self.run_dir, self.state.epoch)
 
@@ -433,7 +453,9 @@ def setup_accelerator(cfg: Config, log_with: str | None = None) -> tuple[Config,
     device = hardware.device_type(cfg.train.cpu)
     if device == "cpu":
         configure_cpu(cfg)
-    state = PartialState(cpu=device == "cpu")  # the process group, before the choice is broadcast
+    # the process group, before the choice is broadcast; a collective that waits longer than
+    # train.collective_timeout_s for a rank fails (and the job ends) instead of waiting forever
+    state = PartialState(cpu=device == "cpu", timeout=timedelta(seconds=cfg.train.collective_timeout_s))
     choice = [None]
     if state.is_main_process:
         per_rank = max(1, cfg.data.batch_size // state.num_processes)
