@@ -92,12 +92,19 @@ def reference(data, tmp_path_factory) -> list[dict]:
 
 
 def sbatch_multinode(tmp_path: Path, data: Path, run_dir: Path, **env) -> tuple[str, Path]:
-    env = slurm_env(ARCDIST_CPU="1", GPUS_PER_NODE="1", VARIANT="V2", EPOCHS=str(EPOCHS), DATA_DIR=str(data),
-                    RUN_DIR=str(run_dir), TRAIN_ARGS=" ".join(TRAIN_ARGS), **env)
+    env = slurm_env(**{"ARCDIST_CPU": "1", "GPUS_PER_NODE": "1", "VARIANT": "V2", "EPOCHS": str(EPOCHS),
+                       "DATA_DIR": str(data), "RUN_DIR": str(run_dir), "TRAIN_ARGS": " ".join(TRAIN_ARGS), **env})
     # CPU nodes: the script's `#SBATCH --gres=gpu:4 --cpus-per-task=16` are overridden
     job = sh("sbatch", "--parsable", f"--chdir={ROOT}", "--nodes=2", "--gres=none", "--cpus-per-task=1", "--mem=1G",
              f"--output={tmp_path}/mn-%j.out", ROOT / "slurm" / "multinode.sbatch", env=env).stdout.strip()
     return job, tmp_path / f"mn-{job}.out"
+
+
+def cancel(job: str) -> None:
+    """End a job that a failed test leaves behind: SIGKILL first (a plain scancel's SIGTERM is taken as a
+    preemption: the job would checkpoint and requeue itself), then cancel."""
+    sh("scancel", "--full", "--signal=KILL", job, check=False)
+    sh("scancel", job, check=False)
 
 
 def in_queue(job: str) -> bool:
@@ -112,7 +119,7 @@ def wait_gone(job: str, logs: list[Path], timeout: float) -> float:
             return time.time() - start
         time.sleep(0.25)
     info = sh("scontrol", "show", "job", job, check=False).stdout
-    sh("scancel", job, check=False)
+    cancel(job)
     text = "\n".join(f"--- {p}\n{p.read_text() if p.exists() else '(missing)'}" for p in logs)
     raise AssertionError(f"job {job} still queued after {timeout:.0f} s\n{info}\n{text}")
 
@@ -121,7 +128,7 @@ def wait_for(path: Path, job: str, log: Path, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while not path.exists():
         if time.time() > deadline or not in_queue(job):
-            sh("scancel", job, check=False)
+            cancel(job)
             raise AssertionError(f"{path} did not appear\n{log.read_text() if log.exists() else '(no log)'}")
         time.sleep(0.1)
 
@@ -132,8 +139,8 @@ def job_state(job: str) -> tuple[str, str]:
 
 
 def node_pids(node: str, needle: str = "arcdist/train.py") -> list[int]:
-    """Python processes of a job on `node` (slurmstepd gives its tasks SLURMD_NODENAME) with `needle` in their
-    command line: the node's launcher and its ranks, not the task's shell."""
+    """Processes of a job on `node` (slurmstepd gives its tasks SLURMD_NODENAME) with `needle` in their command
+    line: the node's launcher (comm pt_elastic) and its ranks, not the task's shell or srun."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -144,7 +151,7 @@ def node_pids(node: str, needle: str = "arcdist/train.py") -> list[int]:
             comm = (proc / "comm").read_text().strip()
         except OSError:
             continue
-        if comm.startswith("python") and needle in cmd and f"SLURMD_NODENAME={node}".encode() in env:
+        if comm not in ("bash", "sh", "srun") and needle in cmd and f"SLURMD_NODENAME={node}".encode() in env:
             pids.append(int(proc.name))
     return pids
 
@@ -203,7 +210,9 @@ def test_lost_node_ends_the_job_and_a_resubmit_resumes(cluster, data, reference,
                                 TRAIN_ARGS=" ".join([*TRAIN_ARGS, "--set", "train.collective_timeout_s=60"]))
     wait_for(run / "FAULT-PAUSED", job, log)
     pids = node_pids("node2")  # node2's launcher and its rank
-    assert len(pids) == 2, pids
+    if len(pids) != 2:
+        cancel(job)
+        raise AssertionError(f"expected node2's launcher and rank, found processes {pids}")
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     killed = time.time()
@@ -244,7 +253,8 @@ def test_torchrun_across_two_hosts(cluster, data, reference, tmp_path):
 
 def test_grid_array_spreads_over_both_nodes(cluster, data, tmp_path):
     env = slurm_env(GRID_ID="arr", VARIANTS="V2,V2.1", EPOCHS="1", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
-                    EXTRA="--wandb disabled --set data.batch_size=64", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1")
+                    EXTRA="--wandb disabled --set data.batch_size=64",
+                    TRAIN_ARGS="--plot-every 0 --mixed-precision no --set train.channels_last=false", ARCDIST_CPU="1")
     # 2 CPUs per task fill a node: the two tasks run one on each node
     job = sh("sbatch", "--parsable", f"--chdir={ROOT}", "--array=0-1", "--gres=none", "--cpus-per-task=2", "--mem=1G",
              f"--output={tmp_path}/%x-%A_%a.out", ROOT / "slurm" / "grid.sbatch", env=env).stdout.strip()
