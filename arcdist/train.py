@@ -9,7 +9,9 @@ import argparse
 import errno
 import math
 import os
+import re
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from arcdist import checkpoint, hardware, preempt, rundir, runinfo, tracking
 from arcdist.cli import ArgumentParser
-from arcdist.config import Config, ConfigError, apply_overrides, validate
+from arcdist.config import Config, ConfigError, apply_overrides, first_line, validate
 from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset, resolve_data_dir, shard_bounds,
                           steps_per_epoch, train_batches)
 from arcdist.metrics import separation_metrics
@@ -478,6 +480,7 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir, saved = rundir.locate(args)  # reads only: bad input leaves the disk as it was
     cfg = build_config(args, saved)
+    _RUN.update(run_dir=run_dir, timeout=cfg.train.collective_timeout_s)
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
@@ -503,9 +506,48 @@ def run(argv: list[str] | None = None) -> int:
     return status if preempt.interrupted() else 0
 
 
+COLLECTIVE_EXIT = 4  # exit status of a rank that lost contact with the others
+_RUN: dict = {}  # what main() names in the one-line errors, filled in by run()
+
+
+def collective_failure(e: BaseException) -> bool:
+    """An error of the process group's transport: a peer rank's connection broke, or a collective timed out."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:  # (run()'s end_training has destroyed the group by now)
+        return False
+    if isinstance(e, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        mark in text for mark in ("/gloo/", "NCCL", "Connection reset by peer", "Connection closed by peer",
+                                  "Timed out waiting"))
+
+
+def collective_error(e: BaseException) -> str:
+    """One line: which rank on which host lost contact, the transport's words (and the peer's host), the fix."""
+    text = first_line(e)
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]  # gloo's source path and advice
+    peer = re.search(r"\[(\d+\.\d+\.\d+\.\d+)\]", text)
+    if peer:
+        try:
+            text += f" (peer {socket.gethostbyaddr(peer.group(1))[0]})"
+        except OSError:
+            pass
+    rank = os.environ.get("RANK", "?")
+    resume = f"--resume {_RUN['run_dir']}" if _RUN.get("run_dir") else "--resume RUN_DIR"
+    timeout = _RUN.get("timeout")
+    bound = f" (a collective waits at most train.collective_timeout_s = {timeout:g} s)" if timeout else ""
+    return (f"rank {rank} on {socket.gethostname()} lost contact with the other ranks: {text}; a rank or node "
+            f"died or stopped responding{bound}. The last complete checkpoint is kept: {resume} continues it")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
+    except RuntimeError as e:
+        if not collective_failure(e):
+            raise
+        print(f"arcdist: error: {collective_error(e)}", file=sys.stderr, flush=True)
+        return COLLECTIVE_EXIT
     except ConfigError as e:
         print(f"arcdist: error: {e}", file=sys.stderr)
         return 2

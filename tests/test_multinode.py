@@ -236,6 +236,35 @@ def test_lost_node_ends_the_job_and_a_resubmit_resumes(cluster, data, reference,
     assert metric_rows(run) == reference
 
 
+def test_frozen_node_ends_the_job_after_the_collective_timeout(cluster, data, tmp_path):
+    """A node that stops responding without closing its connections (frozen, cut off): no error reaches the
+    other ranks, so only train.collective_timeout_s bounds their wait."""
+    run, timeout = tmp_path / "run", 10
+    job, log = sbatch_multinode(tmp_path, data, run, ARCDIST_FAULT_PAUSE="2:3",
+                                TRAIN_ARGS=" ".join([*TRAIN_ARGS, "--set", f"train.collective_timeout_s={timeout}"]))
+    wait_for(run / "FAULT-PAUSED", job, log)
+    pids = node_pids("node2")
+    if len(pids) != 2:
+        cancel(job)
+        raise AssertionError(f"expected node2's launcher and rank, found processes {pids}")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    frozen = time.time()
+    (run / "FAULT-PAUSED").unlink()  # rank 0 goes on into the step's all-reduce; rank 1 never answers
+    wait_gone(job, [log], timeout=120)
+    ended = time.time() - frozen
+    text = log.read_text()
+    assert job_state(job)[0] == "FAILED", text
+    assert (f"arcdist: error: rank 0 on node1 lost contact with the other ranks: Timed out waiting {timeout * 1000}ms"
+            in text), text
+    assert f"train.collective_timeout_s = {timeout} s" in text and f"--resume {run} continues it" in text, text
+    assert "node node1 (machine rank 0) failed first: its training exited with status 1" in text, text
+    assert "(no exit of their own: node2)" in text, text
+    assert "Traceback" not in text.split("lost contact")[0].split("paused at epoch 2")[-1], text  # one line, no trace
+    assert timeout <= ended < timeout + 30, f"the job took {ended:.0f} s to end after node2 froze\n{text}"
+    print(f"job ended {ended:.1f} s after node2 froze (collective timeout {timeout} s)")
+
+
 def test_torchrun_across_two_hosts(cluster, data, reference, tmp_path):
     run = tmp_path / "run"
     env = cli_env(PYTHON=sys.executable, NNODES="2", NPROC="1", HEAD="node1", PORT=str(free_port()),
