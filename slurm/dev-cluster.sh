@@ -248,7 +248,7 @@ m_nodes() { local i; for ((i = 1; i <= $1; i++)); do echo "$M_NODE_PREFIX$i"; do
 m_ns() { echo "$M_NAME-$1"; }                      # network namespace of node $1
 m_ip() { echo "$M_NET.$((${1#"$M_NODE_PREFIX"} + 1))"; }
 m_mark() { mkdir -p "$M_RUN"; grep -qx "$1" "$M_STARTED" 2>/dev/null || echo "$1" >>"$M_STARTED"; }
-m_count() { grep -c "^NodeName=$M_NODE_PREFIX" "$M_CONF" 2>/dev/null || echo 0; }
+m_count() { local c; c=$(grep -c "^NodeName=$M_NODE_PREFIX" "$M_CONF" 2>/dev/null); echo "${c:-0}"; }
 msinfo() { SLURM_CONF=$M_CONF sinfo "$@"; }
 
 m_on() {  # m_on NODE CMD...: run CMD on NODE: its network namespace, its hostname (a UTS namespace), and a
