@@ -134,6 +134,10 @@ class TrainConfig:
     # With it, evaluation, plots and metrics use the averaged backbone; training continues on the live one.
     on_diverge: Literal["stop", "rollback"] = "stop"
     max_rollbacks: int = 3  # with on_diverge=rollback: lr halved and retried up to N times
+    # seconds a rank waits in one collective (all-reduce, gather, barrier) for the others before it fails:
+    # bounds a run whose peer rank or node is gone without a closed connection (frozen, cut off). It must
+    # exceed the longest time one rank works alone (rank 0's checkpoint and plots). NCCL's default is 600
+    collective_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,7 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.train.ema < 1, f"train.ema must be in [0, 1) (got {cfg.train.ema}); try --set train.ema=0.999"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (cfg.train.threads >= 0, "train.threads must be >= 0 (0 = automatic)"),
+        (cfg.train.collective_timeout_s > 0, "train.collective_timeout_s must be > 0; try --set train.collective_timeout_s=600"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
     ]
     for ok, message in checks:

@@ -9,10 +9,13 @@ import argparse
 import errno
 import math
 import os
+import re
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
+from datetime import timedelta
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
@@ -27,7 +30,7 @@ from tqdm import tqdm
 
 from arcdist import checkpoint, hardware, preempt, rundir, runinfo, tracking
 from arcdist.cli import ArgumentParser
-from arcdist.config import Config, ConfigError, apply_overrides, validate
+from arcdist.config import Config, ConfigError, apply_overrides, first_line, validate
 from arcdist.data import (DeviceData, epoch_permutation, get_spec, load_dataset, resolve_data_dir, shard_bounds,
                           steps_per_epoch, train_batches)
 from arcdist.metrics import separation_metrics
@@ -47,10 +50,14 @@ class Faults:
     ARCDIST_FAULT_NAN="EPOCH:STEP" (1-based epoch, 0-based step) makes that step's loss NaN once.
     ARCDIST_FAULT_KILL="EPOCH:STEP" makes rank 1 die by SIGKILL before that step, in the first incarnation
     only (TORCHELASTIC_RESTART_COUNT=0), so that torchrun's relaunch trains on.
+    ARCDIST_FAULT_PAUSE="EPOCH:STEP" makes rank 0 create RUN_DIR/FAULT-PAUSED before that step and wait until
+    the file is removed (the other ranks wait in the step's all-reduce), in a new run only (not after a
+    resume or relaunch): a test signals or kills a job there, mid-epoch, with no timing luck.
     """
 
     nan_at: tuple[int, int] | None = None
     kill_at: tuple[int, int] | None = None
+    pause_at: tuple[int, int] | None = None
 
     @classmethod
     def from_env(cls) -> "Faults":
@@ -59,7 +66,18 @@ class Faults:
             return tuple(int(v) for v in value.split(":")) if value else None
 
         kill = None if rundir.elastic_restart() else at("ARCDIST_FAULT_KILL")
-        return cls(nan_at=at("ARCDIST_FAULT_NAN"), kill_at=kill)
+        pause = None if rundir.elastic_restart() else at("ARCDIST_FAULT_PAUSE")
+        return cls(nan_at=at("ARCDIST_FAULT_NAN"), kill_at=kill, pause_at=pause)
+
+    PAUSE_FILE = "FAULT-PAUSED"
+
+    def pause(self, run_dir: Path, epoch: int, step: int) -> None:
+        """Rank 0, at pause_at: wait while RUN_DIR/FAULT-PAUSED exists (a test removes it)."""
+        path = Path(run_dir) / self.PAUSE_FILE
+        path.write_text(f"epoch {epoch} step {step} pid {os.getpid()}\n")
+        print(f"arcdist: fault: paused at epoch {epoch}, step {step} until {path} is removed", flush=True)
+        while path.exists():
+            time.sleep(0.1)
 
 
 @dataclass
@@ -207,6 +225,7 @@ class Trainer:
                                     multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema))
             self.ema = accelerator.prepare_model(average, evaluation_mode=True)
         self.state = TrainState()
+        self.resumed = False  # continued from a checkpoint (resume())
         self.faults = faults or Faults.from_env()
         self.recorder = Recorder(run_dir, accelerator)
         self.stop_requested = False  # all ranks agreed on a preemption request (signal or stop file)
@@ -276,6 +295,8 @@ class Trainer:
                                 self.world, start_step, self.cfg.data.shift, self.cfg.data.flip,
                                 self.cfg.data.rotate)
         for step, (x, y) in enumerate(batches, start=start_step):
+            if self.faults.pause_at == (epoch + 1, step) and self.rank == 0 and not self.resumed:
+                self.faults.pause(self.run_dir, epoch + 1, step)
             if self.faults.kill_at == (epoch + 1, step) and self.rank == 1:
                 print(f"arcdist: fault: rank 1 killed at epoch {epoch + 1}, step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -361,6 +382,7 @@ class Trainer:
         """Continue from the folder's latest complete checkpoint (rundir.locate made sure there is one)."""
         self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, checkpoint.latest_checkpoint(self.run_dir)))
         self.state.status = "running"
+        self.resumed = True
         if self.acc.is_main_process:
             runinfo.truncate_metrics(self.run_dir, self.state.epoch)
 
@@ -440,7 +462,9 @@ def setup_accelerator(cfg: Config, log_with: str | None = None) -> tuple[Config,
     device = hardware.device_type(cfg.train.cpu)
     if device == "cpu":
         configure_cpu(cfg)
-    state = PartialState(cpu=device == "cpu")  # the process group, before the choice is broadcast
+    # the process group, before the choice is broadcast; a collective that waits longer than
+    # train.collective_timeout_s for a rank fails (and the job ends) instead of waiting forever
+    state = PartialState(cpu=device == "cpu", timeout=timedelta(seconds=cfg.train.collective_timeout_s))
     choice = [None]
     if state.is_main_process:
         per_rank = max(1, cfg.data.batch_size // state.num_processes)
@@ -463,6 +487,7 @@ def run(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run_dir, saved = rundir.locate(args)  # reads only: bad input leaves the disk as it was
     cfg = build_config(args, saved)
+    _RUN.update(run_dir=run_dir, timeout=cfg.train.collective_timeout_s)
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
@@ -488,9 +513,48 @@ def run(argv: list[str] | None = None) -> int:
     return status if preempt.interrupted() else 0
 
 
+COLLECTIVE_EXIT = 4  # exit status of a rank that lost contact with the others
+_RUN: dict = {}  # what main() names in the one-line errors, filled in by run()
+
+
+def collective_failure(e: BaseException) -> bool:
+    """An error of the process group's transport: a peer rank's connection broke, or a collective timed out."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:  # (run()'s end_training has destroyed the group by now)
+        return False
+    if isinstance(e, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        mark in text for mark in ("/gloo/", "NCCL", "Connection reset by peer", "Connection closed by peer",
+                                  "Timed out waiting"))
+
+
+def collective_error(e: BaseException) -> str:
+    """One line: which rank on which host lost contact, the transport's words (and the peer's host), the fix."""
+    text = first_line(e)
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]  # gloo's source path and advice
+    peer = re.search(r"\[(\d+\.\d+\.\d+\.\d+)\]", text)
+    if peer:
+        try:
+            text += f" (peer {socket.gethostbyaddr(peer.group(1))[0]})"
+        except OSError:
+            pass
+    rank = os.environ.get("RANK", "?")
+    resume = f"--resume {_RUN['run_dir']}" if _RUN.get("run_dir") else "--resume RUN_DIR"
+    timeout = _RUN.get("timeout")
+    bound = f" (a collective waits at most train.collective_timeout_s = {timeout:g} s)" if timeout else ""
+    return (f"rank {rank} on {socket.gethostname()} lost contact with the other ranks: {text}; a rank or node "
+            f"died or stopped responding{bound}. The last complete checkpoint is kept: {resume} continues it")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
+    except RuntimeError as e:
+        if not collective_failure(e):
+            raise
+        print(f"arcdist: error: {collective_error(e)}", file=sys.stderr, flush=True)
+        return COLLECTIVE_EXIT
     except ConfigError as e:
         print(f"arcdist: error: {e}", file=sys.stderr)
         return 2
