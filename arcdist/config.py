@@ -101,6 +101,11 @@ class TrainConfig:
     # With it, evaluation, plots and metrics use the averaged backbone; training continues on the live one.
     on_diverge: Literal["stop", "rollback"] = "stop"
     max_rollbacks: int = 3  # with on_diverge=rollback: lr halved and retried up to N times
+    # steps between host reads of the divergence / preemption flags (each read waits for the device); 0 = automatic:
+    # 1 on a CPU (its steps are synchronous, a read costs nothing), 50 on a GPU. Between reads the flags stay on the
+    # device; a window holding a non-finite step is undone and replayed step by step, so results and the reported
+    # divergence equal sync_every=1's; a stop request is noticed up to sync_every - 1 steps late. fp16: always 1.
+    sync_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,7 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.train.ema < 1, f"train.ema must be in [0, 1) (got {cfg.train.ema}); try --set train.ema=0.999"),
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (cfg.train.threads >= 0, "train.threads must be >= 0 (0 = automatic)"),
+        (cfg.train.sync_every >= 0, "train.sync_every must be >= 0 (0 = automatic: 1 on a CPU, 50 on a GPU)"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
     ]
     for ok, message in checks:
