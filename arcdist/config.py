@@ -106,6 +106,11 @@ class TrainConfig:
     # device; a window holding a non-finite step is undone and replayed step by step, so results and the reported
     # divergence equal sync_every=1's; a stop request is noticed up to sync_every - 1 steps late. fp16: always 1.
     sync_every: int = 0
+    # torch.compile of the backbone, in place (checkpoints keep their keys): "default" (inductor); on a GPU also
+    # "reduce-overhead" (CUDA graphs) or "max-autotune". Off: no measurement on a GPU supports it yet, and on
+    # the CPUs measured it gained nothing (README, Performance)
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    fused_optim: bool = False  # torch's fused Adam / SGD kernels (fused=True), CUDA and CPU; off until measured
 
 
 @dataclass(frozen=True)

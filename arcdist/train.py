@@ -196,7 +196,7 @@ class Trainer:
             for d in (self.train_data, self.test_data, self.train_sample):
                 d.channels_last = True
         head = ArcMarginHead(cfg.head, cfg.model.feature_dim)
-        opt_net, opt_head = build_optimizers(cfg.optim, backbone, head)
+        opt_net, opt_head = build_optimizers(cfg.optim, backbone, head, fused=cfg.train.fused_optim)
         sched_net, sched_head = build_schedulers(cfg.optim, opt_net, opt_head, self.steps_per_epoch, cfg.train.epochs)
         if cfg.head.freeze:  # nothing to synchronise: no DDP wrapper (torch refuses one without trainable params)
             head = accelerator.prepare_model(head, evaluation_mode=True)
@@ -207,6 +207,8 @@ class Trainer:
             average = AveragedModel(accelerator.unwrap_model(self.backbone), use_buffers=True,
                                     multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema))
             self.ema = accelerator.prepare_model(average, evaluation_mode=True)
+        if cfg.train.compile != "off":  # in place, after the average copied the plain module; same state_dict keys
+            accelerator.unwrap_model(self.backbone).compile(mode=cfg.train.compile)
         self.state = TrainState()
         self.faults = faults or Faults.from_env()
         self.recorder = Recorder(run_dir, accelerator)
@@ -424,7 +426,8 @@ class Trainer:
         lo, hi = bounds[self.rank]
         chunk = self.cfg.train.eval_batch_size
         with self.acc.autocast():
-            parts = [model(data.normalise(data.x[i:min(i + chunk, hi)])).float() for i in range(lo, hi, chunk)]
+            # (clone: a CUDA-graphed forward, train.compile=reduce-overhead, reuses its output's memory)
+            parts = [model(data.normalise(data.x[i:min(i + chunk, hi)])).float().clone() for i in range(lo, hi, chunk)]
         model.train()
         width = math.ceil(n / self.world)
         feats = torch.zeros(width, self.cfg.model.feature_dim, device=self.acc.device)
