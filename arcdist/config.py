@@ -138,6 +138,16 @@ class TrainConfig:
     # bounds a run whose peer rank or node is gone without a closed connection (frozen, cut off). It must
     # exceed the longest time one rank works alone (rank 0's checkpoint and plots). NCCL's default is 600
     collective_timeout_s: float = 600.0
+    # steps between host reads of the divergence / preemption flags (each read waits for the device); 0 = automatic:
+    # 1 on a CPU (its steps are synchronous, a read costs nothing), 50 on a GPU. Between reads the flags stay on the
+    # device; a window holding a non-finite step is undone and replayed step by step, so results and the reported
+    # divergence equal sync_every=1's; a stop request is noticed up to sync_every - 1 steps late. fp16: always 1.
+    sync_every: int = 0
+    # torch.compile of the backbone, in place (checkpoints keep their keys): "default" (inductor); on a GPU also
+    # "reduce-overhead" (CUDA graphs) or "max-autotune". Off: no measurement on a GPU supports it yet, and on
+    # the CPUs measured it gained nothing (README, Performance)
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
+    fused_optim: bool = False  # torch's fused Adam / SGD kernels (fused=True), CUDA and CPU; off until measured
 
 
 @dataclass(frozen=True)
@@ -281,6 +291,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1"),
         (cfg.train.threads >= 0, "train.threads must be >= 0 (0 = automatic)"),
         (cfg.train.collective_timeout_s > 0, "train.collective_timeout_s must be > 0; try --set train.collective_timeout_s=600"),
+        (cfg.train.sync_every >= 0, "train.sync_every must be >= 0 (0 = automatic: 1 on a CPU, 50 on a GPU)"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
     ]
     for ok, message in checks:

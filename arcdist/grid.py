@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="jobs side by side (default: GPUs // gpus-per-job, or 2 on a CPU-only node); "
                         "more jobs than GPUs share them round-robin")
     p.add_argument("--gpus-per-job", type=int, default=1)
+    p.add_argument("--jobs-per-gpu", type=int, default=1,
+                   help="jobs side by side on each GPU (group) when --jobs is not given (default 1); small MNIST "
+                        "runs leave most of a GPU idle. With CUDA MPS running (nvidia-cuda-mps-control -d) their "
+                        "kernels share the GPU at once instead of taking turns: bench/gpu-lease.sh measures both")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--wandb", choices=WANDB_MODES, default=None)
     p.add_argument("--list", action="store_true", help="print the job table and exit")
@@ -152,7 +156,13 @@ def _gpu_ids() -> list[int]:
 
 
 def plan_slots(args: argparse.Namespace) -> list[dict]:
-    """One dict of environment settings per slot: GPUs per job, or an equal share of the CPU threads."""
+    """One dict of environment settings per slot: GPUs per job, or an equal share of the CPU threads.
+
+    GPU slots also get an equal share of the cores as OMP_NUM_THREADS (their CPU-side work: metrics, plots),
+    so that a dozen jobs on one GPU node do not each start a thread per core.
+    """
+    if args.jobs_per_gpu < 1:
+        raise ConfigError(f"--jobs-per-gpu {args.jobs_per_gpu}: expected 1 or more")
     gpus = _gpu_ids()
     if gpus:
         k = args.gpus_per_job
@@ -160,8 +170,10 @@ def plan_slots(args: argparse.Namespace) -> list[dict]:
         if not groups:
             raise ConfigError(f"--gpus-per-job {k}: this node has only {len(gpus)} GPUs; lower --gpus-per-job")
         # more jobs than GPU groups: small runs share a GPU round-robin (one MNIST run leaves most of it idle)
-        n = args.jobs or len(groups)
-        return [dict(CUDA_VISIBLE_DEVICES=",".join(map(str, groups[i % len(groups)]))) for i in range(n)]
+        n = args.jobs or len(groups) * args.jobs_per_gpu
+        threads = str(max(1, len(os.sched_getaffinity(0)) // n))
+        return [dict(CUDA_VISIBLE_DEVICES=",".join(map(str, groups[i % len(groups)])), OMP_NUM_THREADS=threads)
+                for i in range(n)]
     n = args.jobs or 2
     threads = max(1, len(os.sched_getaffinity(0)) // n)
     return [dict(OMP_NUM_THREADS=str(threads), CUDA_VISIBLE_DEVICES="") for _ in range(n)]
@@ -238,7 +250,8 @@ def _run_queue(root: Path, args: argparse.Namespace, jobs: list[Job], queue: lis
             job.log = str(root / "logs" / f"{Path(job.run_dir).name}.log")
             log = open(job.log, "a")
             env = dict(os.environ, **slots[slot])
-            cmd = train_command(job, args, free_port(), int(slots[slot].get("OMP_NUM_THREADS", 0)))
+            cpu_slot = slots[slot].get("CUDA_VISIBLE_DEVICES") == ""  # (a GPU job's threads stay automatic)
+            cmd = train_command(job, args, free_port(), int(slots[slot]["OMP_NUM_THREADS"]) if cpu_slot else 0)
             job.status, job.devices = "running", [int(i) for i in slots[slot].get("CUDA_VISIBLE_DEVICES", "").split(",") if i]
             print(f"[grid] start {Path(job.run_dir).name} (slot {slot})", flush=True)
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

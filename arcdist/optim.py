@@ -9,12 +9,18 @@ from torch import nn
 from arcdist.config import OptimConfig
 
 
-def build_optimizers(cfg: OptimConfig, backbone: nn.Module, head: nn.Module) -> tuple[torch.optim.Optimizer, ...]:
-    """(net optimizer, head optimizer): Adam with library defaults, or SGD with the configured momentum."""
+def build_optimizers(cfg: OptimConfig, backbone: nn.Module, head: nn.Module, fused: bool = False
+                     ) -> tuple[torch.optim.Optimizer, ...]:
+    """(net optimizer, head optimizer): Adam with library defaults, or SGD with the configured momentum.
+
+    `fused` (train.fused_optim): torch's fused kernels, one per step instead of one per tensor and operation.
+    """
+    extra = dict(fused=True) if fused else {}
+
     def make(name: str, params, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
         if name == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **extra)
 
     return (make(cfg.net, backbone.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay),
             make(cfg.head, head.parameters(), cfg.head_lr, cfg.head_momentum, 0.0))

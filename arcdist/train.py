@@ -6,6 +6,7 @@ and trains; the run folder is prepared by arcdist.rundir and written by arcdist.
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
 import math
 import os
@@ -41,6 +42,8 @@ from arcdist.recorder import Recorder
 from arcdist.variants import DEFAULT_VARIANT, get_variant
 
 TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are plotted (at most)
+# train.sync_every=0 on a GPU: one host read per 50 steps (see TrainConfig.sync_every)
+SYNC_EVERY_ACCELERATOR = 50
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,7 @@ class Trainer:
             for d in (self.train_data, self.test_data, self.train_sample):
                 d.channels_last = True
         head = build_head(cfg.head, cfg.model.feature_dim, self.steps_per_epoch)
-        opt_net, opt_head = build_optimizers(cfg.optim, backbone, head)
+        opt_net, opt_head = build_optimizers(cfg.optim, backbone, head, fused=cfg.train.fused_optim)
         sched_net, sched_head = build_schedulers(cfg.optim, opt_net, opt_head, self.steps_per_epoch, cfg.train.epochs)
         self.head_trains = any(p.requires_grad for p in head.parameters())
         if not self.head_trains:  # nothing to synchronise: no DDP wrapper (torch refuses one without trainable params)
@@ -224,6 +227,8 @@ class Trainer:
             average = AveragedModel(accelerator.unwrap_model(self.backbone), use_buffers=True,
                                     multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema))
             self.ema = accelerator.prepare_model(average, evaluation_mode=True)
+        if cfg.train.compile != "off":  # in place, after the average copied the plain module; same state_dict keys
+            accelerator.unwrap_model(self.backbone).compile(mode=cfg.train.compile)
         self.state = TrainState()
         self.resumed = False  # continued from a checkpoint (resume())
         self.faults = faults or Faults.from_env()
@@ -232,14 +237,11 @@ class Trainer:
         self.stop_file = preempt.stop_file(run_dir)  # created by batch scripts' traps: reaches every topology
 
     # -- one optimisation step ------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, poison: bool = False
-                   ) -> tuple[float, list[str]]:
-        """Forward, backward and both optimizer steps at `epoch_progress` epochs (the head's margin schedule).
-        Returns (global mean loss, non-finite tensors).
-
-        Nothing is stepped when a loss, feature or gradient is non-finite on any rank.
-        `poison` (tests only) makes the loss NaN, as a real divergence would.
-        """
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, poison: bool
+                          ) -> torch.Tensor:
+        """Forward and backward at `epoch_progress` epochs (the head's margin schedule); returns this rank's flags
+        on the device, unread:
+        (loss, non-finite loss, non-finite features, non-finite gradients)."""
         with self.acc.autocast():
             features = self.backbone(x)
         logits = self.head(features, y, epoch_progress)
@@ -249,11 +251,46 @@ class Trainer:
         self.acc.backward(loss)
         grads = [p.grad for p in (*self.backbone.parameters(), *self.head.parameters()) if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm(grads)  # non-finite stays non-finite (no error raised)
-        flags = torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
-                             (~torch.isfinite(features).all()).float(), (~torch.isfinite(grad_norm)).float(),
-                             torch.tensor(float(self.stop_requested or preempt.requested()
-                                                or (self.rank == 0 and self.stop_file.exists())),
-                                          device=loss.device)])
+        return torch.stack([loss.detach().float(), (~torch.isfinite(loss)).float(),
+                            (~torch.isfinite(features).all()).float(), (~torch.isfinite(grad_norm)).float()])
+
+    def _apply_step(self) -> None:
+        """Both optimizer steps, then the schedules and the average (unless fp16's scaler skipped the step)."""
+        overflow = False
+        scaler = self.acc.scaler
+        if scaler is not None:
+            # one scale update per step for both optimizers: Accelerate's optimizer.step() updates it after
+            # each, so after an overflow the head would be unscaled with the already halved scale
+            scale = scaler.get_scale()
+            for opt in (self.opt_net, self.opt_head) if self.head_trains else (self.opt_net,):
+                scaler.step(opt.optimizer)  # (the scaler refuses an optimizer without gradients)
+            scaler.update()
+            overflow = scaler.get_scale() < scale  # the scale only drops when the steps were skipped
+        else:
+            self.opt_net.step()
+            self.opt_head.step()
+        if not overflow:  # as Accelerate does: a skipped step advances neither the schedule nor the average
+            self.head_module.after_step()  # the center rule moves the centers (other heads: nothing)
+            self.sched_net.step()
+            self.sched_head.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.acc.unwrap_model(self.backbone))
+
+    def _stop_wanted(self) -> bool:
+        """A preemption request seen by this rank: a signal, Ctrl-C, or the stop file (rank 0 looks)."""
+        return self.stop_requested or preempt.requested() or (self.rank == 0 and self.stop_file.exists())
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, poison: bool = False
+                   ) -> tuple[float, list[str]]:
+        """Forward, backward and both optimizer steps. Returns (global mean loss, non-finite tensors).
+
+        Nothing is stepped when a loss, feature or gradient is non-finite on any rank. This reads the flags
+        back to the host (one synchronisation with the device); train_epoch calls it when train.sync_every
+        resolves to 1 and when it replays a window that held a non-finite step.
+        `poison` (tests only) makes the loss NaN, as a real divergence would.
+        """
+        local = self._forward_backward(x, y, epoch_progress, poison)
+        flags = torch.cat([local, torch.tensor([float(self._stop_wanted())], device=local.device)])
         if self.world > 1:
             flags = self.acc.reduce(flags, reduction="sum")
         values = flags.tolist()
@@ -262,57 +299,134 @@ class Trainer:
         bad = [name for name, v in zip(checked, values[1:4]) if v > 0]
         self.stop_requested = values[4] > 0
         if not bad:
-            overflow = False
-            if scaler is not None:
-                # one scale update per step for both optimizers: Accelerate's optimizer.step() updates it after
-                # each, so after an overflow the head would be unscaled with the already halved scale
-                scale = scaler.get_scale()
-                for opt in (self.opt_net, self.opt_head) if self.head_trains else (self.opt_net,):
-                    scaler.step(opt.optimizer)  # (the scaler refuses an optimizer without gradients)
-                scaler.update()
-                overflow = scaler.get_scale() < scale  # the scale only drops when the steps were skipped
-            else:
-                self.opt_net.step()
-                self.opt_head.step()
-            if not overflow:  # as Accelerate does: a skipped step advances neither the schedule nor the average
-                self.head_module.after_step()
-                self.sched_net.step()
-                self.sched_head.step()
-                if self.ema is not None:
-                    self.ema.update_parameters(self.acc.unwrap_model(self.backbone))
+            self._apply_step()
         self.opt_net.zero_grad(set_to_none=True)
         self.opt_head.zero_grad(set_to_none=True)
         return values[0] / self.world, bad
 
+    def _unchecked_step(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, poison: bool
+                        ) -> torch.Tensor:
+        """A step that reads nothing back: applied at once, its flags returned on the device for _read_window,
+        which undoes the whole window (from a snapshot) if any of its steps was non-finite."""
+        local = self._forward_backward(x, y, epoch_progress, poison)
+        self._apply_step()  # (never under fp16: its scaler reads its overflow flag each step, so sync_every is 1)
+        self.opt_net.zero_grad(set_to_none=True)
+        self.opt_head.zero_grad(set_to_none=True)
+        return local
+
+    def sync_every(self) -> int:
+        """Steps between reads of the flags (train.sync_every; 0: 1 on a CPU, SYNC_EVERY_ACCELERATOR on a GPU).
+        1 under fp16: the loss scaler reads its overflow flag back every step anyway."""
+        if self.acc.scaler is not None:
+            return 1
+        every = self.cfg.train.sync_every
+        return every if every > 0 else (1 if self.acc.device.type == "cpu" else SYNC_EVERY_ACCELERATOR)
+
+    def _state_modules(self) -> list[torch.nn.Module]:
+        modules = [self.acc.unwrap_model(self.backbone), self.acc.unwrap_model(self.head)]
+        return modules + ([self.acc.unwrap_model(self.ema)] if self.ema is not None else [])
+
+    def _snapshot(self) -> dict:
+        """Everything a step changes, copied on the device (nothing read back): the models' parameters and
+        buffers (BatchNorm statistics), the average, the optimizers' and schedules' states."""
+        return dict(modules=[{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self._state_modules()],
+                    optimizers=[copy.deepcopy(o.optimizer.state_dict()) for o in (self.opt_net, self.opt_head)],
+                    schedulers=[copy.deepcopy(s.scheduler.state_dict()) for s in (self.sched_net, self.sched_head)])
+
+    def _restore(self, snapshot: dict) -> None:
+        for module, state in zip(self._state_modules(), snapshot["modules"]):
+            module.load_state_dict(state)  # in place: DDP and the optimizers keep their parameter objects
+        for opt, state in zip((self.opt_net, self.opt_head), snapshot["optimizers"]):
+            opt.optimizer.load_state_dict(state)
+        for sched, state in zip((self.sched_net, self.sched_head), snapshot["schedulers"]):
+            sched.scheduler.load_state_dict(state)
+
+    def _batches(self, epoch: int, start_step: int):
+        return train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
+                             self.world, start_step, self.cfg.data.shift, self.cfg.data.flip, self.cfg.data.rotate)
+
+    def _checked_step(self, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, epoch_progress: float,
+                      poison: bool,
+                      progress) -> dict | None:
+        """One step read back at once (train_step): None, or where the epoch stopped (diverged, preempted)."""
+        loss, bad = self.train_step(x, y, epoch_progress, poison)
+        if bad:
+            return dict(diverged=dict(epoch=epoch + 1, step=step, tensors=bad))
+        self.state.loss_sum += loss
+        self.state.step = step + 1
+        progress(1, loss)
+        if self.stop_requested and self.state.step < self.steps_per_epoch:
+            return dict(preempted=True)
+        return None
+
+    def _read_window(self, epoch: int, window: list[tuple], snapshot: dict, progress) -> dict | None:
+        """The one host read of a window of unchecked steps [(step, epoch_progress, poison, flags), ...].
+
+        All finite: the losses are added in step order, as train_step's would be. Otherwise the window is
+        undone (the snapshot taken before its first step) and replayed step by step with train_step, which
+        skips the first non-finite step and reports it exactly as sync_every=1 does. Later steps of the
+        window ran on the bad weights; the restore discards them too.
+        """
+        flags = torch.stack([w[3] for w in window])  # (steps, 4)
+        stop = torch.tensor([float(self._stop_wanted())], device=flags.device)
+        packed = torch.cat([flags.flatten(), stop])
+        if self.world > 1:
+            packed = self.acc.reduce(packed, reduction="sum")
+        values = packed.tolist()
+        rows = [values[4 * i:4 * i + 4] for i in range(len(window))]
+        if any(v > 0 for row in rows for v in row[1:]):
+            self._restore(snapshot)
+            for (step, at, poison, _), (x, y) in zip(window, self._batches(epoch, window[0][0])):
+                stopped = self._checked_step(epoch, step, x, y, at, poison, progress)
+                if stopped:
+                    return stopped
+            return None  # (replayed finite: a device's nondeterministic kernels; the replay's steps stand)
+        for row in rows:
+            self.state.loss_sum += row[0] / self.world
+        self.state.step = window[-1][0] + 1
+        self.stop_requested = values[-1] > 0
+        progress(len(window), rows[-1][0] / self.world)
+        if self.stop_requested and self.state.step < self.steps_per_epoch:
+            return dict(preempted=True)
+        return None
+
     def train_epoch(self, epoch: int) -> dict:
-        """Train the rest of `epoch` (from state.step). Returns the epoch's stats, or where it stopped."""
+        """Train the rest of `epoch` (from state.step). Returns the epoch's stats, or where it stopped.
+
+        The divergence and preemption flags are read back every sync_every() steps and at the epoch's end
+        (see _read_window); a stop request is therefore noticed up to sync_every - 1 steps late.
+        """
         self.backbone.train()
         self.head.train()
         start_step, t0 = self.state.step, time.perf_counter()
         bar = tqdm(total=self.steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.acc.is_main_process or self.no_progress, leave=False, dynamic_ncols=True)
-        batches = train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
-                                self.world, start_step, self.cfg.data.shift, self.cfg.data.flip,
-                                self.cfg.data.rotate)
-        for step, (x, y) in enumerate(batches, start=start_step):
+
+        def progress(steps: int, loss: float) -> None:
+            done = self.state.step - start_step
+            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{done * self.cfg.data.batch_size / (time.perf_counter() - t0):.0f}")
+            bar.update(steps)
+
+        every, window, snapshot, stopped = self.sync_every(), [], None, None
+        for step, (x, y) in enumerate(self._batches(epoch, start_step), start=start_step):
             if self.faults.pause_at == (epoch + 1, step) and self.rank == 0 and not self.resumed:
                 self.faults.pause(self.run_dir, epoch + 1, step)
             if self.faults.kill_at == (epoch + 1, step) and self.rank == 1:
                 print(f"arcdist: fault: rank 1 killed at epoch {epoch + 1}, step {step}", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
             poison = self.faults.nan_at == (epoch + 1, step) and self.state.rollbacks == 0
-            loss, bad = self.train_step(x, y, epoch + step / self.steps_per_epoch, poison)
-            if bad:
+            at = epoch + step / self.steps_per_epoch  # epochs done: the head's margin schedule
+            if every == 1:
+                stopped = self._checked_step(epoch, step, x, y, at, poison, progress)
+            else:
+                if not window:
+                    snapshot = self._snapshot()
+                window.append((step, at, poison, self._unchecked_step(x, y, at, poison)))
+                if len(window) == every or step + 1 == self.steps_per_epoch:
+                    stopped, window = self._read_window(epoch, window, snapshot, progress), []
+            if stopped:
                 bar.close()
-                return dict(diverged=dict(epoch=epoch + 1, step=step, tensors=bad))
-            self.state.loss_sum += loss
-            self.state.step = step + 1
-            done = step + 1 - start_step
-            bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{done * self.cfg.data.batch_size / (time.perf_counter() - t0):.0f}")
-            bar.update()
-            if self.stop_requested and self.state.step < self.steps_per_epoch:
-                bar.close()
-                return dict(preempted=True)
+                return stopped
         bar.close()
         seconds = time.perf_counter() - t0
         return dict(train_loss=self.state.loss_sum / self.steps_per_epoch, epoch_time_s=seconds,
@@ -340,7 +454,8 @@ class Trainer:
         lo, hi = bounds[self.rank]
         chunk = self.cfg.train.eval_batch_size
         with self.acc.autocast():
-            parts = [model(data.normalise(data.x[i:min(i + chunk, hi)])).float() for i in range(lo, hi, chunk)]
+            # (clone: a CUDA-graphed forward, train.compile=reduce-overhead, reuses its output's memory)
+            parts = [model(data.normalise(data.x[i:min(i + chunk, hi)])).float().clone() for i in range(lo, hi, chunk)]
         model.train()
         width = math.ceil(n / self.world)
         feats = torch.zeros(width, self.cfg.model.feature_dim, device=self.acc.device)

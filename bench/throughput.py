@@ -33,13 +33,15 @@ sys.path.insert(0, str(ROOT))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default="V1.2.2")
-    p.add_argument("--modes", default="post,arcdist,bare,ddp2")
+    p.add_argument("--modes", default="post,arcdist,bare,ddp2", help="comma-separated, or none")
     p.add_argument("--steps", type=int, default=30, help="timed steps per mode (after --warmup)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--data-dir", default=os.environ.get("ARCDIST_DATA_DIR", str(ROOT / "data")))
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--accuracy-steps", type=int, default=0, help="also train post and arcdist N steps; test acc")
-    p.add_argument("--grid-estimate", action="store_true", help="time every post variant (GPU machines)")
+    p.add_argument("--grid-estimate", action="store_true",
+                   help="time every post variant's train_epoch, all in one process (GPU machines)")
+    p.add_argument("--grid-variants", default=None, help="--grid-estimate: these variants only (comma-separated)")
     p.add_argument("--precision-table", action="store_true",
                    help="arcdist's step in fp32 / bf16 x NCHW / channels_last and auto, as a markdown table")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
@@ -236,6 +238,45 @@ def run_bare(args) -> dict:
                 precision=trainer.choice.label())
 
 
+def run_grid_epochs(args) -> dict:
+    """--grid-estimate's timing: each variant's Trainer.train_epoch (the loop runs use, with train.sync_every,
+    train.compile and the rest as --set gives them) over --steps steps, after one warm-up epoch of as many
+    (cuDNN's algorithm search, compilation). One process for all variants: its start is paid once."""
+    import dataclasses
+    import gc
+    import tempfile
+
+    import torch
+
+    from arcdist.data import load_dataset
+    from arcdist.train import Trainer, setup_accelerator
+    from arcdist.variants import POST_VARIANTS
+
+    names = [v for v in (args.grid_variants or ",".join(POST_VARIANTS)).split(",") if v]
+    splits, out = None, {}
+    for name in names:
+        args.variant = name
+        cfg, acc, choice = setup_accelerator(_config(args))
+        splits = splits or load_dataset(cfg.data.dataset, cfg.data.data_dir, download=False)
+        limit = dict(limit_train=cfg.data.batch_size * args.steps, limit_test=min(1000, len(splits.test_y)))
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **limit))
+        trainer = Trainer(cfg, Path(tempfile.mkdtemp()), acc, data=splits, no_progress=True)
+        sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
+        trainer.train_epoch(0)
+        trainer.state.step, trainer.state.loss_sum = 0, 0.0
+        sync()
+        t0 = time.perf_counter()
+        trainer.train_epoch(1)
+        sync()
+        out[name] = dict(images_per_s=args.steps * cfg.data.batch_size / (time.perf_counter() - t0),
+                         precision=choice.label(), sync_every=trainer.sync_every(), compile=cfg.train.compile)
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out
+
+
 def _child(argv: list[str], mode: str, extra_env: dict | None = None) -> dict:
     """Run one mode in a fresh process with these command-line arguments; its JSON result."""
     if mode == "ddp2":
@@ -304,7 +345,7 @@ def main(argv=None) -> int:
         if args.one.startswith("peak-"):
             print(json.dumps(dict(flops=measured_peak(args.one[5:]))), flush=True)
             return 0
-        result = {"post": run_post, "arcdist": run_arcdist, "bare": run_bare}[args.one](args)
+        result = {"post": run_post, "arcdist": run_arcdist, "bare": run_bare, "grid": run_grid_epochs}[args.one](args)
         rank = int(os.environ.get("RANK", "0"))
         print(json.dumps(dict(result, rank=rank)), flush=True)
         return 0
@@ -322,7 +363,7 @@ def main(argv=None) -> int:
         precision_table(argv)
         return 0
     res, prec = {}, "fp32"
-    for mode in args.modes.split(","):
+    for mode in [m for m in args.modes.split(",") if m and m != "none"]:
         res[mode] = _child(argv, mode)
         r = res[mode]
         if mode != "post":  # the post's loop is plain fp32; arcdist's modes report what "auto" resolved to
@@ -335,8 +376,9 @@ def main(argv=None) -> int:
               + (f"   test acc after {args.accuracy_steps} steps {r['test_accuracy']:.4f}" if "test_accuracy" in r else ""),
               flush=True)
     ceiling = peaks[prec] / (3 * fwd)
-    print(f"  ceiling at the {prec} peak: {ceiling:.0f} images/s"
-          + (f" = {ceiling / res['post']['images_per_s']:.2f}x the post's loop" if "post" in res else ""))
+    if res:
+        print(f"  ceiling at the {prec} peak: {ceiling:.0f} images/s"
+              + (f" = {ceiling / res['post']['images_per_s']:.2f}x the post's loop" if "post" in res else ""))
     if "arcdist" in res and "post" in res:
         print(f"  arcdist / post = {res['arcdist']['images_per_s'] / res['post']['images_per_s']:.2f}x")
     if "arcdist" in res and "bare" in res:
@@ -344,7 +386,7 @@ def main(argv=None) -> int:
     if "ddp2" in res and "arcdist" in res:
         print(f"  2 ranks / 1 process = {res['ddp2']['images_per_s'] / res['arcdist']['images_per_s']:.2f}")
     if args.grid_estimate:
-        grid_estimate(argv)
+        grid_estimate(argv, peaks)
     return 0
 
 
@@ -359,17 +401,24 @@ def precision_table(argv: list[str]) -> None:
         print(f"| {name} | {r['images_per_s']:.0f} | {r['precision']} |", flush=True)
 
 
-def grid_estimate(argv: list[str]) -> None:
-    """Time every post variant with arcdist's step; the grid's time at 100 epochs of 60,000 images."""
-    from arcdist.variants import POST_VARIANTS
+def grid_estimate(argv: list[str], peaks: dict) -> None:
+    """Every post variant's train_epoch timed (run_grid_epochs); the grid's time at 100 epochs of 60,000
+    images, one variant after another (side by side on one GPU, the grid runner can do better)."""
+    from arcdist.model import describe
+    from arcdist.variants import get_variant
 
-    total = 0.0
-    for name in POST_VARIANTS:
-        r = _child(argv + ["--variant", name], "arcdist")
+    results = {k: v for k, v in _child(argv, "grid").items() if k != "rank"}
+    total = flops = 0.0
+    for name, r in results.items():
         seconds = 100 * 60000 / r["images_per_s"]
-        total += seconds
-        print(f"  {name:7s} {r['images_per_s']:9.0f} images/s  -> 100 epochs in {seconds / 60:6.1f} min")
-    print(f"  the post's grid, 12 variants x 100 epochs, one after another: {total / 60:.1f} min")
+        fwd = describe(get_variant(name).config.model)["flops"]
+        total, flops = total + seconds, flops + 100 * 60000 * 3 * fwd
+        p = "bf16" if r["precision"].startswith("bf16") else "fp32"
+        print(f"  {name:7s} {r['images_per_s']:9.0f} images/s  -> 100 epochs in {seconds / 60:6.1f} min  "
+              f"({100 * r['images_per_s'] * 3 * fwd / peaks[p]:.0f} % of the {p} peak; {r['precision']}, "
+              f"sync_every {r['sync_every']}, compile {r['compile']})", flush=True)
+    print(f"  the post's grid, {len(results)} variants x 100 epochs, one after another: {total / 60:.1f} min "
+          f"({flops / 1e15:.0f} PFLOP, {flops / total / 1e12:.1f} TFLOP/s on average)")
 
 
 if __name__ == "__main__":

@@ -104,3 +104,28 @@ def test_cpu_slots_set_threads_unless_the_user_did(tmp_path):
 
     assert threads_of() == ["train.threads=2"]
     assert threads_of("--set", "train.threads=1") == ["train.threads=1"]
+
+
+@pytest.mark.parametrize("gpus,argv,want", [
+    ([0], ["--jobs-per-gpu", "4"], ["0"] * 4),  # the one-GPU grid: 4 runs side by side on it
+    ([0, 1], ["--jobs-per-gpu", "3"], ["0", "1"] * 3),  # interleaved, so a short grid fills every GPU
+    ([0, 1, 2, 3], ["--jobs-per-gpu", "2", "--gpus-per-job", "2"], ["0,1", "2,3", "0,1", "2,3"]),
+    ([0], ["--jobs-per-gpu", "4", "--jobs", "2"], ["0", "0"]),  # --jobs, when given, decides
+])
+def test_jobs_per_gpu_multiplies_the_slots(monkeypatch, gpus, argv, want):
+    monkeypatch.setattr(grid, "_gpu_ids", lambda: gpus)
+    monkeypatch.setattr(grid.os, "sched_getaffinity", lambda pid: set(range(16)))
+    slots = grid.plan_slots(grid.parse_args(["--grid-id", "x", *argv]))
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots] == want
+    assert {s["OMP_NUM_THREADS"] for s in slots} == {str(16 // len(want))}  # the cores shared out
+
+
+def test_jobs_per_gpu_is_checked_and_a_cpu_node_ignores_it(monkeypatch):
+    monkeypatch.setattr(grid, "_gpu_ids", lambda: [0])
+    with pytest.raises(ValueError, match="--jobs-per-gpu 0: expected 1 or more"):
+        grid.plan_slots(grid.parse_args(["--grid-id", "x", "--jobs-per-gpu", "0"]))
+    # a CPU-only node ignores --jobs-per-gpu: --jobs (default 2) processes with the cores split
+    monkeypatch.setattr(grid, "_gpu_ids", lambda: [])
+    monkeypatch.setattr(grid.os, "sched_getaffinity", lambda pid: {0, 1})
+    slots = grid.plan_slots(grid.parse_args(["--grid-id", "x", "--jobs-per-gpu", "4"]))
+    assert slots == [dict(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")] * 2
