@@ -137,9 +137,9 @@ class Head(nn.Module):
         """The prediction rule's scores (no margin): argmax is the predicted class."""
         return cosines(features, self.weight)
 
-    def regulariser(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """A loss term beside cross-entropy (center loss); zero for the others."""
-        return features.new_zeros((), dtype=torch.float32)
+    def loss(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss from this head's logits: cross-entropy (center loss adds its term)."""
+        return F.cross_entropy(logits, labels)
 
     def after_step(self) -> None:
         """Called once an optimizer step was applied (the center rule moves the centers here)."""
@@ -251,7 +251,11 @@ class CenterLossHead(SoftmaxHead):
         self.register_buffer("centers", torch.zeros(cfg.num_classes, feature_dim))
         self.pending: torch.Tensor | None = None  # the next update, computed with this step's loss
 
-    def regulariser(self, features, labels):
+    def loss(self, logits, features, labels):
+        return super().loss(logits, features, labels) + self.center_loss(features, labels)
+
+    def center_loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """lambda/2 mean |x_i - c_{y_i}|^2; also computes the centers' next update (applied by after_step)."""
         x = features.float()
         loss = 0.5 * self.cfg.center_weight * (x - self.centers[labels]).pow(2).sum(1).mean()
         with torch.no_grad():

@@ -23,7 +23,6 @@ if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, set_seed
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -245,7 +244,7 @@ class Trainer:
         with self.acc.autocast():
             features = self.backbone(x)
         logits = self.head(features, y, epoch_progress)
-        loss = F.cross_entropy(logits, y) + self.head_module.regulariser(features, y)
+        loss = self.head_module.loss(logits, features, y)
         if poison:
             loss = loss * float("nan")
         self.acc.backward(loss)

@@ -318,7 +318,7 @@ def test_every_head_has_finite_gradients_at_cos_plus_minus_one_and_zero_feature(
         head.weight.copy_(torch.tensor([[1.0, 0.0]] + [[0.0, 1.0]] * 9))
     x = torch.tensor([feature], requires_grad=True)
     y = torch.tensor([0])
-    loss = F.cross_entropy(head(x, y, 5.0), y) + head.regulariser(x, y)
+    loss = head.loss(head(x, y, 5.0), x, y)
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
@@ -331,7 +331,7 @@ def test_center_loss_value_gradient_and_the_papers_center_update():
     head.centers[2] = torch.tensor([1.0, 1.0])
     x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [2.0, 2.0]], requires_grad=True)
     y = torch.tensor([0, 0, 1, 2])
-    reg = head.regulariser(x, y)
+    reg = head.center_loss(x, y)
     # lambda/2 * mean |x - c_y|^2 = 0.05 * (1 + 9 + 4 + 2) / 4
     assert reg.item() == pytest.approx(0.05 * 16 / 4)
     reg.backward()
