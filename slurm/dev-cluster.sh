@@ -146,17 +146,20 @@ CONF
   fi
 }
 
-stop_daemon() {  # stop_daemon NAME: by its PID file, TERM then KILL
-  local pidfile p i
-  case "$1" in munged) pidfile=/run/munge/munged.pid ;; *) pidfile=$RUN/$1.pid ;; esac
-  if alive "$pidfile" "$1"; then
-    p=$(cat "$pidfile")
+stop_pidfile() {  # stop_pidfile PIDFILE NAME: the process PIDFILE names, if it is a live NAME: TERM, then KILL
+  local p i
+  if alive "$1" "$2"; then
+    p=$(cat "$1")
     kill "$p"
     for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
     kill -0 "$p" 2>/dev/null && kill -9 "$p"
-    echo "stopped $1 ($p)"
+    echo "stopped $2 ($p)"
   fi
-  rm -f "$pidfile"
+  rm -f "$1"
+}
+
+stop_daemon() {  # stop_daemon NAME: a daemon of the one-node cluster, by its PID file
+  case "$1" in munged) stop_pidfile /run/munge/munged.pid munged ;; *) stop_pidfile "$RUN/$1.pid" "$1" ;; esac
 }
 
 up() {
@@ -362,18 +365,6 @@ CONF
   fi
 }
 
-m_stop() {  # m_stop PIDFILE NAME: TERM, then KILL
-  local p i
-  if alive "$1" "$2"; then
-    p=$(cat "$1")
-    kill "$p"
-    for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-    kill -0 "$p" 2>/dev/null && kill -9 "$p"
-    echo "stopped $2 ($p)"
-  fi
-  rm -f "$1"
-}
-
 m_up() {
   local n=$1 changed node ns i st idle
   [ "$(id -u)" = 0 ] || cannot_install "must run as root"
@@ -386,8 +377,8 @@ m_up() {
   m_munge
   changed=$(m_write_conf "$n") || die "could not write $M_CONF"
   if [ "$changed" = 1 ]; then  # restart running daemons so that they read the new config
-    for node in $(m_nodes "$n"); do m_stop "$M_RUN/slurmd-$node.pid" slurmd >/dev/null; done
-    m_stop "$M_RUN/slurmctld.pid" slurmctld >/dev/null
+    for node in $(m_nodes "$n"); do stop_pidfile "$M_RUN/slurmd-$node.pid" slurmd >/dev/null; done
+    stop_pidfile "$M_RUN/slurmctld.pid" slurmctld >/dev/null
   fi
   if ! alive "$M_RUN/slurmctld.pid" slurmctld; then
     rm -f "$M_RUN/slurmctld.pid"
@@ -437,10 +428,10 @@ m_down() {
     fi
   fi
   for node in $(sed -n 's/^slurmd //p' <<<"$started"); do
-    m_stop "$M_RUN/slurmd-$node.pid" slurmd
+    stop_pidfile "$M_RUN/slurmd-$node.pid" slurmd
   done
-  grep -qx slurmctld <<<"$started" && m_stop "$M_RUN/slurmctld.pid" slurmctld
-  grep -qx munged <<<"$started" && m_stop "$M_RUN/munge/munged.pid" munged
+  grep -qx slurmctld <<<"$started" && stop_pidfile "$M_RUN/slurmctld.pid" slurmctld
+  grep -qx munged <<<"$started" && stop_pidfile "$M_RUN/munge/munged.pid" munged
   for ns in $(sed -n 's/^netns //p' <<<"$started"); do
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done  # leftovers of jobs
     ip netns del "$ns" 2>/dev/null

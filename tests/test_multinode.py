@@ -204,22 +204,30 @@ def test_preempted_two_node_job_requeues_and_resumes(cluster, data, reference, t
     assert metric_rows(run) == reference
 
 
-def test_lost_node_ends_the_job_and_a_resubmit_resumes(cluster, data, reference, tmp_path):
-    run = tmp_path / "run"
-    # epoch 1 is checkpointed; rank 0 waits before epoch 2's step 3 while node2's rank is in that step
+def node2_signalled_mid_epoch(tmp_path: Path, data: Path, run: Path, sig: int, timeout_s: float
+                              ) -> tuple[str, Path, float]:
+    """A 2-node job whose rank 0 waits before epoch 2's step 3 (epoch 1 checkpointed) while node2's rank is in that
+    step; node2's launcher and rank get `sig`, rank 0 is released, the job ends. Returns (job, log, seconds from
+    the signal to the job's end)."""
     job, log = sbatch_multinode(tmp_path, data, run, ARCDIST_FAULT_PAUSE="2:3",
-                                TRAIN_ARGS=" ".join([*TRAIN_ARGS, "--set", "train.collective_timeout_s=60"]))
+                                TRAIN_ARGS=" ".join([*TRAIN_ARGS, "--set", f"train.collective_timeout_s={timeout_s}"]))
     wait_for(run / "FAULT-PAUSED", job, log)
     pids = node_pids("node2")  # node2's launcher and its rank
     if len(pids) != 2:
         cancel(job)
         raise AssertionError(f"expected node2's launcher and rank, found processes {pids}")
     for pid in pids:
-        os.kill(pid, signal.SIGKILL)
-    killed = time.time()
-    (run / "FAULT-PAUSED").unlink()  # rank 0 goes on into the step's all-reduce with a peer that is gone
+        os.kill(pid, sig)
+    signalled = time.time()
+    (run / "FAULT-PAUSED").unlink()
     wait_gone(job, [log], timeout=120)
-    ended = time.time() - killed
+    return job, log, time.time() - signalled
+
+
+def test_lost_node_ends_the_job_and_a_resubmit_resumes(cluster, data, reference, tmp_path):
+    run = tmp_path / "run"
+    # rank 0 goes on into the step's all-reduce with a peer that is gone
+    job, log, ended = node2_signalled_mid_epoch(tmp_path, data, run, signal.SIGKILL, timeout_s=60)
     text = log.read_text()
     assert job_state(job)[0] == "FAILED", text
     assert "node node2 (machine rank 1) failed first: its training exited with status 137 (killed by SIGKILL)" in text, text
@@ -241,19 +249,8 @@ def test_frozen_node_ends_the_job_after_the_collective_timeout(cluster, data, tm
     """A node that stops responding without closing its connections (frozen, cut off): no error reaches the
     other ranks, so only train.collective_timeout_s bounds their wait."""
     run, timeout = tmp_path / "run", 10
-    job, log = sbatch_multinode(tmp_path, data, run, ARCDIST_FAULT_PAUSE="2:3",
-                                TRAIN_ARGS=" ".join([*TRAIN_ARGS, "--set", f"train.collective_timeout_s={timeout}"]))
-    wait_for(run / "FAULT-PAUSED", job, log)
-    pids = node_pids("node2")
-    if len(pids) != 2:
-        cancel(job)
-        raise AssertionError(f"expected node2's launcher and rank, found processes {pids}")
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    frozen = time.time()
-    (run / "FAULT-PAUSED").unlink()  # rank 0 goes on into the step's all-reduce; rank 1 never answers
-    wait_gone(job, [log], timeout=120)
-    ended = time.time() - frozen
+    # rank 0 goes on into the step's all-reduce; rank 1 never answers
+    job, log, ended = node2_signalled_mid_epoch(tmp_path, data, run, signal.SIGSTOP, timeout_s=timeout)
     text = log.read_text()
     assert job_state(job)[0] == "FAILED", text
     assert (f"arcdist: error: rank 0 on node1 lost contact with the other ranks: Timed out waiting {timeout * 1000}ms"
