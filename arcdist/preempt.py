@@ -81,9 +81,12 @@ def requeue_self() -> bool:
     if job is None:
         print("preempted: checkpoint saved; resume with --resume RUN_DIR")
         return False
-    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-    print(f"preempted: checkpoint saved; scontrol requeue {job}: "
-          f"{'ok' if result.returncode == 0 else result.stderr.strip()}")
+    # the requeue SIGTERMs every process of the job, scontrol included, sometimes before scontrol has read SLURM's
+    # answer: it ignores TERM (inherited through exec) so that the answer printed below is SLURM's, not a race's
+    result = subprocess.run(["sh", "-c", 'trap "" TERM; exec scontrol requeue "$1"', "sh", job],
+                            capture_output=True, text=True)
+    error = result.stderr.strip() or f"exit status {result.returncode}"
+    print(f"preempted: checkpoint saved; scontrol requeue {job}: {'ok' if result.returncode == 0 else error}")
     return result.returncode == 0
 
 
