@@ -94,8 +94,11 @@ def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: st
     return fig
 
 
-def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str) -> Figure:
-    """Features projected onto the unit circle, each class direction W_c and a +-margin wedge around it."""
+def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str,
+                  caption: str = "") -> Figure:
+    """Features projected onto the unit circle, each class direction W_c and a +-margin wedge around it.
+
+    `caption` names the head and its margin (features saved before captions existed: the margin in degrees)."""
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     unit = features / np.maximum(norms, 1e-12)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
@@ -112,7 +115,7 @@ def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
     ax.set_xlim(-1.35, 1.35)
     ax.set_ylim(-1.35, 1.35)
     ax.set_aspect("equal")
-    ax.set_title(f"{title}\nW directions, margin {math.degrees(margin):.1f} deg", fontsize=10)
+    ax.set_title(f"{title}\n{caption or f'W directions, margin {math.degrees(margin):.1f} deg'}", fontsize=10)
     ax.legend(loc="upper right", fontsize=7, markerscale=3, framealpha=0.8)
     fig.tight_layout()
     return fig
@@ -136,7 +139,8 @@ def render(run_dir: Path, split: str, epoch: int, limit: float) -> dict[str, Pat
     return {
         f"{split}_raw": _save(raw_figure(d["features"], d["labels"], limit, title, geometry=head_geometry(d)),
                               out / f"{split}-raw-epoch-{epoch:04d}.png"),
-        f"{split}_circle": _save(circle_figure(d["features"], d["labels"], d["W"], float(d["margin"]), title),
+        f"{split}_circle": _save(circle_figure(d["features"], d["labels"], d["W"], float(d["margin"]), title,
+                                               str(d["caption"]) if "caption" in d else ""),
                                  out / f"{split}-circle-epoch-{epoch:04d}.png"),
     }
 

@@ -152,6 +152,10 @@ class Head(nn.Module):
         """Half-width (radians) of the angular margin drawn around each W direction; 0 when not angular."""
         return 0.0
 
+    def caption(self, epoch_progress: float) -> str:
+        """One line under the circle plot: the head and its margin at `epoch_progress` epochs."""
+        return f"{self.kind}, s = {self.scale:g}, no margin"
+
 
 class SoftmaxHead(Head):
     """Linear classifier W x + b on the 2-D feature: the post's "before"."""
@@ -170,6 +174,9 @@ class SoftmaxHead(Head):
 
     def geometry(self):
         return dict(super().geometry(), b=self.bias.detach().float().cpu())
+
+    def caption(self, epoch_progress):
+        return f"{self.kind}: W x + b, no margin"
 
 
 class NormFaceHead(Head):
@@ -195,6 +202,10 @@ class SphereFaceHead(Head):
     def predict(self, features):
         return features.float().norm(dim=1, keepdim=True) * cosines(features, self.weight)
 
+    def caption(self, epoch_progress):
+        lam = sphere_lambda(self.cfg.anneal, epoch_progress * self.steps_per_epoch)
+        return f"sphereface: m = {int(self.cfg.margin)} (times theta), lambda = {lam:.1f}"
+
 
 class CosFaceHead(Head):
     kind = "cosface"
@@ -203,6 +214,9 @@ class CosFaceHead(Head):
         cos = cosines(x, self.weight)
         m = self.cfg.margin * warmup_fraction(self.cfg, epoch_progress)
         return self.scale * (cos - m * F.one_hot(labels, cos.shape[1]))
+
+    def caption(self, epoch_progress):
+        return f"cosface: s = {self.scale:g}, cosine margin {margin_at(self.cfg, epoch_progress):.2f}"
 
 
 class ArcFaceHead(Head):
@@ -215,6 +229,9 @@ class ArcFaceHead(Head):
 
     def wedge(self, epoch_progress):
         return margin_at(self.cfg, epoch_progress)
+
+    def caption(self, epoch_progress):
+        return f"arcface: s = {self.scale:g}, margin {math.degrees(margin_at(self.cfg, epoch_progress)):.1f} deg"
 
 
 class CombinedHead(Head):
@@ -234,6 +251,10 @@ class CombinedHead(Head):
     def wedge(self, epoch_progress):
         m1, m2, _ = self.margins(epoch_progress)
         return m2 if m1 == 1.0 else 0.0
+
+    def caption(self, epoch_progress):
+        m1, m2, m3 = self.margins(epoch_progress)
+        return f"combined: s = {self.scale:g}, (m1, m2, m3) = ({m1:.2f}, {m2:.2f}, {m3:.2f})"
 
 
 class CenterLossHead(SoftmaxHead):
@@ -275,6 +296,9 @@ class CenterLossHead(SoftmaxHead):
 
     def geometry(self):
         return dict(super().geometry(), centers=self.centers.detach().float().cpu())
+
+    def caption(self, epoch_progress):
+        return f"center: W x + b and {self.cfg.center_weight:g} x center loss (centers drawn in the raw plot)"
 
 
 HEADS: dict[str, type[Head]] = {h.kind: h for h in (SoftmaxHead, NormFaceHead, SphereFaceHead, CosFaceHead,

@@ -25,16 +25,17 @@ class Recorder:
 
     # -- per epoch (all ranks call these) --------------------------------------------------------
     def end_epoch(self, record: dict, features: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                  geometry: dict[str, torch.Tensor], margin: float, epochs: int, plots: bool) -> None:
+                  geometry: dict[str, torch.Tensor], margin: float, caption: str, epochs: int,
+                  plots: bool) -> None:
         """Append the epoch's metrics row and save its features (split -> (features, labels)) with the head's
-        geometry (W; b and centers where the head has them) and its angular margin, then plots, the W&B log and the
-        progress line. A row or features file that cannot be written raises WriteError on every rank."""
+        geometry (W; b and centers where the head has them), its angular margin and caption, then plots, the W&B
+        log and the progress line. A row or features file that cannot be written raises WriteError on every rank."""
         epoch, error = record["epoch"], None
         if self.is_main:
             try:  # what resume needs (metrics are cut back on resume)
                 runinfo.append_metrics(self.run_dir, record)
                 for split, (feats, labels) in features.items():
-                    self.save_features(epoch, split, feats, labels, geometry, margin)
+                    self.save_features(epoch, split, feats, labels, geometry, margin, caption)
             except OSError as e:
                 error = e
         failed = checkpoint.agree(self.acc, error, self.run_dir, self.run_dir)
@@ -56,14 +57,14 @@ class Recorder:
                        f"step {where['step']}; stopped")
 
     def save_features(self, epoch: int, split: str, feats: torch.Tensor, labels: torch.Tensor,
-                      geometry: dict[str, torch.Tensor], margin: float) -> None:
+                      geometry: dict[str, torch.Tensor], margin: float, caption: str = "") -> None:
         """features/SPLIT-epoch-NNNN.npz (whole or not at all); the test split's also as features.npz."""
         folder = self.run_dir / "features"
         folder.mkdir(exist_ok=True)
         path = folder / f"{split}-epoch-{epoch:04d}.npz"
         try:
             np.savez(path, features=feats.numpy(), labels=labels.numpy(), margin=np.float64(margin),
-                     epoch=np.int64(epoch), **{k: v.numpy() for k, v in geometry.items()})
+                     caption=np.str_(caption), epoch=np.int64(epoch), **{k: v.numpy() for k, v in geometry.items()})
         except OSError:
             path.unlink(missing_ok=True)  # no half-written features file
             raise

@@ -573,7 +573,8 @@ class Trainer:
         features = dict(test=(feats, labels))
         if want_plots:
             features["train"] = self.extract_features(self.train_sample)  # a collective: all ranks
-        self.recorder.end_epoch(record, features, self.head_module.geometry(), self.head_module.wedge(epoch + 1),
+        head = self.head_module
+        self.recorder.end_epoch(record, features, head.geometry(), head.wedge(epoch + 1), head.caption(epoch + 1),
                                 self.cfg.train.epochs, plots=bool(want_plots))
         self.checkpoint()
 

@@ -392,3 +392,14 @@ def test_every_head_trains_one_epoch_on_two_ranks_with_every_row_gathered_once(t
         assert "weight" in r["changed"], kind  # W trained (L-* rows learn it)
     assert found["softmax"]["keys"] == ["bias", "weight"] and "bias" in found["softmax"]["changed"]
     assert found["center"]["keys"] == ["bias", "centers", "weight"] and "centers" in found["center"]["changed"]
+
+
+def test_each_head_names_itself_and_its_margin_under_the_circle_plot():
+    captions = {kind: build_head(head_of_kind(HeadConfig(), kind), steps_per_epoch=100).caption(1.0) for kind in HEADS}
+    assert all(caption.startswith(f"{kind}:") or caption.startswith(f"{kind},") for kind, caption in captions.items())
+    assert captions["arcface"] == "arcface: s = 16, margin 11.5 deg"  # 0.2 rad after its 1-epoch warm-up
+    assert captions["sphereface"] == "sphereface: m = 4 (times theta), lambda = 76.9"  # 1000 / (1 + 0.12 * 100)
+    assert captions["cosface"] == "cosface: s = 16, cosine margin 0.10"
+    assert captions["combined"] == "combined: s = 16, (m1, m2, m3) = (1.00, 0.10, 0.05)"
+    assert captions["normface"] == "normface, s = 16, no margin"
+    assert captions["softmax"] == "softmax: W x + b, no margin"
