@@ -17,67 +17,78 @@ def data(tmp_path_factory):
     return make_tiny_mnist(tmp_path_factory.mktemp("int"), n_train=512, n_test=64, seed=5)
 
 
-def args(data, out, epochs=12):
+def args(data, out, epochs=3):
     return tiny_args(data, out, epochs, "--plot-every", "0", *EXACT, batch=32)
 
 
-def start_and_wait_for_checkpoint_1(cmd, out, **popen):
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+PAUSE = "2:3"  # rank 0 waits before step 3 of epoch 2 (after epoch 1's checkpoint) until the test lets it go
+
+
+def start_paused(cmd, runs, **popen):
+    """Start `cmd` and return once every run folder in `runs` is paused at PAUSE (Faults: no timing luck)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(ARCDIST_FAULT_PAUSE=PAUSE), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
     deadline = time.time() + 300
-    # after epoch 1's checkpoint is complete: a second Ctrl-C then has a last complete checkpoint to keep
-    while latest_checkpoint(out) is None and time.time() < deadline and proc.poll() is None:
+    while not all((r / "FAULT-PAUSED").exists() for r in runs) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, proc.communicate()
     return proc
 
 
+def release(runs):
+    for r in runs:
+        (r / "FAULT-PAUSED").unlink()
+
+
+def checkpoint_at(run):
+    state = json.loads((latest_checkpoint(run) / "trainer.json").read_text())
+    return state["epoch"], state["step"]
+
+
 def test_first_ctrl_c_checkpoints_prints_the_resume_command_and_resume_matches(data, tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run_train(args(data, whole))
-    proc = start_and_wait_for_checkpoint_1([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, cut)], cut)
+    proc = start_paused([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, cut)], [cut])
     proc.send_signal(signal.SIGINT)
+    release([cut])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == INTERRUPTED_EXIT, err
     assert "Traceback" not in err and f"--resume {cut}" in out
     summary = json.loads((cut / "summary.json").read_text())
-    assert summary["status"] == "preempted" and summary["epochs"] < 12
-    assert latest_checkpoint(cut) is not None
+    assert summary["status"] == "preempted" and summary["epochs"] == 1
+    assert checkpoint_at(cut) == (1, 4)  # mid-epoch 2: step 3, the one under way at the Ctrl-C, was applied
     run_train([*TINY, "--resume", str(cut), "--data-dir", str(data), "--plot-every", "0"])
     assert rows(cut) == rows(whole)
 
 
 def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(data, tmp_path):
     out_dir = tmp_path / "twice"
-    proc = start_and_wait_for_checkpoint_1([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, out_dir, 200)],
-                                      out_dir)
+    proc = start_paused([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, out_dir, 200)], [out_dir])
     proc.send_signal(signal.SIGINT)
     assert "Ctrl-C" in proc.stderr.readline() + proc.stderr.readline()  # (a blank line, then the message)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # still paused: the second one arrives before any step boundary
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == INTERRUPTED_EXIT and "Traceback" not in err
     assert not list((out_dir / "checkpoints").glob(".tmp-*"))
-    assert latest_checkpoint(out_dir) is not None
-    run_train([*TINY, "--resume", str(out_dir), "--epochs", "2", "--data-dir", str(data), "--plot-every", "0"],
-              check=False)  # loads (it may already be past epoch 2: then nothing is left to train)
+    assert checkpoint_at(out_dir) == (1, 0)  # epoch 1's, the last complete one
+    run_train([*TINY, "--resume", str(out_dir), "--epochs", "2", "--data-dir", str(data), "--plot-every", "0"])
+    assert [r["epoch"] for r in rows(out_dir)] == [1, 2]
 
 
 def test_ctrl_c_stops_every_grid_job_with_a_checkpoint_and_a_rerun_finishes(data, tmp_path):
     cmd = [sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "V2", "--seeds", "0,1",
-           "--epochs", "12", "--out", str(tmp_path), "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",
+           "--epochs", "3", "--out", str(tmp_path), "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",
            "--set", "data.batch_size=32", "--set", "train.mixed_precision=no", "--set", "train.channels_last=false"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     runs = [tmp_path / "g" / f"V2-s{s}" for s in (0, 1)]
-    deadline = time.time() + 300
-    while not all((r / "metrics.jsonl").exists() for r in runs) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = start_paused(cmd, runs)
     proc.send_signal(signal.SIGINT)
+    release(runs)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == INTERRUPTED_EXIT, out
     jobs = json.loads((tmp_path / "g" / "grid.json").read_text())["jobs"]
     assert [j["status"] for j in jobs] == ["interrupted", "interrupted"], out
-    assert all(latest_checkpoint(r) is not None for r in runs)
+    assert [checkpoint_at(r) for r in runs] == [(1, 4), (1, 4)]
     again = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout
     assert [json.loads((r / "summary.json").read_text())["status"] for r in runs] == ["finished", "finished"]
+    assert [[r["epoch"] for r in rows(run)] for run in runs] == [[1, 2, 3], [1, 2, 3]]

@@ -17,7 +17,7 @@ from conftest import metric_rows as rows, ROOT, cli_env, make_tiny_mnist, run_tr
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_tiny_mnist(tmp_path_factory.mktemp("rel"), n_train=768, n_test=64, seed=3)
+    return make_tiny_mnist(tmp_path_factory.mktemp("rel"), n_train=384, n_test=64, seed=3)
 
 
 def common(data, out, epochs=3):
