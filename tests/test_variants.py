@@ -1,6 +1,7 @@
 """The post's 12 variants: exact rows, every one builds, maps to 2-D, counts match an independent reference."""
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -82,6 +83,15 @@ def test_the_cpu_recipe_row_matches_the_readme_table():
     assert cfg.head.order == (4, 9, 7, 1, 2, 3, 5, 8, 0, 6)
     assert (cfg.optim.net, cfg.optim.lr, cfg.optim.schedule, cfg.data.batch_size) == ("adam", 0.002, "cosine", 256)
 
+
+
+def test_the_sphereface_cpu_recipe_is_a6_with_only_the_head_and_length_changed():
+    a6, a7 = VARIANTS["A6"].config, VARIANTS["A7"].config
+    assert describe(a7.model) == describe(a6.model) and a7.optim == a6.optim and a7.data == a6.data
+    assert (a7.head.kind, a7.head.margin, a7.head.scale) == ("sphereface", 4.0, 1.0)
+    assert a7.head.anneal == (1000.0, 0.12, 1.0, 5.0)  # the paper's: lambda = max(5, 1000 / (1 + 0.12 iteration))
+    assert (a7.head.init, a7.head.freeze, a7.head.order) == (a6.head.init, True, a6.head.order)
+    assert (a7.train.epochs, replace(a7.train, epochs=9)) == (5, a6.train)
 
 def test_every_variant_leaves_precision_and_layout_to_the_machine():
     assert {(v.config.train.mixed_precision, v.config.train.channels_last) for v in VARIANTS.values()} == {("auto", "auto")}
