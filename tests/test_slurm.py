@@ -109,19 +109,27 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_pat
                "--wandb", "disabled", "--no-progress", *train]
     ref = subprocess.Popen(ref_cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    # the first incarnation waits before epoch 1's step 3 while FAULT-PAUSED exists: the signal lands mid-epoch
     env = job_env(GRID_ID="pre", VARIANTS="V2", EPOCHS="2", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
-                  EXTRA="--wandb disabled --set data.batch_size=32", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1")
+                  EXTRA="--wandb disabled --set data.batch_size=32", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1",
+                  ARCDIST_FAULT_PAUSE="1:3")
     job = sbatch("grid.sbatch", "--array=0", "--gres=none", "--cpus-per-task=1", "--mem=2G",
                  f"--output={tmp_path}/%x-%A_%a.out", env=env)
     task, run = f"{job}_0", tmp_path / "runs" / "pre" / "V2-s0"
     log = tmp_path / f"arcdist-grid-{task}.out"
-    deadline = time.time() + 120
-    while not (run / "config.json").exists():  # training has started (24 steps to go)
-        assert time.time() < deadline and sh("squeue", "-h", "-j", job).stdout.strip(), \
-            log.read_text() if log.exists() else "job left the queue before training started"
-        time.sleep(0.2)
+
+    def wait_for(path):
+        deadline = time.time() + 120
+        while not path.exists():
+            assert time.time() < deadline and sh("squeue", "-h", "-j", job).stdout.strip(), \
+                log.read_text() if log.exists() else f"job left the queue before {path.name} appeared"
+            time.sleep(0.1)
+
+    wait_for(run / "FAULT-PAUSED")
     # what SLURM does 90 s before the time limit (--signal=B:USR1@90): USR1 to the batch shell only
     sh("scancel", "--signal=USR1", "--batch", task)
+    wait_for(run / "PREEMPT")  # the trap's stop file
+    (run / "FAULT-PAUSED").unlink()
     wait_gone(job, [log], timeout=240)
     text = log.read_text()
     assert "got SIGUSR1" in text, text
@@ -129,6 +137,7 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_pat
     assert "restart count 1" in text and f"--resume {run}" in text, text
     assert job_state(task) == ("COMPLETED", "0:0"), text
     assert summary(run)["status"] == "finished" and not (run / "PREEMPT").exists()
+    assert "fault: paused at epoch 1, step 3" in text, text  # the signal did land mid-epoch
 
     out, _ = ref.communicate(timeout=300)
     assert ref.returncode == 0, out
