@@ -22,8 +22,7 @@ from torch import nn
 
 from arcdist.config import ConfigError, HeadConfig
 
-ANGULAR = ("normface", "sphereface", "cosface", "arcface", "combined")  # predict by the cosine to W
-LINEAR = ("softmax", "center")  # predict by W x + b
+LINEAR = ("softmax", "center")  # predict by W x + b (the others by the cosine to W)
 
 
 # -- formulas (fp32 tensors in, fp32 out) --------------------------------------------------------------
@@ -167,7 +166,7 @@ class SoftmaxHead(Head):
         self.bias = nn.Parameter(torch.zeros(cfg.num_classes))
 
     def train_logits(self, x, labels, epoch_progress):
-        return F.linear(x, self.weight.float(), self.bias.float())
+        return self.predict(x)
 
     def predict(self, features):
         return F.linear(features.float(), self.weight.float(), self.bias.float())
@@ -191,11 +190,15 @@ class SphereFaceHead(Head):
 
     kind = "sphereface"
 
+    def lam(self, epoch_progress: float) -> float:
+        """The annealing's lambda after `epoch_progress` epochs (it counts iterations)."""
+        return sphere_lambda(self.cfg.anneal, epoch_progress * self.steps_per_epoch)
+
     def train_logits(self, x, labels, epoch_progress):
         cos = cosines(x, self.weight)
         norm = x.norm(dim=1, keepdim=True)
         cos_y = cos.gather(1, labels[:, None])
-        lam = sphere_lambda(self.cfg.anneal, epoch_progress * self.steps_per_epoch)
+        lam = self.lam(epoch_progress)
         target = (lam * cos_y + sphere_psi(cos_y, int(self.cfg.margin))) / (1.0 + lam)
         return self.scale * norm * cos.scatter(1, labels[:, None], target)
 
@@ -203,8 +206,7 @@ class SphereFaceHead(Head):
         return features.float().norm(dim=1, keepdim=True) * cosines(features, self.weight)
 
     def caption(self, epoch_progress):
-        lam = sphere_lambda(self.cfg.anneal, epoch_progress * self.steps_per_epoch)
-        return f"sphereface: m = {int(self.cfg.margin)} (times theta), lambda = {lam:.1f}"
+        return f"sphereface: m = {int(self.cfg.margin)} (times theta), lambda = {self.lam(epoch_progress):.1f}"
 
 
 class CosFaceHead(Head):
@@ -212,8 +214,7 @@ class CosFaceHead(Head):
 
     def train_logits(self, x, labels, epoch_progress):
         cos = cosines(x, self.weight)
-        m = self.cfg.margin * warmup_fraction(self.cfg, epoch_progress)
-        return self.scale * (cos - m * F.one_hot(labels, cos.shape[1]))
+        return self.scale * (cos - margin_at(self.cfg, epoch_progress) * F.one_hot(labels, cos.shape[1]))
 
     def caption(self, epoch_progress):
         return f"cosface: s = {self.scale:g}, cosine margin {margin_at(self.cfg, epoch_progress):.2f}"

@@ -318,9 +318,12 @@ class Trainer:
         self.stop_requested = values[4] > 0
         if not bad:
             self._apply_step()
+        self._zero_grad()
+        return values[0] / self.world, bad
+
+    def _zero_grad(self) -> None:
         self.opt_net.zero_grad(set_to_none=True)
         self.opt_head.zero_grad(set_to_none=True)
-        return values[0] / self.world, bad
 
     def _unchecked_step(self, x: torch.Tensor, y: torch.Tensor, epoch_progress: float, poison: bool
                         ) -> torch.Tensor:
@@ -328,8 +331,7 @@ class Trainer:
         which undoes the whole window (from a snapshot) if any of its steps was non-finite."""
         local = self._forward_backward(x, y, epoch_progress, poison)
         self._apply_step()  # (never under fp16: its scaler reads its overflow flag each step, so sync_every is 1)
-        self.opt_net.zero_grad(set_to_none=True)
-        self.opt_head.zero_grad(set_to_none=True)
+        self._zero_grad()
         return local
 
     def sync_every(self) -> int:
@@ -363,9 +365,12 @@ class Trainer:
         return train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
                              self.world, start_step, self.cfg.data.shift, self.cfg.data.flip, self.cfg.data.rotate)
 
+    def _preempted_mid_epoch(self) -> dict | None:
+        """Where the epoch stops when a stop was requested before its last step (at its end, the epoch completes)."""
+        return dict(preempted=True) if self.stop_requested and self.state.step < self.steps_per_epoch else None
+
     def _checked_step(self, epoch: int, step: int, x: torch.Tensor, y: torch.Tensor, epoch_progress: float,
-                      poison: bool,
-                      progress) -> dict | None:
+                      poison: bool, progress) -> dict | None:
         """One step read back at once (train_step): None, or where the epoch stopped (diverged, preempted)."""
         loss, bad = self.train_step(x, y, epoch_progress, poison)
         if bad:
@@ -373,9 +378,7 @@ class Trainer:
         self.state.loss_sum += loss
         self.state.step = step + 1
         progress(1, loss)
-        if self.stop_requested and self.state.step < self.steps_per_epoch:
-            return dict(preempted=True)
-        return None
+        return self._preempted_mid_epoch()
 
     def _read_window(self, epoch: int, window: list[tuple], snapshot: dict, progress) -> dict | None:
         """The one host read of a window of unchecked steps [(step, epoch_progress, poison, flags), ...].
@@ -404,9 +407,7 @@ class Trainer:
         self.state.step = window[-1][0] + 1
         self.stop_requested = values[-1] > 0
         progress(len(window), rows[-1][0] / self.world)
-        if self.stop_requested and self.state.step < self.steps_per_epoch:
-            return dict(preempted=True)
-        return None
+        return self._preempted_mid_epoch()
 
     def train_epoch(self, epoch: int) -> dict:
         """Train the rest of `epoch` (from state.step). Returns the epoch's stats, or where it stopped.
