@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, cli_env, free_port, make_tiny_mnist, metric_rows, run_train, summary, tiny_args
+from slurm_jobs import SlurmJobs
 
 CLUSTER = ROOT / "slurm" / "dev-cluster.sh"
 SLURM_CONF = "/etc/slurm/arcdist-multi/slurm.conf"
@@ -34,18 +35,15 @@ TRAIN_ARGS = ["--wandb", "disabled", "--plot-every", "0", "--mixed-precision", "
 LOCAL_ARGS = ["--cpu", "--plot-every", "0", "--set", "train.threads=1"]  # the rest of it, beside conftest.tiny_args
 
 
-def sh(*cmd, check=True, timeout=60, env=None, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                          env=env or slurm_env(), **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 def slurm_env(**extra) -> dict:
     # jobs get the submitter's environment (sbatch --export=ALL): this interpreter, this checkout, no W&B,
     # and the 2-node cluster's slurm.conf (scontrol requeue inside the job uses it too)
     return cli_env(PYTHON=sys.executable, SLURM_CONF=SLURM_CONF, **extra)
+
+
+SLURM = SlurmJobs(slurm_env)  # the 2-node cluster's slurm.conf
+sh, cancel = SLURM.sh, SLURM.cancel
+wait_gone, wait_for, job_state = SLURM.wait_gone, SLURM.wait_for, SLURM.job_state
 
 
 def cannot_make_namespaces() -> str | None:
@@ -98,44 +96,6 @@ def sbatch_multinode(tmp_path: Path, data: Path, run_dir: Path, **env) -> tuple[
     job = sh("sbatch", "--parsable", f"--chdir={ROOT}", "--nodes=2", "--gres=none", "--cpus-per-task=1", "--mem=1G",
              f"--output={tmp_path}/mn-%j.out", ROOT / "slurm" / "multinode.sbatch", env=env).stdout.strip()
     return job, tmp_path / f"mn-{job}.out"
-
-
-def cancel(job: str) -> None:
-    """End a job that a failed test leaves behind: SIGKILL first (a plain scancel's SIGTERM is taken as a
-    preemption: the job would checkpoint and requeue itself), then cancel."""
-    sh("scancel", "--full", "--signal=KILL", job, check=False)
-    sh("scancel", job, check=False)
-
-
-def in_queue(job: str) -> bool:
-    return bool(sh("squeue", "-h", "-j", job, check=False).stdout.strip())
-
-
-def wait_gone(job: str, logs: list[Path], timeout: float) -> float:
-    """Poll squeue until `job` (all its array tasks) has left the queue; returns the seconds waited."""
-    start = time.time()
-    while time.time() < start + timeout:
-        if not in_queue(job):
-            return time.time() - start
-        time.sleep(0.25)
-    info = sh("scontrol", "show", "job", job, check=False).stdout
-    cancel(job)
-    text = "\n".join(f"--- {p}\n{p.read_text() if p.exists() else '(missing)'}" for p in logs)
-    raise AssertionError(f"job {job} still queued after {timeout:.0f} s\n{info}\n{text}")
-
-
-def wait_for(path: Path, job: str, log: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not path.exists():
-        if time.time() > deadline or not in_queue(job):
-            cancel(job)
-            raise AssertionError(f"{path} did not appear\n{log.read_text() if log.exists() else '(no log)'}")
-        time.sleep(0.1)
-
-
-def job_state(job: str) -> tuple[str, str]:
-    info = sh("scontrol", "show", "job", job).stdout
-    return re.search(r"JobState=(\S+)", info).group(1), re.search(r"\bExitCode=(\S+)", info).group(1)
 
 
 def node_pids(node: str, needle: str = "arcdist/train.py") -> list[int]:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import metric_rows, summary, ROOT, cli_env, free_port, make_tiny_mnist
+from slurm_jobs import SlurmJobs
 
 
 CLUSTER = ROOT / "slurm" / "dev-cluster.sh"
@@ -21,11 +20,8 @@ SCRIPTS = [ROOT / "slurm" / "dev-cluster.sh", ROOT / "slurm" / "grid.sbatch", RO
            ROOT / "launch" / "torchrun.sh", ROOT / "launch" / "grid.sh", ROOT / ".ci" / "system-deps"]
 
 
-def sh(*cmd, check=True, timeout=60, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+SLURM = SlurmJobs()  # the one-node cluster: this process's environment
+sh, wait_gone, wait_for, job_state = SLURM.sh, SLURM.wait_gone, SLURM.wait_for, SLURM.job_state
 
 
 @pytest.fixture(scope="module")
@@ -51,24 +47,6 @@ def job_env(**extra) -> dict:
 def sbatch(script: str, *options: str, env: dict) -> str:
     out = sh("sbatch", "--parsable", f"--chdir={ROOT}", *options, ROOT / "slurm" / script, env=env).stdout
     return out.strip().split(";")[0]
-
-
-def wait_gone(job: str, logs: list[Path], timeout: float) -> None:
-    """Poll squeue until `job` (all its array tasks) has left the queue."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not sh("squeue", "-h", "-j", job, check=False).stdout.strip():
-            return
-        time.sleep(0.5)
-    info = sh("scontrol", "show", "job", job, check=False).stdout
-    sh("scancel", job, check=False)
-    text = "\n".join(f"--- {p}\n{p.read_text() if p.exists() else '(missing)'}" for p in logs)
-    raise AssertionError(f"job {job} still queued after {timeout:.0f} s\n{info}\n{text}")
-
-
-def job_state(job: str) -> tuple[str, str]:
-    info = sh("scontrol", "show", "job", job).stdout
-    return re.search(r"JobState=(\S+)", info).group(1), re.search(r"\bExitCode=(\S+)", info).group(1)
 
 
 def world_size(run_dir: Path) -> int:
@@ -117,18 +95,10 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_pat
                  f"--output={tmp_path}/%x-%A_%a.out", env=env)
     task, run = f"{job}_0", tmp_path / "runs" / "pre" / "V2-s0"
     log = tmp_path / f"arcdist-grid-{task}.out"
-
-    def wait_for(path):
-        deadline = time.time() + 120
-        while not path.exists():
-            assert time.time() < deadline and sh("squeue", "-h", "-j", job).stdout.strip(), \
-                log.read_text() if log.exists() else f"job left the queue before {path.name} appeared"
-            time.sleep(0.1)
-
-    wait_for(run / "FAULT-PAUSED")
+    wait_for(run / "FAULT-PAUSED", job, log)
     # what SLURM does 90 s before the time limit (--signal=B:USR1@90): USR1 to the batch shell only
     sh("scancel", "--signal=USR1", "--batch", task)
-    wait_for(run / "PREEMPT")  # the trap's stop file
+    wait_for(run / "PREEMPT", job, log, timeout=30)  # the trap's stop file
     (run / "FAULT-PAUSED").unlink()
     wait_gone(job, [log], timeout=240)
     text = log.read_text()
