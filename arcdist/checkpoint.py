@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from safetensors import SafetensorError
 
 from arcdist import preempt
 from arcdist.config import ConfigError, first_line
@@ -32,6 +33,9 @@ class WriteError(Exception):
 
 
 def write_error(path: str | os.PathLike, reason: str, run_dir: str | os.PathLike) -> WriteError:
+    if latest_checkpoint(run_dir) is None:
+        return WriteError(f"cannot write {path} ({reason}); no checkpoint was complete yet: free space (or make the "
+                          f"folder writable), then delete {run_dir} and start the run again")
     return WriteError(f"cannot write {path} ({reason}); the last complete checkpoint is kept: free space (or make "
                       f"the folder writable), then --resume {run_dir}")
 
@@ -82,8 +86,10 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, epoch:
         accelerator.save_state(str(tmp), safe_serialization=True)
     except OSError as e:
         error = e
-    except RuntimeError as e:  # torch's writer reports a full disk as "[enforce fail at inline_container.cc] ..."
-        if "inline_container" not in str(e) and "write" not in str(e).lower():
+    except (RuntimeError, SafetensorError) as e:
+        # torch's writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos ...",
+        # safetensors' as "Error while serializing: I/O error: No space left on device (os error 28)"
+        if not any(k in str(e) for k in ("inline_container", "I/O error", "os error")) and "write" not in str(e).lower():
             raise
         error = OSError(errno.ENOSPC, "No space left on device", str(tmp)) if _disk_full(root) else e
     error = agree(accelerator, error, tmp, run_dir)
