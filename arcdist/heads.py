@@ -155,6 +155,11 @@ class Head(nn.Module):
         """One line under the circle plot: the head and its margin at `epoch_progress` epochs."""
         return f"{self.kind}, s = {self.scale:g}, no margin"
 
+    @staticmethod
+    def settings(cfg: HeadConfig) -> str:
+        """The kind's configured settings in a few words (variant table, reports); `caption` is the live state."""
+        return f"s {cfg.scale:g}"
+
 
 class SoftmaxHead(Head):
     """Linear classifier W x + b on the 2-D feature: the post's "before"."""
@@ -176,6 +181,10 @@ class SoftmaxHead(Head):
 
     def caption(self, epoch_progress):
         return f"{self.kind}: W x + b, no margin"
+
+    @staticmethod
+    def settings(cfg):
+        return "W x + b"
 
 
 class NormFaceHead(Head):
@@ -208,6 +217,11 @@ class SphereFaceHead(Head):
     def caption(self, epoch_progress):
         return f"sphereface: m = {int(self.cfg.margin)} (times theta), lambda = {self.lam(epoch_progress):.1f}"
 
+    @staticmethod
+    def settings(cfg):
+        base, gamma, power, low = cfg.anneal
+        return f"m {int(cfg.margin)}, lambda max({low:g}, {base:g} (1 + {gamma:g} i)^-{power:g})"
+
 
 class CosFaceHead(Head):
     kind = "cosface"
@@ -218,6 +232,10 @@ class CosFaceHead(Head):
 
     def caption(self, epoch_progress):
         return f"cosface: s = {self.scale:g}, cosine margin {margin_at(self.cfg, epoch_progress):.2f}"
+
+    @staticmethod
+    def settings(cfg):
+        return f"s {cfg.scale:g}, m {cfg.margin:g}"
 
 
 class ArcFaceHead(Head):
@@ -233,6 +251,10 @@ class ArcFaceHead(Head):
 
     def caption(self, epoch_progress):
         return f"arcface: s = {self.scale:g}, margin {math.degrees(margin_at(self.cfg, epoch_progress)):.1f} deg"
+
+    @staticmethod
+    def settings(cfg):
+        return f"s {cfg.scale:g}, m {cfg.margin:g} rad"
 
 
 class CombinedHead(Head):
@@ -256,6 +278,10 @@ class CombinedHead(Head):
     def caption(self, epoch_progress):
         m1, m2, m3 = self.margins(epoch_progress)
         return f"combined: s = {self.scale:g}, (m1, m2, m3) = ({m1:.2f}, {m2:.2f}, {m3:.2f})"
+
+    @staticmethod
+    def settings(cfg):
+        return f"s {cfg.scale:g}, (m1, m2, m3) = ({', '.join(f'{m:g}' for m in cfg.margins)})"
 
 
 class CenterLossHead(SoftmaxHead):
@@ -301,10 +327,21 @@ class CenterLossHead(SoftmaxHead):
     def caption(self, epoch_progress):
         return f"center: W x + b and {self.cfg.center_weight:g} x center loss (centers drawn in the raw plot)"
 
+    @staticmethod
+    def settings(cfg):
+        return f"lambda {cfg.center_weight:g}, alpha {cfg.center_alpha:g}"
+
 
 HEADS: dict[str, type[Head]] = {h.kind: h for h in (SoftmaxHead, NormFaceHead, SphereFaceHead, CosFaceHead,
                                                      ArcFaceHead, CombinedHead, CenterLossHead)}
 ArcMarginHead = ArcFaceHead  # the post's name
+
+
+def describe(cfg: HeadConfig) -> str:
+    """The head's kind-specific settings in a few words, with the margin warm-up and a frozen W."""
+    warmup = cfg.margin_warmup_epochs and cfg.kind in ("cosface", "arcface", "combined")
+    return (HEADS[cfg.kind].settings(cfg) + (f", warm-up {cfg.margin_warmup_epochs:g} ep" if warmup else "")
+            + (", W frozen" if cfg.freeze else ""))
 
 
 def build_head(cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1) -> Head:

@@ -176,7 +176,8 @@ def get_variant(name: str) -> Variant:
 
 def table_rows() -> list[dict]:
     """One dict per variant: name, parent, changed, params, forward FLOPs/image, map shape before the head."""
-    from arcdist.model import describe  # local import: keeps `arcdist.config` torch-free to import
+    from arcdist import heads  # local imports: keep `arcdist.variants` torch-free to import
+    from arcdist.model import describe
 
     rows = []
     for v in VARIANTS.values():
@@ -184,22 +185,8 @@ def table_rows() -> list[dict]:
         rows.append(dict(name=v.name, parent=v.parent or "-", changed=v.changed, params=info["params"],
                          flops=info["flops"], pre_head=info["pre_head_shape"], optim=_optim_label(v.config.optim),
                          batch=v.config.data.batch_size, verdict=v.verdict or "(arcdist)", head=v.config.head.kind,
-                         head_settings=head_label(v.config.head)))
+                         head_settings=heads.describe(v.config.head)))
     return rows
-
-
-def head_label(h: HeadConfig) -> str:
-    """The head's kind-specific settings in a few words (reports)."""
-    base, gamma, power, low = h.anneal
-    return {"softmax": "W x + b",
-            "normface": f"s {h.scale:g}",
-            "sphereface": f"m {int(h.margin)}, lambda max({low:g}, {base:g} (1 + {gamma:g} i)^-{power:g})",
-            "cosface": f"s {h.scale:g}, m {h.margin:g}",
-            "arcface": f"s {h.scale:g}, m {h.margin:g} rad",
-            "combined": f"s {h.scale:g}, (m1, m2, m3) = ({', '.join(f'{m:g}' for m in h.margins)})",
-            "center": f"lambda {h.center_weight:g}, alpha {h.center_alpha:g}"}[h.kind] + \
-        (f", warm-up {h.margin_warmup_epochs:g} ep" if h.margin_warmup_epochs and h.kind in ("cosface", "arcface", "combined") else "") + \
-        (", W frozen" if h.freeze else "")
 
 
 def _optim_label(o: OptimConfig) -> str:
