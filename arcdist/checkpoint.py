@@ -35,7 +35,7 @@ class WriteError(Exception):
 def write_error(path: str | os.PathLike, reason: str, run_dir: str | os.PathLike) -> WriteError:
     if latest_checkpoint(run_dir) is None:
         return WriteError(f"cannot write {path} ({reason}); no checkpoint was complete yet: free space (or make the "
-                          f"folder writable), then delete {run_dir} and start the run again")
+                          f"folder writable), then --resume {run_dir} trains it again from epoch 1")
     return WriteError(f"cannot write {path} ({reason}); the last complete checkpoint is kept: free space (or make "
                       f"the folder writable), then --resume {run_dir}")
 

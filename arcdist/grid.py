@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from arcdist import runinfo
-from arcdist.checkpoint import latest_checkpoint
 from arcdist.cli import ArgumentParser
 from arcdist.preempt import INTERRUPTED_EXIT
 from arcdist.config import ConfigError
@@ -108,7 +107,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
 def train_command(job: Job, args: argparse.Namespace, port: int | None = None, threads: int = 0) -> list[str]:
     """The command that runs one job: plain python for one process, `accelerate launch` for k GPUs."""
     run_dir = Path(job.run_dir)
-    if latest_checkpoint(run_dir) is not None:
+    if (run_dir / runinfo.CONFIG).exists():  # started: from its checkpoint, or again if it died before one
         cmd = ["--resume", str(run_dir)]
         if args.epochs is not None:
             cmd += ["--epochs", str(args.epochs)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -37,7 +38,7 @@ def default_run_dir(args: argparse.Namespace) -> Path:
 
 
 def load_saved_config(run_dir: Path) -> Config:
-    path = run_dir / "config.json"
+    path = run_dir / runinfo.CONFIG
     try:
         return from_dict(json.loads(path.read_text())["config"])
     except FileNotFoundError:
@@ -50,15 +51,17 @@ def load_saved_config(run_dir: Path) -> Config:
 def locate(args: argparse.Namespace) -> tuple[Path, Config | None]:
     """The run folder, and its saved config when the run continues one. Reads only; raises ConfigError.
 
-    --resume DIR continues DIR (it must hold a complete checkpoint). A worker that torchrun relaunched after a
-    rank died continues the default folder from its checkpoint, or starts it again when it died before the
-    first one. Otherwise the folder must be new or empty (never overwrite a run) and creatable.
+    --resume DIR continues DIR from its latest complete checkpoint; a run that stopped before its first one
+    (killed, a node lost, a full disk) starts again from epoch 1 with its saved config, as a worker that
+    torchrun relaunched does. Otherwise the folder must be new or empty (never overwrite a run) and creatable.
     """
     run_dir = Path(args.resume) if args.resume else default_run_dir(args)
     if args.resume or (elastic_restart() and checkpoint.latest_checkpoint(run_dir) is not None):
         saved = load_saved_config(run_dir)
-        if checkpoint.latest_checkpoint(run_dir) is None:
-            raise ConfigError(f"--resume {run_dir}: no complete checkpoint there; start a new run instead")
+        ended = runinfo.read_summary(run_dir).get("status")
+        if checkpoint.latest_checkpoint(run_dir) is None and ended in ("finished", "diverged"):
+            raise ConfigError(f"--resume {run_dir}: the run ended {ended} without a complete checkpoint, so there is "
+                              "nothing to continue; start a new run instead")
         return run_dir, saved
     if elastic_restart() and run_dir.is_dir():
         return run_dir, None
@@ -75,12 +78,14 @@ def locate(args: argparse.Namespace) -> tuple[Path, Config | None]:
 
 
 def claim(run_dir: Path, accelerator: Accelerator, cfg: Config, *, resume: bool, lock_wait: float,
-          launch: dict) -> None:
-    """Make `run_dir` this run's (all ranks call; the main process writes).
+          launch: dict) -> bool:
+    """Make `run_dir` this run's (all ranks call; the main process writes). Returns whether to continue from
+    its latest checkpoint: False for a new run and for a `resume` of a run that never completed one.
 
     Creates it and takes its lock (waiting up to `lock_wait` s; every rank raises the refusal), then removes what
-    a dead writer left: a stale stop file, half-written checkpoints, and a relaunched first incarnation's
-    metrics. A new run's config.json gets the config and `launch` (world size, argv, device, precision).
+    a dead writer left: a stale stop file, half-written checkpoints, and the metrics of an incarnation that
+    died before its first checkpoint. A run that starts at epoch 1 gets config.json with the config and
+    `launch` (world size, argv, device, precision).
     """
     busy = [None]
     if accelerator.is_main_process:
@@ -97,11 +102,16 @@ def claim(run_dir: Path, accelerator: Accelerator, cfg: Config, *, resume: bool,
         broadcast_object_list(busy, from_process=0)
     if busy[0]:
         raise ConfigError(busy[0])
+    # read under the lock: the checkpoint the folder holds now, not when the arguments were checked
+    from_checkpoint = resume and checkpoint.latest_checkpoint(run_dir) is not None
     if accelerator.is_main_process:
         preempt.clear_stale_stop_file(run_dir)
         checkpoint.remove_partial(run_dir)  # left by a writer that died (we own the folder now)
-        if not resume:
-            if elastic_restart():  # relaunched before the first checkpoint: the epochs run again
+        if not from_checkpoint:
+            if resume or elastic_restart():  # died before the first checkpoint: the epochs run again
+                print(f"arcdist: {run_dir} holds no complete checkpoint: training it again from epoch 1",
+                      file=sys.stderr, flush=True)
                 runinfo.truncate_metrics(run_dir, 0)
             runinfo.write_config(run_dir, cfg, **launch)
     accelerator.wait_for_everyone()
+    return from_checkpoint

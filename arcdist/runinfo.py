@@ -12,6 +12,7 @@ from pathlib import Path
 
 from arcdist.config import Config
 
+CONFIG = "config.json"  # written when a run starts: its presence marks a started run
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "matplotlib", "numpy", "arcdist")
@@ -65,7 +66,7 @@ def write_config(run_dir: Path, cfg: Config, **extra) -> None:
 
     doc = dict(config=cfg.to_dict(), versions=versions(), git_sha=git_sha(),
                cuda=torch.version.cuda, device_count=torch.cuda.device_count(), **extra)
-    atomic_write(run_dir / "config.json", json.dumps(doc, indent=1, default=str))
+    atomic_write(run_dir / CONFIG, json.dumps(doc, indent=1, default=str))
 
 
 def append_metrics(run_dir: Path, record: dict) -> None:

@@ -513,7 +513,7 @@ class Trainer:
                                    self.cfg.train.keep_checkpoints)
 
     def resume(self) -> None:
-        """Continue from the folder's latest complete checkpoint (rundir.locate made sure there is one)."""
+        """Continue from the folder's latest complete checkpoint (rundir.claim found one)."""
         self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, checkpoint.latest_checkpoint(self.run_dir)))
         self.state.status = "running"
         self.resumed = True
@@ -627,11 +627,10 @@ def run(argv: list[str] | None = None) -> int:
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
-    rundir.claim(run_dir, accelerator, cfg, resume=saved is not None, lock_wait=args.lock_wait,
-                 launch=dict(world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
-                             distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
-                             precision=choice.to_dict()))
-    if saved is not None:
+    if rundir.claim(run_dir, accelerator, cfg, resume=saved is not None, lock_wait=args.lock_wait,
+                    launch=dict(world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
+                                distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
+                                precision=choice.to_dict())):
         trainer.resume()
     if mode != "disabled":
         trainer.state.wandb_id = trainer.state.wandb_id or runinfo.new_run_id()

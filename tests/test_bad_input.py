@@ -38,6 +38,7 @@ def world(tmp_path_factory):
     no_ckpt = root / "no-ckpt"
     no_ckpt.mkdir()
     (no_ckpt / "config.json").write_text((run / "config.json").read_text())
+    (no_ckpt / "summary.json").write_text('{"status": "diverged"}')  # diverged in epoch 1: nothing to continue
     blocker = root / "a-file"
     blocker.write_text("not a folder")
     return dict(root=root, data=data, run=run, broken=broken, bad_ckpt=bad_ckpt, no_ckpt=no_ckpt, blocker=blocker)
@@ -67,7 +68,8 @@ CASES = {
     "count mismatch": (lambda w: ["--data-dir", str(w["broken"]["counts"])], "20 images but 19 labels"),
     "existing run folder": (lambda w: ["--output-dir", str(w["run"])], "already holds a run; pass --resume"),
     "unwritable output": (lambda w: ["--output-dir", str(w["blocker"] / "run")], "choose a writable --output-dir"),
-    "resume without checkpoint": (lambda w: ["--resume", str(w["no_ckpt"])], "no complete checkpoint"),
+    "resume a run that ended without a checkpoint": (lambda w: ["--resume", str(w["no_ckpt"])],
+                                                     "ended diverged without a complete checkpoint"),
     "resume a non-run folder": (lambda w: ["--resume", str(w["root"] / "data")], "not an arcdist run folder"),
     "resume another variant": (lambda w: ["--resume", str(w["run"]), "--variant", "V0"], "is variant V2, not V0"),
     "truncated checkpoint": (lambda w: ["--resume", str(w["bad_ckpt"]), "--epochs", "2"], "is unreadable"),

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,6 +105,20 @@ def test_cpu_slots_set_threads_unless_the_user_did(tmp_path):
 
     assert threads_of() == ["train.threads=2"]
     assert threads_of("--set", "train.threads=1") == ["train.threads=1"]
+
+
+def test_a_started_run_is_resumed_even_before_its_first_checkpoint(tmp_path):
+    """A job that died in its first epoch (config.json, no checkpoint) gets --resume, which trains it again;
+    a fresh --output-dir there would be refused as a folder that already holds a run."""
+    from arcdist.grid import build_jobs, parse_args, train_command
+
+    args = parse_args(["--grid-id", "g", "--variants", "V2", "--out", str(tmp_path), "--set", "data.shift=1"])
+    job = build_jobs(args)[0]
+    assert train_command(job, args)[2:4] == ["--variant", "V2"] and "data.shift=1" in train_command(job, args)
+    Path(job.run_dir).mkdir(parents=True)
+    (Path(job.run_dir) / "config.json").write_text("{}")
+    cmd = train_command(job, args)
+    assert cmd[2:4] == ["--resume", job.run_dir] and "--variant" not in cmd and "data.shift=1" not in cmd
 
 
 @pytest.mark.parametrize("gpus,argv,want", [

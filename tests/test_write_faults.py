@@ -50,17 +50,23 @@ def test_full_disk_stops_cleanly_and_resume_continues_once_space_is_back(small_d
     assert latest_checkpoint(out).name == "epoch-0003"
 
 
-def test_disk_full_before_the_first_checkpoint_says_to_start_again(small_disk, tmp_path):
-    """The model's safetensors file is the first to hit the full disk (safetensors raises its own error type)."""
+def test_disk_full_before_the_first_checkpoint_then_resume_trains_it_again(small_disk, tmp_path):
+    """The model's safetensors file is the first to hit the full disk (safetensors raises its own error type);
+    with no checkpoint to continue, --resume trains the run again from epoch 1 with its saved config."""
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=64, seed=2)
     whole = tmp_path / "whole"
-    run_train(tiny_args(data, whole, 1, "--plot-every", "0"))
+    run_train(tiny_args(data, whole, 2, "--plot-every", "0"))
     model = (whole / "checkpoints" / "epoch-0001" / "model.safetensors").stat().st_size
-    out = small_disk(model // 2) / "run"  # room for config, metrics and features, not for the model
+    disk = small_disk(model // 2)  # room for config, metrics and features, not for the model
+    out = disk / "run"
     proc = run_train(tiny_args(data, out, 2, "--plot-every", "0"), check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0], err
-    assert "no checkpoint was complete yet" in err[0] and f"delete {out} and start the run again" in err[0], err
+    assert "no checkpoint was complete yet" in err[0] and f"--resume {out} trains it again from epoch 1" in err[0], err
     assert list((out / "checkpoints").iterdir()) == []  # the partial one removed
     assert len(rows(out)) == 1 and (out / "metrics.jsonl").read_text().endswith("\n")
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    proc = run_train(["--resume", str(out), "--no-progress", "--wandb", "disabled", "--plot-every", "0"])
+    assert "holds no complete checkpoint: training it again from epoch 1" in proc.stderr
+    assert rows(out) == rows(whole)  # the dead attempt's epoch-1 row replaced, not kept beside the new one
