@@ -82,7 +82,10 @@ class Recorder:
         if gif:
             from arcdist import figures
 
-            figures.render_gif(self.run_dir)
+            try:
+                figures.render_gif(self.run_dir)
+            except Exception as e:  # noqa: BLE001 - a plot, like the per-epoch ones: the run has finished anyway
+                self.warn_once("plotting", e)
 
     # -- plots and tracking: never stop training -------------------------------------------------
     def warn_once(self, what: str, e: BaseException) -> None:

@@ -698,8 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a write outside the checked places (config.json, summary.json)
         if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT):
             raise
-        print(f"arcdist: error: {checkpoint.write_error(e.filename or 'the run folder', e.strerror, 'RUN_DIR')}",
-              file=sys.stderr)
+        run_dir = _RUN.get("run_dir", "RUN_DIR")
+        print(f"arcdist: error: {checkpoint.write_error(e.filename or run_dir, e.strerror, run_dir)}", file=sys.stderr)
         return checkpoint.WriteError.EXIT_STATUS
 
 

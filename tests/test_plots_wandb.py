@@ -116,3 +116,24 @@ def test_online_without_a_server_falls_back_to_offline_without_hanging(tiny_data
     assert len(warnings) == 1 and "logging offline instead" in warnings[0]
     wb = read_offline_run(out)
     assert [h["_step"] for h in wb["history"] if "test_accuracy" in h] == [1]
+
+
+def test_a_gif_that_cannot_be_written_warns_and_the_run_still_ends_finished(tmp_path, capsys):
+    """The GIF is a plot: its failure (here its path is a folder) warns once; summary.json is written first."""
+    import torch
+    from accelerate import Accelerator
+
+    from arcdist.recorder import Recorder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rec = Recorder(run, Accelerator(cpu=True))
+    feats, labels = torch.randn(50, 2), torch.arange(50) % 10
+    rec.save_features(1, "test", feats, labels, dict(W=torch.randn(10, 2)), 0.2)
+    (run / "plots" / "test-raw.gif").mkdir(parents=True)
+    state = dict(status="finished", epoch=1, best_accuracy=0.5, best_epoch=1)
+    rec.finish(state, {}, gif=True)
+    rec.finish(state, {}, gif=True)
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("arcdist: warning: plotting failed ("), err
