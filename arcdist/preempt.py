@@ -72,14 +72,14 @@ def slurm_job_id() -> str | None:
     array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array_job and task:
         return f"{array_job}_{task}"
-    return os.environ.get("SLURM_JOB_ID")
+    return os.environ.get("SLURM_JOB_ID") or None
 
 
-def requeue_self() -> bool:
-    """`scontrol requeue` this job; True when SLURM accepted it."""
+def requeue_self(run_dir: Path) -> bool:
+    """`scontrol requeue` this job; True when SLURM accepted it. Outside SLURM: how to resume `run_dir`."""
     job = slurm_job_id()
     if job is None:
-        print("preempted: checkpoint saved; resume with --resume RUN_DIR")
+        print(f"preempted: checkpoint saved; resume with --resume {run_dir}")
         return False
     # the requeue SIGTERMs every process of the job, scontrol included, sometimes before scontrol has read SLURM's
     # answer: it ignores TERM (inherited through exec) so that the answer printed below is SLURM's, not a race's
@@ -99,5 +99,5 @@ def after_stop(run_dir: Path, state: dict) -> int:
         print(f"interrupted: checkpoint saved at epoch {state['epoch'] + 1}, step {state['step']}; resume with:\n"
               f"  {Path(sys.executable).name} {sys.argv[0]} --resume {run_dir}", flush=True)
         return INTERRUPTED_EXIT
-    requeue_self()
+    requeue_self(run_dir)
     return 0

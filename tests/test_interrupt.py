@@ -24,10 +24,10 @@ def args(data, out, epochs=3):
 PAUSE = "2:3"  # rank 0 waits before step 3 of epoch 2 (after epoch 1's checkpoint) until the test lets it go
 
 
-def start_paused(cmd, runs, **popen):
+def start_paused(cmd, runs, popen: dict | None = None, **env):
     """Start `cmd` and return once every run folder in `runs` is paused at PAUSE (Faults: no timing luck)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(ARCDIST_FAULT_PAUSE=PAUSE), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(ARCDIST_FAULT_PAUSE=PAUSE, **env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **(popen or {}))
     deadline = time.time() + 300
     while not all((r / "FAULT-PAUSED").exists() for r in runs) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -45,15 +45,21 @@ def checkpoint_at(run):
     return state["epoch"], state["step"]
 
 
-def test_first_ctrl_c_checkpoints_prints_the_resume_command_and_resume_matches(data, tmp_path):
+@pytest.mark.parametrize("sig,status,says", [
+    (signal.SIGINT, INTERRUPTED_EXIT, "interrupted: checkpoint saved at epoch 2, step 4; resume with:"),
+    (signal.SIGUSR1, 0, "preempted: checkpoint saved; resume with --resume"),  # a scheduler's warning, no SLURM
+], ids=["ctrl-c", "sigusr1-outside-slurm"])
+def test_first_stop_signal_checkpoints_prints_the_resume_command_and_resume_matches(data, tmp_path, sig, status,
+                                                                                     says):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     run_train(args(data, whole))
-    proc = start_paused([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, cut)], [cut])
-    proc.send_signal(signal.SIGINT)
+    no_slurm = {k: "" for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")}
+    proc = start_paused([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, cut)], [cut], **no_slurm)
+    proc.send_signal(sig)
     release([cut])
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == INTERRUPTED_EXIT, err
-    assert "Traceback" not in err and f"--resume {cut}" in out
+    assert proc.returncode == status, err
+    assert "Traceback" not in err and says in out and f"--resume {cut}" in out, out
     summary = json.loads((cut / "summary.json").read_text())
     assert summary["status"] == "preempted" and summary["epochs"] == 1
     assert checkpoint_at(cut) == (1, 4)  # mid-epoch 2: step 3, the one under way at the Ctrl-C, was applied
