@@ -129,10 +129,10 @@ def test_multinode_renders_one_launch_per_node(cluster, tmp_path):
                  "--rdzv_backend c10d", f"arcdist/train.py --variant V1 --seed 0 --output-dir {tmp_path / 'mn'}",
                  "--epochs 3", "--mixed-precision bf16"):
         assert part in launch, (part, launch)
-    # a run folder with a checkpoint is resumed, not restarted
-    ckpt = tmp_path / "mn" / "checkpoints" / "epoch-0001"
-    ckpt.mkdir(parents=True)
-    (ckpt / "trainer.json").write_text("{}")
+    # a started run folder (config.json) is resumed, not restarted, with or without a checkpoint: train.py
+    # continues the checkpoint, or trains a run that died before its first one again from epoch 1
+    (tmp_path / "mn").mkdir()
+    (tmp_path / "mn" / "config.json").write_text("{}")
     out = sh("bash", ROOT / "slurm" / "multinode.sbatch", env=env, cwd=ROOT).stdout
     launch = out.strip().splitlines()[-1]
     assert f"arcdist/train.py --resume {tmp_path / 'mn'} --epochs 3" in launch and "--variant" not in launch

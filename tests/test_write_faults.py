@@ -67,6 +67,7 @@ def test_disk_full_before_the_first_checkpoint_then_resume_trains_it_again(small
     assert list((out / "checkpoints").iterdir()) == []  # the partial one removed
     assert len(rows(out)) == 1 and (out / "metrics.jsonl").read_text().endswith("\n")
     subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-    proc = run_train(["--resume", str(out), "--no-progress", "--wandb", "disabled", "--plot-every", "0"])
+    proc = run_train(["--resume", str(out), "--data-dir", str(data), "--no-progress", "--wandb", "disabled",
+                      "--plot-every", "0"])
     assert "holds no complete checkpoint: training it again from epoch 1" in proc.stderr
     assert rows(out) == rows(whole)  # the dead attempt's epoch-1 row replaced, not kept beside the new one
