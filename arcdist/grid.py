@@ -132,7 +132,7 @@ def train_command(job: Job, args: argparse.Namespace, port: int | None = None, t
 
 
 def is_finished(job: Job) -> bool:
-    return runinfo.read_summary(Path(job.run_dir)).get("status") in ("finished", "diverged")
+    return runinfo.read_summary(Path(job.run_dir)).get("status") in runinfo.ENDED
 
 
 def free_port() -> int:

@@ -59,7 +59,7 @@ def locate(args: argparse.Namespace) -> tuple[Path, Config | None]:
     if args.resume or (elastic_restart() and checkpoint.latest_checkpoint(run_dir) is not None):
         saved = load_saved_config(run_dir)
         ended = runinfo.read_summary(run_dir).get("status")
-        if checkpoint.latest_checkpoint(run_dir) is None and ended in ("finished", "diverged"):
+        if checkpoint.latest_checkpoint(run_dir) is None and ended in runinfo.ENDED:
             raise ConfigError(f"--resume {run_dir}: the run ended {ended} without a complete checkpoint, so there is "
                               "nothing to continue; start a new run instead")
         return run_dir, saved

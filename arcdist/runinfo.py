@@ -15,6 +15,7 @@ from arcdist.config import Config
 CONFIG = "config.json"  # written when a run starts: its presence marks a started run
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+ENDED = ("finished", "diverged")  # summary.json statuses of a run that has nothing left to train
 PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "matplotlib", "numpy", "arcdist")
 
 
