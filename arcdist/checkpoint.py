@@ -32,12 +32,16 @@ class WriteError(Exception):
     EXIT_STATUS = 3
 
 
-def write_error(path: str | os.PathLike, reason: str, run_dir: str | os.PathLike) -> WriteError:
+def resume_advice(run_dir: str | os.PathLike) -> str:
+    """What `--resume RUN_DIR` does after a failure: continue the last complete checkpoint, or train again."""
     if latest_checkpoint(run_dir) is None:
-        return WriteError(f"cannot write {path} ({reason}); no checkpoint was complete yet: free space (or make the "
-                          f"folder writable), then --resume {run_dir} trains it again from epoch 1")
-    return WriteError(f"cannot write {path} ({reason}); the last complete checkpoint is kept: free space (or make "
-                      f"the folder writable), then --resume {run_dir}")
+        return f"no checkpoint was complete yet: --resume {run_dir} trains it again from epoch 1"
+    return f"the last complete checkpoint is kept: --resume {run_dir} continues it"
+
+
+def write_error(path: str | os.PathLike, reason: str, run_dir: str | os.PathLike) -> WriteError:
+    return WriteError(f"cannot write {path} ({reason}); free space (or make the folder writable), then resume: "
+                      f"{resume_advice(run_dir)}")
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:

@@ -674,11 +674,10 @@ def collective_error(e: BaseException) -> str:
         except OSError:
             pass
     rank = os.environ.get("RANK", "?")
-    resume = f"--resume {_RUN['run_dir']}" if _RUN.get("run_dir") else "--resume RUN_DIR"
     timeout = _RUN.get("timeout")
     bound = f" (a collective waits at most train.collective_timeout_s = {timeout:g} s)" if timeout else ""
     return (f"rank {rank} on {socket.gethostname()} lost contact with the other ranks: {text}; a rank or node "
-            f"died or stopped responding{bound}. The last complete checkpoint is kept: {resume} continues it")
+            f"died or stopped responding{bound}; {checkpoint.resume_advice(_RUN.get('run_dir', 'RUN_DIR'))}")
 
 
 def main(argv: list[str] | None = None) -> int:
