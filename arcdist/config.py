@@ -51,6 +51,9 @@ class HeadConfig:
 
     kind: HeadKind = "arcface"
     scale: float = 16.0  # s, logit scale (normface, cosface, arcface, combined; sphereface and softmax use |x|)
+    # how those four scale their logits: "fixed" s; "norm": the feature's own norm |x| (s unused; the net sets a
+    # per-sample confidence, as SphereFace and softmax do); "learned": one s trained with the head, starting at `scale`
+    scale_by: Literal["fixed", "norm", "learned"] = "fixed"
     # the kind's margin: arcface additive angle m (radians; 0.2 rad = 11.5 deg); cosface cosine margin m;
     # sphereface multiplicative angle m (an integer); unused by softmax, normface, center, combined (see margins)
     margin: float = 0.2
@@ -67,15 +70,17 @@ class HeadConfig:
     freeze: bool = False  # keep W at its init (not trained): the class directions cannot collapse
 
 
+SCALED = ("normface", "cosface", "arcface", "combined")  # the kinds whose logits are s times a cosine (head.scale_by)
+
 # each kind's own defaults for 10 classes in 2-D (README, 'Head defaults'); set with the kind by --set head.kind=K
 HEAD_DEFAULTS: dict[str, dict] = {
-    "softmax": dict(scale=1.0, margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
-    "normface": dict(scale=16.0, margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
-    "sphereface": dict(scale=1.0, margin=4.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
-    "cosface": dict(scale=16.0, margin=0.1, margins=(), margin_warmup_epochs=1.0, center_weight=0.0),
-    "arcface": dict(scale=16.0, margin=0.2, margins=(), margin_warmup_epochs=1.0, center_weight=0.0),
-    "combined": dict(scale=16.0, margin=0.0, margins=(1.0, 0.1, 0.05), margin_warmup_epochs=1.0, center_weight=0.0),
-    "center": dict(scale=1.0, margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.1,
+    "softmax": dict(scale=1.0, scale_by="fixed", margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
+    "normface": dict(scale=16.0, scale_by="fixed", margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
+    "sphereface": dict(scale=1.0, scale_by="fixed", margin=4.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0),
+    "cosface": dict(scale=16.0, scale_by="fixed", margin=0.1, margins=(), margin_warmup_epochs=1.0, center_weight=0.0),
+    "arcface": dict(scale=16.0, scale_by="fixed", margin=0.2, margins=(), margin_warmup_epochs=1.0, center_weight=0.0),
+    "combined": dict(scale=16.0, scale_by="fixed", margin=0.0, margins=(1.0, 0.1, 0.05), margin_warmup_epochs=1.0, center_weight=0.0),
+    "center": dict(scale=1.0, scale_by="fixed", margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.1,
                    center_alpha=0.5),
 }
 
@@ -321,4 +326,7 @@ def _head_checks(h: HeadConfig) -> list[tuple[bool, str]]:
                    (0 < h.center_alpha <= 1, f"head.center_alpha must be in (0, 1] (got {h.center_alpha}); "
                                              "pass --set head.center_alpha=0.5")],
     }.get(h.kind, [])
-    return checks + [(h.scale > 0, f"head.scale must be > 0 (got {h.scale}); pass --set head.scale=16")]
+    return checks + [(h.scale > 0, f"head.scale must be > 0 (got {h.scale}); pass --set head.scale=16"),
+                     (h.scale_by == "fixed" or h.kind in SCALED,
+                      f"head.scale_by={h.scale_by} applies to {', '.join(SCALED)} only ({h.kind} scales by "
+                      f"{'|x|' if h.kind == 'sphereface' else 'W x + b'}); pass --set head.scale_by=fixed")]

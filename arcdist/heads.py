@@ -11,6 +11,10 @@
 Every head holds class vectors W (C x D) and returns its training logits (margin applied) for cross-entropy;
 `predict` is its prediction rule (the logits without margin: the cosine for the angular heads, W x + b for
 softmax and center), which the metrics use. The margin arithmetic runs in fp32 even under autocast.
+
+The four s-scaled heads (normface, cosface, arcface, combined) take their s from `head.scale_by`: a fixed s
+(the papers'), the feature's own norm |x| (each sample its own s: arcface-norm, the main command's head), or one
+s learned with the head (log s trained, starting at `head.scale`).
 """
 from __future__ import annotations
 
@@ -45,8 +49,8 @@ def arcface_target(cos_y: torch.Tensor, margin: float) -> torch.Tensor:
 
 
 def arc_margin_logits(features: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                      scale: float, margin: float) -> torch.Tensor:
-    """ArcFace logits: s*cos(theta_y + m) for the target, s*cos(theta_j) otherwise."""
+                      scale: float | torch.Tensor, margin: float) -> torch.Tensor:
+    """ArcFace logits: s*cos(theta_y + m) for the target, s*cos(theta_j) otherwise (s a number, or (N, 1))."""
     cos = cosines(features, weight)
     if margin == 0.0:
         return scale * cos
@@ -102,6 +106,11 @@ def margin_at(cfg: HeadConfig, epoch_progress: float) -> float:
     return margin * warmup_fraction(cfg, epoch_progress)
 
 
+def scale_setting(cfg: HeadConfig) -> str:
+    """head.scale_by in a few words: 's 16', 's = |x|', 's learned from 16'."""
+    return {"norm": "s = |x|", "learned": f"s learned from {cfg.scale:g}"}.get(cfg.scale_by, f"s {cfg.scale:g}")
+
+
 # -- heads ---------------------------------------------------------------------------------------------
 class Head(nn.Module):
     """Class vectors W (num_classes x feature_dim) and the kind's logits. Subclasses set `train_logits`."""
@@ -123,6 +132,24 @@ class Head(nn.Module):
         # frozen W has no gradient: the head optimizer skips it, and the trainer keeps a head with nothing to train
         # out of DDP
         self.weight.requires_grad_(not cfg.freeze)
+        if cfg.scale_by == "learned":  # log s: s stays positive, and Adam's steps are relative
+            self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.scale)))
+
+    def logit_scale(self, x: torch.Tensor) -> float | torch.Tensor:
+        """s for the s-scaled kinds: the fixed number, |x| per sample (N, 1), or the learned scalar."""
+        if self.cfg.scale_by == "norm":
+            return x.norm(dim=1, keepdim=True)
+        if self.cfg.scale_by == "learned":
+            return self.log_scale.float().exp()
+        return self.scale
+
+    def scale_text(self) -> str:
+        """The live s for captions: 's = 16', 's = |x|' or 's = 12.3 (learned)'."""
+        if self.cfg.scale_by == "norm":
+            return "s = |x|"
+        if self.cfg.scale_by == "learned":
+            return f"s = {self.log_scale.detach().float().exp().item():.1f} (learned)"
+        return f"s = {self.scale:g}"
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, epoch_progress: float) -> torch.Tensor:
         """Training logits (margin applied) after `epoch_progress` epochs, fp32 even under bf16/fp16 autocast."""
@@ -153,12 +180,12 @@ class Head(nn.Module):
 
     def caption(self, epoch_progress: float) -> str:
         """One line under the circle plot: the head and its margin at `epoch_progress` epochs."""
-        return f"{self.kind}, s = {self.scale:g}, no margin"
+        return f"{self.kind}, {self.scale_text()}, no margin"
 
     @staticmethod
     def settings(cfg: HeadConfig) -> str:
         """The kind's configured settings in a few words (variant table, reports); `caption` is the live state."""
-        return f"s {cfg.scale:g}"
+        return scale_setting(cfg)
 
 
 class SoftmaxHead(Head):
@@ -191,7 +218,7 @@ class NormFaceHead(Head):
     kind = "normface"
 
     def train_logits(self, x, labels, epoch_progress):
-        return self.scale * cosines(x, self.weight)
+        return self.logit_scale(x) * cosines(x, self.weight)
 
 
 class SphereFaceHead(Head):
@@ -228,14 +255,14 @@ class CosFaceHead(Head):
 
     def train_logits(self, x, labels, epoch_progress):
         cos = cosines(x, self.weight)
-        return self.scale * (cos - margin_at(self.cfg, epoch_progress) * F.one_hot(labels, cos.shape[1]))
+        return self.logit_scale(x) * (cos - margin_at(self.cfg, epoch_progress) * F.one_hot(labels, cos.shape[1]))
 
     def caption(self, epoch_progress):
-        return f"cosface: s = {self.scale:g}, cosine margin {margin_at(self.cfg, epoch_progress):.2f}"
+        return f"cosface: {self.scale_text()}, cosine margin {margin_at(self.cfg, epoch_progress):.2f}"
 
     @staticmethod
     def settings(cfg):
-        return f"s {cfg.scale:g}, m {cfg.margin:g}"
+        return f"{scale_setting(cfg)}, m {cfg.margin:g}"
 
 
 class ArcFaceHead(Head):
@@ -244,17 +271,17 @@ class ArcFaceHead(Head):
     kind = "arcface"
 
     def train_logits(self, x, labels, epoch_progress):
-        return arc_margin_logits(x, self.weight, labels, self.scale, margin_at(self.cfg, epoch_progress))
+        return arc_margin_logits(x, self.weight, labels, self.logit_scale(x), margin_at(self.cfg, epoch_progress))
 
     def wedge(self, epoch_progress):
         return margin_at(self.cfg, epoch_progress)
 
     def caption(self, epoch_progress):
-        return f"arcface: s = {self.scale:g}, margin {math.degrees(margin_at(self.cfg, epoch_progress)):.1f} deg"
+        return f"arcface: {self.scale_text()}, margin {math.degrees(margin_at(self.cfg, epoch_progress)):.1f} deg"
 
     @staticmethod
     def settings(cfg):
-        return f"s {cfg.scale:g}, m {cfg.margin:g} rad"
+        return f"{scale_setting(cfg)}, m {cfg.margin:g} rad"
 
 
 class CombinedHead(Head):
@@ -269,7 +296,7 @@ class CombinedHead(Head):
     def train_logits(self, x, labels, epoch_progress):
         cos = cosines(x, self.weight)
         target = combined_target(cos.gather(1, labels[:, None]), *self.margins(epoch_progress))
-        return self.scale * cos.scatter(1, labels[:, None], target)
+        return self.logit_scale(x) * cos.scatter(1, labels[:, None], target)
 
     def wedge(self, epoch_progress):
         m1, m2, _ = self.margins(epoch_progress)
@@ -277,11 +304,11 @@ class CombinedHead(Head):
 
     def caption(self, epoch_progress):
         m1, m2, m3 = self.margins(epoch_progress)
-        return f"combined: s = {self.scale:g}, (m1, m2, m3) = ({m1:.2f}, {m2:.2f}, {m3:.2f})"
+        return f"combined: {self.scale_text()}, (m1, m2, m3) = ({m1:.2f}, {m2:.2f}, {m3:.2f})"
 
     @staticmethod
     def settings(cfg):
-        return f"s {cfg.scale:g}, (m1, m2, m3) = ({', '.join(f'{m:g}' for m in cfg.margins)})"
+        return f"{scale_setting(cfg)}, (m1, m2, m3) = ({', '.join(f'{m:g}' for m in cfg.margins)})"
 
 
 class CenterLossHead(SoftmaxHead):
@@ -353,7 +380,7 @@ def build_head(cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1) 
 
 def param_count(cfg: HeadConfig, feature_dim: int = 2) -> int:
     """Learned numbers of the head: W, plus b (softmax, center) and the centers (center)."""
-    n = cfg.num_classes * feature_dim
+    n = cfg.num_classes * feature_dim + (cfg.scale_by == "learned")
     if cfg.kind in LINEAR:
         n += cfg.num_classes
     if cfg.kind == "center":

@@ -158,13 +158,19 @@ _add("L-cosface", "L-arcface", "head: CosFace, s (cos - m), m = 0.1", "", _head(
 _add("L-combined", "L-arcface", "head: combined margin s (cos(m1 t + m2) - m3), (1, 0.1, 0.05)", "", _head("combined"))
 _add("L-center", "L-arcface", "head: softmax + 0.1 x center loss, centers' rate alpha 0.5", "", _head("center"))
 LOSS_VARIANTS = ("L-softmax", "L-normface", "L-sphereface", "L-cosface", "L-arcface", "L-combined", "L-center")
+# the ArcFace family (issue 24): L-arcface with one thing changed each; results/losses/README.md, "ArcFace first"
+_add("L-arcface-norm", "L-arcface", "ArcFace with s = |x|: the feature's own norm scales the logits (margin kept)", "",
+     _from("L-arcface", head=replace(VARIANTS["L-arcface"].config.head, scale_by="norm")))
+_add("L-arcface-learned", "L-arcface", "ArcFace with one learned s (log s trained with the head, from 16)", "",
+     _from("L-arcface", head=replace(VARIANTS["L-arcface"].config.head, scale_by="learned")))
+ARCFACE_VARIANTS = ("L-arcface", "L-arcface-norm", "L-arcface-learned")
 C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
       conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",
      _from("A1", model=ModelConfig(layers=C3, fc=("linear", 256 * 2 * 2), in_channels=3, image_size=32),
            data=DataConfig(dataset="cifar10"), train=TrainConfig(epochs=30)))
 DEFAULT_VARIANT = "V1.1"  # the post's best
-GROUPS = {"post": POST_VARIANTS, "losses": LOSS_VARIANTS}  # names that stand for several rows (grid --variants)
+GROUPS = {"post": POST_VARIANTS, "losses": LOSS_VARIANTS, "arcface": ARCFACE_VARIANTS}  # names that stand for several rows (grid --variants)
 
 
 def get_variant(name: str) -> Variant:

@@ -194,13 +194,19 @@ def reference_family_logits(kind, x, w, b, y, cfg, progress, steps_per_epoch):
             base, gamma, power, low = cfg.anneal
             lam = max(low, base * (1 + gamma * progress * steps_per_epoch) ** -power)
             out[i, c] = (lam * math.cos(theta) + psi) / (1 + lam)
-    return out * norm * cfg.scale if kind == "sphereface" else out * cfg.scale
+    if kind == "sphereface":
+        return out * norm * cfg.scale
+    return out * (norm if cfg.scale_by == "norm" else cfg.scale)  # "learned" starts at cfg.scale
 
 
 CASES = [("softmax", {}), ("normface", {}), ("sphereface", dict(margin=4.0)), ("sphereface", dict(margin=3.0)),
          ("sphereface", dict(margin=2.0, anneal=(0.0, 0.0, 1.0, 0.0))), ("cosface", {}), ("cosface", dict(margin=0.35)),
          ("arcface", {}), ("arcface", dict(margin=0.5)), ("combined", {}), ("combined", dict(margins=(1.0, 0.3, 0.2))),
-         ("combined", dict(margins=(2.0, 0.2, 0.1))), ("combined", dict(margins=(1.35, 0.5, 0.0))), ("center", {})]
+         ("combined", dict(margins=(2.0, 0.2, 0.1))), ("combined", dict(margins=(1.35, 0.5, 0.0))), ("center", {}),
+         # head.scale_by: the feature's own norm, or a learned s (at its starting value)
+         ("arcface", dict(scale_by="norm")), ("arcface", dict(scale_by="norm", margin=0.5)),
+         ("arcface", dict(scale_by="learned", scale=12.0)), ("normface", dict(scale_by="norm")),
+         ("cosface", dict(scale_by="norm")), ("combined", dict(scale_by="norm"))]
 
 
 @pytest.mark.parametrize("progress", [0.25, 3.0])
@@ -224,7 +230,7 @@ def test_every_head_equals_its_float64_formula(kind, changes, progress):
     torch.testing.assert_close(F.cross_entropy(got, y).double(), F.cross_entropy(want, y), atol=1e-4, rtol=1e-5)
     # the prediction rule: the logits without margin
     plain = reference_family_logits(kind if kind in ("softmax", "center") else "normface", x, w,
-                                    getattr(head, "bias", None), y, replace(cfg, scale=1.0), progress, 50)
+                                    getattr(head, "bias", None), y, replace(cfg, scale=1.0, scale_by="fixed"), progress, 50)
     if kind == "sphereface":
         plain = plain * x.double().norm(dim=1, keepdim=True)
     torch.testing.assert_close(head.predict(x).double(), plain, atol=1e-5 * float(plain.detach().abs().max()), rtol=1e-5)
@@ -403,3 +409,60 @@ def test_each_head_names_itself_and_its_margin_under_the_circle_plot():
     assert captions["combined"] == "combined: s = 16, (m1, m2, m3) = (1.00, 0.10, 0.05)"
     assert captions["normface"] == "normface, s = 16, no margin"
     assert captions["softmax"] == "softmax: W x + b, no margin"
+    from dataclasses import replace
+    norm = build_head(replace(head_of_kind(HeadConfig(), "arcface"), scale_by="norm"))
+    assert norm.caption(1.0) == "arcface: s = |x|, margin 11.5 deg"
+
+
+def test_norm_scaled_arcface_is_the_unit_scale_logits_times_each_features_norm_and_grows_with_it():
+    """s = |x|: each row is ArcFace's logits at s = 1 times that sample's norm (float64 reference), so a sample's
+    loss and the net's control of it follow its norm, as with softmax and SphereFace."""
+    from dataclasses import replace
+
+    x, w, y = spread_inputs(seed=3)
+    head = build_head(replace(head_of_kind(HeadConfig(), "arcface"), scale_by="norm", margin_warmup_epochs=0.0))
+    with torch.no_grad():
+        head.weight.copy_(w)
+    got = head(x, y, 0.0).double()
+    unit = reference_logits(x, w, y, 1.0, 0.2)
+    torch.testing.assert_close(got, unit * x.double().norm(dim=1, keepdim=True), atol=1e-5 * float(got.abs().max()),
+                               rtol=1e-5)
+    # a sample on its class direction (W evenly spread, 36 deg apart): its loss falls as its norm grows, while a
+    # fixed s = 16 leaves the same loss (0.12: its floor in 2-D) at every norm
+    even = build_head(replace(head_of_kind(HeadConfig(init="even"), "arcface"), scale_by="norm", margin_warmup_epochs=0))
+    fixed = build_head(replace(head_of_kind(HeadConfig(init="even"), "arcface"), margin_warmup_epochs=0))
+    on = even.weight[:1].detach()
+    label = torch.tensor([0])
+    losses = [F.cross_entropy(even(on * r, label, 0.0), label).item() for r in (1.0, 4.0, 16.0, 64.0)]
+    assert losses[0] > losses[1] > losses[2] > losses[3] and losses[3] < 1e-3
+    fixed_losses = [F.cross_entropy(fixed(on * r, label, 0.0), label).item() for r in (1.0, 32.0)]
+    assert fixed_losses[0] == pytest.approx(fixed_losses[1]) and fixed_losses[0] > 0.1
+
+
+def test_learned_scale_is_one_trained_saved_parameter():
+    from dataclasses import replace
+
+    cfg = replace(head_of_kind(HeadConfig(), "arcface"), scale_by="learned", scale=16.0)
+    head = build_head(cfg)
+    assert torch.exp(head.log_scale).item() == pytest.approx(16.0)
+    assert "log_scale" in head.state_dict()
+    from arcdist.heads import param_count
+    assert param_count(cfg) == 21 == sum(p.numel() for p in head.parameters())
+    x, y = torch.randn(32, 2), torch.randint(0, 10, (32,))
+    F.cross_entropy(head(x, y, 1.0), y).backward()
+    assert head.log_scale.grad is not None and head.log_scale.grad.item() != 0.0
+    assert head.caption(1.0) == "arcface: s = 16.0 (learned), margin 11.5 deg"
+
+
+def test_scale_by_is_refused_for_the_kinds_that_have_no_s():
+    from dataclasses import replace
+
+    from arcdist.config import Config, ConfigError, apply_overrides, validate
+
+    cfg = apply_overrides(Config(), ["head.kind=sphereface", "head.scale_by=norm"])
+    with pytest.raises(ConfigError, match=r"head.scale_by=norm applies to normface, cosface, arcface, combined only"):
+        validate(cfg)
+    validate(apply_overrides(Config(), ["head.scale_by=norm"]))  # arcface: fine
+    # a kind switch resets it with the kind's defaults; --set applies the kind first, so any order keeps it
+    assert head_of_kind(replace(HeadConfig(), scale_by="norm"), "softmax").scale_by == "fixed"
+    assert apply_overrides(Config(), ["head.scale_by=norm", "head.kind=cosface"]).head.scale_by == "norm"
