@@ -28,7 +28,10 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
       the feature directions, for every head);
     - min_centre_angle_deg: smallest angle between two class centres (the centre is the mean direction);
     - min_weight_angle_deg: smallest angle between two rows of W;
-    - worst_class, worst_class_accuracy: the class with the lowest accuracy among those present, and that accuracy.
+    - worst_class, worst_class_accuracy: the class with the lowest accuracy among those present, and that accuracy;
+    - min_mean_gap: separation by position, for heads that pull classes to points (center loss): the smallest
+      distance between two class means over the sum of their RMS radii (the RMS distance of a class's features
+      to its mean); above 1 the two classes' RMS discs do not touch.
     """
     features, labels, weight = features.detach().cpu(), labels.detach().cpu().long(), weight.detach().cpu()
     num_classes = weight.shape[0]
@@ -53,7 +56,24 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
         intra_spread_deg=per_class.mean().item(),
         min_centre_angle_deg=_min_pairwise_angle(centres[present]),
         min_weight_angle_deg=_min_pairwise_angle(w),
+        min_mean_gap=mean_gap(features, labels, num_classes),
     )
+
+
+def mean_gap(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """min over class pairs of |mu_i - mu_j| / (r_i + r_j), r the RMS distance to the class mean (nan: < 2 classes)."""
+    x = features.detach().cpu().double()
+    counts = torch.bincount(labels, minlength=num_classes)
+    present = counts > 0
+    means = torch.zeros(num_classes, x.shape[1], dtype=x.dtype).index_add_(0, labels, x) / counts.clamp_min(1)[:, None]
+    sq = torch.zeros(num_classes, dtype=x.dtype).index_add_(0, labels, (x - means[labels]).pow(2).sum(1))
+    radius = (sq / counts.clamp_min(1)).sqrt()[present]
+    means = means[present]
+    if means.shape[0] < 2:
+        return math.nan
+    gap = torch.cdist(means, means) / (radius[:, None] + radius[None, :]).clamp_min(1e-12)
+    gap.fill_diagonal_(math.inf)
+    return gap.min().item()
 
 
 def _min_pairwise_angle(directions: torch.Tensor) -> float:

@@ -28,11 +28,16 @@ from arcdist.config import first_line
 from arcdist.figures import COLOURS, plt
 from arcdist.wandb_report import WandbError, pull_group, push_spec, wandb_report_spec
 
-STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "worst_class_accuracy",
-         "wall_time_s")
+STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "min_mean_gap",
+         "worst_class_accuracy", "wall_time_s")
 STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation is n/a with one seed"
-VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean smallest centre angle is at least "
-                "{angle:g} deg and the mean final test accuracy at least {acc:g}; else overlap")
+VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean final test accuracy is at least {acc:g} "
+                "and the classes are apart by the head's own geometry: for the heads that classify by direction "
+                "(softmax, whose features grow along rays, and the angular heads) the mean smallest angle between "
+                "class centre directions is at least {angle:g} deg; for center loss, which pulls each class to a "
+                "point, the mean smallest distance between class means over the sum of their RMS radii is at least "
+                "{gap:g}; else overlap")
+POSITIONAL = ("center",)  # head kinds judged by position (min_mean_gap), not by angle
 POST = "post's verdict"
 LOSSES = ("Losses side by side: one head per row on the same backbone, recipe and seeds; accuracy by each head's "
           "prediction rule, angles of the feature directions")
@@ -82,6 +87,7 @@ def run_stats(run_dir: Path, threshold_acc: float) -> dict | None:
         final_accuracy=last.get("test_accuracy"),
         best_accuracy=max((r["test_accuracy"] for r in evals), default=None),
         intra_spread_deg=last.get("intra_spread_deg"), min_centre_angle_deg=last.get("min_centre_angle_deg"),
+        min_mean_gap=last.get("min_mean_gap"),
         worst_class=last.get("worst_class"), worst_class_accuracy=last.get("worst_class_accuracy"),
         wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows),
         diverged=any(r.get("status") == "diverged" for r in rows)
@@ -109,7 +115,7 @@ def fmt(stat: dict, digits: int) -> str:
     return f"{stat['mean']:.{digits}f} ± {std}"
 
 
-def summarise(doc: dict, threshold_acc: float, threshold_angle: float) -> list[dict]:
+def summarise(doc: dict, threshold_acc: float, threshold_angle: float, threshold_gap: float = 1.0) -> list[dict]:
     """One dict per (dataset, variant) of the grid, in the grid's order."""
     from arcdist.variants import table_rows
 
@@ -137,7 +143,7 @@ def summarise(doc: dict, threshold_acc: float, threshold_angle: float) -> list[d
         reached = [s["epochs_to"] for _, s in runs if s["epochs_to"] is not None]
         row["epochs_to"] = dict(mean=float(np.mean(reached)) if reached else None, reached=len(reached), n=len(runs))
         row["curves"] = {k: _mean_curve([s["curves"][k] for _, s in runs]) for k in ("test_accuracy", "train_loss")}
-        row["measured_verdict"] = measured_verdict(row, threshold_acc, threshold_angle)
+        row["measured_verdict"] = measured_verdict(row, threshold_acc, threshold_angle, threshold_gap)
         out.append(row)
     return out
 
@@ -148,14 +154,17 @@ def _mean_curve(curves: list[dict]) -> dict:
     return {e: float(np.mean([c[e] for c in curves if e in c])) for e in epochs}
 
 
-def measured_verdict(row: dict, threshold_acc: float, threshold_angle: float) -> str:
-    """The rule of VERDICT_RULE."""
+def measured_verdict(row: dict, threshold_acc: float, threshold_angle: float, threshold_gap: float = 1.0) -> str:
+    """The rule of VERDICT_RULE: angle for the heads that classify by direction, position for center loss."""
     if row["diverged_seeds"]:
         return "diverged"
-    acc, angle = row["final_accuracy"]["mean"], row["min_centre_angle_deg"]["mean"]
-    if acc is None or angle is None:
+    acc = row["final_accuracy"]["mean"]
+    positional = row["head"] in POSITIONAL
+    apart = row["min_mean_gap" if positional else "min_centre_angle_deg"]["mean"]
+    if acc is None or apart is None:
         return "no data"
-    return "separated" if angle >= threshold_angle and acc >= threshold_acc else "overlap"
+    return "separated" if apart >= (threshold_gap if positional else threshold_angle) and acc >= threshold_acc \
+        else "overlap"
 
 
 def display_row(row: dict) -> dict:
@@ -170,6 +179,7 @@ def display_row(row: dict) -> dict:
             "seeds": f"{len(row['seeds'])}/{row['n_jobs']}", "final acc": fmt(row["final_accuracy"], 4),
             "best acc": fmt(row["best_accuracy"], 4), "intra spread (deg)": fmt(row["intra_spread_deg"], 2),
             "min centre angle (deg)": fmt(row["min_centre_angle_deg"], 2),
+            "min mean gap": fmt(row["min_mean_gap"], 2),
             "worst class: acc": "n/a" if row["worst_class"] is None else
             f"{row['worst_class']}: {fmt(row['worst_class_accuracy'], 4)}",
             "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}", "epochs to acc threshold": epochs,
@@ -338,11 +348,11 @@ def write_markdown(path: Path, title: str, notes: list[str], cells: list[dict], 
 
 
 def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float = 0.97,
-                 threshold_angle: float = 20.0) -> dict:
+                 threshold_angle: float = 20.0, threshold_gap: float = 1.0) -> dict:
     """Write report.html, report.md, summary.json, the PNGs and wandb_report.json; returns the summary."""
     grid_dir = Path(grid_dir)
     doc = load_grid(grid_dir)
-    rows = summarise(doc, threshold_acc, threshold_angle)
+    rows = summarise(doc, threshold_acc, threshold_angle, threshold_gap)
     if not any(r["seeds"] for r in rows):
         raise ReportError(f"no run in {grid_dir} has metrics.jsonl yet; run `python -m arcdist.grid` first")
     out = Path(out) if out else grid_dir / "report"
@@ -351,7 +361,7 @@ def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float =
               curves_figure(rows, "train_loss", "train loss", out / IMAGES[1]),
               features_figure(rows, out / IMAGES[2])]
     cells = [display_row(r) for r in rows]
-    rule = VERDICT_RULE.format(angle=threshold_angle, acc=threshold_acc)
+    rule = VERDICT_RULE.format(angle=threshold_angle, acc=threshold_acc, gap=threshold_gap)
     epochs = doc.get("epochs") or "each variant's default"
     notes = [f"Grid {doc.get('grid_id', grid_dir.name)}: {len(doc['jobs'])} jobs, epochs: {epochs}, "
              f"overrides: {', '.join(doc.get('overrides') or []) or 'none'}.",
@@ -367,7 +377,7 @@ def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float =
     write_html(out / "report.html", title, notes, cells, images, sections)
     write_markdown(out / "report.md", title, notes, cells, images, sections)
     summary = dict(grid_id=doc.get("grid_id"), grid_dir=str(grid_dir), std=STD_NOTE, verdict_rule=rule,
-                   thresholds=dict(accuracy=threshold_acc, angle_deg=threshold_angle),
+                   thresholds=dict(accuracy=threshold_acc, angle_deg=threshold_angle, mean_gap=threshold_gap),
                    images=[p.name for p in images],
                    variants=[dict({k: v for k, v in r.items() if k != "curves"}, display=c)
                              for r, c in zip(rows, cells)], losses=losses)
@@ -389,6 +399,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="where to write (default GRID_DIR/report)")
     p.add_argument("--threshold-acc", type=float, default=0.97, help="accuracy for 'separated' and epochs-to")
     p.add_argument("--threshold-angle", type=float, default=20.0, help="smallest centre angle (deg) for 'separated'")
+    p.add_argument("--threshold-gap", type=float, default=1.0,
+                   help="center loss: smallest distance between class means over their RMS radii for 'separated'")
     p.add_argument("--push", action="store_true", help="also create the W&B Report (needs credentials)")
     p.add_argument("--push-spec", metavar="FILE", help="push a saved wandb_report.json and exit")
     p.add_argument("--wandb-group", metavar="GROUP", help="report on a W&B group instead of a grid folder")
@@ -415,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             grid_dir, out = Path(args.grid_dir), Path(args.out or Path(args.grid_dir) / "report")
         else:
             raise ReportError("give GRID_DIR (a folder made by `python -m arcdist.grid`), --wandb-group or --push-spec")
-        summary = build_report(grid_dir, out, args.threshold_acc, args.threshold_angle)
+        summary = build_report(grid_dir, out, args.threshold_acc, args.threshold_angle, args.threshold_gap)
     except (ReportError, WandbError, TimeoutError, OSError) as e:
         print(f"arcdist.report: error: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 import base64
 import io
 import json
+import math
 import re
 import shutil
 import statistics
@@ -10,6 +11,7 @@ import sys
 import tempfile
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -91,7 +93,7 @@ def test_numbers_match_metrics_and_appear_in_html(grid):
 def test_thresholds_drive_epochs_to_and_verdict(grid):
     summary = json.loads((grid["low"] / "summary.json").read_text())
     page = (grid["low"] / "report.html").read_text()
-    assert "at least 0 deg and the mean final test accuracy at least 0.1" in page
+    assert "the mean final test accuracy is at least 0.1 and" in page and "is at least 0 deg" in page
     for row in summary["variants"]:
         want = expected(grid["grid"], 0.1)[row["variant"]]
         got = row["epochs_to"]
@@ -244,3 +246,44 @@ def test_losses_table_says_whether_a_difference_exceeds_the_seed_noise():
     assert report.loss_row(near, soft)["acc - softmax"] == "+0.0010 (noise 0.0023: within)"
     assert report.loss_row(soft, soft)["acc - softmax"] == "-"
     assert report.loss_row(row("center", [0.99]), soft)["acc - softmax"] == "n/a"
+
+
+def _blobs(spacing: float, sigma: float, seed: int = 0):
+    """Ten Gaussian blobs (sigma per axis) whose means sit on a circle, adjacent means `spacing` apart."""
+    g = torch.Generator().manual_seed(seed)
+    angle = torch.arange(10) * (2 * math.pi / 10)
+    radius = spacing / (2 * math.sin(math.pi / 10))
+    means = radius * torch.stack([angle.cos(), angle.sin()], 1)
+    labels = torch.arange(10).repeat_interleave(200)
+    return means[labels] + sigma * torch.randn(len(labels), 2, generator=g), labels
+
+
+def _verdict_row(head: str, features, labels) -> dict:
+    from arcdist.metrics import separation_metrics
+
+    m = separation_metrics(features, labels, torch.eye(2).repeat(5, 1))
+    stat = lambda v: dict(mean=v, std=None, n=1, values=[v])  # noqa: E731
+    return dict(head=head, diverged_seeds=0, final_accuracy=stat(0.99), min_mean_gap=stat(m["min_mean_gap"]),
+                min_centre_angle_deg=stat(m["min_centre_angle_deg"]))
+
+
+def test_center_loss_is_judged_by_position_and_the_angular_heads_by_angle():
+    """Center loss pulls classes to points: blobs 10 sigma apart are 'separated' whatever the angle between their
+    mean directions; blobs 1 sigma apart 'overlap'. An angular head with the same features keeps the angle rule."""
+    from arcdist.metrics import mean_gap
+
+    apart, labels = _blobs(spacing=10.0, sigma=1.0)
+    close, _ = _blobs(spacing=1.0, sigma=1.0)
+    # the RMS radius of a 2-D Gaussian is sigma sqrt(2): gap = spacing / (2 sqrt(2) sigma)
+    assert mean_gap(apart, labels, 10) == pytest.approx(10 / (2 * math.sqrt(2)), rel=0.08)
+    assert mean_gap(close, labels, 10) < 0.5  # 0.35 expected; the smallest of 45 noisy pairs lies below it
+    assert report.measured_verdict(_verdict_row("center", apart, labels), 0.97, 20.0) == "separated"
+    assert report.measured_verdict(_verdict_row("center", close, labels), 0.97, 20.0) == "overlap"
+    # shifted far from the origin, the separated blobs' mean directions are a few degrees apart: the angle rule
+    # (right for rays from the origin) would call them overlapping; the position rule does not move
+    shifted = apart + torch.tensor([200.0, 0.0])
+    row = _verdict_row("center", shifted, labels)
+    assert row["min_centre_angle_deg"]["mean"] < 5.0
+    assert report.measured_verdict(row, 0.97, 20.0) == "separated"
+    assert report.measured_verdict(dict(row, head="arcface"), 0.97, 20.0) == "overlap"
+    assert report.measured_verdict(dict(row, head="softmax"), 0.97, 20.0) == "overlap"
