@@ -17,7 +17,7 @@ from accelerate.utils import broadcast_object_list
 from arcdist import checkpoint, preempt, runinfo
 from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict
 from arcdist.runlock import RunLock
-from arcdist.variants import DEFAULT_VARIANT, get_variant
+from arcdist.variants import default_variant, get_variant
 
 _HELD: list[RunLock] = []  # the run folder's lock, held for the life of the process
 
@@ -31,7 +31,7 @@ def default_run_dir(args: argparse.Namespace) -> Path:
     """--output-dir, else runs/<variant>-s<seed> (the seed of --seed, --set train.seed=N, or the variant)."""
     if args.output_dir:
         return Path(args.output_dir)
-    variant = args.variant or DEFAULT_VARIANT
+    variant = args.variant or default_variant()[0]
     seed = [f"train.seed={args.seed}"] if args.seed is not None else []
     cfg = apply_overrides(get_variant(variant).config, seed + list(args.overrides))  # as build_config orders them
     return Path(f"runs/{variant}-s{cfg.train.seed}")

@@ -39,7 +39,7 @@ from arcdist.heads import build_head, margin_at, param_count
 from arcdist.model import build_backbone, describe
 from arcdist.optim import build_optimizers, build_schedulers
 from arcdist.recorder import Recorder
-from arcdist.variants import DEFAULT_VARIANT, get_variant
+from arcdist.variants import MAIN_VARIANT, default_variant, get_variant
 
 TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are plotted (at most)
 # train.sync_every=0 on a GPU: one host read per 50 steps (see TrainConfig.sync_every)
@@ -113,7 +113,7 @@ class TrainState:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog="arcdist.train", description=__doc__, name="arcdist")
-    p.add_argument("--variant", default=None, help=f"variant name (default {DEFAULT_VARIANT}); see python -m arcdist.variants")
+    p.add_argument("--variant", default=None, help=f"variant name (default {MAIN_VARIANT}, the main job); see python -m arcdist.variants")
     p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the variant's, 100)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default=None,
@@ -135,7 +135,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lock-wait", type=float, default=60.0, metavar="SECONDS",
                    help="when another process owns the run folder, wait this long for it to exit, then refuse "
                         "(default 60: a requeued job may start while its previous incarnation exits)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.default_note = None
+    if args.variant is None and not args.resume:  # a resume keeps the run's own variant
+        args.variant, args.default_note = default_variant()
+    return args
 
 
 def build_config(args: argparse.Namespace, saved: Config | None = None) -> Config:
@@ -146,7 +150,7 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
                               f"drop --variant or pick another run folder")
         cfg = saved
     else:
-        cfg = get_variant(args.variant or DEFAULT_VARIANT).config
+        cfg = get_variant(args.variant).config
     # `accelerate launch --mixed_precision bf16|fp16` (or a config file's) applies unless --mixed-precision is
     # given; its default "no" is always exported, so it must not override a variant's own setting
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
@@ -625,6 +629,8 @@ def run(argv: list[str] | None = None) -> int:
     _RUN.update(run_dir=run_dir, timeout=cfg.train.collective_timeout_s)
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
+    if getattr(args, "default_note", None):
+        accelerator.print(args.default_note)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
     if rundir.claim(run_dir, accelerator, cfg, resume=saved is not None, lock_wait=args.lock_wait,

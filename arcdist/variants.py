@@ -139,6 +139,14 @@ _add("A6", "A4", "CPU recipe: light 3x3 net with a 2-layer head (32-64-128, 256x
 # (seed 0; results/cpu-recipe-search.md), so 5 epochs fit an AVX2-only CPU's 10 minutes with room
 _add("A7", "A6", "CPU recipe, SphereFace: A6 with the A-Softmax head (m = 4, the paper's lambda annealing), 5 epochs", "",
      _from("A6", head=head_of_kind(VARIANTS["A6"].config.head, "sphereface"), train=TrainConfig(epochs=5)))
+# the README's main command and the no-flag default: ArcFace again, on A6's recipe, with its logits scaled by the
+# feature's own norm (s = |x|) instead of a fixed s = 16. A fixed s puts every sample on the unit circle at one
+# confidence: the loss keeps a floor (0.12 at a class direction with W evenly spread) and each sample, an
+# ambiguous digit or a clean one, pushes the angles as hard as the next; with s = |x| the net lowers the norm of
+# the ambiguous ones and lets the clean ones reach zero loss, as softmax and SphereFace do (results/losses/README.md,
+# "ArcFace first"). The margin is ArcFace's, cos(theta_y + m), m = 0.2 with its 1-epoch warm-up
+_add("A8", "A6", "CPU recipe, ArcFace with s = |x| (the feature's own norm scales the logits), 5 epochs", "",
+     _from("A6", head=replace(VARIANTS["A6"].config.head, scale_by="norm"), train=TrainConfig(epochs=5)))
 # the losses grid (python -m arcdist.grid --variants losses): every head on A6's backbone and recipe, W learned from
 # A6's even spread (frozen W would hide what each loss does to the class directions), 3 epochs to fit a 2-core CPU
 _add("L-arcface", "A6", "losses grid: A6 with W learned (not frozen), 3 epochs", "",
@@ -169,7 +177,22 @@ C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), co
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",
      _from("A1", model=ModelConfig(layers=C3, fc=("linear", 256 * 2 * 2), in_channels=3, image_size=32),
            data=DataConfig(dataset="cifar10"), train=TrainConfig(epochs=30)))
-DEFAULT_VARIANT = "V1.1"  # the post's best
+MAIN_VARIANT = "A8"  # the README's main command
+
+
+def default_variant(cuda: bool | None = None) -> tuple[str, str]:
+    """The row a plain `accelerate launch arcdist/train.py` trains, and the line that says why (printed).
+
+    The main job on every machine: the post's best row, V1.1, is a 1.5-GFLOP net for 100 epochs (about a day on
+    a 2-core CPU); a GPU has no measured figure yet that favours another row (README, "The no-flag default").
+    """
+    if cuda is None:
+        import torch  # local: keep `arcdist.variants` torch-free to import
+
+        cuda = torch.cuda.is_available()
+    where = "a GPU" if cuda else "a CPU"
+    return MAIN_VARIANT, (f"arcdist: no --variant: training {MAIN_VARIANT}, the main job (ArcFace, s = |x|, 5 epochs) "
+                          f"on {where}; --variant V1.1 is the post's best, python -m arcdist.variants lists all")
 GROUPS = {"post": POST_VARIANTS, "losses": LOSS_VARIANTS, "arcface": ARCFACE_VARIANTS}  # names that stand for several rows (grid --variants)
 
 

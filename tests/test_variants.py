@@ -95,3 +95,26 @@ def test_the_sphereface_cpu_recipe_is_a6_with_only_the_head_and_length_changed()
 
 def test_every_variant_leaves_precision_and_layout_to_the_machine():
     assert {(v.config.train.mixed_precision, v.config.train.channels_last) for v in VARIANTS.values()} == {("auto", "auto")}
+
+
+def test_no_flag_entry_trains_the_main_job_on_a_cpu_and_on_a_gpu(monkeypatch):
+    """`accelerate launch arcdist/train.py` with no --variant trains A8 (ArcFace, s = |x|) and says so; a resume
+    keeps the run's own variant."""
+    import torch
+
+    from arcdist.train import parse_args
+    from arcdist.variants import MAIN_VARIANT, default_variant
+
+    assert MAIN_VARIANT == "A8"
+    head = VARIANTS["A8"].config.head
+    assert (head.kind, head.scale_by, head.margin, head.freeze) == ("arcface", "norm", 0.2, True)
+    assert VARIANTS["A8"].config.train.epochs == 5
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = parse_args([])
+    assert args.variant == "A8" and "training A8, the main job" in args.default_note and "on a CPU" in args.default_note
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    name, note = default_variant()
+    assert name == "A8" and note.endswith("python -m arcdist.variants lists all") and "on a GPU" in note
+    assert parse_args(["--variant", "V2"]).default_note is None
+    resumed = parse_args(["--resume", "runs/x"])
+    assert resumed.variant is None and resumed.default_note is None
