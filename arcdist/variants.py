@@ -147,6 +147,11 @@ _add("A7", "A6", "CPU recipe, SphereFace: A6 with the A-Softmax head (m = 4, the
 # "ArcFace first"). The margin is ArcFace's, cos(theta_y + m), m = 0.2 with its 1-epoch warm-up
 _add("A8", "A6", "CPU recipe, ArcFace with s = |x| (the feature's own norm scales the logits), 5 epochs", "",
      _from("A6", head=replace(VARIANTS["A6"].config.head, scale_by="norm"), train=TrainConfig(epochs=5)))
+# the long CPU recipe (issue 24's "best 2-D MNIST figure"): A8 for 12 epochs (the cosine schedule over the 12)
+_add("A9", "A8", "long CPU recipe: A8 for 12 epochs", "", _from("A8", train=TrainConfig(epochs=12)))
+_add("A9F", "A9", "Fashion-MNIST: A9 with 1-pixel shifts and flips, W frozen with look-alike classes adjacent", "",
+     _from("A9", data=DataConfig(dataset="fashion-mnist", shift=1, flip=True),
+           head=replace(VARIANTS["A9"].config.head, order=FASHION_RING)))
 # the losses grid (python -m arcdist.grid --variants losses): every head on A6's backbone and recipe, W learned from
 # A6's even spread (frozen W would hide what each loss does to the class directions), 3 epochs to fit a 2-core CPU
 _add("L-arcface", "A6", "losses grid: A6 with W learned (not frozen), 3 epochs", "",
