@@ -27,9 +27,7 @@ class CheckpointError(ConfigError):
 
 
 class WriteError(Exception):
-    """The run folder could not be written (no space, read-only file system, I/O error): exit status 3."""
-
-    EXIT_STATUS = 3
+    """The run folder could not be written (no space, read-only file system, I/O error): Exit.WRITE_FAILED."""
 
 
 def resume_advice(run_dir: str | os.PathLike) -> str:

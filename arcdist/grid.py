@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,12 +20,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from arcdist import runinfo
+from arcdist import preempt, runinfo
 from arcdist.cli import ArgumentParser
-from arcdist.preempt import INTERRUPTED_EXIT
 from arcdist.config import ConfigError
 from arcdist.data import get_spec
+from arcdist.errors import Exit
 from arcdist.runlock import BUSY
+from arcdist.status import ENDED, RunStatus
 from arcdist.tracking import WANDB_MODES
 from arcdist.variants import GROUPS, POST_VARIANTS, get_variant
 
@@ -40,7 +40,7 @@ class Job:
     seed: int
     dataset: str
     run_dir: str
-    status: str = "pending"  # pending | finished | diverged | failed | preempted | interrupted | skipped | busy
+    status: RunStatus = RunStatus.PENDING
     returncode: int | None = None
     error: str | None = None
     final_accuracy: float | None = None
@@ -132,7 +132,7 @@ def train_command(job: Job, args: argparse.Namespace, port: int | None = None, t
 
 
 def is_finished(job: Job) -> bool:
-    return runinfo.read_summary(Path(job.run_dir)).get("status") in runinfo.ENDED
+    return runinfo.read_summary(Path(job.run_dir)).get("status") in ENDED
 
 
 def free_port() -> int:
@@ -183,17 +183,17 @@ def finish(job: Job, returncode: int, started: float) -> None:
     job.returncode, job.wall_time_s = returncode, round(time.time() - started, 1)
     summary = runinfo.read_summary(Path(job.run_dir))
     job.final_accuracy, job.best_accuracy = summary.get("final_accuracy"), summary.get("best_accuracy")
-    if returncode == 0 and summary.get("status") in ("finished", "diverged", "preempted"):
-        job.status, job.error = summary["status"], None
+    if returncode == Exit.OK and summary.get("status") in (*ENDED, RunStatus.PREEMPTED):
+        job.status, job.error = RunStatus(summary["status"]), None
         return
-    if returncode == INTERRUPTED_EXIT and summary.get("status") == "preempted":  # Ctrl-C: checkpoint saved
-        job.status, job.error = "interrupted", None
+    if returncode == Exit.INTERRUPTED and summary.get("status") == RunStatus.PREEMPTED:  # Ctrl-C: checkpoint saved
+        job.status, job.error = RunStatus.INTERRUPTED, None
         return
     tail = Path(job.log).read_text(errors="replace").strip().splitlines() if job.log else []
     errors = [line for line in tail if "error" in line.lower()]
     job.error = (errors or tail or [f"exit status {returncode}"])[-1][-500:]
     # another process owns the run folder (a grid rerun over a running job): not a failure of this job
-    job.status = "busy" if returncode == 2 and BUSY in job.error else "failed"
+    job.status = RunStatus.BUSY if returncode == Exit.BAD_INPUT and BUSY in job.error else RunStatus.FAILED
 
 
 def write_grid_json(root: Path, args: argparse.Namespace, jobs: list[Job]) -> None:
@@ -210,7 +210,7 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
     queue = []
     for job in jobs:
         if is_finished(job):
-            job.status = "skipped"
+            job.status = RunStatus.SKIPPED
             summary = runinfo.read_summary(Path(job.run_dir))
             job.final_accuracy, job.best_accuracy = summary.get("final_accuracy"), summary.get("best_accuracy")
         else:
@@ -220,21 +220,17 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
     running: dict[int, tuple[Job, subprocess.Popen, float, object]] = {}
     interrupts = []
 
-    def on_interrupt(signum, frame):
+    def on_interrupt(count: int) -> None:
         # the jobs run in their own sessions, so the terminal's Ctrl-C reaches only this process: pass it on
         # once per Ctrl-C (the first stops each job at its next step with a checkpoint, a second quits them)
-        interrupts.append(signum)
+        interrupts.append(count)
         queue.clear()
-        print(f"[grid] Ctrl-C: {'stopping' if len(interrupts) == 1 else 'quitting'} {len(running)} running job(s)",
-              flush=True)
+        print(f"[grid] Ctrl-C: {'stopping' if count == 1 else 'quitting'} {len(running)} running job(s)", flush=True)
         for _, proc, _, _ in running.values():
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(preempt.signal.SIGINT)
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
+    with preempt.forwarding_interrupts(on_interrupt):
         _run_queue(root, args, jobs, queue, slots, free, running)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     write_grid_json(root, args, jobs)
     if interrupts:
         raise KeyboardInterrupt
@@ -251,7 +247,7 @@ def _run_queue(root: Path, args: argparse.Namespace, jobs: list[Job], queue: lis
             env = dict(os.environ, **slots[slot])
             cpu_slot = slots[slot].get("CUDA_VISIBLE_DEVICES") == ""  # (a GPU job's threads stay automatic)
             cmd = train_command(job, args, free_port(), int(slots[slot]["OMP_NUM_THREADS"]) if cpu_slot else 0)
-            job.status, job.devices = "running", [int(i) for i in slots[slot].get("CUDA_VISIBLE_DEVICES", "").split(",") if i]
+            job.status, job.devices = RunStatus.RUNNING, [int(i) for i in slots[slot].get("CUDA_VISIBLE_DEVICES", "").split(",") if i]
             print(f"[grid] start {Path(job.run_dir).name} (slot {slot})", flush=True)
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             running[slot] = (job, proc, time.time(), log)
@@ -277,12 +273,12 @@ def run_task(args: argparse.Namespace, jobs: list[Job]) -> int:
     job = jobs[args.task_index]
     if is_finished(job):
         print(f"[grid] {Path(job.run_dir).name} already finished; nothing to do")
-        return 0
+        return Exit.OK
     Path(job.run_dir).parent.mkdir(parents=True, exist_ok=True)
     cmd = train_command(job, args, free_port())
     print(f"[grid] task {job.index}: {' '.join(cmd)}", flush=True)
     os.execv(cmd[0], cmd)
-    return 0  # not reached
+    return Exit.OK  # not reached
 
 
 def format_table(jobs: list[Job]) -> str:
@@ -302,20 +298,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.list:
             for j in jobs:
                 print(f"{j.index}\t{j.variant}\t{j.seed}\t{j.dataset}\t{j.run_dir}")
-            return 0
+            return Exit.OK
         if args.task_index is not None:
             return run_task(args, jobs)
         run_grid(args, jobs)
     except ConfigError as e:
         print(f"arcdist.grid: error: {e}", file=sys.stderr)
-        return 2
+        return Exit.BAD_INPUT
     except KeyboardInterrupt:  # every job stopped with a checkpoint (or quit on a second Ctrl-C)
         print(format_table(jobs))
         print(f"interrupted; rerun the same command to resume. grid.json: {Path(args.out) / args.grid_id / 'grid.json'}")
-        return INTERRUPTED_EXIT
+        return Exit.INTERRUPTED
     print(format_table(jobs))
     print(f"grid.json: {Path(args.out) / args.grid_id / 'grid.json'}")
-    return 1 if any(j.status == "failed" for j in jobs) else 0
+    return Exit.FAILED if any(j.status == RunStatus.FAILED for j in jobs) else Exit.OK
 
 
 if __name__ == "__main__":

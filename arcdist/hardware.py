@@ -24,9 +24,14 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from arcdist.config import Config
 
 BF16_MIN_GAIN = 1.15  # bf16 is chosen on a CPU only when the probe finds it this much faster than fp32
 CL_MIN_GAIN = 1.05  # channels_last likewise against NCHW
@@ -231,3 +236,46 @@ def _images_per_s(step: Callable[[], None], batch: int) -> float:
         step()
         n += 1
     return n * batch / (time.perf_counter() - t0)
+
+
+def configure_cpu(cfg: "Config") -> None:
+    """Process-wide CPU settings that decide speed (measured in bench/throughput.py)."""
+    import torch
+
+    torch.set_flush_denormal(True)  # MNIST's many exact zeros produce denormals that halve CPU speed
+    # `accelerate launch` exports OMP_NUM_THREADS=1 by default, which halves a 2-core run
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cfg.train.threads or max(1, len(os.sched_getaffinity(0)) // local))
+
+
+def setup_accelerator(cfg: "Config", log_with: str | None = None) -> tuple["Config", "Accelerator", Choice]:
+    """Pick the device (CPU only when no accelerator is visible or train.cpu), resolve train.mixed_precision /
+    train.channels_last "auto" on the main process (every rank gets its choice), build the Accelerator.
+
+    Returns the config with the resolved values, the Accelerator, and the choice with its reason.
+    """
+    from datetime import timedelta
+
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import broadcast_object_list
+
+    device = device_type(cfg.train.cpu)
+    if device == "cpu":
+        configure_cpu(cfg)
+    # the process group, before the choice is broadcast; a collective that waits longer than
+    # train.collective_timeout_s for a rank fails (and the job ends) instead of waiting forever
+    state = PartialState(cpu=device == "cpu", timeout=timedelta(seconds=cfg.train.collective_timeout_s))
+    choice = [None]
+    if state.is_main_process:
+        per_rank = max(1, cfg.data.batch_size // state.num_processes)
+        choice[0] = resolve(cfg.train.mixed_precision, cfg.train.channels_last, device,
+                                     probe_fn=lambda c: probe_cpu(cfg.model, per_rank, c)).to_dict()
+    if state.num_processes > 1:
+        broadcast_object_list(choice, from_process=0)
+    resolved = Choice(**choice[0])
+    cfg = replace(cfg, train=replace(cfg.train, mixed_precision=resolved.mixed_precision,
+                                     channels_last=resolved.channels_last))
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolved.mixed_precision,
+                              step_scheduler_with_optimizer=False, log_with=log_with)
+    accelerator.print(f"arcdist: {device}, {resolved.label()} ({resolved.reason})")
+    return cfg, accelerator, resolved

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -51,3 +52,21 @@ def build_schedulers(cfg: OptimConfig, opt_net: torch.optim.Optimizer, opt_head:
         return net(step) if cfg.schedule_head else 1.0
 
     return (torch.optim.lr_scheduler.LambdaLR(opt_net, net), torch.optim.lr_scheduler.LambdaLR(opt_head, head))
+
+
+def ema_with_warmup(decay: float) -> Callable:
+    """`AveragedModel`'s update: an EMA whose decay is min(decay, (1 + n) / (10 + n)) after n updates.
+
+    TensorFlow's `ExponentialMovingAverage(num_updates=...)` rule. A fixed 0.999 would keep half its weight on
+    the first 700 steps (random weights): a 3-epoch MNIST run evaluated at chance. Integer buffers (BatchNorm's
+    batch count) are copied. The decay stays a device tensor: no host read.
+    """
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        keep = torch.clamp((1 + n) / (10 + n), max=decay)
+        for a, c in zip(averaged, current, strict=True):
+            if a.is_floating_point():
+                a.lerp_(c, (1 - keep).to(a.dtype))
+            else:
+                a.copy_(c)
+    return update

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from arcdist.cli import ArgumentParser
+from arcdist.errors import Exit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,12 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.run_dir / "features").is_dir():
         print(f"arcdist.plot: error: {args.run_dir} has no features/ folder; pass a run folder written by "
               "arcdist.train", file=sys.stderr)
-        return 2
+        return Exit.BAD_INPUT
     from arcdist import figures
 
     written = figures.render_all(args.run_dir)
     print(f"wrote {len(written)} files under {args.run_dir / 'plots'}")
-    return 0
+    return Exit.OK
 
 
 if __name__ == "__main__":

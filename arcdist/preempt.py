@@ -14,10 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
+
+from arcdist.errors import Exit
 
 STOP_FILE = "PREEMPT"
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, the shell's convention
 PROCESS_START = time.time()
 _flags = dict(stop=False, interrupts=0)
 PARTIAL: set[Path] = set()  # folders being written (checkpoints): removed when a second Ctrl-C quits
@@ -37,7 +40,7 @@ def _on_interrupt(signum, frame) -> None:
     print("arcdist: Ctrl-C again: quitting now; the last complete checkpoint is kept", file=sys.stderr, flush=True)
     for path in list(PARTIAL):
         shutil.rmtree(path, ignore_errors=True)
-    os._exit(INTERRUPTED_EXIT)
+    os._exit(Exit.INTERRUPTED)
 
 
 def install_handlers() -> None:
@@ -98,6 +101,23 @@ def after_stop(run_dir: Path, state: dict) -> int:
     if interrupted():
         print(f"interrupted: checkpoint saved at epoch {state['epoch'] + 1}, step {state['step']}; resume with:\n"
               f"  {Path(sys.executable).name} {sys.argv[0]} --resume {run_dir}", flush=True)
-        return INTERRUPTED_EXIT
+        return Exit.INTERRUPTED
     requeue_self(run_dir)
-    return 0
+    return Exit.OK
+
+
+@contextmanager
+def forwarding_interrupts(on_interrupt: Callable[[int], None]) -> Iterator[None]:
+    """While inside, each Ctrl-C (SIGINT) calls `on_interrupt(count)` instead of raising (the grid runner passes
+    it on to its jobs, which run in their own sessions); the previous handler is restored after."""
+    count = [0]
+
+    def handler(signum, frame) -> None:
+        count[0] += 1
+        on_interrupt(count[0])
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

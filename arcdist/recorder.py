@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from arcdist import checkpoint, runinfo, tracking
+from arcdist.status import RunStatus
 from arcdist.config import first_line
 
 
@@ -51,7 +52,7 @@ class Recorder:
     def diverged(self, epoch: int, where: dict) -> None:
         """The divergence row (metrics, W&B) and the one line that says where and in which tensors."""
         if self.is_main:
-            runinfo.append_metrics(self.run_dir, dict(epoch=epoch, status="diverged", diverged=where))
+            runinfo.append_metrics(self.run_dir, dict(epoch=epoch, status=RunStatus.DIVERGED, diverged=where))
             self.log({"diverged_epoch": epoch, "diverged_step": where["step"]}, epoch)
         self.acc.print(f"diverged: non-finite {', '.join(where['tensors'])} at epoch {where['epoch']}, "
                        f"step {where['step']}; stopped")

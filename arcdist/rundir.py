@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from arcdist import checkpoint, preempt, runinfo
+from arcdist.status import ENDED
 from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict
 from arcdist.runlock import RunLock
 from arcdist.variants import default_variant, get_variant
@@ -59,7 +60,7 @@ def locate(args: argparse.Namespace) -> tuple[Path, Config | None]:
     if args.resume or (elastic_restart() and checkpoint.latest_checkpoint(run_dir) is not None):
         saved = load_saved_config(run_dir)
         ended = runinfo.read_summary(run_dir).get("status")
-        if checkpoint.latest_checkpoint(run_dir) is None and ended in runinfo.ENDED:
+        if checkpoint.latest_checkpoint(run_dir) is None and ended in ENDED:
             raise ConfigError(f"--resume {run_dir}: the run ended {ended} without a complete checkpoint, so there is "
                               "nothing to continue; start a new run instead")
         return run_dir, saved

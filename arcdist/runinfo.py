@@ -11,11 +11,11 @@ from importlib import metadata
 from pathlib import Path
 
 from arcdist.config import Config
+from arcdist.status import RunStatus
 
 CONFIG = "config.json"  # written when a run starts: its presence marks a started run
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-ENDED = ("finished", "diverged")  # summary.json statuses of a run that has nothing left to train
 PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "matplotlib", "numpy", "arcdist")
 
 
@@ -104,7 +104,7 @@ def write_summary(run_dir: Path, state: dict, extra: dict | None = None) -> dict
     rows = [r for r in read_metrics(run_dir) if "test_accuracy" in r]
     final = rows[-1] if rows else {}
     summary = dict(status=state["status"], epochs=state["epoch"], best_accuracy=state["best_accuracy"],
-                   best_epoch=state["best_epoch"], diverged=state["status"] == "diverged",
+                   best_epoch=state["best_epoch"], diverged=state["status"] == RunStatus.DIVERGED,
                    final_accuracy=final.get("test_accuracy"), intra_spread_deg=final.get("intra_spread_deg"),
                    min_centre_angle_deg=final.get("min_centre_angle_deg"), wandb_id=state.get("wandb_id"),
                    wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows), rollbacks=state.get("rollbacks", 0),

@@ -242,10 +242,11 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from arcdist.cli import ArgumentParser
+    from arcdist.errors import Exit
 
     ArgumentParser(prog="arcdist.variants", description=__doc__).parse_args(argv)  # --help; no options
     print(format_table(table_rows()))
-    return 0
+    return Exit.OK
 
 
 if __name__ == "__main__":

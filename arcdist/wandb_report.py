@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from arcdist import runinfo
+from arcdist.status import RunStatus
 
 
 class WandbError(Exception):
@@ -138,7 +139,7 @@ def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout
             run_dir.mkdir(parents=True, exist_ok=True)
             rows = [dict({k: v for k, v in r.items() if not k.startswith("_") and _finite(v)}, epoch=r["_step"])
                     for r in run.scan_history() if "test_accuracy" in r or "diverged" in r]
-            rows = [dict(r, status="diverged") if "diverged" in r else r for r in rows]
+            rows = [dict(r, status=RunStatus.DIVERGED) if "diverged" in r else r for r in rows]
             runinfo.atomic_write(run_dir / runinfo.METRICS, "".join(json.dumps(r) + "\n" for r in rows))
             summary = {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str, bool))}
             runinfo.atomic_write(run_dir / runinfo.SUMMARY, json.dumps(summary))

@@ -7,7 +7,7 @@
 Modes (each runs in its own process, so process-wide settings do not leak between them):
   post     the post's loop: torchvision MNIST + ToTensor + DataLoader(batch, shuffle=True), plain PyTorch
            model and head, two SGD optimizers (no arcdist code on the path)
-  arcdist  arcdist's Trainer.train_step on device-resident batches (one process)
+  arcdist  arcdist's Stepper.train_step on device-resident batches (one process)
   ddp2     the same with 2 gloo ranks (accelerate launch --multi_gpu --num_processes 2), total images/s
   bare     forward + backward + both optimizer steps on one preloaded batch, nothing else
 Prints images/s, the ratios arcdist/post and arcdist/bare, and achieved FLOP/s (3 x forward FLOPs per
@@ -181,7 +181,7 @@ def _trainer(args):
 
 
 def run_arcdist(args) -> dict:
-    """arcdist's own train_step over its own device-resident batches."""
+    """arcdist's own Stepper.train_step over its own device-resident batches."""
     import torch
 
     from arcdist.data import train_batches
@@ -191,7 +191,7 @@ def run_arcdist(args) -> dict:
 
     def step():
         x, y = next(batches)
-        trainer.train_step(x, y, cfg.head.margin_warmup_epochs)  # the full margin
+        trainer.stepper.train_step(x, y, cfg.head.margin_warmup_epochs)  # the full margin
 
     sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
     out = dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync),
@@ -203,7 +203,7 @@ def run_arcdist(args) -> dict:
             for x, y in train_batches(trainer.train_data, cfg.data.batch_size, cfg.train.seed, epoch, 0, 1):
                 if steps >= args.accuracy_steps:
                     break
-                trainer.train_step(x, y, steps / spe)
+                trainer.stepper.train_step(x, y, steps / spe)
                 steps += 1
             if steps >= args.accuracy_steps:
                 break
@@ -269,7 +269,7 @@ def run_grid_epochs(args) -> dict:
         trainer.train_epoch(1)
         sync()
         out[name] = dict(images_per_s=args.steps * cfg.data.batch_size / (time.perf_counter() - t0),
-                         precision=choice.label(), sync_every=trainer.sync_every(), compile=cfg.train.compile)
+                         precision=choice.label(), sync_every=trainer.stepper.every, compile=cfg.train.compile)
         del trainer
         gc.collect()
         if torch.cuda.is_available():

@@ -149,8 +149,8 @@ def test_fp16_scaler_steps_both_optimizers_with_one_scale(data, tmp_path):
     plain, scaled = fp16_trainers(data, tmp_path, init_scale=2.0 ** 10)
     x, y = plain.train_data.batch(torch.arange(64))
     assert all(torch.equal(a, b) for a, b in zip(params(plain), params(scaled)))
-    plain.train_step(x, y, 0.2)
-    _, bad = scaled.train_step(x, y, 0.2)
+    plain.stepper.train_step(x, y, 0.2)
+    _, bad, _ = scaled.stepper.train_step(x, y, 0.2)
     # a power-of-two scale and its inverse are exact: both optimizers see the very same gradients
     assert bad == [] and all(torch.equal(a, b) for a, b in zip(params(plain), params(scaled)))
     assert scaled.acc.scaler.get_scale() == 2.0 ** 10
@@ -161,7 +161,7 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale_once(data, tmp_path):
     _, scaled = fp16_trainers(data, tmp_path, init_scale=2.0 ** 127)  # loss * 2^127 overflows float32
     x, y = scaled.train_data.batch(torch.arange(64))
     before = params(scaled)
-    loss, bad = scaled.train_step(x, y, 0.2)
+    loss, bad, _ = scaled.stepper.train_step(x, y, 0.2)
     assert bad == [] and math.isfinite(loss)  # an overflow is not a divergence
     assert all(torch.equal(a, b) for a, b in zip(before, params(scaled)))  # neither optimizer stepped
     assert scaled.acc.scaler.get_scale() == 2.0 ** 126  # once per step, not once per optimizer

@@ -4,6 +4,8 @@ import torch
 from safetensors.torch import load_file
 
 from arcdist import preempt
+from arcdist.status import RunStatus
+from arcdist.trainer import Stopped
 from conftest import metric_rows as rows, cli_env, make_tiny_mnist, run_train, summary, tiny_args
 
 
@@ -26,7 +28,7 @@ def trainer(data, tmp_path, every, *extra, nan_at=None):
 
 def everything(t):
     """Every tensor a step changes: parameters, buffers, EMA, optimizer states; and the schedules' counts."""
-    out = [v for m in t._state_modules() for v in m.state_dict().values()]
+    out = [v for m in t.stepper.state_modules() for v in m.state_dict().values()]
     for opt in (t.opt_net, t.opt_head):
         out += [v for state in opt.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
     return out, [t.sched_net.scheduler.last_epoch, t.sched_head.scheduler.last_epoch,
@@ -42,8 +44,8 @@ def assert_same(a, b):
 def test_sync_every_resolves_to_one_on_a_cpu_and_is_validated(data, tmp_path):
     from arcdist.config import ConfigError
 
-    assert trainer(data, tmp_path, 0).sync_every() == 1
-    assert trainer(data, tmp_path, 8).sync_every() == 8
+    assert trainer(data, tmp_path, 0).stepper.every == 1
+    assert trainer(data, tmp_path, 8).stepper.every == 8
     with pytest.raises(ConfigError, match="train.sync_every must be >= 0"):
         trainer(data, tmp_path, -1)
 
@@ -58,7 +60,7 @@ def test_a_nan_inside_a_window_is_undone_and_reported_as_with_every_step(data, t
         t.state.epoch, t.state.step, t.state.loss_sum = 1, 0, 0.0
     assert_same(one, eight)
     got = [t.train_epoch(1) for t in (one, eight)]
-    assert got[0] == got[1] == dict(diverged=dict(epoch=2, step=nan_step, tensors=["loss", "gradients"]))
+    assert got[0] == got[1] == Stopped(RunStatus.DIVERGED, dict(epoch=2, step=nan_step, tensors=["loss", "gradients"]))
     assert_same(one, eight)  # steps before the bad one applied, the bad one and any later ones not
 
 
@@ -68,7 +70,7 @@ def test_a_stop_request_is_noticed_at_the_next_read(data, tmp_path):
         t = trainer(data, tmp_path, every)
         preempt._flags["stop"] = True
         try:
-            assert t.train_epoch(0) == dict(preempted=True)
+            assert t.train_epoch(0) == Stopped(RunStatus.PREEMPTED)
         finally:
             preempt._flags["stop"] = False
         steps[every] = t.state.step

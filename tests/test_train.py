@@ -124,7 +124,7 @@ def test_ema_is_the_exponential_average_of_the_steps(tiny_data, tmp_path):
     reference = None
     for step in range(3):
         x, y = trainer.train_data.batch(torch.arange(step * 64, (step + 1) * 64))
-        trainer.train_step(x, y, 0.2)
+        trainer.stepper.train_step(x, y, 0.2)
         tensors = [*live.parameters(), *live.buffers()]
         now = [t.detach().clone().double() for t in tensors]
         # the first update copies the weights; the n-th later one keeps min(decay, (1 + n) / (10 + n)) of the average

@@ -1,0 +1,66 @@
+"""Exit statuses, in one table, and the classification of the exceptions that end a command by their type.
+
+Every command (train, grid, report, explore) ends with one of `Exit`; a failure prints one line that names the
+problem and the fix (`one_line`), and nothing already on disk is damaged.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+from enum import IntEnum
+
+from arcdist.config import ConfigError, first_line
+
+
+class Exit(IntEnum):
+    OK = 0
+    FAILED = 1  # the grid: a job failed (its error is in grid.json); anything unexpected (a traceback)
+    BAD_INPUT = 2  # the input cannot work: the line says what to change (ConfigError and the commands' own)
+    WRITE_FAILED = 3  # the run folder could not be written (full disk, read-only, I/O error); --resume after
+    LOST_CONTACT = 4  # a rank lost contact with the others (a rank or node died or froze); --resume after
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, the shell's convention); the checkpoint is kept
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT)  # an OSError that is the disk's, not a bug
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """An OSError of the storage (full, read-only, failing): the run stops with Exit.WRITE_FAILED."""
+    return isinstance(e, OSError) and e.errno in WRITE_ERRNOS
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """An error of the process group's transport: a peer rank's connection broke, or a collective timed out.
+
+    torch raises `DistError` for some and a bare RuntimeError for gloo's and NCCL's, whose text is all that says
+    what they are: those are recognised by it, here only."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:  # (run()'s end_training has destroyed the group by now)
+        return False
+    import torch  # local: the launchers import this module and stay light
+    if isinstance(e, getattr(torch.distributed, "DistError", ())):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        mark in text for mark in ("/gloo/", "NCCL", "Connection reset by peer", "Connection closed by peer",
+                                  "Timed out waiting"))
+
+
+def collective_line(e: BaseException, timeout: float | None, advice: str) -> str:
+    """One line: which rank on which host lost contact, the transport's words (and the peer's host), the fix."""
+    text = first_line(e)
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text).split(". This is typically")[0]  # gloo's source path and advice
+    peer = re.search(r"\[(\d+\.\d+\.\d+\.\d+)\]", text)
+    if peer:
+        try:
+            text += f" (peer {socket.gethostbyaddr(peer.group(1))[0]})"
+        except OSError:
+            pass
+    rank = os.environ.get("RANK", "?")
+    bound = f" (a collective waits at most train.collective_timeout_s = {timeout:g} s)" if timeout else ""
+    return (f"rank {rank} on {socket.gethostname()} lost contact with the other ranks: {text}; a rank or node "
+            f"died or stopped responding{bound}; {advice}")
+
+
+__all__ = ["ConfigError", "Exit", "WRITE_ERRNOS", "collective_line", "is_collective_failure", "is_write_failure"]

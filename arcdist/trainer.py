@@ -1,0 +1,267 @@
+"""The loop: epochs of guarded steps, evaluation on all ranks' features, checkpoints, rollback and resume.
+
+The Trainer builds the models, optimizers and device-resident data from the config and hands them to its
+components: the Stepper (arcdist.step) takes the steps, the Recorder (arcdist.recorder) writes the main
+process's files and W&B, arcdist.checkpoint saves and loads, and `TrainState` is the progress they save.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from arcdist import checkpoint, preempt, runinfo
+from arcdist.config import Config, ConfigError
+from arcdist.data import DeviceData, epoch_permutation, get_spec, load_dataset, steps_per_epoch, train_batches
+from arcdist.faults import Faults
+from arcdist.gather import gather_features
+from arcdist.heads import build_head, margin_at, param_count
+from arcdist.metrics import separation_metrics
+from arcdist.model import build_backbone, describe
+from arcdist.optim import build_optimizers, build_schedulers, ema_with_warmup
+from arcdist.recorder import Recorder
+from arcdist.status import RunStatus
+from arcdist.step import Stepper, sync_every
+
+TRAIN_SAMPLE_SIZE = 10_000  # fixed random training images whose features are plotted (at most)
+
+
+@dataclass
+class TrainState:
+    """The run's progress: what trainer.json holds and resume restores (torchtitan's state_dict contract)."""
+
+    epoch: int = 0  # finished epochs
+    step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint resumes there)
+    loss_sum: float = 0.0  # of the current epoch's steps so far
+    best_accuracy: float = 0.0
+    best_epoch: int = 0
+    status: RunStatus = RunStatus.RUNNING  # running | finished | preempted | diverged
+    wandb_id: str | None = None
+    rollbacks: int = 0
+    lr_scale: float = 1.0  # the learning rates' factor after rollbacks (0.5 ** rollbacks)
+    diverged: dict | None = None  # where and in which tensors (summary.json's diverged_at)
+
+    def state_dict(self) -> dict:
+        state = asdict(self)
+        state["status"] = RunStatus(self.status).value
+        if state["diverged"] is None:  # trainer.json has had no such key: keep the files alike
+            del state["diverged"]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take the fields `state` has (older files may lack some); the rest stay."""
+        for f in fields(self):
+            if f.name in state:
+                setattr(self, f.name, RunStatus(state[f.name]) if f.name == "status" else state[f.name])
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """An epoch that ended before its last step: preempted (a stop request) or diverged (where: epoch, step,
+    tensors)."""
+
+    status: RunStatus
+    where: dict | None = None
+
+
+class Trainer:
+    """Builds models, optimizers and data; trains: train_epoch / evaluate / fit, rollback, resume."""
+
+    def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None, no_progress: bool = False,
+                 faults: Faults | None = None):
+        if "auto" in (cfg.train.mixed_precision, cfg.train.channels_last):  # built without setup_accelerator
+            cfg = replace(cfg, train=replace(cfg.train, mixed_precision=accelerator.mixed_precision,
+                                             channels_last=cfg.train.channels_last is True))
+        self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        spec = get_spec(cfg.data.dataset)
+        splits = data or load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
+        lt, le = cfg.data.limit_train or None, cfg.data.limit_test or None
+        self.train_data = DeviceData(splits.train_x[:lt], splits.train_y[:lt], spec, accelerator.device)
+        self.test_data = DeviceData(splits.test_x[:le], splits.test_y[:le], spec, accelerator.device)
+        n = len(self.train_data)
+        if cfg.data.batch_size > n:
+            raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {n} training images; "
+                              "lower --set data.batch_size or raise --limit-train")
+        if cfg.data.batch_size % self.world:
+            raise ConfigError(f"batch size {cfg.data.batch_size} does not split over {self.world} processes; "
+                              "use a multiple of the process count")
+        sample = epoch_permutation(n, cfg.train.seed, -1)[:TRAIN_SAMPLE_SIZE].sort().values
+        self.train_sample = DeviceData(splits.train_x[:lt][sample], splits.train_y[:lt][sample], spec,
+                                       accelerator.device)
+        self.steps_per_epoch = steps_per_epoch(n, cfg.data.batch_size)
+
+        set_seed(cfg.train.seed)
+        backbone = build_backbone(cfg.model)
+        if cfg.train.channels_last:
+            backbone = backbone.to(memory_format=torch.channels_last)
+            for d in (self.train_data, self.test_data, self.train_sample):
+                d.channels_last = True
+        head = build_head(cfg.head, cfg.model.feature_dim, self.steps_per_epoch)
+        opt_net, opt_head = build_optimizers(cfg.optim, backbone, head, fused=cfg.train.fused_optim)
+        sched_net, sched_head = build_schedulers(cfg.optim, opt_net, opt_head, self.steps_per_epoch, cfg.train.epochs)
+        head_trains = any(p.requires_grad for p in head.parameters())
+        if not head_trains:  # nothing to synchronise: no DDP wrapper (torch refuses one without trainable params)
+            head = accelerator.prepare_model(head, evaluation_mode=True)
+        (self.backbone, self.head, self.opt_net, self.opt_head, self.sched_net, self.sched_head) = \
+            accelerator.prepare(backbone, head, opt_net, opt_head, sched_net, sched_head)
+        self.ema = None  # the averaged backbone (train.ema): saved in every checkpoint, used by evaluate()
+        if cfg.train.ema:
+            average = AveragedModel(accelerator.unwrap_model(self.backbone), use_buffers=True,
+                                    multi_avg_fn=ema_with_warmup(cfg.train.ema))
+            self.ema = accelerator.prepare_model(average, evaluation_mode=True)
+        if cfg.train.compile != "off":  # in place, after the average copied the plain module; same state_dict keys
+            accelerator.unwrap_model(self.backbone).compile(mode=cfg.train.compile)
+        self.state = TrainState()
+        self.resumed = False  # continued from a checkpoint (resume())
+        self.faults = faults or Faults.from_env()
+        self.recorder = Recorder(run_dir, accelerator)
+        self.stop_requested = False  # all ranks agreed on a preemption request (signal or stop file)
+        self.stop_file = preempt.stop_file(run_dir)  # created by batch scripts' traps: reaches every topology
+        self.stepper = Stepper(accelerator, self.backbone, self.head, (self.opt_net, self.opt_head),
+                               (self.sched_net, self.sched_head), self.ema, head_trains,
+                               sync_every(accelerator, cfg.train.sync_every), self._stop_wanted)
+
+    @property
+    def head_module(self):
+        """The head without its DDP wrapper."""
+        return self.acc.unwrap_model(self.head)
+
+    def _stop_wanted(self) -> bool:
+        """A preemption request seen by this rank: a signal, Ctrl-C, or the stop file (rank 0 looks)."""
+        return self.stop_requested or preempt.requested() or (self.rank == 0 and self.stop_file.exists())
+
+    def _batches(self, epoch: int, start_step: int):
+        return train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
+                             self.world, start_step, self.cfg.data.shift, self.cfg.data.flip, self.cfg.data.rotate)
+
+    # -- one epoch ---------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict | Stopped:
+        """Train the rest of `epoch` (from state.step): its stats, or where it stopped. The flags are read back
+        every train.sync_every steps (arcdist.step), so a stop request is noticed up to that many steps late."""
+        self.backbone.train()
+        self.head.train()
+        start, spe, t0 = self.state.step, self.steps_per_epoch, time.perf_counter()
+        bar = tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False,
+                   disable=not self.acc.is_main_process or self.no_progress, dynamic_ncols=True)
+        for step, (x, y) in enumerate(self._batches(epoch, start), start=start):
+            self.faults.before_step(self.run_dir, self.rank, self.resumed, epoch + 1, step)
+            poison = self.faults.poisons(epoch + 1, step, self.state.rollbacks)
+            outcome = self.stepper.step(epoch, step, x, y, epoch + step / spe, poison, step + 1 == spe,
+                                        lambda first: self._batches(epoch, first))
+            if outcome is None:  # the window is still open
+                continue
+            for done, loss in outcome.losses:
+                self.state.loss_sum, self.state.step = self.state.loss_sum + loss, done + 1
+            self.stop_requested = outcome.stop
+            if outcome.losses:
+                images = (self.state.step - start) * self.cfg.data.batch_size
+                bar.set_postfix(loss=f"{outcome.losses[-1][1]:.3f}", img_s=f"{images / (time.perf_counter() - t0):.0f}")
+                bar.update(len(outcome.losses))
+            if outcome.diverged or (outcome.stop and self.state.step < spe):
+                bar.close()
+                return Stopped(RunStatus.DIVERGED, outcome.diverged) if outcome.diverged \
+                    else Stopped(RunStatus.PREEMPTED)
+        bar.close()
+        seconds = time.perf_counter() - t0
+        return dict(train_loss=self.state.loss_sum / spe, epoch_time_s=seconds,
+                    images_per_s=(spe - start) * self.cfg.data.batch_size / seconds,
+                    margin=margin_at(self.cfg.head, epoch + 1), lr=self.opt_net.param_groups[0]["lr"])
+
+    def evaluate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Metrics on the whole gathered test set by the head's prediction rule (computed on every rank; only the
+        main one writes)."""
+        feats, labels = self.features(self.test_data)
+        geometry = self.head_module.geometry()
+        metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"))
+        metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
+        return metrics, feats, labels
+
+    def features(self, data: DeviceData) -> tuple[torch.Tensor, torch.Tensor]:
+        """2-D features and labels of all of `data`, each row once, on every rank (by the average with train.ema)."""
+        model = self.acc.unwrap_model(self.backbone) if self.ema is None else self.ema.module
+        return gather_features(self.acc, model, data, self.cfg.model.feature_dim, self.cfg.train.eval_batch_size)
+
+    def model_info(self) -> dict:
+        """Parameters (backbone + head) and forward FLOPs per image, for summaries and reports."""
+        info = describe(self.cfg.model)
+        return dict(params=info["params"] + param_count(self.cfg.head, self.cfg.model.feature_dim),
+                    flops=info["flops"])
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        checkpoint.save_checkpoint(self.acc, self.run_dir, self.state.epoch, self.state.state_dict(),
+                                   self.cfg.train.keep_checkpoints)
+
+    def resume(self) -> None:
+        """Continue from the folder's latest complete checkpoint (rundir.claim found one)."""
+        self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, checkpoint.latest_checkpoint(self.run_dir)))
+        self.state.status = RunStatus.RUNNING
+        self.resumed = True
+        if self.acc.is_main_process:
+            runinfo.truncate_metrics(self.run_dir, self.state.epoch)
+
+    def rollback(self) -> None:
+        """Restore the last checkpoint with both learning rates halved (--set train.on_diverge=rollback)."""
+        rollbacks, path = self.state.rollbacks + 1, checkpoint.latest_checkpoint(self.run_dir)
+        if path is not None:
+            self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, path))
+        else:  # diverged before the first checkpoint: the bad step was not applied, so restart the epoch
+            self.state.step, self.state.loss_sum = 0, 0.0
+        factor = 0.5 ** rollbacks / self.state.lr_scale  # the checkpoint's lrs already carry its lr_scale
+        for opt in (self.opt_net, self.opt_head):
+            for group in opt.param_groups:
+                group["lr"] *= factor
+        for sched in (self.sched_net, self.sched_head):
+            sched.scheduler.base_lrs = [lr * factor for lr in sched.scheduler.base_lrs]
+        self.state.rollbacks, self.state.lr_scale, self.state.status = rollbacks, 0.5 ** rollbacks, RunStatus.RUNNING
+
+    # -- the whole run -----------------------------------------------------------------------------
+    def fit(self, plot_every: int = 1) -> TrainState:
+        """Train until cfg.train.epochs, a preemption or a divergence; returns the state."""
+        while self.state.epoch < self.cfg.train.epochs:
+            epoch = self.state.epoch
+            result = self.train_epoch(epoch)
+            if not isinstance(result, Stopped):
+                self.end_epoch(epoch, result, plot_every)
+            elif result.status == RunStatus.PREEMPTED:
+                self.state.status = RunStatus.PREEMPTED
+                self.checkpoint()  # mid-epoch: (epoch, step, loss_sum) let resume replay the rest exactly
+                if self.acc.is_main_process:
+                    self.recorder.summary(self.state.state_dict(), self.model_info())
+                    self.stop_file.unlink(missing_ok=True)
+                return self.state
+            elif self.cfg.train.on_diverge == "rollback" and self.state.rollbacks < self.cfg.train.max_rollbacks:
+                self.acc.print(f"diverged at {result.where}; rolling back with halved learning rates")
+                self.rollback()
+            else:
+                self.state.status, self.state.diverged = RunStatus.DIVERGED, result.where
+                self.recorder.diverged(epoch + 1, result.where)
+                break
+        if self.state.status == RunStatus.RUNNING:
+            self.state.status = RunStatus.FINISHED
+        if self.acc.is_main_process:
+            self.recorder.finish(self.state.state_dict(), self.model_info(), gif=bool(plot_every))
+        return self.state
+
+    def end_epoch(self, epoch: int, stats: dict, plot_every: int) -> None:
+        """Evaluate on all ranks' data, record metrics, features and plots, checkpoint."""
+        metrics, feats, labels = self.evaluate()
+        self.state.epoch, self.state.step, self.state.loss_sum = epoch + 1, 0, 0.0
+        record = dict(epoch=epoch + 1, **stats, **{("test_" + k if k == "accuracy" else k): v for k, v in metrics.items()})
+        if metrics["accuracy"] > self.state.best_accuracy:
+            self.state.best_accuracy, self.state.best_epoch = metrics["accuracy"], epoch + 1
+        want_plots = plot_every and ((epoch + 1) % plot_every == 0 or epoch + 1 == self.cfg.train.epochs)
+        features = dict(test=(feats, labels))
+        if want_plots:
+            features["train"] = self.features(self.train_sample)  # a collective: all ranks
+        head = self.head_module
+        self.recorder.end_epoch(record, features, head.geometry(), head.wedge(epoch + 1), head.caption(epoch + 1),
+                                self.cfg.train.epochs, plots=bool(want_plots))
+        self.checkpoint()
