@@ -537,15 +537,20 @@ SCRIPT = r"""
   const show = () => { const i = Number(slider.value); busy = busy.then(() => render(i)); return busy; };
   slider.addEventListener('input', show);
   document.getElementById('fit').addEventListener('change', show);
+  // play: the next epoch only once the last one is drawn (a slow machine skips nothing and queues nothing)
+  const stop = () => { clearTimeout(timer); timer = null; play.innerHTML = '&#9654; play'; };
+  const step = () => {
+    if (!timer) return;
+    if (Number(slider.value) >= D.epochs.length - 1) { stop(); return; }
+    slider.value = String(Number(slider.value) + 1);
+    show().then(() => { if (timer) timer = setTimeout(step, 300); });
+  };
   play.addEventListener('click', () => {
-    if (timer) { clearInterval(timer); timer = null; play.innerHTML = '&#9654; play'; return; }
+    if (timer) { stop(); return; }
     if (Number(slider.value) >= D.epochs.length - 1) slider.value = '0';
     play.innerHTML = '&#10074;&#10074; pause';
-    show();
-    timer = setInterval(() => {
-      if (Number(slider.value) >= D.epochs.length - 1) { play.click(); return; }
-      slider.value = String(Number(slider.value) + 1); show();
-    }, 500);
+    timer = -1;
+    show().then(() => { if (timer) timer = setTimeout(step, 300); });
   });
   const tip = document.getElementById('tip');
   gd.on('plotly_hover', (ev) => {
