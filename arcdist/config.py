@@ -134,7 +134,9 @@ class TrainConfig:
     cpu: bool = False  # force CPU even when a GPU is present
     threads: int = 0  # CPU threads per process; 0 = this node's cores / its processes (overrides OMP_NUM_THREADS)
     eval_batch_size: int = 1000  # images per forward pass at evaluation, per rank
-    keep_checkpoints: int = 2  # newest K complete checkpoints are kept
+    # newest K complete checkpoints are kept; K >= 2 is what lets --resume fall back to the one before when the
+    # newest fails its checksums or cannot be loaded (it is moved aside as failed-epoch-N, never deleted)
+    keep_checkpoints: int = 2
     ema: float = 0.0  # per-step decay of an exponential moving average of the backbone (e.g. 0.999); 0 = off.
     # With it, evaluation, plots and metrics use the averaged backbone; training continues on the live one.
     on_diverge: Literal["stop", "rollback"] = "stop"

@@ -50,6 +50,11 @@ def install_handlers() -> None:
     signal.signal(signal.SIGINT, _on_interrupt)
 
 
+def request_stop(stop: bool = True) -> None:
+    """Ask this process to stop at the next step, as a stop signal does (False withdraws the request)."""
+    _flags["stop"] = stop
+
+
 def requested() -> bool:
     """A stop signal (or Ctrl-C) arrived in this process."""
     return _flags["stop"]

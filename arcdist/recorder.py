@@ -43,7 +43,8 @@ class Recorder:
         if failed:
             raise failed
         if self.is_main:
-            self.log(record, epoch, self.render_plots(epoch) if plots else {})
+            self.log(record, epoch, self.render_plots(epoch) if plots else {},
+                     dict(features=features["test"], geometry=geometry) if plots else None)
             self.acc.print(f"epoch {epoch}/{epochs}  loss {record['train_loss']:.4f}  "
                            f"test acc {record['test_accuracy']:.4f}  spread {record['intra_spread_deg']:.1f} deg  "
                            f"min centre angle {record['min_centre_angle_deg']:.1f} deg  "
@@ -105,15 +106,21 @@ class Recorder:
             self.warn_once("plotting", e)
             return {}
 
-    def log(self, record: dict, epoch: int, images: dict | None = None) -> None:
+    def log(self, record: dict, epoch: int, images: dict | None = None, table: dict | None = None) -> None:
+        """Scalars, the plots and, for a plotted epoch, the test features as a table (`table`: features, geometry)."""
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         try:
             self.acc.log(scalars, step=epoch)
             run = tracking.wandb_run(self.acc)
-            if run is not None and images:
+            if run is not None and (images or table):
                 import wandb
 
-                run.log({f"plots/{name}": wandb.Image(str(path)) for name, path in images.items()}, step=epoch)
+                media = {f"plots/{name}": wandb.Image(str(path)) for name, path in (images or {}).items()}
+                if table:
+                    from arcdist.explore import wandb_table
+
+                    media["features/test"] = wandb_table(*table["features"], table["geometry"], epoch)
+                run.log(media, step=epoch)
         except Exception as e:  # noqa: BLE001 - W&B's own errors vary by version
             self.warn_once("W&B logging", e)
 

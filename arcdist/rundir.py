@@ -108,6 +108,8 @@ def claim(run_dir: Path, accelerator: Accelerator, cfg: Config, *, resume: bool,
     if accelerator.is_main_process:
         preempt.clear_stale_stop_file(run_dir)
         checkpoint.remove_partial(run_dir)  # left by a writer that died (we own the folder now)
+        if resume or elastic_restart():
+            runinfo.set_aside_torn_summary(run_dir)
         if not from_checkpoint:
             if resume or elastic_restart():  # died before the first checkpoint: the epochs run again
                 print(f"arcdist: {run_dir} holds no complete checkpoint: training it again from epoch 1",

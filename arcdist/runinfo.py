@@ -1,4 +1,8 @@
-"""The run folder's plain files: config.json, metrics.jsonl, summary.json (all JSON, all atomic)."""
+"""The run folder's plain files: config.json, metrics.jsonl, summary.json (all JSON, all atomic).
+
+A torn tail (what a kill or a power cut mid-append leaves at the end of metrics.jsonl) is never parsed as a row:
+readers skip it, and resume moves it to metrics.jsonl.torn beside the file with a one-line warning.
+"""
 from __future__ import annotations
 
 import json
@@ -7,10 +11,11 @@ import platform
 import secrets
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
-from arcdist.config import Config
+from arcdist.config import Config, ConfigError
 from arcdist.status import RunStatus
 
 CONFIG = "config.json"  # written when a run starts: its presence marks a started run
@@ -86,17 +91,79 @@ def append_metrics(run_dir: Path, record: dict) -> None:
         os.close(fd)
 
 
+def _row(line: bytes) -> dict | None:
+    try:
+        row = json.loads(line)
+    except ValueError:  # (UnicodeDecodeError is one)
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def parse_jsonl(path: Path) -> tuple[list[dict], bytes]:
+    """The rows of a JSONL file (none when it is absent) and its torn tail: the bytes from the first line that is
+    not a whole JSON object to the end, when no whole row follows it (a row cut short, NUL bytes after a power cut).
+    A bad line with rows after it is no tear: ConfigError."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], b""
+    rows: list[dict] = []
+    torn_at = bad_line = None
+    offset = 0
+    for number, line in enumerate(data.split(b"\n"), 1):
+        row = _row(line) if line.strip() else None
+        if row is not None:
+            if torn_at is not None:
+                raise ConfigError(f"{path} line {bad_line} is not a JSON row, yet rows follow it (not a torn tail); "
+                                  "move that line out of the file, then resume")
+            rows.append(row)
+        elif line.strip() and torn_at is None:
+            torn_at, bad_line = offset, number
+        offset += len(line) + 1
+    return rows, b"" if torn_at is None else data[torn_at:]
+
+
+def set_aside(path: Path, torn: bytes) -> Path:
+    """Write `torn` to PATH.torn (PATH.torn-2, ... when taken: an earlier tear is never overwritten); returns it."""
+    dest, n = path.with_name(path.name + ".torn"), 2
+    while dest.exists():
+        dest, n = path.with_name(f"{path.name}.torn-{n}"), n + 1
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    try:
+        tmp.write_bytes(torn)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def warn(message: str) -> None:
+    print(f"arcdist: warning: {message}", file=sys.stderr, flush=True)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's rows, without a torn tail (read only: resume's truncate_metrics sets the tail aside)."""
+    return parse_jsonl(Path(run_dir) / METRICS)[0]
+
+
+def truncate_metrics(run_dir: Path, epochs_done: int, saved: list[dict] | None = None) -> None:
+    """Drop the rows of epochs after the checkpoint being resumed (they will be trained again) and set a torn tail
+    aside (warned, kept in metrics.jsonl.torn). `saved`: the rows the checkpoint holds; they win, so a row the live
+    file lost (a power cut before it reached the disk) is restored and none is duplicated."""
     path = Path(run_dir) / METRICS
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_metrics(run_dir: Path, epochs_done: int) -> None:
-    """Drop records of epochs after the checkpoint being resumed (they will be trained again)."""
-    rows = [r for r in read_metrics(run_dir) if r["epoch"] <= epochs_done]
-    atomic_write(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in rows))
+    rows, torn = parse_jsonl(path)
+    if torn:
+        dest = set_aside(path, torn)
+        warn(f"{path} ended in a torn line ({len(torn)} bytes, what a kill or power cut mid-write leaves); "
+             f"moved it to {dest} and resuming")
+    rows = [r for r in rows if r.get("epoch", 0) <= epochs_done]
+    if saved is not None:
+        saved = [r for r in saved if r.get("epoch", 0) <= epochs_done]
+        if saved != rows:
+            warn(f"{path} held {len(rows)} rows for the {epochs_done} epochs of the checkpoint resumed, which holds "
+                 f"{len(saved)}; its rows are used")
+        rows = saved
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_summary(run_dir: Path, state: dict, extra: dict | None = None) -> dict:
@@ -116,8 +183,20 @@ def write_summary(run_dir: Path, state: dict, extra: dict | None = None) -> dict
 
 
 def read_summary(run_dir: Path) -> dict:
+    """summary.json, or {} when absent or unreadable (written atomically, it can only be torn by a power cut)."""
+    try:
+        return _row((Path(run_dir) / SUMMARY).read_bytes()) or {}
+    except FileNotFoundError:
+        return {}
+
+
+def set_aside_torn_summary(run_dir: Path) -> None:
+    """On resume: an unreadable summary.json is moved to summary.json.torn (it is written anew at the end)."""
     path = Path(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.exists() else {}
+    if path.exists() and _row(data := path.read_bytes()) is None:
+        dest = set_aside(path, data)
+        path.unlink()
+        warn(f"{path} is unreadable (torn by a power cut?); moved it to {dest} and resuming")
 
 
 def new_run_id() -> str:

@@ -200,12 +200,14 @@ class Trainer:
                                    self.cfg.train.keep_checkpoints)
 
     def resume(self) -> None:
-        """Continue from the folder's latest complete checkpoint (rundir.claim found one)."""
-        self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, checkpoint.latest_checkpoint(self.run_dir)))
+        """Continue from the folder's newest checkpoint that verifies (rundir.claim found one; failed ones are moved
+        aside), with its metrics rows."""
+        state, path = checkpoint.resume_checkpoint(self.acc, self.run_dir)
+        self.state.load_state_dict(state)
         self.state.status = RunStatus.RUNNING
         self.resumed = True
         if self.acc.is_main_process:
-            runinfo.truncate_metrics(self.run_dir, self.state.epoch)
+            runinfo.truncate_metrics(self.run_dir, self.state.epoch, checkpoint.saved_metrics(path))
 
     def rollback(self) -> None:
         """Restore the last checkpoint with both learning rates halved (--set train.on_diverge=rollback)."""

@@ -7,7 +7,6 @@
 # PYTHON picks the interpreter (default: the repository's .venv/bin/python if present, else python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python3; fi
-fi
+. slurm/lib.sh
+arcdist_python
 exec "$PYTHON" -m arcdist.grid "$@"

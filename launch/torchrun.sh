@@ -27,9 +27,8 @@
 # to the node's cores / NPROC (--set train.threads=N to change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x .venv/bin/python ]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python3; fi
-fi
+. slurm/lib.sh
+arcdist_python
 if [ -z "${NPROC:-}" ]; then
   NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
   [ "${NPROC:-0}" -gt 0 ] || NPROC=1

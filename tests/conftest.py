@@ -1,68 +1,17 @@
-"""Shared fixtures: the real data folder, tiny synthetic IDX datasets, and running the real entry points."""
+"""Shared fixtures (the real data folder, a tiny synthetic MNIST, the probe cache) and the suite's markers.
+
+Helpers live in tests/helpers.py. Markers: `cluster` (a Slurm cluster or network namespaces: test_slurm.py,
+test_multinode.py) and `slow` (a test that trains for more than a few seconds); the fast subset is
+`python -m pytest -m "not cluster and not slow"`.
+"""
 from __future__ import annotations
 
-import gzip
-import hashlib
-import json
 import os
-import struct
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from arcdist.grid import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-REAL_DATA = Path(os.environ.get("ARCDIST_DATA_DIR", ROOT.parent / "shared" / "data"))
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
-    """Write `array` (uint8) as an IDX ubyte file, gzip-compressed when `gz`."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    path = path.with_name(path.name + ".gz") if gz else path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    (gzip.open if gz else open)(path, "wb").write(payload)
-    return path
-
-
-def make_tiny_mnist(root: Path, n_train: int = 512, n_test: int = 101, seed: int = 0, gz: bool = True) -> Path:
-    """A learnable MNIST-shaped set: class c is a bright bar at row/column 2c+4 plus noise."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-        for i, c in enumerate(y):
-            if c < 5:
-                x[i, 4 + 4 * c: 6 + 4 * c, 4:24] = 255
-            else:
-                x[i, 4:24, 4 + 4 * (c - 5): 6 + 4 * (c - 5)] = 255
-        return x, y
-
-    raw = root / "MNIST" / "raw"
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        x, y = split(n)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", x, gz)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", y, gz)
-    return root
-
-
-def write_cifar(root: Path, n_per_batch: int = 8, seed: int = 0) -> Path:
-    """torchvision's cifar-10-batches-py layout with tiny batches (pickled dicts of numpy arrays)."""
-    import pickle
-
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        d = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-             b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)]}
-        (folder / name).write_bytes(pickle.dumps(d))
-    return root
+from helpers import REAL_DATA, make_tiny_mnist
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -83,61 +32,3 @@ def real_data() -> Path:
     if not (REAL_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found under {REAL_DATA}; set ARCDIST_DATA_DIR")
     return REAL_DATA
-
-
-def cli_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    return dict(env, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
-
-
-def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
-    """Run arcdist/train.py as users do: plain python for 1 process, `accelerate launch` (gloo) for more."""
-    if world == 1:
-        cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), *args]
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(ROOT / "arcdist" / "train.py"), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-EXACT = ["--mixed-precision", "no", "--set", "train.channels_last=false"]  # no machine-dependent "auto" choice
-# tests compare runs exactly, so they pin fp32 / NCHW: "auto" rests on a timing probe (tests/test_hardware.py)
-TINY_AUTO = ["--variant", "V2", "--no-progress", "--wandb", "disabled"]
-TINY = [*TINY_AUTO, *EXACT]
-
-
-def tiny_args(data: Path, out: Path, epochs: int, *extra: str, batch: int = 64, auto: bool = False) -> list[str]:
-    """A tiny V2 run into `out`: no W&B, no progress bar, fp32 / NCHW unless `auto`, `extra` arguments last."""
-    return [*(TINY_AUTO if auto else TINY), "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out),
-            "--set", f"data.batch_size={batch}", *extra]
-
-
-VOLATILE = {"epoch_time_s", "images_per_s"}  # wall-clock fields: never compared between runs
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without its wall-clock fields."""
-    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
-
-
-def snapshot(*roots: Path) -> dict:
-    """Every file's hash, except the run-folder lock's content: it names the folder's last holder (host, PID),
-    which a refused resume that got as far as taking the lock rewrites; its presence is still compared."""
-    out = {}
-    for root in roots:
-        for p in sorted(Path(root).rglob("*")):
-            if p.name == ".arcdist.lock":
-                out[str(p)] = "lock"
-            else:
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-    return out
-
-
-def summary(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from arcdist import grid, plot, report, train, variants
-from conftest import ROOT, cli_env
+from helpers import ROOT, cli_env
 
 CASES = {
     "train": (train.main, ["--epochs", "ten"], "arcdist: error: argument --epochs: invalid int value: 'ten'"),

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import make_tiny_mnist
+from helpers import make_tiny_mnist
 
 STEPS = 4
 

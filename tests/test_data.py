@@ -8,7 +8,7 @@ import torch
 
 from arcdist.data import (DataError, augment, augment_plan, epoch_permutation, load_dataset, read_idx, resolve_data_dir,
                           rotate, rotation_plan, shard_bounds, train_batches, DeviceData, DATASETS)
-from conftest import make_tiny_mnist, write_cifar, write_idx
+from helpers import make_tiny_mnist, write_cifar, write_idx
 
 
 @pytest.mark.parametrize("gz", [True, False])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from arcdist import grid
-from conftest import ROOT, cli_env, make_tiny_mnist
+from helpers import ROOT, cli_env, make_tiny_mnist
 
 
 def run_grid(args, check=True):

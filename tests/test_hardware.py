@@ -6,7 +6,7 @@ import torch
 
 from arcdist import hardware
 from arcdist.hardware import BF16_MIN_GAIN, resolve
-from conftest import EXACT, run_train, tiny_args
+from helpers import EXACT, run_train, tiny_args
 
 AVX512_BF16 = {"avx2", "avx512f", "avx512_bf16"}
 AVX2 = {"avx2", "fma"}

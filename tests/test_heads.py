@@ -379,7 +379,7 @@ def test_every_head_trains_one_epoch_on_two_ranks_with_every_row_gathered_once(t
     import subprocess
     import sys
 
-    from conftest import ROOT, cli_env, free_port, make_tiny_mnist
+    from helpers import ROOT, cli_env, free_port, make_tiny_mnist
 
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=203, seed=7)
     out = tmp_path / "heads.json"

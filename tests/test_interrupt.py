@@ -8,8 +8,8 @@ import time
 import pytest
 
 from arcdist.checkpoint import latest_checkpoint
-from arcdist.preempt import INTERRUPTED_EXIT
-from conftest import metric_rows as rows, EXACT, ROOT, TINY, cli_env, make_tiny_mnist, run_train, tiny_args
+from arcdist.errors import Exit
+from helpers import metric_rows as rows, EXACT, ROOT, TINY, cli_env, make_tiny_mnist, run_train, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def checkpoint_at(run):
 
 
 @pytest.mark.parametrize("sig,status,says", [
-    (signal.SIGINT, INTERRUPTED_EXIT, "interrupted: checkpoint saved at epoch 2, step 4; resume with:"),
+    (signal.SIGINT, Exit.INTERRUPTED, "interrupted: checkpoint saved at epoch 2, step 4; resume with:"),
     (signal.SIGUSR1, 0, "preempted: checkpoint saved; resume with --resume"),  # a scheduler's warning, no SLURM
 ], ids=["ctrl-c", "sigusr1-outside-slurm"])
 def test_first_stop_signal_checkpoints_prints_the_resume_command_and_resume_matches(data, tmp_path, sig, status,
@@ -74,7 +74,7 @@ def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(data, tmp_pat
     assert "Ctrl-C" in proc.stderr.readline() + proc.stderr.readline()  # (a blank line, then the message)
     proc.send_signal(signal.SIGINT)  # still paused: the second one arrives before any step boundary
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == INTERRUPTED_EXIT and "Traceback" not in err
+    assert proc.returncode == Exit.INTERRUPTED and "Traceback" not in err
     assert not list((out_dir / "checkpoints").glob(".tmp-*"))
     assert checkpoint_at(out_dir) == (1, 0)  # epoch 1's, the last complete one
     run_train([*TINY, "--resume", str(out_dir), "--epochs", "2", "--data-dir", str(data), "--plot-every", "0"])
@@ -90,7 +90,7 @@ def test_ctrl_c_stops_every_grid_job_with_a_checkpoint_and_a_rerun_finishes(data
     proc.send_signal(signal.SIGINT)
     release(runs)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == INTERRUPTED_EXIT, out
+    assert proc.returncode == Exit.INTERRUPTED, out
     jobs = json.loads((tmp_path / "g" / "grid.json").read_text())["jobs"]
     assert [j["status"] for j in jobs] == ["interrupted", "interrupted"], out
     assert [checkpoint_at(r) for r in runs] == [(1, 4), (1, 4)]

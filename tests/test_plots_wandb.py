@@ -11,7 +11,7 @@ from PIL import Image
 from arcdist import figures
 from arcdist.config import from_dict
 from arcdist.tracking import read_offline_run
-from conftest import ROOT, TINY, cli_env, make_tiny_mnist, run_train
+from helpers import ROOT, TINY, cli_env, make_tiny_mnist, run_train
 
 EPOCHS = 2
 

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from arcdist.checkpoint import latest_checkpoint
+from arcdist.checkpoint import latest_checkpoint, write_checksums
 from arcdist.tracking import read_offline_run
-from conftest import metric_rows as rows, ROOT, cli_env, make_tiny_mnist, run_train, tiny_args
+from helpers import metric_rows as rows, ROOT, cli_env, make_tiny_mnist, run_train, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +94,12 @@ def test_unsafe_checkpoint_pickle_is_refused(data, tmp_path):
             return (os.system, (f"touch {marker}",))
 
     torch.save({"state": Evil()}, latest_checkpoint(out) / "optimizer.bin")
+    write_checksums(latest_checkpoint(out))  # as an attacker would: only the loader stands in the way
     proc = run_train(["--no-progress", "--wandb", "disabled", "--resume", str(out), "--epochs", "2",
                       "--data-dir", str(data)], check=False)
     assert proc.returncode == 2 and "is unreadable" in proc.stderr and "Traceback" not in proc.stderr
     assert not marker.exists()
+    assert (out / "checkpoints" / "failed-epoch-0001" / "optimizer.bin").is_file()  # moved aside, not deleted
 
 
 @pytest.mark.parametrize("mode", ["offline", "online"])

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from arcdist import report, wandb_report
-from conftest import ROOT, cli_env, make_tiny_mnist
+from helpers import ROOT, cli_env, make_tiny_mnist
 
 VARIANTS, SEEDS = ("V2", "V2.1"), (0, 1)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:wandb_workspaces")  # its pydantic v1 validators

@@ -9,7 +9,7 @@ import pytest
 
 from arcdist.grid import Job, finish
 from arcdist.runlock import BUSY, RunBusy, RunLock
-from conftest import snapshot, ROOT, TINY, run_train, tiny_args
+from helpers import snapshot, ROOT, TINY, run_train, tiny_args
 
 HOLD = "import sys, time; from arcdist.runlock import RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 

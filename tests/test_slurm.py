@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import metric_rows, summary, ROOT, cli_env, free_port, make_tiny_mnist
+from helpers import metric_rows, summary, ROOT, cli_env, free_port, make_tiny_mnist
 from slurm_jobs import SlurmJobs
+
+pytestmark = pytest.mark.cluster
 
 
 CLUSTER = ROOT / "slurm" / "dev-cluster.sh"

@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 from arcdist import preempt
 from arcdist.status import RunStatus
 from arcdist.trainer import Stopped
-from conftest import metric_rows as rows, cli_env, make_tiny_mnist, run_train, summary, tiny_args
+from helpers import metric_rows as rows, cli_env, make_tiny_mnist, run_train, summary, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,11 @@ def test_a_stop_request_is_noticed_at_the_next_read(data, tmp_path):
     steps = {}
     for every in (1, 4):
         t = trainer(data, tmp_path, every)
-        preempt._flags["stop"] = True
+        preempt.request_stop()
         try:
             assert t.train_epoch(0) == Stopped(RunStatus.PREEMPTED)
         finally:
-            preempt._flags["stop"] = False
+            preempt.request_stop(False)
         steps[every] = t.state.step
     assert steps == {1: 1, 4: 4}
 

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from arcdist.config import from_dict
 from arcdist.data import load_dataset, DeviceData, get_spec
 from arcdist.model import build_backbone
-from conftest import metric_rows, EXACT, TINY, make_tiny_mnist, run_train, tiny_args, write_cifar
+from helpers import metric_rows, EXACT, TINY, make_tiny_mnist, run_train, tiny_args, write_cifar
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_resume_with_ema_equals_uninterrupted_run(tiny_run, tiny_data, tmp_path)
 def test_resume_reads_the_data_folder_the_run_recorded(tiny_data, tmp_path):
     import shutil
 
-    from conftest import cli_env
+    from helpers import cli_env
 
     data, out = tmp_path / "elsewhere", tmp_path / "run"
     shutil.copytree(tiny_data, data)

@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from arcdist.checkpoint import latest_checkpoint
-from conftest import metric_rows as rows, EXACT, TINY, make_tiny_mnist, run_train, tiny_args
+from helpers import metric_rows as rows, EXACT, TINY, make_tiny_mnist, run_train, tiny_args
 
 
 @pytest.fixture

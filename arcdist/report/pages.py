@@ -57,9 +57,14 @@ def write_html(path: Path, title: str, notes: list[str], cells: list[dict], imag
                    for p in images)
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style>"
             f"</head><body><h1>{e(title)}</h1>" + "".join(f'<p class="note">{e(n)}</p>' for n in notes)
-            + f'{_html_table(cells)}{extra}{imgs}</body></html>\n')
+            + EXPLORE_LINK + f'{_html_table(cells)}{extra}{imgs}</body></html>\n')
     runinfo.atomic_write(path, page)
     return path
+
+
+EXPLORE_LINK = ('<p class="note">The features over the epochs, interactive (hover, slider, classes): '
+                '<a href="explore.html">explore.html</a>, written beside this page by '
+                '<code>python -m arcdist.explore GRID_DIR</code>.</p>')
 
 
 def write_markdown(path: Path, title: str, notes: list[str], cells: list[dict], images: list[Path],

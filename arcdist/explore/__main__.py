@@ -1,0 +1,6 @@
+"""`python -m arcdist.explore`."""
+import sys
+
+from arcdist.explore.cli import main
+
+sys.exit(main())

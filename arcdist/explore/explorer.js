@@ -1,0 +1,154 @@
+(function () {
+  const D = JSON.parse(document.getElementById('arcdist-data').textContent);
+  const gd = document.getElementById('explorer');
+  const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+  const u16 = (s) => { const b = bytes(s); return new Uint16Array(b.buffer, b.byteOffset, b.length / 2); };
+  const u32 = (s) => { const b = bytes(s); return new Uint32Array(b.buffer, b.byteOffset, b.length / 4); };
+  const sources = D.sources.map((s) => ({...s, index: u32(s.index), labels: bytes(s.labels)}));
+  const cache = {};
+  // one epoch of one run, decoded: x, y (NaN where not finite), predictions, angle to the class direction (deg)
+  function decode(si, e) {
+    const key = si + ':' + e;
+    if (cache[key]) return cache[key];
+    const ep = D.series[si].epochs[e];
+    if (!ep) return null;
+    const q = u16(ep.xy), pred = bytes(ep.pred), src = sources[D.series[si].src], n = src.labels.length;
+    const x = new Float64Array(n), y = new Float64Array(n), ang = new Float64Array(n);
+    const sx = ep.hi[0] > ep.lo[0] ? (ep.hi[0] - ep.lo[0]) / 65534 : 0;
+    const sy = ep.hi[1] > ep.lo[1] ? (ep.hi[1] - ep.lo[1]) / 65534 : 0;
+    for (let i = 0; i < n; i++) {
+      const a = q[2 * i], b = q[2 * i + 1];
+      x[i] = a === 65535 ? NaN : ep.lo[0] + a * sx;
+      y[i] = b === 65535 ? NaN : ep.lo[1] + b * sy;
+      const w = ep.W[src.labels[i]];
+      const c = (x[i] * w[0] + y[i] * w[1]) / (Math.hypot(x[i], y[i]) * Math.hypot(w[0], w[1]));
+      ang[i] = Math.acos(Math.max(-1, Math.min(1, c))) * 180 / Math.PI;
+    }
+    return (cache[key] = {x, y, pred, ang, ep});
+  }
+  // the run's newest stored epoch at or before e (a run that stopped early keeps its last picture)
+  function epochOf(si, e) {
+    let best = null;
+    for (const k of Object.keys(D.series[si].epochs).map(Number)) if (k <= e && (best === null || k > best)) best = k;
+    return best;
+  }
+  const traces = gd.data.map((t, i) => ({i, ...t.meta}));
+  const C = D.classes.length;
+  function sector(r, a0, a1) {
+    let p = 'M 0 0';
+    for (let k = 0; k <= 16; k++) { const a = a0 + (a1 - a0) * k / 16; p += ` L ${r * Math.cos(a)} ${r * Math.sin(a)}`; }
+    return p + ' Z';
+  }
+  function render(idx) {
+    const e = D.epochs[idx], fit = document.getElementById('fit').checked;
+    const upd = {x: [], y: [], customdata: [], 'marker.symbol': [], 'marker.size': [], z: [], x0: [], dx: [], y0: [],
+                 dy: []}, ids = [], layout = {shapes: []}, titles = [];
+    D.panels.forEach((p, pi) => {
+      const s = D.series[p.series], k = epochOf(p.series, e), d = k === null ? null : decode(p.series, k);
+      const circle = p.view === 'circle', src = sources[s.src];
+      const lim = circle ? 1.35 : (fit && d ? d.ep.limit : s.limit);
+      const ax = pi === 0 ? '' : String(pi + 1);
+      layout[`xaxis${ax}.range`] = [-lim, lim];
+      layout[`yaxis${ax}.range`] = [-lim, lim];
+      const acc = d ? ` acc ${(100 * d.ep.acc).toFixed(2)} %` : '';
+      titles.push(`${p.title}  epoch ${k === null ? '-' : k}${acc}`);
+      const W = d ? d.ep.W : [], margin = d ? d.ep.margin : 0, linear = d && d.ep.b;
+      const r = circle ? 1.25 : lim * 1.5;
+      W.forEach((w, c) => {
+        const a = Math.atan2(w[1], w[0]), col = D.colours[c];
+        if (margin > 0) layout.shapes.push({type: 'path', xref: `x${ax}`, yref: `y${ax}`, path: sector(r, a - margin, a + margin),
+          fillcolor: col, opacity: 0.15, line: {width: 0}, layer: 'below'});
+        if (!linear || circle) layout.shapes.push({type: 'line', xref: `x${ax}`, yref: `y${ax}`, x0: 0, y0: 0,
+          x1: r * Math.cos(a), y1: r * Math.sin(a), line: {color: col, width: circle ? 1.5 : 1, dash: circle ? 'solid' : 'dash'},
+          layer: 'below'});
+      });
+      if (circle) layout.shapes.push({type: 'circle', xref: `x${ax}`, yref: `y${ax}`, x0: -1, y0: -1, x1: 1, y1: 1,
+        line: {color: '#bbb', width: 1}, layer: 'below'});
+      for (const t of traces.filter((t) => t.panel === pi)) {
+        ids.push(t.i);
+        let xs = [], ys = [], cd = [], sym = [], size = [], z = null, x0 = null, dx = null;
+        if (t.role === 'class' && d) {
+          // the misclassified last: drawn on top, and the legend keeps the first point's symbol (a dot)
+          const mine = [];
+          for (let i = 0; i < src.labels.length; i++) if (src.labels[i] === t.cls) mine.push(i);
+          mine.sort((a, b) => (d.pred[a] !== t.cls) - (d.pred[b] !== t.cls) || a - b);
+          for (const i of mine) {
+            let px = d.x[i], py = d.y[i];
+            if (circle) { const nrm = Math.hypot(px, py) || 1; px /= nrm; py /= nrm; }
+            const wrong = d.pred[i] !== t.cls;
+            xs.push(px); ys.push(py); cd.push(i); sym.push(wrong ? 'x' : 'circle'); size.push(wrong ? 7 : 4);
+          }
+        } else if (t.role === 'centers' && d && d.ep.centers && !circle) {
+          xs = d.ep.centers.map((c) => c[0]); ys = d.ep.centers.map((c) => c[1]);
+        } else if (t.role === 'regions' && linear && !circle) {
+          const m = 120, b = d.ep.b; z = [];
+          dx = 2 * lim / m; x0 = -lim + dx / 2;
+          for (let j = 0; j < m; j++) {
+            const row = [], gy = x0 + j * dx;
+            for (let i = 0; i < m; i++) {
+              const gx = x0 + i * dx; let best = 0, bv = -Infinity;
+              W.forEach((w, c) => { const v = w[0] * gx + w[1] * gy + b[c]; if (v > bv) { bv = v; best = c; } });
+              row.push(best);
+            }
+            z.push(row);
+          }
+        }
+        const heat = t.role === 'regions';  // a heatmap placed by x0/dx: no x or y arrays
+        upd.x.push(heat ? null : xs); upd.y.push(heat ? null : ys); upd.customdata.push(heat ? null : cd); upd['marker.symbol'].push(t.role === 'class' ? sym : 'x');
+        upd['marker.size'].push(t.role === 'class' ? size : 11);
+        upd.z.push(z || [[null]]); upd.x0.push(x0 ?? 0); upd.dx.push(dx ?? 1); upd.y0.push(x0 ?? 0); upd.dy.push(dx ?? 1);
+      }
+    });
+    (gd.layout.annotations || []).forEach((a, i) => { if (i < titles.length) layout[`annotations[${i}].text`] = titles[i]; });
+    document.getElementById('epoch-label').textContent = `epoch ${e} (${idx + 1} of ${D.epochs.length})`;
+    return Plotly.update(gd, upd, layout, ids).then(() => { document.body.dataset.epoch = String(e); });
+  }
+  const slider = document.getElementById('epoch'), play = document.getElementById('play');
+  slider.max = String(D.epochs.length - 1);
+  slider.value = String(D.epochs.length - 1);
+  let busy = Promise.resolve(), timer = null;
+  const show = () => { const i = Number(slider.value); busy = busy.then(() => render(i)); return busy; };
+  slider.addEventListener('input', show);
+  document.getElementById('fit').addEventListener('change', show);
+  // play: the next epoch only once the last one is drawn (a slow machine skips nothing and queues nothing)
+  const stop = () => { clearTimeout(timer); timer = null; play.innerHTML = '&#9654; play'; };
+  const step = () => {
+    if (!timer) return;
+    if (Number(slider.value) >= D.epochs.length - 1) { stop(); return; }
+    slider.value = String(Number(slider.value) + 1);
+    show().then(() => { if (timer) timer = setTimeout(step, 300); });
+  };
+  play.addEventListener('click', () => {
+    if (timer) { stop(); return; }
+    if (Number(slider.value) >= D.epochs.length - 1) slider.value = '0';
+    play.innerHTML = '&#10074;&#10074; pause';
+    timer = -1;
+    show().then(() => { if (timer) timer = setTimeout(step, 300); });
+  });
+  const tip = document.getElementById('tip');
+  gd.on('plotly_hover', (ev) => {
+    const pt = ev.points.find((q) => q.data.meta && q.data.meta.role === 'class');
+    if (!pt) return;
+    const p = D.panels[pt.data.meta.panel], s = D.series[p.series], src = sources[s.src];
+    const d = decode(p.series, epochOf(p.series, Number(document.body.dataset.epoch)));
+    const i = pt.customdata, label = src.labels[i], pred = d.pred[i];
+    const img = document.getElementById('tip-img');
+    if (src.sprite) {
+      const [h, w] = src.size, k = 2, col = i % src.cols, row = Math.floor(i / src.cols);
+      img.style.display = 'block';
+      img.style.backgroundImage = `url(${src.sprite})`;
+      img.style.backgroundSize = `${src.cols * w * k}px auto`;
+      img.style.backgroundPosition = `-${col * w * k}px -${row * h * k}px`;
+    } else img.style.display = 'none';
+    const wrong = pred !== label ? ' class="wrong"' : '';
+    document.getElementById('tip-text').innerHTML = `${s.name}, test image #${src.index[i]}<br>label ${D.classes[label]}` +
+      `<br><span${wrong}>predicted ${D.classes[pred]}</span><br>${d.ang[i].toFixed(1)}° from W of ${D.classes[label]}`;
+    const m = ev.event || {clientX: 0, clientY: 0};
+    tip.style.left = `${m.clientX + 14}px`;
+    tip.style.top = `${m.clientY + 14}px`;
+    tip.style.display = 'flex';
+  });
+  gd.on('plotly_unhover', () => { tip.style.display = 'none'; });
+  window.arcdist = {data: D, render, decode, show};
+  show().then(() => { document.body.dataset.ready = '1'; });
+})();

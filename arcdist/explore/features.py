@@ -1,0 +1,276 @@
+"""What the explorer page stores: each run's features over the epochs, read, checked, sampled, predicted and
+quantised; the test images as one sprite; the same rows as a W&B table."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from arcdist import runinfo
+
+
+DEFAULT_POINTS = 2000
+DEFAULT_MAX_MB = 20.0
+SPRITE_COLS = 100
+MISSING = 65535  # 16-bit code of a non-finite coordinate (plotly skips the NaN it decodes to)
+SAMPLE_SEED = 0  # the same points in every panel and every build
+WANDB_TABLE_ROWS = 10_000  # W&B's row limit for a logged table
+
+
+class ExploreError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+# --- reading features ---------------------------------------------------------------------------------
+@dataclass
+class Series:
+    """One run's test features over the epochs (every epoch loaded, `points` of them kept)."""
+
+    name: str
+    run_dir: Path
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> features, labels, W, b, centers, margin, caption
+    accuracy: dict[int, float] = field(default_factory=dict)  # metrics.jsonl's test accuracy per epoch
+
+
+def _load_npz(path: Path) -> dict:
+    """One features file as plain arrays; a torn or foreign file is an ExploreError naming it."""
+    try:
+        with np.load(path) as saved:
+            d = {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ExploreError(f"{path} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                           "the file is torn: rerun `arcdist/train.py --resume` for a run that stopped, or delete "
+                           "the run folder and train it again") from None
+    feats, labels, W = d.get("features"), d.get("labels"), d.get("W")
+    if feats is None or labels is None or W is None:
+        missing = [k for k in ("features", "labels", "W") if k not in d]
+        raise ExploreError(f"{path} has no {', '.join(missing)}; it is not a features file written by arcdist")
+    if feats.ndim != 2 or feats.shape[1] != 2 or labels.shape != (len(feats),) or W.ndim != 2 or W.shape[1] != 2:
+        raise ExploreError(f"{path}: expected 2-D features (N, 2), labels (N,) and W (C, 2), got "
+                           f"{feats.shape}, {labels.shape} and {W.shape}")
+    return d
+
+
+def read_series(run_dir: Path, name: str | None = None) -> Series:
+    """Every test-features file of a run, checked: no epoch missing between 1 and the last one (nor any epoch that
+    metrics.jsonl evaluated), every file whole, the same labels in every epoch."""
+    from arcdist import figures
+
+    run_dir = Path(run_dir)
+    files = figures.feature_files(run_dir, "test")
+    if not files:
+        raise ExploreError(f"{run_dir / 'features'} holds no test-epoch-NNNN.npz; pass a run folder of "
+                           "arcdist/train.py (or a grid folder) that has finished at least one epoch")
+    rows = runinfo.read_metrics(run_dir)
+    accuracy = {r["epoch"]: r["test_accuracy"] for r in rows if "test_accuracy" in r}
+    for epoch in sorted(set(range(1, max(files) + 1)) | set(accuracy)):
+        if epoch not in files:
+            raise ExploreError(f"{run_dir / 'features' / f'test-epoch-{epoch:04d}.npz'} is missing (epoch {epoch} "
+                               f"of {max(files)}); the features folder is incomplete: rerun `python -m arcdist.explore` "
+                               "after the run has been resumed, or train it again")
+    config = {}
+    if (run_dir / runinfo.CONFIG).is_file():
+        try:
+            config = json.loads((run_dir / runinfo.CONFIG).read_text()).get("config", {})
+        except json.JSONDecodeError:
+            config = {}
+    data_cfg = config.get("data", {})
+    series = Series(name or run_dir.name, run_dir, data_cfg.get("dataset", "mnist"), data_cfg.get("data_dir"),
+                    accuracy=accuracy)
+    first = None
+    for epoch, path in files.items():
+        d = _load_npz(path)
+        if first is None:
+            first = (path, d["labels"])
+        elif d["labels"].shape != first[1].shape or not np.array_equal(d["labels"], first[1]):
+            raise ExploreError(f"{path}: its labels differ from {first[0].name}'s; the folder mixes two runs")
+        series.epochs[epoch] = d
+    return series
+
+
+def predictions(features: np.ndarray, geometry: dict) -> np.ndarray:
+    """The head's prediction rule on saved features: argmax W x + b where the head has b (softmax, center), else the
+    largest cosine to W (the angular heads; SphereFace's |x| cos is the same argmax), in fp32 as the metrics do."""
+    import torch
+    import torch.nn.functional as F
+
+    from arcdist.heads import cosines
+
+    x, W = torch.as_tensor(np.asarray(features, np.float32)), torch.as_tensor(np.asarray(geometry["W"], np.float32))
+    if geometry.get("b") is not None:
+        scores = F.linear(x, W, torch.as_tensor(np.asarray(geometry["b"], np.float32)))
+    else:
+        scores = cosines(x, W)
+    return scores.argmax(1).numpy().astype(np.int64)
+
+
+def angles_to_class(features: np.ndarray, labels: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """Degrees between each feature and its own class direction W_y (nan for a zero feature)."""
+    w = W[labels].astype(np.float64)
+    x = features.astype(np.float64)
+    norm = np.linalg.norm(x, axis=1) * np.linalg.norm(w, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.degrees(np.arccos(np.clip((x * w).sum(1) / norm, -1.0, 1.0)))
+
+
+def table_rows(features: np.ndarray, labels: np.ndarray, geometry: dict, epoch: int) -> list[list]:
+    """One epoch's test features as rows (x, y, label, prediction, epoch), at most WANDB_TABLE_ROWS of them
+    (the same seeded sample as the page's)."""
+    features, labels = np.asarray(features, np.float32), np.asarray(labels)
+    pred = predictions(features, geometry)
+    index = sample_points(len(labels), WANDB_TABLE_ROWS)
+    return [[float(features[i, 0]), float(features[i, 1]), int(labels[i]), int(pred[i]), int(epoch)] for i in index]
+
+
+def wandb_table(features, labels, geometry: dict, epoch: int):
+    """The rows of `table_rows` as a wandb.Table, for W&B's own scatter panels (x against y, coloured by label)."""
+    import wandb
+
+    geometry = {k: np.asarray(v) for k, v in geometry.items()}
+    return wandb.Table(columns=list(TABLE_COLUMNS), data=table_rows(np.asarray(features), np.asarray(labels),
+                                                                    geometry, epoch))
+
+
+TABLE_COLUMNS = ("x", "y", "label", "prediction", "epoch")
+
+
+# --- choosing what goes on the page -------------------------------------------------------------------
+def sample_points(n: int, points: int) -> np.ndarray:
+    """`points` of the n test rows (all when points is 0 or >= n): a seeded random sample, in dataset order."""
+    if points <= 0 or points >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(SAMPLE_SEED).permutation(n)[:points])
+
+
+def pick_epochs(epochs: list[int], every: int) -> list[int]:
+    """The first and the last epoch and every multiple of `every` in between."""
+    if not epochs:
+        return []
+    return sorted({epochs[0], epochs[-1], *(e for e in epochs if e % every == 0)})
+
+
+def quantise(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """16-bit codes of one coordinate over its finite range [lo, hi] (error at most (hi - lo) / 131068); a non-finite
+    value gets MISSING."""
+    finite = np.isfinite(values)
+    lo, hi = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+    step = (hi - lo) / (MISSING - 1) if hi > lo else 1.0
+    codes = np.full(values.shape, MISSING, np.uint16)
+    codes[finite] = np.clip(np.rint((values[finite] - lo) / step), 0, MISSING - 1).astype(np.uint16)
+    return codes, lo, hi
+
+
+def dequantise(codes: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """What the page draws from `quantise`'s codes (the page's own decoder does the same in JavaScript)."""
+    out = lo + codes.astype(np.float64) * ((hi - lo) / (MISSING - 1))
+    out[codes == MISSING] = np.nan
+    return out
+
+
+def _b64(array: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()).decode()
+
+
+def _finite_limit(points: np.ndarray) -> float:
+    finite = points[np.isfinite(points).all(axis=1)] if len(points) else points
+    span = float(np.abs(finite).max()) if len(finite) else 0.0
+    return span * 1.05 if span > 0 and math.isfinite(span) else 1.0
+
+
+def sprite(images: np.ndarray) -> str:
+    """The given (N, C, H, W) uint8 images in one PNG, SPRITE_COLS per row, as a data URI."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    cols = min(SPRITE_COLS, n)
+    rows = math.ceil(n / cols)
+    sheet = np.zeros((rows * h, cols * w, c), np.uint8)
+    for i, img in enumerate(images):
+        r, k = divmod(i, cols)
+        sheet[r * h:(r + 1) * h, k * w:(k + 1) * w] = img.transpose(1, 2, 0)
+    buf = io.BytesIO()
+    Image.fromarray(sheet[..., 0] if c == 1 else sheet).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def load_images(series: Series, data_dir: str | None, index: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The test images behind `index` (the features are the test split in dataset order), or None and why not."""
+    from arcdist.data import load_dataset, resolve_data_dir
+
+    folder = data_dir or series.data_dir or resolve_data_dir(None)
+    try:
+        splits = load_dataset(series.dataset, folder, download=False)
+    except Exception as e:  # noqa: BLE001 - any reason: the page is still useful without images
+        return None, f"no test images for {series.dataset} in {folder} ({str(e).splitlines()[0]})"
+    labels = next(iter(series.epochs.values()))["labels"]
+    if len(splits.test_y) < len(labels) or not np.array_equal(splits.test_y[:len(labels)].numpy(), labels):
+        return None, f"the {series.dataset} test labels in {folder} do not match {series.name}'s features"
+    return splits.test_x[:len(labels)][index].numpy(), ""
+
+
+# --- the page -----------------------------------------------------------------------------------------
+@dataclass
+class Panel:
+    title: str
+    series: int  # index into the page's series
+    view: str = "raw"  # "raw" (the features) or "circle" (normalised onto the unit circle)
+
+
+def find_panels(folder: Path) -> tuple[list[Series], list[Panel], str]:
+    """A run folder: its raw and unit-circle views; a grid folder: one raw panel per run with features."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExploreError(f"{folder} does not exist; pass a run folder (--output-dir of arcdist/train.py) or a "
+                           "grid folder (OUT/GRID_ID of `python -m arcdist.grid`)")
+    if (folder / "features").is_dir():
+        s = read_series(folder)
+        return [s], [Panel(f"{s.name}: raw features", 0), Panel(f"{s.name}: unit circle", 0, "circle")], s.name
+    if (folder / "grid.json").is_file():
+        from arcdist.report import ReportError, load_grid
+
+        try:
+            doc = load_grid(folder)
+        except ReportError as e:
+            raise ExploreError(str(e)) from None
+        series = [read_series(Path(j["run_dir"])) for j in doc["jobs"] if (Path(j["run_dir"]) / "features").is_dir()]
+        if not series:
+            raise ExploreError(f"no run of {folder} has a features/ folder yet; run `python -m arcdist.grid` first")
+        return series, [Panel(s.name, i) for i, s in enumerate(series)], doc.get("grid_id") or folder.name
+    raise ExploreError(f"{folder} has neither features/ nor grid.json; pass a run folder (--output-dir of "
+                       "arcdist/train.py) or a grid folder (OUT/GRID_ID of `python -m arcdist.grid`)")
+
+
+def epoch_payload(d: dict, index: np.ndarray, accuracy: float | None) -> dict:
+    """One epoch of one run as the page stores it: coordinates as 16-bit codes, predictions as bytes, geometry."""
+    feats = d["features"][index].astype(np.float64)
+    qx, lox, hix = quantise(feats[:, 0])
+    qy, loy, hiy = quantise(feats[:, 1])
+    geometry = {k: d[k] for k in ("W", "b", "centers") if k in d}
+    pred = predictions(d["features"], geometry)
+    out = dict(xy=_b64(np.stack([qx, qy], 1).ravel()), lo=[lox, loy], hi=[hix, hiy],
+               pred=_b64(pred[index].astype(np.uint8)), W=np.asarray(d["W"], float).tolist(),
+               margin=float(d.get("margin", 0.0)), caption=str(d.get("caption", "")),
+               acc=float((pred == d["labels"]).mean()), limit=_finite_limit(_extent(d)))
+    for k in ("b", "centers"):
+        if k in d:
+            out[k] = np.asarray(d[k], float).tolist()
+    if accuracy is not None:
+        out["logged_acc"] = accuracy
+    return out
+
+
+def _extent(d: dict) -> np.ndarray:
+    return np.concatenate([d["features"], d["centers"]]) if "centers" in d else d["features"]
+
+
+def estimate_bytes(n_series: int, n_epochs: int, n_points: int) -> int:
+    """Bytes of the stored epochs: 5 bytes per point (two 16-bit codes and a prediction), base64, plus geometry."""
+    return int(n_series * n_epochs * (n_points * 5 * 4 / 3 + 1200))

@@ -1,0 +1,320 @@
+"""arcdist.explore: the interactive feature page, driven in headless Chromium, and the W&B features table."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from arcdist import explore
+from arcdist.data import load_dataset
+from arcdist.tracking import read_offline_run
+from helpers import ROOT, TINY, cli_env, make_tiny_mnist, run_train
+
+CHROMIUM = shutil.which("chromium")
+EPOCHS, N_TEST, POINTS = 3, 240, 200
+KINDS = ("softmax", "arcface", "center")
+
+
+def run_explore(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "arcdist.explore", *map(str, args)], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# --- a synthetic grid, written by the recorder's own save_features ----------------------------------------
+def _features(kind: str, labels: np.ndarray, epoch: int, rng) -> tuple[np.ndarray, dict, float, str]:
+    """Class c around the direction 36 c deg, further out each epoch; every 10th point sits on the next class's ray.
+    The third run ('center') is 1000x larger, so that its axes must not flatten the others'."""
+    angle = np.radians(36.0 * labels + 36.0 * (np.arange(len(labels)) % 10 == 0))
+    radius = (1.0 + epoch) * (1.0 + 0.1 * rng.standard_normal(len(labels)))
+    feats = np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1) + 0.05 * rng.standard_normal((len(labels), 2))
+    W = np.stack([np.cos(np.radians(36.0 * np.arange(10))), np.sin(np.radians(36.0 * np.arange(10)))], 1)
+    geometry = dict(W=torch.tensor(W, dtype=torch.float32))
+    if kind in ("softmax", "center"):
+        geometry["b"] = torch.zeros(10)
+    if kind == "center":
+        feats = feats * 1000.0
+        geometry["centers"] = torch.tensor(W * 1000.0 * (1.0 + epoch), dtype=torch.float32)
+    margin = 0.2 if kind == "arcface" else 0.0
+    return feats.astype(np.float32), geometry, margin, f"{kind} caption"
+
+
+@pytest.fixture(scope="module")
+def synthetic_grid(tmp_path_factory):
+    from accelerate import Accelerator
+
+    from arcdist.recorder import Recorder
+
+    root = tmp_path_factory.mktemp("explore")
+    data = make_tiny_mnist(root / "data", n_train=16, n_test=N_TEST, seed=3)
+    labels = load_dataset("mnist", data, download=False).test_y.numpy()
+    grid = root / "grid"
+    jobs = []
+    rng = np.random.default_rng(0)
+    for i, kind in enumerate(KINDS):
+        run = grid / f"L-{kind}-s0"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps(dict(config=dict(data=dict(dataset="mnist", data_dir=str(data))))))
+        rec = Recorder(run, Accelerator(cpu=True))
+        for epoch in range(1, EPOCHS + 1):
+            feats, geometry, margin, caption = _features(kind, labels, epoch, rng)
+            rec.save_features(epoch, "test", torch.from_numpy(feats), torch.from_numpy(labels), geometry, margin,
+                              caption)
+        jobs.append(dict(index=i, variant=f"L-{kind}", seed=0, dataset="mnist", run_dir=str(run), status="finished"))
+    (grid / "grid.json").write_text(json.dumps(dict(grid_id="syn", jobs=jobs)))
+    page = root / "page.html"
+    proc = run_explore(grid, "--out", page, "--points", POINTS, "--every", 1)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dict(root=root, grid=grid, page=page, labels=labels, proc=proc)
+
+
+def saved(grid: Path, kind: str, epoch: int) -> dict:
+    with np.load(grid / f"L-{kind}-s0" / "features" / f"test-epoch-{epoch:04d}.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_page_is_self_contained_and_holds_the_chosen_points(synthetic_grid):
+    page = synthetic_grid["page"].read_text()
+    assert "explorer: " in synthetic_grid["proc"].stdout and "3 panels, 3 of 3 epochs, 200 points" in \
+        synthetic_grid["proc"].stdout
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=", page)  # plotly.js inline, nothing to fetch
+    data = json.loads(re.search(r'id="arcdist-data">(.*?)</script>', page, re.S).group(1).replace("<\\/", "</"))
+    assert data["epochs"] == [1, 2, 3] and [p["title"] for p in data["panels"]] == [f"L-{k}-s0" for k in KINDS]
+    src = data["sources"][0]
+    index = np.frombuffer(__import__("base64").b64decode(src["index"]), "<u4")
+    assert len(index) == POINTS and np.array_equal(index, explore.sample_points(N_TEST, POINTS))
+    assert src["sprite"].startswith("data:image/png;base64,") and not data["warnings"]
+
+
+def test_quantised_coordinates_stay_within_half_a_step():
+    v = np.array([-3.0, 0.0, 1e-3, 2.5, np.nan, np.inf], np.float64)
+    codes, lo, hi = explore.quantise(v)
+    back = explore.dequantise(codes, lo, hi)
+    assert (lo, hi) == (-3.0, 2.5) and codes[4] == codes[5] == explore.MISSING
+    assert np.isnan(back[4:]).all()
+    assert np.abs(back[:4] - v[:4]).max() <= (hi - lo) / (explore.MISSING - 1) / 2 + 1e-12
+
+
+def test_default_every_fits_the_size_budget(synthetic_grid, tmp_path):
+    info = explore.build_page(synthetic_grid["grid"], tmp_path / "p.html", points=POINTS, max_mb=0.0)
+    assert info["epochs"] == [1, EPOCHS] and info["every"] == EPOCHS  # only the first and last fit "0 MB"
+    info = explore.build_page(synthetic_grid["grid"], tmp_path / "q.html", points=POINTS)
+    assert info["epochs"] == [1, 2, 3] and info["bytes"] < 20e6
+
+
+@pytest.mark.parametrize("case", ["missing-epoch", "torn-file", "not-a-run"])
+def test_a_broken_features_folder_is_one_line_exit_2_and_no_page(synthetic_grid, tmp_path, case):
+    grid = tmp_path / "grid"
+    shutil.copytree(synthetic_grid["grid"], grid)
+    grid_json = json.loads((grid / "grid.json").read_text())
+    for job in grid_json["jobs"]:
+        job["run_dir"] = str(grid / Path(job["run_dir"]).name)
+    (grid / "grid.json").write_text(json.dumps(grid_json))
+    bad = grid / "L-arcface-s0" / "features" / "test-epoch-0002.npz"
+    target = grid
+    if case == "missing-epoch":
+        bad.unlink()
+    elif case == "torn-file":
+        bad.write_bytes(bad.read_bytes()[:300])
+    else:
+        target = tmp_path / "empty"
+        target.mkdir()
+    proc = run_explore(target, "--out", tmp_path / "out.html")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("arcdist.explore: error: "), proc.stderr
+    assert not (tmp_path / "out.html").exists()
+    if case == "not-a-run":
+        assert "has neither features/ nor grid.json" in lines[0]
+    else:
+        assert str(bad) in lines[0]
+        assert ("is missing (epoch 2 of 3)" if case == "missing-epoch" else "cannot be read") in lines[0]
+
+
+# --- in headless Chromium ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (.ci/system-deps installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e '.[dev]')")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, synthetic_grid):
+    pg = browser.new_page(viewport=dict(width=1600, height=1000))
+    outside = []
+    pg.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("file:", "data:", "blob:")) else None)
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(synthetic_grid["page"].as_uri())
+    pg.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    assert outside == [] and errors == []
+    yield pg
+    pg.close()
+
+
+def drawn(pg, panel: int) -> dict:
+    """What plotly holds for one panel's class traces: test index -> (x, y), and which traces are visible."""
+    return pg.evaluate("""(panel) => {
+      const gd = document.getElementById('explorer'), out = {points: {}, visible: {}};
+      gd.data.forEach((t, i) => {
+        if (!t.meta || t.meta.panel !== panel || t.meta.role !== 'class') return;
+        out.visible[t.meta.cls] = gd._fullData[i].visible;
+        Array.from(t.customdata).forEach((k, j) => { out.points[k] = [t.x[j], t.y[j], t.meta.cls]; });
+      });
+      return out; }""", panel)
+
+
+def set_epoch(pg, key: str, want: int) -> None:
+    pg.focus("#epoch")
+    pg.keyboard.press(key)
+    pg.wait_for_function(f"document.body.dataset.epoch === '{want}'")
+
+
+def test_the_slider_draws_that_epochs_saved_features(page, synthetic_grid):
+    index = explore.sample_points(N_TEST, POINTS)
+    for key, epoch in (("Home", 1), ("ArrowRight", 2), ("End", 3)):
+        set_epoch(page, key, epoch)
+        assert page.inner_text("#epoch-label").startswith(f"epoch {epoch} ")
+        for p, kind in enumerate(KINDS):
+            # customdata: the point's place in the page's sample, index[place] its row in the test set
+            got = {int(index[int(j)]): v for j, v in drawn(page, p)["points"].items()}
+            f = saved(synthetic_grid["grid"], kind, epoch)
+            assert sorted(got) == index.tolist()  # every chosen point once, in its own class's trace
+            sub = f["features"][index].astype(np.float64)
+            step = (sub.max(0) - sub.min(0)) / (explore.MISSING - 1)
+            for k in index[::37]:
+                x, y, cls = got[int(k)]
+                assert cls == f["labels"][k]
+                assert abs(x - f["features"][k, 0]) <= step[0] / 2 + 1e-9 * abs(x)
+                assert abs(y - f["features"][k, 1]) <= step[1] / 2 + 1e-9 * abs(y)
+    ranges = page.evaluate("""() => { const L = document.getElementById('explorer')._fullLayout;
+                              return [L.xaxis.range[1], L.xaxis3.range[1]]; }""")
+    f0, f2 = saved(synthetic_grid["grid"], "softmax", 3), saved(synthetic_grid["grid"], "center", 3)
+    # each panel on its own axes: the 1000x run does not flatten the others
+    assert ranges[0] == pytest.approx(1.05 * np.abs(f0["features"]).max(), rel=1e-3)
+    assert ranges[1] == pytest.approx(1.05 * max(np.abs(f2["features"]).max(), np.abs(f2["centers"]).max()), rel=1e-3)
+
+
+def test_hovering_a_point_shows_its_image_label_prediction_and_angle(page, synthetic_grid):
+    set_epoch(page, "End", 3)
+    f = saved(synthetic_grid["grid"], "arcface", 3)
+    index = explore.sample_points(N_TEST, POINTS)
+    pred = explore.predictions(f["features"], dict(W=f["W"]))
+    angle = explore.angles_to_class(f["features"], f["labels"], f["W"])
+    # a misclassified point far from every other, so that the pointer lands on it alone
+    pts = f["features"][index]
+    dist = np.linalg.norm(pts[:, None] - pts[None], axis=2) + np.eye(len(pts)) * 1e9
+    wrong = [j for j in range(len(index)) if pred[index[j]] != f["labels"][index[j]]]
+    j = max(wrong, key=lambda j: dist[j].min())
+    k = int(index[j])
+    xy = page.evaluate("""([x, y]) => { const gd = document.getElementById('explorer'), L = gd._fullLayout,
+        r = gd.getBoundingClientRect();
+        return [r.left + L.xaxis2._offset + L.xaxis2.l2p(x), r.top + L.yaxis2._offset + L.yaxis2.l2p(y)]; }""",
+                       [float(f["features"][k, 0]), float(f["features"][k, 1])])
+    page.mouse.move(xy[0] - 30, xy[1] - 30)
+    page.mouse.move(*xy, steps=5)
+    page.wait_for_selector("#tip", state="visible", timeout=10_000)
+    text = page.inner_text("#tip-text")
+    assert f"L-arcface-s0, test image #{k}\n" in text, text
+    assert f"label {f['labels'][k]}\npredicted {pred[k]}\n{angle[k]:.1f}° from W of {f['labels'][k]}" in text, text
+    style = page.evaluate("getComputedStyle(document.getElementById('tip-img')).backgroundImage")
+    assert style.startswith('url("data:image/png;base64,')
+    assert page.evaluate("document.querySelector('#tip-text .wrong') !== null")  # misclassified: in red
+    page.mouse.move(5, 5)
+
+
+def test_clicking_a_class_in_the_legend_hides_it_in_every_panel(page):
+    page.locator(".legend .traces").nth(3).click()
+    page.wait_for_function("""() => document.getElementById('explorer')._fullData
+        .filter((t) => t.meta && t.meta.role === 'class' && t.meta.cls === 3).every((t) => t.visible === 'legendonly')""")
+    for p in range(len(KINDS)):
+        vis = drawn(page, p)["visible"]
+        assert vis["3"] == "legendonly" and all(v is True for c, v in vis.items() if c != "3"), vis
+    set_epoch(page, "Home", 1)  # a new epoch keeps the choice
+    assert drawn(page, 0)["visible"]["3"] == "legendonly"
+    page.locator(".legend .traces").nth(3).click()
+    page.wait_for_function("""() => document.getElementById('explorer')._fullData
+        .filter((t) => t.meta && t.meta.role === 'class').every((t) => t.visible === true)""")
+
+
+def test_play_runs_to_the_last_epoch_and_the_panels_are_not_empty(page, synthetic_grid):
+    from PIL import Image
+
+    set_epoch(page, "Home", 1)
+    page.click("#play")
+    page.wait_for_function(f"document.body.dataset.epoch === '{EPOCHS}'", timeout=20_000)
+    page.wait_for_function("document.getElementById('play').textContent.includes('play')", timeout=5_000)
+    shot = synthetic_grid["root"] / "explore.png"
+    page.screenshot(path=str(shot))
+    boxes = page.evaluate("""() => { const gd = document.getElementById('explorer'), L = gd._fullLayout,
+        r = gd.getBoundingClientRect();
+        return [1, 2, 3].map((i) => { const x = L['xaxis' + (i > 1 ? i : '')], y = L['yaxis' + (i > 1 ? i : '')];
+          return [r.left + x._offset, r.top + y._offset, x._length, y._length]; }); }""")
+    # the same view with the points hidden: each panel's points must change a good number of its pixels
+    page.evaluate("""() => { const gd = document.getElementById('explorer');
+        const ids = gd.data.map((t, i) => i).filter((i) => gd.data[i].meta.role === 'class');
+        return Plotly.restyle(gd, {visible: false}, ids); }""")
+    bare = synthetic_grid["root"] / "explore-no-points.png"
+    page.screenshot(path=str(bare))
+    page.evaluate("""() => { const gd = document.getElementById('explorer');
+        const ids = gd.data.map((t, i) => i).filter((i) => gd.data[i].meta.role === 'class');
+        return Plotly.restyle(gd, {visible: true}, ids); }""")
+    with_points, without = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (shot, bare))
+    for left, top, w, h in boxes:
+        box = (slice(int(top), int(top + h)), slice(int(left), int(left + w)))
+        changed = (np.abs(with_points[box] - without[box]).sum(2) > 60)
+        assert changed.sum() > 300, (left, top, changed.sum())  # 200 points of 4-7 px, a few overlapping
+        assert len(np.unique(with_points[box][changed], axis=0)) > 20  # in many colours, not one blot
+
+
+# --- a real tiny run: the page's predictions are the metrics', and W&B holds the features table -------------
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explore-real")
+    data = make_tiny_mnist(root / "data", n_train=256, n_test=101)
+    out = root / "run"
+    args = [a for a in TINY if a not in ("--wandb", "disabled")]
+    run_train([*args, "--wandb", "offline", "--epochs", "2", "--data-dir", str(data), "--output-dir", str(out),
+               "--set", "data.batch_size=64"])
+    return out
+
+
+def test_wandb_holds_each_plotted_epochs_features_as_a_table(real_run):
+    wb = read_offline_run(real_run)
+    rows = [h for h in wb["history"] if "features/test" in h]
+    assert [h["_step"] for h in rows] == [1, 2]
+    files = list((real_run / "wandb").glob("offline-run-*/files"))
+    assert len(files) == 1
+    for h in rows:
+        epoch, ref = h["_step"], h["features/test"]
+        assert ref["_type"] == "table-file" and ref["nrows"] == 101 and ref["ncols"] == 5
+        table = json.loads((files[0] / ref["path"]).read_text())
+        assert table["columns"] == ["x", "y", "label", "prediction", "epoch"]
+        f = dict(np.load(real_run / "features" / f"test-epoch-{epoch:04d}.npz"))
+        pred = explore.predictions(f["features"], {k: f[k] for k in ("W", "b") if k in f})
+        got = np.array(table["data"], dtype=np.float64)
+        assert np.array_equal(got[:, :2], f["features"].astype(np.float64))
+        assert np.array_equal(got[:, 2], f["labels"]) and np.array_equal(got[:, 3], pred)
+        assert (got[:, 4] == epoch).all()
+
+
+def test_run_page_predictions_match_the_logged_accuracy(real_run, tmp_path):
+    info = explore.build_page(real_run, tmp_path / "run.html", points=0)
+    assert info["panels"] == 2 and info["epochs"] == [1, 2] and info["points"] == 101 and not info["warnings"]
+    page = (tmp_path / "run.html").read_text()
+    data = json.loads(re.search(r'id="arcdist-data">(.*?)</script>', page, re.S).group(1).replace("<\\/", "</"))
+    metrics = [json.loads(line) for line in (real_run / "metrics.jsonl").read_text().splitlines()]
+    for row in metrics:
+        ep = data["series"][0]["epochs"][str(row["epoch"])]
+        assert ep["acc"] == pytest.approx(row["test_accuracy"], abs=1e-9)
+        assert ep["logged_acc"] == row["test_accuracy"]
+    assert [p["view"] for p in data["panels"]] == ["raw", "circle"]
