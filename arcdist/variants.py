@@ -176,7 +176,9 @@ _add("L-arcface-norm", "L-arcface", "ArcFace with s = |x|: the feature's own nor
      _from("L-arcface", head=replace(VARIANTS["L-arcface"].config.head, scale_by="norm")))
 _add("L-arcface-learned", "L-arcface", "ArcFace with one learned s (log s trained with the head, from 16)", "",
      _from("L-arcface", head=replace(VARIANTS["L-arcface"].config.head, scale_by="learned")))
-ARCFACE_VARIANTS = ("L-arcface", "L-arcface-norm", "L-arcface-learned")
+_add("L-arcface-norm-frozen", "L-arcface-norm", "ArcFace with s = |x|, W frozen at A6's even spread (look-alike digits "
+     "adjacent)", "", _from("L-arcface-norm", head=replace(VARIANTS["L-arcface-norm"].config.head, freeze=True)))
+ARCFACE_VARIANTS = ("L-arcface", "L-arcface-norm", "L-arcface-learned", "L-arcface-norm-frozen")
 C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
       conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",
