@@ -250,25 +250,38 @@ class SphereFaceHead(Head):
         return f"m {int(cfg.margin)}, lambda max({low:g}, {base:g} (1 + {gamma:g} i)^-{power:g})"
 
 
-class CosFaceHead(Head):
+class MarginHead(Head):
+    """CosFace and ArcFace: s times the cosines, the target's with the kind's one margin (warmed up)."""
+
+    unit = ""  # the margin's unit in `settings`
+
+    def margin_words(self, margin: float) -> str:
+        raise NotImplementedError
+
+    def caption(self, epoch_progress):
+        return f"{self.kind}: {self.scale_text()}, {self.margin_words(margin_at(self.cfg, epoch_progress))}"
+
+    @classmethod
+    def settings(cls, cfg):
+        return f"{scale_setting(cfg)}, m {cfg.margin:g}{cls.unit}"
+
+
+class CosFaceHead(MarginHead):
     kind = "cosface"
 
     def train_logits(self, x, labels, epoch_progress):
         cos = cosines(x, self.weight)
         return self.logit_scale(x) * (cos - margin_at(self.cfg, epoch_progress) * F.one_hot(labels, cos.shape[1]))
 
-    def caption(self, epoch_progress):
-        return f"cosface: {self.scale_text()}, cosine margin {margin_at(self.cfg, epoch_progress):.2f}"
-
-    @staticmethod
-    def settings(cfg):
-        return f"{scale_setting(cfg)}, m {cfg.margin:g}"
+    def margin_words(self, margin):
+        return f"cosine margin {margin:.2f}"
 
 
-class ArcFaceHead(Head):
+class ArcFaceHead(MarginHead):
     """The post's ArcMargin head (additive angular margin)."""
 
     kind = "arcface"
+    unit = " rad"
 
     def train_logits(self, x, labels, epoch_progress):
         return arc_margin_logits(x, self.weight, labels, self.logit_scale(x), margin_at(self.cfg, epoch_progress))
@@ -276,12 +289,8 @@ class ArcFaceHead(Head):
     def wedge(self, epoch_progress):
         return margin_at(self.cfg, epoch_progress)
 
-    def caption(self, epoch_progress):
-        return f"arcface: {self.scale_text()}, margin {math.degrees(margin_at(self.cfg, epoch_progress)):.1f} deg"
-
-    @staticmethod
-    def settings(cfg):
-        return f"{scale_setting(cfg)}, m {cfg.margin:g} rad"
+    def margin_words(self, margin):
+        return f"margin {math.degrees(margin):.1f} deg"
 
 
 class CombinedHead(Head):

@@ -24,10 +24,11 @@ SUMMARY = "summary.json"
 PACKAGES = ("torch", "torchvision", "accelerate", "wandb", "matplotlib", "numpy", "arcdist")
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """`path` holds `data` whole or not at all (written beside it, then renamed over it)."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -128,12 +129,7 @@ def set_aside(path: Path, torn: bytes) -> Path:
     dest, n = path.with_name(path.name + ".torn"), 2
     while dest.exists():
         dest, n = path.with_name(f"{path.name}.torn-{n}"), n + 1
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
-        tmp.write_bytes(torn)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(dest, torn)
     return dest
 
 

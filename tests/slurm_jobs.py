@@ -55,3 +55,14 @@ class SlurmJobs:
     def job_state(self, job: str) -> tuple[str, str]:
         info = self.sh("scontrol", "show", "job", job).stdout
         return re.search(r"JobState=(\S+)", info).group(1), re.search(r"\bExitCode=(\S+)", info).group(1)
+
+    def usr1_while_paused(self, job: str, run: Path, log: Path, timeout: float = 240) -> str:
+        """What SLURM does 90 s before a time limit (--signal=B:USR1@90), sent to the batch shell only while the
+        job's rank 0 waits at its ARCDIST_FAULT_PAUSE step (mid-epoch by construction); then release it and wait
+        for the job (its requeued attempt included) to leave the queue. Returns the log's text."""
+        self.wait_for(run / "FAULT-PAUSED", job, log)
+        self.sh("scancel", "--signal=USR1", "--batch", job)
+        self.wait_for(run / "PREEMPT", job, log, timeout=30)  # the trap's stop file
+        (run / "FAULT-PAUSED").unlink()
+        self.wait_gone(job, [log], timeout=timeout)
+        return log.read_text()

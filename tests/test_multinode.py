@@ -150,13 +150,7 @@ def test_preempted_two_node_job_requeues_and_resumes(cluster, data, reference, t
     run = tmp_path / "run"
     # rank 0 (node1) waits before epoch 1's step 3 while FAULT-PAUSED exists: the signal lands mid-epoch
     job, log = sbatch_multinode(tmp_path, data, run, ARCDIST_FAULT_PAUSE="1:3")
-    wait_for(run / "FAULT-PAUSED", job, log)
-    # what SLURM does 90 s before the time limit (--signal=B:USR1@90): USR1 to the batch shell only
-    sh("scancel", "--signal=USR1", "--batch", job)
-    wait_for(run / "PREEMPT", job, log, timeout=30)  # the trap's stop file
-    (run / "FAULT-PAUSED").unlink()
-    wait_gone(job, [log], timeout=240)
-    text = log.read_text()
+    text = SLURM.usr1_while_paused(job, run, log)
     assert "got SIGUSR1" in text and f"scontrol requeue {job}: ok" in text, text
     assert "restart count 1" in text and f"resuming {run}" in text, text
     assert_ran_on_both_nodes(text, times=2)  # both attempts on both nodes

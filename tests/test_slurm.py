@@ -97,13 +97,7 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_pat
                  f"--output={tmp_path}/%x-%A_%a.out", env=env)
     task, run = f"{job}_0", tmp_path / "runs" / "pre" / "V2-s0"
     log = tmp_path / f"arcdist-grid-{task}.out"
-    wait_for(run / "FAULT-PAUSED", job, log)
-    # what SLURM does 90 s before the time limit (--signal=B:USR1@90): USR1 to the batch shell only
-    sh("scancel", "--signal=USR1", "--batch", task)
-    wait_for(run / "PREEMPT", job, log, timeout=30)  # the trap's stop file
-    (run / "FAULT-PAUSED").unlink()
-    wait_gone(job, [log], timeout=240)
-    text = log.read_text()
+    text = SLURM.usr1_while_paused(task, run, log)
     assert "got SIGUSR1" in text, text
     assert f"scontrol requeue {task}: ok" in text, text
     assert "restart count 1" in text and f"--resume {run}" in text, text
