@@ -256,7 +256,8 @@ def setup_accelerator(cfg: "Config", log_with: str | None = None) -> tuple["Conf
     """
     from datetime import timedelta
 
-    from accelerate import Accelerator, PartialState
+    import accelerate  # (its Accelerator looked up at call time: a test records the arguments it gets)
+    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
     device = device_type(cfg.train.cpu)
@@ -275,7 +276,7 @@ def setup_accelerator(cfg: "Config", log_with: str | None = None) -> tuple["Conf
     resolved = Choice(**choice[0])
     cfg = replace(cfg, train=replace(cfg.train, mixed_precision=resolved.mixed_precision,
                                      channels_last=resolved.channels_last))
-    accelerator = Accelerator(cpu=device == "cpu", mixed_precision=resolved.mixed_precision,
+    accelerator = accelerate.Accelerator(cpu=device == "cpu", mixed_precision=resolved.mixed_precision,
                               step_scheduler_with_optimizer=False, log_with=log_with)
     accelerator.print(f"arcdist: {device}, {resolved.label()} ({resolved.reason})")
     return cfg, accelerator, resolved

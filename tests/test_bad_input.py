@@ -70,6 +70,7 @@ CASES = {
 }  # a truncated checkpoint is moved aside, not refused as it stands: tests/test_torn_files.py
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(world, case, capsys):
     make_args, message = CASES[case]

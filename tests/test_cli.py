@@ -28,6 +28,7 @@ def test_bad_arguments_are_one_line_and_exit_2(case, capsys):
     assert capsys.readouterr().err == f"{line}; see --help\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["grid", "report", "plot", "variants"])
 def test_real_commands_answer_help_and_bad_arguments(module):
     run = lambda *args: subprocess.run([sys.executable, "-m", f"arcdist.{module}", *args], cwd=ROOT,  # noqa: E731

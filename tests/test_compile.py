@@ -46,6 +46,7 @@ def test_defaults_are_off(data, tmp_path):
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
                     reason="torch.compile's inductor needs a C++ compiler on a CPU")
+@pytest.mark.slow
 def test_compiled_backbone_trains_and_evaluates_like_eager(data, tmp_path):
     """Inductor fuses and reorders float operations, so not bits: the 4 steps' losses agree to 1e-4 relative
     (seen: 3e-6), every weight and BatchNorm statistic to 1 % of its tensor's largest magnitude (seen: 0.3 %;
@@ -62,6 +63,7 @@ def test_compiled_backbone_trains_and_evaluates_like_eager(data, tmp_path):
     assert m_comp["accuracy"] == pytest.approx(m_eager["accuracy"], abs=2 / 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["V2", "V2.1"])  # Adam; SGD with momentum
 def test_fused_optimizers_step_like_the_default_ones(data, tmp_path, variant):
     plain = trainer(data, tmp_path, "plain", variant=variant)

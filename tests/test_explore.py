@@ -106,6 +106,7 @@ def test_default_every_fits_the_size_budget(synthetic_grid, tmp_path):
     assert info["epochs"] == [1, 2, 3] and info["bytes"] < 20e6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing-epoch", "torn-file", "not-a-run"])
 def test_a_broken_features_folder_is_one_line_exit_2_and_no_page(synthetic_grid, tmp_path, case):
     grid = tmp_path / "grid"
@@ -288,6 +289,7 @@ def real_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_wandb_holds_each_plotted_epochs_features_as_a_table(real_run):
     wb = read_offline_run(real_run)
     rows = [h for h in wb["history"] if "features/test" in h]

@@ -30,6 +30,7 @@ def grid_run(tmp_path_factory):
     return root, args, first
 
 
+@pytest.mark.slow
 def test_jobs_complete_side_by_side_and_failure_is_recorded(grid_run):
     root, _, first = grid_run
     assert first.returncode == 1  # one job failed
@@ -57,6 +58,7 @@ def test_rerun_skips_finished_runs(grid_run):
     assert again.returncode == 1
 
 
+@pytest.mark.slow
 def test_unfinished_run_is_resumed(grid_run):
     root, args, _ = grid_run
     more = [a if a != "1" else "2" for a in args]  # --epochs 2: both runs are now unfinished

@@ -42,6 +42,8 @@ def test_device_is_cpu_only_without_any_accelerator_or_when_asked(monkeypatch, c
 
 
 def test_a_mac_gets_accelerates_mps_device_not_a_forced_cpu(monkeypatch):
+    import accelerate
+
     import arcdist.train as train
 
     seen = {}
@@ -54,7 +56,7 @@ def test_a_mac_gets_accelerates_mps_device_not_a_forced_cpu(monkeypatch):
             seen["printed"] = " ".join(map(str, a))
 
     monkeypatch.setattr(hardware, "device_type", lambda force_cpu=False: "cpu" if force_cpu else "mps")
-    monkeypatch.setattr(train, "Accelerator", Recorder)
+    monkeypatch.setattr(accelerate, "Accelerator", Recorder)
     cfg, _, choice = train.setup_accelerator(train.get_variant("A1").config)
     assert seen["cpu"] is False and seen["mixed_precision"] == "no"
     assert (cfg.train.mixed_precision, cfg.train.channels_last) == ("no", False)
@@ -102,6 +104,7 @@ def test_explicit_precision_with_auto_layout_probes_only_that_precision():
     assert probe.calls == [[("bf16", False), ("bf16", True)]]
 
 
+@pytest.mark.slow
 def test_probe_times_every_candidate_once_then_reads_the_cache(monkeypatch, tmp_path):
     from arcdist.variants import get_variant
 
@@ -121,6 +124,7 @@ def test_probe_times_every_candidate_once_then_reads_the_cache(monkeypatch, tmp_
     assert len(json.loads((tmp_path / "precision-probe.json").read_text())) == 1
 
 
+@pytest.mark.slow
 def test_the_resolved_choice_is_printed_once_and_stored_in_config_json(tiny_data, tmp_path):
     out = tmp_path / "auto"
     proc = run_train(tiny_args(tiny_data, out, 1, "--plot-every", "0", auto=True))

@@ -374,6 +374,7 @@ def test_kind_switch_sets_the_kinds_defaults_in_any_order_and_checks_its_margin(
     assert set(HEADS) == set(KINDS)
 
 
+@pytest.mark.slow
 def test_every_head_trains_one_epoch_on_two_ranks_with_every_row_gathered_once(tmp_path):
     import json
     import subprocess

@@ -49,6 +49,7 @@ def checkpoint_at(run):
     (signal.SIGINT, Exit.INTERRUPTED, "interrupted: checkpoint saved at epoch 2, step 4; resume with:"),
     (signal.SIGUSR1, 0, "preempted: checkpoint saved; resume with --resume"),  # a scheduler's warning, no SLURM
 ], ids=["ctrl-c", "sigusr1-outside-slurm"])
+@pytest.mark.slow
 def test_first_stop_signal_checkpoints_prints_the_resume_command_and_resume_matches(data, tmp_path, sig, status,
                                                                                      says):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
@@ -67,6 +68,7 @@ def test_first_stop_signal_checkpoints_prints_the_resume_command_and_resume_matc
     assert rows(cut) == rows(whole)
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(data, tmp_path):
     out_dir = tmp_path / "twice"
     proc = start_paused([sys.executable, str(ROOT / "arcdist" / "train.py"), *args(data, out_dir, 200)], [out_dir])
@@ -81,6 +83,7 @@ def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(data, tmp_pat
     assert [r["epoch"] for r in rows(out_dir)] == [1, 2]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_grid_job_with_a_checkpoint_and_a_rerun_finishes(data, tmp_path):
     cmd = [sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "V2", "--seeds", "0,1",
            "--epochs", "3", "--out", str(tmp_path), "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",

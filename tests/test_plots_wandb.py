@@ -25,6 +25,7 @@ def wandb_run(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_offline_wandb_holds_history_config_and_summary(wandb_run):
     wb = read_offline_run(wandb_run)
     rows = [json.loads(line) for line in (wandb_run / "metrics.jsonl").read_text().splitlines()]
@@ -46,6 +47,7 @@ def test_offline_wandb_holds_history_config_and_summary(wandb_run):
     assert wb["run"]["id"] == summary["wandb_id"]
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_wandb_run(wandb_run, tiny_data):
     first = read_offline_run(wandb_run)["run"]["id"]
     run_train(["--no-progress", "--wandb", "offline", "--resume", str(wandb_run), "--epochs", str(EPOCHS + 1),
@@ -90,6 +92,7 @@ def test_gif_has_one_frame_per_epoch_and_replot_rebuilds_everything(wandb_run, t
     assert Image.open(wandb_run / "plots" / "test-raw.gif").n_frames == epochs
 
 
+@pytest.mark.slow
 def test_two_ranks_draw_as_many_points_as_one(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=333, seed=2)
     counts = []
@@ -105,6 +108,7 @@ def test_two_ranks_draw_as_many_points_as_one(tmp_path):
     assert counts == [333, 333]
 
 
+@pytest.mark.slow
 def test_online_without_a_server_falls_back_to_offline_without_hanging(tiny_data, tmp_path):
     out = tmp_path / "run"
     env = cli_env(WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567", WANDB_BASE_URL="http://127.0.0.1:9",

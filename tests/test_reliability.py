@@ -24,6 +24,7 @@ def common(data, out, epochs=3):
     return tiny_args(data, out, epochs, batch=32)
 
 
+@pytest.mark.slow
 def test_half_written_checkpoints_are_never_chosen(data, tmp_path):
     out = tmp_path / "run"
     run_train(common(data, out, epochs=2))
@@ -37,6 +38,7 @@ def test_half_written_checkpoints_are_never_chosen(data, tmp_path):
     assert latest_checkpoint(out).name == "epoch-0003"
 
 
+@pytest.mark.slow
 def test_killed_rank_restarts_from_checkpoint_and_matches(data, tmp_path):
     straight = tmp_path / "straight"
     run_train(common(data, straight), world=2)
@@ -59,6 +61,7 @@ def test_killed_rank_restarts_from_checkpoint_and_matches(data, tmp_path):
     assert rows(killed) == rows(straight)
 
 
+@pytest.mark.slow
 def test_divergence_stops_cleanly_with_where_and_what(data, tmp_path):
     out = tmp_path / "div"
     args = [a for a in common(data, out) if a not in ("--wandb", "disabled")] + ["--wandb", "offline"]
@@ -72,6 +75,7 @@ def test_divergence_stops_cleanly_with_where_and_what(data, tmp_path):
     assert wb["summary"]["status"] == "diverged" and wb["summary"]["diverged"] is True
 
 
+@pytest.mark.slow
 def test_rollback_restores_checkpoint_with_half_the_lr(data, tmp_path):
     clean, rolled = tmp_path / "clean", tmp_path / "rolled"
     run_train(common(data, clean))
@@ -84,6 +88,7 @@ def test_rollback_restores_checkpoint_with_half_the_lr(data, tmp_path):
     assert b[2]["lr"] == pytest.approx(a[2]["lr"] / 2)
 
 
+@pytest.mark.slow
 def test_unsafe_checkpoint_pickle_is_refused(data, tmp_path):
     out = tmp_path / "run"
     run_train(common(data, out, epochs=1))
@@ -102,6 +107,7 @@ def test_unsafe_checkpoint_pickle_is_refused(data, tmp_path):
     assert (out / "checkpoints" / "failed-epoch-0001" / "optimizer.bin").is_file()  # moved aside, not deleted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["offline", "online"])
 def test_wandb_key_never_written(data, tmp_path, mode):
     """Online against a local dead server is where a leak could happen (W&B tries to log in with the key, then
@@ -120,6 +126,7 @@ def test_wandb_key_never_written(data, tmp_path, mode):
     assert hits == []
 
 
+@pytest.mark.slow
 def test_grid_carries_on_past_a_diverged_run(data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "V2,V2.1",
                            "--epochs", "2", "--out", str(tmp_path), "--data-dir", str(data), "--jobs", "1",

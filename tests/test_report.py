@@ -70,6 +70,7 @@ DIGITS = dict(final_accuracy=4, best_accuracy=4, intra_spread_deg=2, min_centre_
               wall_time_s=1)
 
 
+@pytest.mark.slow
 def test_numbers_match_metrics_and_appear_in_html(grid):
     summary = json.loads((grid["out"] / "summary.json").read_text())
     page = (grid["out"] / "report.html").read_text()
@@ -206,6 +207,7 @@ def test_features_figure_scales_each_panel_to_its_own_points(tmp_path):
     report.plt.close(fig)
 
 
+@pytest.mark.slow
 def test_losses_grid_report_has_a_row_and_a_panel_per_head(tmp_path):
     from arcdist.variants import LOSS_VARIANTS, VARIANTS
 

@@ -42,6 +42,7 @@ def finished_run(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_second_trainer_on_a_busy_folder_refuses_and_writes_nothing(finished_run, tiny_data):
     before = snapshot(finished_run)  # (the lock's holder line is not compared: the holder rewrote it)
     holder = hold(finished_run)

@@ -50,6 +50,7 @@ def test_sync_every_resolves_to_one_on_a_cpu_and_is_validated(data, tmp_path):
         trainer(data, tmp_path, -1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nan_step", [0, 3, 7, 9])  # first / middle / last step of a window, the epoch's last
 def test_a_nan_inside_a_window_is_undone_and_reported_as_with_every_step(data, tmp_path, nan_step):
     # EMA on: the average, like the weights, BatchNorm statistics, optimizer states and schedules, must be restored
@@ -77,6 +78,7 @@ def test_a_stop_request_is_noticed_at_the_next_read(data, tmp_path):
     assert steps == {1: 1, 4: 4}
 
 
+@pytest.mark.slow
 def test_every_eight_steps_equals_every_step(data, tmp_path):
     """A whole tiny fp32 run: the same metrics, losses and final weights."""
     out = {k: tmp_path / f"k{k}" for k in (1, 8)}
@@ -87,6 +89,7 @@ def test_every_eight_steps_equals_every_step(data, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nan_at,policy", [("2:3", "stop"), ("1:5", "rollback")])
 def test_divergence_through_the_entry_point_matches_every_step(data, tmp_path, nan_at, policy):
     # rollback at 1:5 has no checkpoint to go back to: the epoch restarts from the weights in memory, which

@@ -116,6 +116,7 @@ def test_the_checkpoint_rows_restore_a_row_the_file_lost(tmp_path, capsys):
 
 # -- checksums -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_checksums_cover_every_file_and_find_any_change(whole, tmp_path):
     folder = shutil.copytree(ckpt(whole, 3), tmp_path / "epoch-0003")
     listed = sorted(line.split("  ")[1] for line in (folder / checkpoint.CHECKSUMS).read_text().splitlines())
@@ -141,6 +142,7 @@ def test_checksums_cover_every_file_and_find_any_change(whole, tmp_path):
 
 # -- resume, end to end ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_killed_mid_append_resume_sets_the_torn_line_aside_and_matches(data, whole, tmp_path):
     """kill -9 while epoch 3's row was being appended (before its checkpoint): resume continues epoch 2's."""
     out = shutil.copytree(whole, tmp_path / "run")
@@ -176,6 +178,7 @@ def test_power_cut_torn_row_of_the_newest_checkpoint_is_restored_from_it(data, w
     assert summary(out) == summary(whole)
 
 
+@pytest.mark.slow
 def test_flipped_bytes_in_the_newest_checkpoint_move_it_aside_and_resume_the_one_before(data, whole, tmp_path):
     out = shutil.copytree(whole, tmp_path / "run")
     flipped = flip_tensor_bytes(ckpt(out, 3) / "model.safetensors")
@@ -208,6 +211,7 @@ def test_no_checkpoint_left_is_one_line_exit_2(data, whole, tmp_path):
     assert (out / "metrics.jsonl").read_bytes() == metrics
 
 
+@pytest.mark.slow
 def test_a_checkpoint_without_checksums_loads_unverified(data, whole, tmp_path):
     """One an older arcdist wrote (no checksums.sha256, no metrics rows): resumed with a warning."""
     out = shutil.copytree(whole, tmp_path / "run")

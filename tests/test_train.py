@@ -19,6 +19,7 @@ def tiny_run(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_run_folder_holds_config_metrics_features(tiny_run):
     rows = metric_rows(tiny_run)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -42,6 +43,7 @@ def test_tiny_run_learns(tiny_run):
     assert metric_rows(tiny_run)[-1]["test_accuracy"] >= 0.5
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tiny_run, tiny_data, tmp_path):
     part = tmp_path / "part"
     common = [*TINY, "--data-dir", str(tiny_data), "--set", "data.batch_size=64", "--seed", "1"]
@@ -52,6 +54,7 @@ def test_resume_equals_uninterrupted_run(tiny_run, tiny_data, tmp_path):
     assert np.array_equal(a["features"], b["features"]) and np.array_equal(a["W"], b["W"])
 
 
+@pytest.mark.slow
 def test_augmentation_reaches_training_and_is_recorded(tiny_run, tiny_data, tmp_path):
     out = tmp_path / "shifted"
     run_train([*TINY, "--epochs", "1", "--data-dir", str(tiny_data), "--output-dir", str(out),
@@ -62,6 +65,7 @@ def test_augmentation_reaches_training_and_is_recorded(tiny_run, tiny_data, tmp_
     assert metric_rows(out)[0]["train_loss"] != metric_rows(tiny_run)[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_two_rank_ddp_gathers_every_test_row_once(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=1001, seed=5)
     out = tmp_path / "ddp"
@@ -83,6 +87,7 @@ def test_two_rank_ddp_gathers_every_test_row_once(tmp_path):
     np.testing.assert_allclose(f["features"], single, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cifar_variant_trains_on_synthetic_cifar(tmp_path):
     data = write_cifar(tmp_path / "data", n_per_batch=16)
     out = tmp_path / "c1"
@@ -95,6 +100,7 @@ def test_cifar_variant_trains_on_synthetic_cifar(tmp_path):
     assert proc.returncode == 2 and "pick a variant for it (C1 for cifar10)" in proc.stderr
 
 
+@pytest.mark.slow
 def test_frozen_head_trains_under_two_rank_ddp_and_keeps_w(tiny_data, tmp_path):
     # torch's DDP refuses a module without trainable parameters: the frozen head must stay out of it
     out = tmp_path / "frozen"
@@ -139,6 +145,7 @@ def test_ema_is_the_exponential_average_of_the_steps(tiny_data, tmp_path):
     assert not torch.equal(next(trainer.ema.module.parameters()), next(live.parameters()))
 
 
+@pytest.mark.slow
 def test_resume_with_ema_equals_uninterrupted_run(tiny_run, tiny_data, tmp_path):
     common = [*TINY, "--data-dir", str(tiny_data), "--set", "data.batch_size=64", "--seed", "1",
               "--set", "train.ema=0.9", "--plot-every", "0"]
@@ -154,6 +161,7 @@ def test_resume_with_ema_equals_uninterrupted_run(tiny_run, tiny_data, tmp_path)
     assert not np.array_equal(b["features"], np.load(tiny_run / "features.npz")["features"])
 
 
+@pytest.mark.slow
 def test_resume_reads_the_data_folder_the_run_recorded(tiny_data, tmp_path):
     import shutil
 

@@ -17,6 +17,7 @@ def test_the_posts_twelve_in_order():
     assert list(POST_VARIANTS) == POST
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_builds_maps_to_2d_and_counts_match_the_model(name):
     cfg = VARIANTS[name].config

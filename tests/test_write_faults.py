@@ -28,6 +28,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_full_disk_stops_cleanly_and_resume_continues_once_space_is_back(small_disk, tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=64, seed=2)
     def common(out):
@@ -50,6 +51,7 @@ def test_full_disk_stops_cleanly_and_resume_continues_once_space_is_back(small_d
     assert latest_checkpoint(out).name == "epoch-0003"
 
 
+@pytest.mark.slow
 def test_disk_full_before_the_first_checkpoint_then_resume_trains_it_again(small_disk, tmp_path):
     """The model's safetensors file is the first to hit the full disk (safetensors raises its own error type);
     with no checkpoint to continue, --resume trains the run again from epoch 1 with its saved config."""

@@ -1,0 +1,21 @@
+#!/bin/bash
+# The main command, timed as a user types it, one run at a time on an otherwise idle machine:
+#   results/a8-runs/run.sh avx2 0 1 2 3 4     # ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (no bf16 units)
+#   results/a8-runs/run.sh native 0 1 2       # the CPU as it is
+# Each run keeps config.json, metrics.jsonl and summary.json in results/a8-runs/<kind>-s<seed>/ and one line in
+# wall-times.txt. Needs ARCDIST_DATA_DIR (the real MNIST files); W&B runs offline without credentials, as for a user.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+kind=$1; shift
+out=$(mktemp -d)
+for seed in "$@"; do
+  if [ "$kind" = avx2 ]; then export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2; fi
+  start=$(date +%s.%N)
+  accelerate launch arcdist/train.py --variant A8 --seed "$seed" --output-dir "$out/$kind-s$seed" >"$out/$kind-s$seed.log" 2>&1
+  end=$(date +%s.%N)
+  dest=results/a8-runs/$kind-s$seed
+  mkdir -p "$dest"
+  cp "$out/$kind-s$seed"/{config.json,metrics.jsonl,summary.json} "$dest/"
+  acc=$(python3 -c "import json,sys; print(json.load(open('$dest/summary.json'))['final_accuracy'])")
+  echo "$kind seed $seed: $(python3 -c "print(f'{$end - $start:.1f}')") s, final test accuracy $acc" | tee -a results/a8-runs/wall-times.txt
+done
