@@ -11,13 +11,13 @@ import re
 import socket
 from enum import IntEnum
 
-from arcdist.config import ConfigError, first_line
+from arcdist.config import first_line
 
 
 class Exit(IntEnum):
     OK = 0
     FAILED = 1  # the grid: a job failed (its error is in grid.json); anything unexpected (a traceback)
-    BAD_INPUT = 2  # the input cannot work: the line says what to change (ConfigError and the commands' own)
+    BAD_INPUT = 2  # the input cannot work: the line says what to change (config.ConfigError and the commands' own)
     WRITE_FAILED = 3  # the run folder could not be written (full disk, read-only, I/O error); --resume after
     LOST_CONTACT = 4  # a rank lost contact with the others (a rank or node died or froze); --resume after
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, the shell's convention); the checkpoint is kept
@@ -63,4 +63,4 @@ def collective_line(e: BaseException, timeout: float | None, advice: str) -> str
             f"died or stopped responding{bound}; {advice}")
 
 
-__all__ = ["ConfigError", "Exit", "WRITE_ERRNOS", "collective_line", "is_collective_failure", "is_write_failure"]
+__all__ = ["Exit", "WRITE_ERRNOS", "collective_line", "is_collective_failure", "is_write_failure"]

@@ -138,7 +138,6 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """run(), its failures classified by type into one line and an exit status (arcdist.errors)."""
-    run_dir = _RUN.get("run_dir", "RUN_DIR")
     try:
         return run(argv)
     except ConfigError as e:
@@ -150,14 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a write outside the checked places (config.json, summary.json)
         if not errors.is_write_failure(e):
             raise
-        run_dir = _RUN.get("run_dir", run_dir)
+        run_dir = _RUN.get("run_dir", "RUN_DIR")
         print(f"arcdist: error: {checkpoint.write_error(e.filename or run_dir, e.strerror, run_dir)}", file=sys.stderr)
         return Exit.WRITE_FAILED
     except RuntimeError as e:
         if not errors.is_collective_failure(e):
             raise
-        run_dir = _RUN.get("run_dir", run_dir)
-        line = errors.collective_line(e, _RUN.get("timeout"), checkpoint.resume_advice(run_dir))
+        line = errors.collective_line(e, _RUN.get("timeout"), checkpoint.resume_advice(_RUN.get("run_dir", "RUN_DIR")))
         print(f"arcdist: error: {line}", file=sys.stderr, flush=True)
         return Exit.LOST_CONTACT
 
