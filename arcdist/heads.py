@@ -19,14 +19,13 @@ s learned with the head (log s trained, starting at `head.scale`).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from arcdist.config import ConfigError, HeadConfig
-
-LINEAR = ("softmax", "center")  # predict by W x + b (the others by the cosine to W)
 
 
 # -- formulas (fp32 tensors in, fp32 out) --------------------------------------------------------------
@@ -112,10 +111,38 @@ def scale_setting(cfg: HeadConfig) -> str:
 
 
 # -- heads ---------------------------------------------------------------------------------------------
+Check = tuple[bool, str]  # (the value is fine, the one line that says how to fix it)
+
+
 class Head(nn.Module):
-    """Class vectors W (num_classes x feature_dim) and the kind's logits. Subclasses set `train_logits`."""
+    """Class vectors W (num_classes x feature_dim) and the kind's logits. Subclasses set `train_logits`.
+
+    Each kind declares what config.py needs to know of it: its `defaults` for 10 classes in 2-D (README, 'Head
+    defaults'; `--set head.kind=K` applies them before the other --set), its `checks`, whether its logits are s times
+    a cosine (`scaled`: head.scale_by applies) and whether its margin warms up. A new kind is a class here and its
+    name in config.HeadKind.
+    """
 
     kind = ""
+    defaults: ClassVar[dict] = {}
+    scaled: ClassVar[bool] = False  # logits s times a cosine: head.scale_by applies
+    warms_up: ClassVar[bool] = False  # its margin grows over head.margin_warmup_epochs
+
+    @classmethod
+    def checks(cls, cfg: HeadConfig) -> list[Check]:
+        """The kind's own checks (margin in its own unit, its other fields) and the ones every kind shares."""
+        return [(cfg.scale > 0, f"head.scale must be > 0 (got {cfg.scale}); pass --set head.scale=16"),
+                (cfg.scale_by == "fixed" or cls.scaled,
+                 f"head.scale_by={cfg.scale_by} applies to {', '.join(k for k, h in HEADS.items() if h.scaled)} only "
+                 f"({cfg.kind} scales by {'|x|' if cfg.kind == 'sphereface' else 'W x + b'}); "
+                 "pass --set head.scale_by=fixed"),
+                (cfg.margin_warmup_epochs >= 0,
+                 "head.margin_warmup_epochs must be >= 0; pass --set head.margin_warmup_epochs=1")]
+
+    @classmethod
+    def extra_params(cls, cfg: HeadConfig, feature_dim: int) -> int:
+        """Learned numbers beyond W (and the learned s)."""
+        return 0
 
     def __init__(self, cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1):
         super().__init__()
@@ -192,6 +219,11 @@ class SoftmaxHead(Head):
     """Linear classifier W x + b on the 2-D feature: the post's "before"."""
 
     kind = "softmax"
+    defaults = dict(scale=1.0, scale_by="fixed", margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0)
+
+    @classmethod
+    def extra_params(cls, cfg, feature_dim):
+        return cfg.num_classes  # b
 
     def __init__(self, cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1):
         super().__init__(cfg, feature_dim, steps_per_epoch)
@@ -216,6 +248,8 @@ class SoftmaxHead(Head):
 
 class NormFaceHead(Head):
     kind = "normface"
+    defaults = dict(scale=16.0, scale_by="fixed", margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0)
+    scaled = True
 
     def train_logits(self, x, labels, epoch_progress):
         return self.logit_scale(x) * cosines(x, self.weight)
@@ -225,6 +259,17 @@ class SphereFaceHead(Head):
     """A-Softmax: W normalised, no bias, logits |x| cos(theta_j); the target |x| (lambda cos + psi) / (1 + lambda)."""
 
     kind = "sphereface"
+    defaults = dict(scale=1.0, scale_by="fixed", margin=4.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0)
+
+    @classmethod
+    def checks(cls, cfg):
+        m = cfg.margin
+        return super().checks(cfg) + [
+            (m >= 1 and m == int(m) and m <= 8,
+             f"head.margin must be an integer 1..8 for sphereface (got {m}); pass --set head.margin=4"),
+            (len(cfg.anneal) == 4 and all(v >= 0 for v in cfg.anneal),
+             f"head.anneal must be (base, gamma, power, min) >= 0 (got {cfg.anneal}); "
+             "pass --set head.anneal=(1000,0.12,1,5)")]
 
     def lam(self, epoch_progress: float) -> float:
         """The annealing's lambda after `epoch_progress` epochs (it counts iterations)."""
@@ -254,6 +299,7 @@ class MarginHead(Head):
     """CosFace and ArcFace: s times the cosines, the target's with the kind's one margin (warmed up)."""
 
     unit = ""  # the margin's unit in `settings`
+    scaled = warms_up = True
 
     def margin_words(self, margin: float) -> str:
         raise NotImplementedError
@@ -268,6 +314,12 @@ class MarginHead(Head):
 
 class CosFaceHead(MarginHead):
     kind = "cosface"
+    defaults = dict(scale=16.0, scale_by="fixed", margin=0.1, margins=(), margin_warmup_epochs=1.0, center_weight=0.0)
+
+    @classmethod
+    def checks(cls, cfg):
+        return super().checks(cfg) + [(0 <= cfg.margin < 1, f"head.margin must be in [0, 1) for cosface, a cosine "
+                                                            f"margin (got {cfg.margin}); pass --set head.margin=0.1")]
 
     def train_logits(self, x, labels, epoch_progress):
         cos = cosines(x, self.weight)
@@ -282,6 +334,13 @@ class ArcFaceHead(MarginHead):
 
     kind = "arcface"
     unit = " rad"
+    defaults = dict(scale=16.0, scale_by="fixed", margin=0.2, margins=(), margin_warmup_epochs=1.0, center_weight=0.0)
+
+    @classmethod
+    def checks(cls, cfg):
+        return super().checks(cfg) + [(0 <= cfg.margin < math.pi / 2,
+                                       f"head.margin must be in [0, pi/2) radians for arcface (got {cfg.margin}); "
+                                       "pass --set head.margin=0.2")]
 
     def train_logits(self, x, labels, epoch_progress):
         return arc_margin_logits(x, self.weight, labels, self.logit_scale(x), margin_at(self.cfg, epoch_progress))
@@ -295,6 +354,17 @@ class ArcFaceHead(MarginHead):
 
 class CombinedHead(Head):
     kind = "combined"
+    defaults = dict(scale=16.0, scale_by="fixed", margin=0.0, margins=(1.0, 0.1, 0.05), margin_warmup_epochs=1.0,
+                    center_weight=0.0)
+    scaled = warms_up = True
+
+    @classmethod
+    def checks(cls, cfg):
+        m = cfg.margins
+        return super().checks(cfg) + [
+            (len(m) == 3 and m[0] >= 1 and 0 <= m[1] < math.pi / 2 and 0 <= m[2] < 1,
+             f"head.margins must be (m1 >= 1, m2 in [0, pi/2), m3 in [0, 1)) for combined (got {m}); "
+             "pass --set head.margins=(1.0,0.1,0.05)")]
 
     def margins(self, epoch_progress: float) -> tuple[float, float, float]:
         """(m1, m2, m3) with the warm-up: each moves linearly from no margin (1, 0, 0)."""
@@ -329,6 +399,20 @@ class CenterLossHead(SoftmaxHead):
     """
 
     kind = "center"
+    defaults = dict(scale=1.0, scale_by="fixed", margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.1,
+                    center_alpha=0.5)
+
+    @classmethod
+    def checks(cls, cfg):
+        return super().checks(cfg) + [
+            (cfg.center_weight >= 0, f"head.center_weight must be >= 0 (got {cfg.center_weight}); "
+                                     "pass --set head.center_weight=0.1"),
+            (0 < cfg.center_alpha <= 1, f"head.center_alpha must be in (0, 1] (got {cfg.center_alpha}); "
+                                        "pass --set head.center_alpha=0.5")]
+
+    @classmethod
+    def extra_params(cls, cfg, feature_dim):
+        return super().extra_params(cfg, feature_dim) + cfg.num_classes * feature_dim  # b and the centers
 
     def __init__(self, cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1):
         super().__init__(cfg, feature_dim, steps_per_epoch)
@@ -375,23 +459,24 @@ ArcMarginHead = ArcFaceHead  # the post's name
 
 def describe(cfg: HeadConfig) -> str:
     """The head's kind-specific settings in a few words, with the margin warm-up and a frozen W."""
-    warmup = cfg.margin_warmup_epochs and cfg.kind in ("cosface", "arcface", "combined")
+    warmup = cfg.margin_warmup_epochs and HEADS[cfg.kind].warms_up
     return (HEADS[cfg.kind].settings(cfg) + (f", warm-up {cfg.margin_warmup_epochs:g} ep" if warmup else "")
             + (", W frozen" if cfg.freeze else ""))
 
 
+def head_class(kind: str) -> type[Head]:
+    """The class of `kind`; an unknown kind is a ConfigError naming the known ones."""
+    if kind not in HEADS:
+        raise ConfigError(f"unknown head kind {kind!r}; use one of {', '.join(HEADS)}")
+    return HEADS[kind]
+
+
 def build_head(cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1) -> Head:
     """The head of kind `cfg.kind`."""
-    if cfg.kind not in HEADS:
-        raise ConfigError(f"unknown head kind {cfg.kind!r}; use one of {', '.join(HEADS)}")
-    return HEADS[cfg.kind](cfg, feature_dim, steps_per_epoch)
+    return head_class(cfg.kind)(cfg, feature_dim, steps_per_epoch)
 
 
 def param_count(cfg: HeadConfig, feature_dim: int = 2) -> int:
-    """Learned numbers of the head: W, plus b (softmax, center) and the centers (center)."""
-    n = cfg.num_classes * feature_dim + (cfg.scale_by == "learned")
-    if cfg.kind in LINEAR:
-        n += cfg.num_classes
-    if cfg.kind == "center":
-        n += cfg.num_classes * feature_dim
-    return n
+    """Learned numbers of the head: W, the learned s, plus b (softmax, center) and the centers (center)."""
+    extra = head_class(cfg.kind).extra_params(cfg, feature_dim)
+    return cfg.num_classes * feature_dim + (cfg.scale_by == "learned") + extra

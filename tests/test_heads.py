@@ -142,10 +142,23 @@ def test_frozen_head_gets_no_gradient_and_its_optimizer_leaves_it_alone():
 
 
 # -- the margin-loss family (head.kind) ------------------------------------------------------------------
-from arcdist.config import HEAD_DEFAULTS, head_of_kind  # noqa: E402
+import typing  # noqa: E402
+
+from arcdist.config import HeadKind, head_of_kind  # noqa: E402
 from arcdist.heads import HEADS, build_head, sphere_lambda  # noqa: E402
 
-KINDS = tuple(HEAD_DEFAULTS)
+KINDS = tuple(HEADS)
+
+
+def test_each_kind_declares_itself_once():
+    """config.HeadKind (what --set head.kind accepts) names exactly the classes in arcdist.heads, and each class
+    carries its own defaults: switching kind applies them."""
+    assert set(typing.get_args(HeadKind)) == set(HEADS)
+    for kind, cls in HEADS.items():
+        assert cls.kind == kind and cls.defaults, kind
+        cfg = head_of_kind(HeadConfig(), kind)
+        assert {k: getattr(cfg, k) for k in cls.defaults} == cls.defaults
+    assert [k for k, h in HEADS.items() if h.scaled] == ["normface", "cosface", "arcface", "combined"]
 
 
 def spread_inputs(n_random=64, seed=0):
