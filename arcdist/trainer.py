@@ -7,7 +7,7 @@ process's files and W&B, arcdist.checkpoint saves and loads, and `TrainState` is
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -75,9 +75,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None, no_progress: bool = False,
                  faults: Faults | None = None):
-        if "auto" in (cfg.train.mixed_precision, cfg.train.channels_last):  # built without setup_accelerator
-            cfg = replace(cfg, train=replace(cfg.train, mixed_precision=accelerator.mixed_precision,
-                                             channels_last=cfg.train.channels_last is True))
+        if "auto" in (cfg.train.mixed_precision, cfg.train.channels_last):  # resolved once, by setup_accelerator
+            raise ValueError("Trainer needs train.mixed_precision and train.channels_last resolved: build the config "
+                             "and the Accelerator with arcdist.hardware.setup_accelerator, or set both")
         self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         spec = get_spec(cfg.data.dataset)

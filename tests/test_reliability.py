@@ -12,7 +12,7 @@ import torch
 
 from arcdist.checkpoint import latest_checkpoint, write_checksums
 from arcdist.tracking import read_offline_run
-from helpers import metric_rows as rows, ROOT, cli_env, make_tiny_mnist, run_train, tiny_args
+from helpers import metric_rows as rows, EXACT, ROOT, cli_env, make_tiny_mnist, run_train, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def fp16_trainers(data, tmp_path, init_scale):
 
     from arcdist.train import Trainer, build_config, parse_args
 
-    cfg = build_config(parse_args(["--variant", "V2", "--data-dir", str(data), "--set", "data.batch_size=64"]))
+    cfg = build_config(parse_args(["--variant", "V2", "--data-dir", str(data), "--set", "data.batch_size=64", *EXACT]))
     plain = Trainer(cfg, tmp_path / "plain", Accelerator(cpu=True), no_progress=True)
     scaled = Trainer(cfg, tmp_path / "scaled", Accelerator(cpu=True), no_progress=True)
     scaled.acc.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1000)

@@ -124,7 +124,7 @@ def test_ema_is_the_exponential_average_of_the_steps(tiny_data, tmp_path):
 
     decay = 0.2  # reached at the 2nd update: both sides of the warm-up's min below are taken
     cfg = build_config(parse_args(["--variant", "V2", "--data-dir", str(tiny_data), "--set", "data.batch_size=64",
-                                   "--set", f"train.ema={decay}"]))
+                                   "--set", f"train.ema={decay}", *EXACT]))
     trainer = Trainer(cfg, tmp_path / "ema", Accelerator(cpu=True), no_progress=True)
     live = trainer.acc.unwrap_model(trainer.backbone)
     reference = None
