@@ -197,9 +197,12 @@ class Head(nn.Module):
     def after_step(self) -> None:
         """Called once an optimizer step was applied (the center rule moves the centers here)."""
 
+    drawn: ClassVar[dict[str, str]] = {}  # geometry name -> attribute, beyond W (b, centers)
+
     def geometry(self) -> dict[str, torch.Tensor]:
         """What the plots and metrics need: W, and b / centers where the head has them (CPU, fp32)."""
-        return dict(W=self.weight.detach().float().cpu())
+        drawn = dict(W="weight", **self.drawn)
+        return {name: getattr(self, attr).detach().float().cpu() for name, attr in drawn.items()}
 
     def wedge(self, epoch_progress: float) -> float:
         """Half-width (radians) of the angular margin drawn around each W direction; 0 when not angular."""
@@ -219,6 +222,7 @@ class SoftmaxHead(Head):
     """Linear classifier W x + b on the 2-D feature: the post's "before"."""
 
     kind = "softmax"
+    drawn = dict(b="bias")
     defaults = dict(scale=1.0, scale_by="fixed", margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.0)
 
     @classmethod
@@ -234,9 +238,6 @@ class SoftmaxHead(Head):
 
     def predict(self, features):
         return F.linear(features.float(), self.weight.float(), self.bias.float())
-
-    def geometry(self):
-        return dict(super().geometry(), b=self.bias.detach().float().cpu())
 
     def caption(self, epoch_progress):
         return f"{self.kind}: W x + b, no margin"
@@ -399,6 +400,7 @@ class CenterLossHead(SoftmaxHead):
     """
 
     kind = "center"
+    drawn = dict(b="bias", centers="centers")
     defaults = dict(scale=1.0, scale_by="fixed", margin=0.0, margins=(), margin_warmup_epochs=0.0, center_weight=0.1,
                     center_alpha=0.5)
 
@@ -440,9 +442,6 @@ class CenterLossHead(SoftmaxHead):
         if self.pending is not None:
             self.centers.sub_(self.cfg.center_alpha * self.pending)
             self.pending = None
-
-    def geometry(self):
-        return dict(super().geometry(), centers=self.centers.detach().float().cpu())
 
     def caption(self, epoch_progress):
         return f"center: W x + b and {self.cfg.center_weight:g} x center loss (centers drawn in the raw plot)"
