@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 kind=$1; shift
 out=$(mktemp -d)
+# a fresh probe cache per invocation, as on a new machine: the first run of each invocation pays the probe
+export ARCDIST_CACHE_DIR=${ARCDIST_CACHE_DIR:-$out/cache}
+echo "# $(date -u +%F\ %H:%M) UTC, commit $(git rev-parse --short HEAD), $kind, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) family $(grep -m1 'cpu family' /proc/cpuinfo | cut -d: -f2 | xargs) model $(grep -m1 '^model\s' /proc/cpuinfo | cut -d: -f2 | xargs)" >> results/a8-runs/wall-times.txt
 for seed in "$@"; do
   if [ "$kind" = avx2 ]; then export ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2; fi
   start=$(date +%s.%N)
@@ -16,6 +19,7 @@ for seed in "$@"; do
   dest=results/a8-runs/$kind-s$seed
   mkdir -p "$dest"
   cp "$out/$kind-s$seed"/{config.json,metrics.jsonl,summary.json} "$dest/"
+  cp "$out/$kind-s$seed.log" "$dest/train.log"
   acc=$(python3 -c "import json,sys; print(json.load(open('$dest/summary.json'))['final_accuracy'])")
   echo "$kind seed $seed: $(python3 -c "print(f'{$end - $start:.1f}')") s, final test accuracy $acc" | tee -a results/a8-runs/wall-times.txt
 done
