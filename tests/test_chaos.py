@@ -1,0 +1,32 @@
+"""The short chaos run (bench/chaos.py): a few faults at seeded random moments, then the grid equals an undisturbed
+one exactly. The long run (>= 100 faults) is measured once; its figures are in the README ("Guarantees")."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs for the full-disk fault: needs root")
+def test_short_chaos_run_equals_the_undisturbed_grid(tmp_path):
+    data = os.environ.get("ARCDIST_DATA_DIR")
+    if not data:
+        pytest.skip("needs ARCDIST_DATA_DIR (real MNIST)")
+    faults = 5
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "chaos.py"), "--out", str(tmp_path),
+                           "--faults", str(faults), "--seed", "1", "--gap", "3", "--jobs", "2", "--epochs", "2",
+                           "--limit-train", "256", "--limit-test", "64", "--tmpfs-mb", "64"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    figures = json.loads((tmp_path / "chaos.json").read_text())
+    assert proc.returncode == 0, proc.stderr[-3000:] + json.dumps(figures.get("unequal"))
+    assert figures["faults"] == faults == sum(figures["injected"].values())
+    assert figures["equal"] and figures["weights_equal"]
+    assert figures["rows_lost"] == 0 and figures["rows_extra"] == 0
+    assert figures["jobs_compared"] == 2 * figures["rounds"]
+    assert figures["rows_compared"] == 2 * 2 * figures["rounds"]  # 2 jobs x 2 epoch rows per round
+    assert not os.path.ismount(tmp_path / "disk")  # the tmpfs is gone again
