@@ -199,8 +199,12 @@ def finish(job: Job, returncode: int, started: float) -> None:
 def write_grid_json(root: Path, args: argparse.Namespace, jobs: list[Job]) -> None:
     doc = dict(grid_id=args.grid_id, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs=args.epochs,
                overrides=args.overrides, datasets=_split(args.datasets), jobs=[asdict(j) for j in jobs])
-    root.mkdir(parents=True, exist_ok=True)
-    runinfo.atomic_write(root / "grid.json", json.dumps(doc, indent=1))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        runinfo.atomic_write(root / "grid.json", json.dumps(doc, indent=1))
+    except OSError as e:  # a view of the runs' own summary.json files: a full disk must not orphan the jobs
+        print(f"[grid] warning: cannot write {root / 'grid.json'} ({e.strerror}); the jobs go on, and the next "
+              "write or a rerun brings it up to date", file=sys.stderr, flush=True)
 
 
 def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
@@ -243,7 +247,13 @@ def _run_queue(root: Path, args: argparse.Namespace, jobs: list[Job], queue: lis
         while queue and free:
             job, slot = queue.pop(0), free.pop(0)
             job.log = str(root / "logs" / f"{Path(job.run_dir).name}.log")
-            log = open(job.log, "a")
+            try:
+                log = open(job.log, "a")
+            except OSError as e:  # (a full disk) recorded like a job that failed; a rerun starts it again
+                job.status, job.error, job.log = RunStatus.FAILED, f"cannot open {job.log}: {e.strerror}", None
+                free.append(slot)
+                print(f"[grid] {job.status:9s} {Path(job.run_dir).name}  error: {job.error}", flush=True)
+                continue
             env = dict(os.environ, **slots[slot])
             cpu_slot = slots[slot].get("CUDA_VISIBLE_DEVICES") == ""  # (a GPU job's threads stay automatic)
             cmd = train_command(job, args, free_port(), int(slots[slot]["OMP_NUM_THREADS"]) if cpu_slot else 0)

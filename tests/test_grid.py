@@ -146,3 +146,19 @@ def test_jobs_per_gpu_is_checked_and_a_cpu_node_ignores_it(monkeypatch):
     monkeypatch.setattr(grid.os, "sched_getaffinity", lambda pid: {0, 1})
     slots = grid.plan_slots(grid.parse_args(["--grid-id", "x", "--jobs-per-gpu", "4"]))
     assert slots == [dict(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")] * 2
+
+
+def test_a_full_disk_fails_the_jobs_it_touches_not_the_runner(tmp_path, capsys):
+    """A log that cannot be opened fails its job (a rerun starts it again) and an unwritable grid.json is one
+    warning: the runner neither dies nor leaves jobs orphaned. (Directories in the files' places stand in for
+    ENOSPC: root ignores permissions.)"""
+    out = tmp_path / "runs"
+    (out / "full" / "logs" / "V2-s0.log").mkdir(parents=True)
+    (out / "full" / "logs" / "V2-s1.log").mkdir()
+    (out / "full" / ".grid.json.tmp").mkdir()
+    status = grid.main(["--grid-id", "full", "--variants", "V2", "--seeds", "0,1", "--out", str(out), "--jobs", "2"])
+    printed = capsys.readouterr()
+    assert status == 1  # Exit.FAILED: jobs failed, the runner ended normally
+    assert printed.out.count("error: cannot open") == 2
+    assert "warning: cannot write" in printed.err and "Traceback" not in printed.err
+    assert not (out / "full" / "V2-s0").exists() and not (out / "full" / "V2-s1").exists()  # nothing started
