@@ -9,6 +9,7 @@ import errno
 import os
 import re
 import socket
+import sys
 from enum import IntEnum
 
 from arcdist.config import first_line
@@ -24,6 +25,26 @@ class Exit(IntEnum):
 
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT)  # an OSError that is the disk's, not a bug
+
+
+def end_process(status: int) -> None:
+    """Exit with `status`. A rank of a multi-process run (the group destroyed, W&B finished, files closed: run()'s
+    end) leaves by os._exit, without the interpreter's teardown: there a gloo thread still alive could drop the
+    last reference to a tensor and ask for the GIL of a finalizing interpreter, which ends that thread with
+    pthread_exit and the process with "terminate called without an active exception" (SIGABRT) after a run
+    that had finished and written everything (issue 26; torch: pytorch/pytorch#190489, the abandoned atexit fix
+    pytorch/pytorch#179291). A single process exits normally."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        sys.exit(status)
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(int(status))
 
 
 def is_write_failure(e: BaseException) -> bool:

@@ -115,18 +115,19 @@ def run(argv: list[str] | None = None) -> int:
     if getattr(args, "default_note", None):
         accelerator.print(args.default_note)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
-    trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
-    if rundir.claim(run_dir, accelerator, cfg, resume=saved is not None, lock_wait=args.lock_wait,
-                    launch=dict(world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
-                                distributed_type=str(accelerator.distributed_type), device=str(accelerator.device),
-                                precision=choice.to_dict())):
-        trainer.resume()
-    if mode != "disabled":
-        trainer.state.wandb_id = trainer.state.wandb_id or runinfo.new_run_id()
-        tracking.init_wandb(accelerator, mode, run_dir, trainer.state.wandb_id, name=f"{cfg.variant}-s{cfg.train.seed}",
-                            config=dict(cfg.to_dict(), precision=choice.to_dict()), group=args.group,
-                            job_type="train", tags=[cfg.variant, cfg.data.dataset])
-    try:
+    try:  # from here on every way out destroys the process group (errors.end_process)
+        trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
+        if rundir.claim(run_dir, accelerator, cfg, resume=saved is not None, lock_wait=args.lock_wait,
+                        launch=dict(world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
+                                    distributed_type=str(accelerator.distributed_type),
+                                    device=str(accelerator.device), precision=choice.to_dict())):
+            trainer.resume()
+        if mode != "disabled":
+            trainer.state.wandb_id = trainer.state.wandb_id or runinfo.new_run_id()
+            tracking.init_wandb(accelerator, mode, run_dir, trainer.state.wandb_id,
+                                name=f"{cfg.variant}-s{cfg.train.seed}",
+                                config=dict(cfg.to_dict(), precision=choice.to_dict()), group=args.group,
+                                job_type="train", tags=[cfg.variant, cfg.data.dataset])
         state = trainer.fit(plot_every=args.plot_every)
     finally:
         accelerator.end_training()
@@ -161,4 +162,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    errors.end_process(main())
