@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(POST_VARIANTS), help="comma-separated names or groups: post (the post's 12, the default), "
                                                              "losses (one row per head kind, L-*)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    p.add_argument("--datasets", default="mnist", help="comma-separated datasets (default mnist)")
+    p.add_argument("--datasets", default=None,
+                   help="comma-separated datasets (default: each variant's own, e.g. fashion-mnist for A9F)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each variant's)")
     p.add_argument("--out", default="runs", help="parent of the grid folder (default runs/)")
     p.add_argument("--data-dir", default=None)
@@ -83,7 +84,7 @@ def _split(text: str) -> list[str]:
 def build_jobs(args: argparse.Namespace) -> list[Job]:
     """variants x seeds x datasets, in that nesting order; validates every name first."""
     variants = [v for name in _split(args.variants) for v in GROUPS.get(name, (name,))]
-    datasets = _split(args.datasets)
+    datasets = _split(args.datasets) if args.datasets else [None]  # None: the variant's own
     try:
         seeds = [int(s) for s in _split(args.seeds)]
     except ValueError:
@@ -91,7 +92,8 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
     for v in variants:
         get_variant(v)
     for d in datasets:
-        get_spec(d)
+        if d is not None:
+            get_spec(d)
     if not variants or not seeds or not datasets:
         raise ConfigError("the grid is empty; give at least one variant, seed and dataset")
     root = Path(args.out) / args.grid_id
@@ -100,7 +102,8 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
         for variant in variants:
             for seed in seeds:
                 name = f"{variant}-s{seed}" if len(datasets) == 1 else f"{dataset}-{variant}-s{seed}"
-                jobs.append(Job(len(jobs), variant, seed, dataset, str(root / name)))
+                own = dataset or get_variant(variant).config.data.dataset
+                jobs.append(Job(len(jobs), variant, seed, own, str(root / name)))
     return jobs
 
 
@@ -198,7 +201,7 @@ def finish(job: Job, returncode: int, started: float) -> None:
 
 def write_grid_json(root: Path, args: argparse.Namespace, jobs: list[Job]) -> None:
     doc = dict(grid_id=args.grid_id, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs=args.epochs,
-               overrides=args.overrides, datasets=_split(args.datasets), jobs=[asdict(j) for j in jobs])
+               overrides=args.overrides, datasets=_split(args.datasets or ""), jobs=[asdict(j) for j in jobs])
     try:
         root.mkdir(parents=True, exist_ok=True)
         runinfo.atomic_write(root / "grid.json", json.dumps(doc, indent=1))

@@ -50,6 +50,25 @@ def install_handlers() -> None:
     signal.signal(signal.SIGINT, _on_interrupt)
 
 
+def die_with_launcher() -> None:
+    """A rank started by torch elastic (accelerate launch --multi_gpu, torchrun) is SIGKILLed by the kernel when its
+    launcher dies (PR_SET_PDEATHSIG; Linux). Without it, ranks whose launcher was killed stay orphaned: before the
+    process group exists they wait on the launcher's TCP store until its timeout, holding the run folder's lock,
+    so a rerun finds the run busy. Killed, they lose at most the work since the last checkpoint, which a rerun
+    resumes."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before the call: do as the kernel would have done
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def request_stop(stop: bool = True) -> None:
     """Ask this process to stop at the next step, as a stop signal does (False withdraws the request)."""
     _flags["stop"] = stop

@@ -106,6 +106,7 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
 def run(argv: list[str] | None = None) -> int:
     """Parse arguments, build everything, train; returns the exit status. Raises ConfigError on bad input."""
     preempt.install_handlers()
+    preempt.die_with_launcher()
     args = parse_args(argv)
     run_dir, saved = rundir.locate(args)  # reads only: bad input leaves the disk as it was
     cfg = build_config(args, saved)

@@ -14,8 +14,9 @@ an undisturbed run of the same grid exactly.
    every tensor of the final checkpoint's weights, bit for bit.
 
 Fault kinds (a kind that finds no target at its moment, e.g. no job running, is counted as skipped):
-    kill-rank     SIGKILL of one training process
-    kill-job      SIGKILL of a job's whole process group
+    kill-rank     SIGKILL of one training process (a rank; its launcher ends the other)
+    kill-job      SIGKILL of a job's whole process group (launcher and ranks)
+    kill-launcher SIGKILL of a job's launcher alone (accelerate launch: its ranks die with it, PR_SET_PDEATHSIG)
     kill-runner   SIGKILL of the grid runner alone (its jobs run on, orphaned; a rerun finds them busy)
     sigterm       SIGTERM to a training process (the preemption path: checkpoint, exit)
     sigint        SIGINT to the grid runner (Ctrl-C: forwarded, every job checkpoints and stops)
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("kill-rank", "kill-job", "kill-runner", "sigterm", "sigint", "disk-full", "torn-line", "flip-byte")
+KINDS = ("kill-rank", "kill-job", "kill-launcher", "kill-runner", "sigterm", "sigint", "disk-full", "torn-line", "flip-byte")
 VOLATILE = {"epoch_time_s", "images_per_s"}  # wall-clock fields of a metrics row
 TORN_FRAGMENT = '{"epoch": 2, "train_loss": 1.2'
 
@@ -98,7 +99,7 @@ def compare(run_dir: Path, ref_dir: Path) -> dict:
 
 
 def training_pids(root: Path) -> list[int]:
-    """Training processes (train.py) whose command line names a folder under `root` (orphans included)."""
+    """Training processes (train.py ranks, not their launchers) whose command line names a folder under `root`."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -108,7 +109,8 @@ def training_pids(root: Path) -> list[int]:
         except OSError:
             continue
         text = [c.decode(errors="replace") for c in cmd]
-        if any(t.endswith("train.py") for t in text) and any(str(root) in t for t in text):
+        launcher = any(t in ("accelerate.commands.launch", "torch.distributed.run") for t in text)
+        if not launcher and any(t.endswith("train.py") for t in text) and any(str(root) in t for t in text):
             pids.append(int(proc.name))
     return pids
 
@@ -119,6 +121,16 @@ def kill(pid: int, sig: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def parent_of(pid: int) -> int | None:
+    """The launcher of a rank: its parent, when that is accelerate launch or torchrun."""
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        cmd = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    return ppid if any(c in (b"accelerate.commands.launch", b"torch.distributed.run") for c in cmd) else None
 
 
 def run_dir_of(pid: int) -> Path | None:
@@ -187,6 +199,9 @@ class Chaos:
             return True
         if pid is None:
             return False
+        if kind == "kill-launcher":
+            launcher = parent_of(pid)
+            return launcher is not None and kill(launcher, signal.SIGKILL)
         if kind == "kill-job":
             try:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)

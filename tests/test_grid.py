@@ -162,3 +162,13 @@ def test_a_full_disk_fails_the_jobs_it_touches_not_the_runner(tmp_path, capsys):
     assert printed.out.count("error: cannot open") == 2
     assert "warning: cannot write" in printed.err and "Traceback" not in printed.err
     assert not (out / "full" / "V2-s0").exists() and not (out / "full" / "V2-s1").exists()  # nothing started
+
+
+def test_each_variant_trains_on_its_own_dataset_unless_datasets_is_given():
+    """A9F is a Fashion-MNIST recipe: a grid of it trains on Fashion-MNIST without --datasets (it trained on
+    MNIST once, silently, when --datasets defaulted to mnist)."""
+    jobs = grid.build_jobs(grid.parse_args(["--grid-id", "g", "--variants", "A9,A9F", "--seeds", "0"]))
+    assert [(j.variant, j.dataset, Path(j.run_dir).name) for j in jobs] == [
+        ("A9", "mnist", "A9-s0"), ("A9F", "fashion-mnist", "A9F-s0")]
+    jobs = grid.build_jobs(grid.parse_args(["--grid-id", "g", "--variants", "A9F", "--datasets", "mnist"]))
+    assert [j.dataset for j in jobs] == ["mnist"]

@@ -101,3 +101,36 @@ def test_ctrl_c_stops_every_grid_job_with_a_checkpoint_and_a_rerun_finishes(data
     assert again.returncode == 0, again.stdout
     assert [json.loads((r / "summary.json").read_text())["status"] for r in runs] == ["finished", "finished"]
     assert [[r["epoch"] for r in rows(run)] for run in runs] == [[1, 2, 3], [1, 2, 3]]
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a killed orphan stays a zombie until init reaps it)."""
+    try:
+        return "\nState:\tZ" not in open(f"/proc/{pid}/status").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ranks_die_with_their_launcher_and_the_run_resumes(data, tmp_path):
+    """SIGKILL of `accelerate launch` (a node's agent) takes its ranks with it (PR_SET_PDEATHSIG), instead of
+    leaving them orphaned, waiting on the dead launcher's store and holding the run folder's lock."""
+    from helpers import free_port
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(ROOT / "arcdist" / "train.py"), *args(data, run)]
+    launcher = start_paused(cmd, [run])
+    ranks = [int(p) for p in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True,
+                                            text=True).stdout.split()]
+    assert len(ranks) == 2
+    launcher.kill()
+    launcher.communicate()
+    deadline = time.time() + 30  # a bound: the kernel kills them at once
+    while any(alive(p) for p in ranks) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in ranks)
+    release([run])
+    run_train(["--resume", str(run), "--no-progress"])  # the lock was released: not busy, resumes on 1 process
+    assert [r["epoch"] for r in rows(run)] == [1, 2, 3]
