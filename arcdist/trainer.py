@@ -21,7 +21,8 @@ from arcdist.config import Config, ConfigError
 from arcdist.data import DeviceData, epoch_permutation, get_spec, load_dataset, steps_per_epoch, train_batches
 from arcdist.faults import Faults
 from arcdist.gather import gather_features
-from arcdist.heads import build_head, margin_at, param_count
+from arcdist.heads import build_head, param_count
+from arcdist.margins import margin_at
 from arcdist.metrics import separation_metrics
 from arcdist.model import build_backbone, describe
 from arcdist.optim import build_optimizers, build_schedulers, ema_with_warmup

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from arcdist.config import HeadConfig
-from arcdist.heads import ArcMarginHead, arc_margin_logits, margin_at
+from arcdist.heads import ArcMarginHead
+from arcdist.margins import arc_margin_logits, margin_at
 
 
 def reference_logits(x, w, y, s, m):
@@ -145,7 +146,8 @@ def test_frozen_head_gets_no_gradient_and_its_optimizer_leaves_it_alone():
 import typing  # noqa: E402
 
 from arcdist.config import HeadKind, head_of_kind  # noqa: E402
-from arcdist.heads import HEADS, build_head, sphere_lambda  # noqa: E402
+from arcdist.heads import HEADS, build_head  # noqa: E402
+from arcdist.margins import sphere_lambda  # noqa: E402
 
 KINDS = tuple(HEADS)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from arcdist.heads import arc_margin_logits  # noqa: E402
+from arcdist.margins import arc_margin_logits  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 S, M = 16.0, 0.2
