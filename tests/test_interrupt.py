@@ -132,5 +132,5 @@ def test_ranks_die_with_their_launcher_and_the_run_resumes(data, tmp_path):
         time.sleep(0.05)
     assert not any(alive(p) for p in ranks)
     release([run])
-    run_train(["--resume", str(run), "--no-progress"])  # the lock was released: not busy, resumes on 1 process
+    run_train(["--resume", str(run), "--data-dir", str(data), "--no-progress"], world=2)  # not busy: resumes
     assert [r["epoch"] for r in rows(run)] == [1, 2, 3]
