@@ -17,7 +17,7 @@ from accelerate.utils import broadcast_object_list
 from arcdist import checkpoint, preempt, runinfo
 from arcdist.status import ENDED
 from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict
-from arcdist.runlock import RunLock
+from arcdist.runlock import LOCK_FILE, RunLock
 from arcdist.variants import default_variant, get_variant
 
 _HELD: list[RunLock] = []  # the run folder's lock, held for the life of the process
@@ -66,7 +66,9 @@ def locate(args: argparse.Namespace) -> tuple[Path, Config | None]:
         return run_dir, saved
     if elastic_restart() and run_dir.is_dir():
         return run_dir, None
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # a start killed before config.json leaves only the lock file (or a temporary beside it): not a run yet
+    leftovers = (LOCK_FILE,)
+    if run_dir.exists() and any(p.name not in leftovers and not p.name.endswith(".tmp") for p in run_dir.iterdir()):
         raise ConfigError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
                           "or choose another --output-dir")
     parent = run_dir.absolute()

@@ -69,3 +69,16 @@ def test_grid_records_a_busy_job_as_busy_not_failed(tmp_path):
     log.write_text("arcdist: error: something else\n")
     finish(job, 2, 0.0)
     assert job.status == "failed"
+
+
+def test_a_start_killed_before_config_json_is_started_again(tiny_data, tmp_path):
+    """A first start killed between taking the lock and writing config.json leaves only the lock file: the next
+    start (a grid rerun passes --variant, as there is no config.json) trains it, instead of "already holds a run"
+    forever (found by the chaos run)."""
+    from arcdist.runlock import LOCK_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text("host 1 killed\n")
+    run_train(tiny_args(tiny_data, run, 1))
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
