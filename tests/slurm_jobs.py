@@ -22,6 +22,20 @@ class SlurmJobs:
             raise AssertionError(f"{' '.join(map(str, cmd))}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
+    # the states slurm/dev-cluster.sh waits for before it calls a node up (sinfo's %T, '*' = not responding yet)
+    READY = ("idle", "mixed", "allocated", "completing")
+
+    def node_states(self, timeout: float = 60) -> dict[str, str]:
+        """Each node's state (sinfo %T), polled until every node is ready to take a job or `timeout` passes: a node
+        that slurmd just registered can show another state for a moment (the cluster's `up` resumes down ones)."""
+        deadline = time.time() + timeout
+        while True:
+            out = self.sh("sinfo", "-h", "-N", "-o", "%N %T").stdout
+            states = dict(line.split() for line in out.splitlines() if line.strip())
+            if (states and all(s.startswith(self.READY) for s in states.values())) or time.time() > deadline:
+                return states
+            time.sleep(0.5)
+
     def in_queue(self, job: str) -> bool:
         return bool(self.sh("squeue", "-h", "-j", job, check=False).stdout.strip())
 
