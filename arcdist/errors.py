@@ -27,6 +27,11 @@ class Exit(IntEnum):
 WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT)  # an OSError that is the disk's, not a bug
 
 
+def multi_process() -> bool:
+    """Whether this process is a rank of a run of several (the launcher's WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) >= 2
+
+
 def end_process(status: int) -> None:
     """Exit with `status`. A rank of a multi-process run (the group destroyed, W&B finished, files closed: run()'s
     end) leaves by os._exit, without the interpreter's teardown: there a gloo thread still alive could drop the
@@ -34,7 +39,7 @@ def end_process(status: int) -> None:
     pthread_exit and the process with "terminate called without an active exception" (SIGABRT) after a run
     that had finished and written everything (issue 26; torch: pytorch/pytorch#190489, the abandoned atexit fix
     pytorch/pytorch#179291). A single process exits normally."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if not multi_process():
         sys.exit(status)
     import logging
 
@@ -57,7 +62,7 @@ def is_collective_failure(e: BaseException) -> bool:
 
     torch raises `DistError` for some and a bare RuntimeError for gloo's and NCCL's, whose text is all that says
     what they are: those are recognised by it, here only."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:  # (run()'s end_training has destroyed the group by now)
+    if not multi_process():  # (run()'s end_training has destroyed the group by now)
         return False
     import torch  # local: the launchers import this module and stay light
     if isinstance(e, getattr(torch.distributed, "DistError", ())):
@@ -84,4 +89,4 @@ def collective_line(e: BaseException, timeout: float | None, advice: str) -> str
             f"died or stopped responding{bound}; {advice}")
 
 
-__all__ = ["Exit", "WRITE_ERRNOS", "collective_line", "is_collective_failure", "is_write_failure"]
+__all__ = ["Exit", "WRITE_ERRNOS", "collective_line", "is_collective_failure", "is_write_failure", "multi_process"]

@@ -244,6 +244,13 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
     return jobs
 
 
+def print_outcome(job: Job) -> None:
+    """The runner's line for a job that ended: its status, final accuracy and error, where it has them."""
+    print(f"[grid] {job.status:9s} {Path(job.run_dir).name}"
+          + (f"  test acc {job.final_accuracy:.4f}" if job.final_accuracy is not None else "")
+          + (f"  error: {job.error}" if job.error else ""), flush=True)
+
+
 def _run_queue(root: Path, args: argparse.Namespace, jobs: list[Job], queue: list[Job], slots: list[dict],
                free: list[int], running: dict) -> None:
     while queue or running:
@@ -255,7 +262,7 @@ def _run_queue(root: Path, args: argparse.Namespace, jobs: list[Job], queue: lis
             except OSError as e:  # (a full disk) recorded like a job that failed; a rerun starts it again
                 job.status, job.error, job.log = RunStatus.FAILED, f"cannot open {job.log}: {e.strerror}", None
                 free.append(slot)
-                print(f"[grid] {job.status:9s} {Path(job.run_dir).name}  error: {job.error}", flush=True)
+                print_outcome(job)
                 continue
             env = dict(os.environ, **slots[slot])
             cpu_slot = slots[slot].get("CUDA_VISIBLE_DEVICES") == ""  # (a GPU job's threads stay automatic)
@@ -271,9 +278,7 @@ def _run_queue(root: Path, args: argparse.Namespace, jobs: list[Job], queue: lis
                 continue
             log.close()
             finish(job, proc.returncode, started)
-            print(f"[grid] {job.status:9s} {Path(job.run_dir).name}"
-                  + (f"  test acc {job.final_accuracy:.4f}" if job.final_accuracy is not None else "")
-                  + (f"  error: {job.error}" if job.error else ""), flush=True)
+            print_outcome(job)
             del running[slot]
             free.append(slot)
             write_grid_json(root, args, jobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,24 @@ def test_multinode_renders_one_launch_per_node(cluster, tmp_path):
     out = sh("bash", ROOT / "slurm" / "multinode.sbatch", env=env, cwd=ROOT).stdout
     launch = out.strip().splitlines()[-1]
     assert f"arcdist/train.py --resume {tmp_path / 'mn'} --epochs 3" in launch and "--variant" not in launch
+
+
+def test_grid_array_task_renders_its_run_folder_and_grid_command(tmp_path):
+    """DRY_RUN: the command array task 3 would run (without a cluster): its grid, this task, the CPU's threads,
+    and --datasets only when DATASETS is set (each variant's own dataset otherwise)."""
+    env = job_env(DRY_RUN="1", SLURM_ARRAY_TASK_ID="3", GRID_ID="g", VARIANTS="V2,V2.1", SEEDS="0,1",
+                  OUT=str(tmp_path / "runs"), ARCDIST_CPU="1", SLURM_CPUS_PER_TASK="3", TRAIN_ARGS="--plot-every 0")
+    lines = sh("bash", ROOT / "slurm" / "grid.sbatch", env=env, cwd=ROOT).stdout.strip().splitlines()
+    assert lines[-2].endswith(f"task 3 -> {tmp_path / 'runs' / 'g' / 'V2.1-s1'}"), lines
+    assert shlex.split(lines[-1]) == [sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--seeds", "0,1",
+                                      "--out", str(tmp_path / "runs"), "--variants", "V2,V2.1", "--task-index", "3",
+                                      "--", "--plot-every", "0", "--cpu", "--set", "train.threads=3"]
+    env.update(DATASETS="fashion-mnist", SLURM_ARRAY_TASK_ID="0")
+    lines = sh("bash", ROOT / "slurm" / "grid.sbatch", env=env, cwd=ROOT).stdout.strip().splitlines()
+    assert "--datasets fashion-mnist" in lines[-1] and lines[-2].endswith(f"task 0 -> {tmp_path / 'runs' / 'g' / 'V2-s0'}")
+    env.update(SLURM_ARRAY_TASK_ID="4")  # past the grid's 4 jobs: nothing to do, exit 0
+    assert "the grid has only 4 jobs; nothing to do" in sh("bash", ROOT / "slurm" / "grid.sbatch", env=env, cwd=ROOT).stdout
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 
 def test_accelerate_cpu_config_and_torchrun_start_two_ranks(tmp_path):
