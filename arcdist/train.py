@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
@@ -29,7 +29,13 @@ from arcdist.variants import MAIN_VARIANT, default_variant, get_variant
 
 __all__ = ["Faults", "Trainer", "TrainState", "build_config", "configure_cpu", "main", "parse_args", "run",
            "setup_accelerator"]
-_RUN: dict = {}  # what main() names in the one-line errors, filled in by run()
+
+
+@dataclass
+class Where:
+    """What main() names in its one-line errors, filled in by run() as it learns them."""
+    run_dir: Path | str = "RUN_DIR"
+    timeout: float | None = None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,14 +109,16 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
     return cfg
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Parse arguments, build everything, train; returns the exit status. Raises ConfigError on bad input."""
+def run(argv: list[str] | None = None, where: Where | None = None) -> int:
+    """Parse arguments, build everything, train; returns the exit status. Raises ConfigError on bad input.
+    `where` learns the run folder and the collective timeout for the caller's error lines."""
+    where = where or Where()
     preempt.install_handlers()
     preempt.die_with_launcher()
     args = parse_args(argv)
     run_dir, saved = rundir.locate(args)  # reads only: bad input leaves the disk as it was
     cfg = build_config(args, saved)
-    _RUN.update(run_dir=run_dir, timeout=cfg.train.collective_timeout_s)
+    where.run_dir, where.timeout = run_dir, cfg.train.collective_timeout_s
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
     if getattr(args, "default_note", None):
@@ -140,8 +148,9 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """run(), its failures classified by type into one line and an exit status (arcdist.errors)."""
+    where = Where()
     try:
-        return run(argv)
+        return run(argv, where)
     except ConfigError as e:
         print(f"arcdist: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
@@ -151,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a write outside the checked places (config.json, summary.json)
         if not errors.is_write_failure(e):
             raise
-        run_dir = _RUN.get("run_dir", "RUN_DIR")
-        print(f"arcdist: error: {checkpoint.write_error(e.filename or run_dir, e.strerror, run_dir)}", file=sys.stderr)
+        print(f"arcdist: error: {checkpoint.write_error(e.filename or where.run_dir, e.strerror, where.run_dir)}",
+              file=sys.stderr)
         return Exit.WRITE_FAILED
     except RuntimeError as e:
         if not errors.is_collective_failure(e):
             raise
-        line = errors.collective_line(e, _RUN.get("timeout"), checkpoint.resume_advice(_RUN.get("run_dir", "RUN_DIR")))
+        line = errors.collective_line(e, where.timeout, checkpoint.resume_advice(where.run_dir))
         print(f"arcdist: error: {line}", file=sys.stderr, flush=True)
         return Exit.LOST_CONTACT
 
