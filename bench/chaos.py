@@ -13,7 +13,10 @@ an undisturbed run of the same grid exactly.
 3. Compared per job: every metrics.jsonl row (wall-clock fields left out) in order, none missing or extra, and
    every tensor of the final checkpoint's weights, bit for bit.
 
-Fault kinds (a kind that finds no target at its moment, e.g. no job running, is counted as skipped):
+Fault kinds. Each is aimed at a target it can hit: torn-line at a rank whose run has a metrics file, flip-byte at
+a rank whose run has two checkpoints or more. A kind that finds no target at its moment (no job running yet, no
+metrics file yet) is counted as a miss and drawn again at the next moment, up to --misses times in a row, then
+set aside as skipped; so every kind gets its share of the faults:
     kill-rank     SIGKILL of one training process (a rank; its launcher ends the other)
     kill-job      SIGKILL of a job's whole process group (launcher and ranks)
     kill-launcher SIGKILL of a job's launcher alone (accelerate launch: its ranks die with it, PR_SET_PDEATHSIG)
@@ -160,10 +163,11 @@ class Chaos:
         self.args, self.disk = args, disk
         self.rng = random.Random(args.seed)
         self.injected: collections.Counter = collections.Counter()
-        self.skipped: collections.Counter = collections.Counter()
+        self.missed: collections.Counter = collections.Counter()
         self.deck: list[str] = []
         self.kinds = [k for k in KINDS if k not in args.skip]
         self.flipped: set[tuple[str, int]] = set()  # checkpoint folders (path, inode) this run has damaged
+        self.misses = 0  # misses in a row of the kind on top of the deck
 
     def next_kind(self) -> str:
         if not self.deck:
@@ -171,9 +175,40 @@ class Chaos:
             self.rng.shuffle(self.deck)
         return self.deck.pop()
 
+    def draw(self, kind: str, missed: bool) -> None:
+        """After a fault of `kind`: a miss puts the kind back on top of the deck, unless it missed --misses times in
+        a row (then it is skipped and the deck moves on)."""
+        if not missed:
+            self.misses = 0
+            return
+        self.missed[kind] += 1
+        self.misses += 1
+        if self.misses < self.args.misses:
+            self.deck.append(kind)
+        else:
+            self.misses = 0
+
+    def target(self, kind: str, pids: list[int]) -> int | None:
+        """A training process that `kind` can hit: any, or one whose run has what the kind damages."""
+        if kind == "torn-line":
+            pids = [p for p in pids if (d := run_dir_of(p)) and (d / "metrics.jsonl").exists()]
+        elif kind == "flip-byte":
+            pids = [p for p in pids if (d := run_dir_of(p)) and self.flippable(d)]
+        return self.rng.choice(pids) if pids else None
+
+    def flippable(self, run_dir: Path) -> list[Path]:
+        """The checkpoints of `run_dir` when a flip may damage its newest: two or more, none damaged before (with no
+        undamaged one to fall back to, resume stops with exit 2, and no rerun could finish the job)."""
+        folder = run_dir / "checkpoints"
+        try:
+            checkpoints = sorted(folder.glob("epoch-*")) if folder.exists() else []
+            ids = [(str(c), c.stat().st_ino) for c in checkpoints]
+        except OSError:  # (one was being replaced)
+            return []
+        return checkpoints if len(checkpoints) >= 2 and not any(i in self.flipped for i in ids) else []
+
     def inject(self, kind: str, runner: subprocess.Popen, root: Path) -> bool:
-        pids = training_pids(root)
-        pid = self.rng.choice(pids) if pids else None
+        pid = self.target(kind, training_pids(root))
         if kind in ("kill-runner", "sigint"):
             if runner.poll() is not None:
                 return False
@@ -226,17 +261,11 @@ class Chaos:
             with open(metrics, "a") as f:
                 f.write(TORN_FRAGMENT[:cut])
             return True
-        # flip-byte: only where resume has an undamaged checkpoint to fall back to (with none left it stops, exit 2,
-        # and no rerun could finish the job)
-        folder = run_dir / "checkpoints"
-        checkpoints = sorted(folder.glob("epoch-*")) if folder.exists() else []
-        ids = [(str(c), c.stat().st_ino) for c in checkpoints]
-        if len(checkpoints) < 2 or any(i in self.flipped for i in ids):
-            return False
-        files = [f for f in checkpoints[-1].iterdir() if f.is_file() and f.stat().st_size]
+        checkpoints = self.flippable(run_dir)  # (again: the kill may have come as a checkpoint was written)
+        files = [f for f in checkpoints[-1].iterdir() if f.is_file() and f.stat().st_size] if checkpoints else []
         if not files:
             return False
-        self.flipped.add(ids[-1])
+        self.flipped.add((str(checkpoints[-1]), checkpoints[-1].stat().st_ino))
         target = self.rng.choice(files)
         data = bytearray(target.read_bytes())
         i = self.rng.randrange(len(data))
@@ -260,6 +289,8 @@ def main() -> int:
     ap.add_argument("--ranks", type=int, default=2, help="processes per job (gloo; default 2)")
     ap.add_argument("--tmpfs-mb", type=int, default=256, help="size of the tmpfs the chaos rounds write to")
     ap.add_argument("--skip", default="", help="comma-separated fault kinds left out")
+    ap.add_argument("--misses", type=int, default=20,
+                    help="moments a kind may find no target in a row before it is skipped (default 20)")
     ap.add_argument("--max-reruns", type=int, default=1000, help="give up after this many reruns")
     args = ap.parse_args()
     args.skip = {k for k in args.skip.split(",") if k}
@@ -314,7 +345,10 @@ def main() -> int:
                     if runner.poll() is not None or sum(chaos.injected.values()) >= args.faults:
                         break
                     kind = chaos.next_kind()
-                    (chaos.injected if chaos.inject(kind, runner, root) else chaos.skipped)[kind] += 1
+                    hit = chaos.inject(kind, runner, root)
+                    if hit:
+                        chaos.injected[kind] += 1
+                    chaos.draw(kind, missed=not hit)
                 runner.wait()
                 for pid in training_pids(root):  # orphans of a killed runner finish (or fail) on their own
                     wait_gone(pid, timeout=600)
@@ -338,7 +372,7 @@ def main() -> int:
     equal = all(r["rows_equal"] and r["weights_equal"] for r in results)
     figures = dict(
         faults=sum(chaos.injected.values()), injected=dict(sorted(chaos.injected.items())),
-        skipped_no_target=dict(sorted(chaos.skipped.items())), rounds=rnd, reruns=reruns, jobs_compared=len(results),
+        missed_no_target=dict(sorted(chaos.missed.items())), rounds=rnd, reruns=reruns, jobs_compared=len(results),
         rows_compared=sum(r["rows"] for r in results), rows_lost=sum(r["lost"] for r in results),
         rows_extra=sum(r["extra"] for r in results), weights_equal=all(r["weights_equal"] for r in results),
         equal=equal, seed=args.seed, reference_s=round(reference_s, 1), total_s=round(time.time() - started, 1),

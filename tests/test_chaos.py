@@ -1,5 +1,7 @@
 """The short chaos run (bench/chaos.py): a few faults at seeded random moments, then the grid equals an undisturbed
 one exactly. The long run (>= 100 faults) is measured once; its figures are in the README ("Guarantees")."""
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -9,9 +11,30 @@ import pytest
 
 from helpers import ROOT
 
-pytestmark = pytest.mark.slow
+
+def load_chaos():
+    spec = importlib.util.spec_from_file_location("chaos", ROOT / "bench" / "chaos.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
+def test_a_kind_that_finds_no_target_is_drawn_again_until_its_misses_run_out():
+    chaos = load_chaos()
+    c = chaos.Chaos(argparse.Namespace(seed=3, skip=set(), misses=3), disk=ROOT)
+    first = c.next_kind()
+    for _ in range(2):  # two misses: the same kind comes back at the next moment
+        c.draw(first, missed=True)
+        assert c.next_kind() == first
+    c.draw(first, missed=True)  # the third in a row: skipped, the deck moves on
+    rest = [c.next_kind() for _ in range(len(chaos.KINDS) - 1)]
+    assert first not in rest and sorted(rest + [first]) == sorted(chaos.KINDS)
+    assert c.missed[first] == 3
+    c.draw(rest[-1], missed=False)  # a hit resets the count
+    assert c.misses == 0
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs for the full-disk fault: needs root")
 def test_short_chaos_run_equals_the_undisturbed_grid(tmp_path):
     data = os.environ.get("ARCDIST_DATA_DIR")
