@@ -14,9 +14,11 @@ an undisturbed run of the same grid exactly.
    every tensor of the final checkpoint's weights, bit for bit.
 
 Fault kinds. Each is aimed at a target it can hit: torn-line at a rank whose run has a metrics file, flip-byte at
-a rank whose run has two checkpoints or more. A kind that finds no target at its moment (no job running yet, no
-metrics file yet) is counted as a miss and drawn again at the next moment, up to --misses times in a row, then
-set aside as skipped; so every kind gets its share of the faults:
+a rank whose run has two checkpoints or more. At each moment the kinds on the deck are tried from its top: the first
+that finds a target is injected and leaves the deck; those that find none (no job running yet, no metrics file yet)
+are counted as misses and stay on top for the next moment. When every kind left on the deck misses, the kinds not on
+it are shuffled in beneath. So a kind that is rarely possible is injected at its first chance, and no kind blocks the
+others:
     kill-rank     SIGKILL of one training process (a rank; its launcher ends the other)
     kill-job      SIGKILL of a job's whole process group (launcher and ranks)
     kill-launcher SIGKILL of a job's launcher alone (accelerate launch: its ranks die with it, PR_SET_PDEATHSIG)
@@ -167,26 +169,24 @@ class Chaos:
         self.deck: list[str] = []
         self.kinds = [k for k in KINDS if k not in args.skip]
         self.flipped: set[tuple[str, int]] = set()  # checkpoint folders (path, inode) this run has damaged
-        self.misses = 0  # misses in a row of the kind on top of the deck
 
-    def next_kind(self) -> str:
+    def strike(self, runner: subprocess.Popen, root: Path) -> str | None:
+        """One fault moment; returns the kind injected, or None when no kind on the deck found a target."""
         if not self.deck:
             self.deck = list(self.kinds)
             self.rng.shuffle(self.deck)
-        return self.deck.pop()
-
-    def draw(self, kind: str, missed: bool) -> None:
-        """After a fault of `kind`: a miss puts the kind back on top of the deck, unless it missed --misses times in
-        a row (then it is skipped and the deck moves on)."""
-        if not missed:
-            self.misses = 0
-            return
-        self.missed[kind] += 1
-        self.misses += 1
-        if self.misses < self.args.misses:
-            self.deck.append(kind)
-        else:
-            self.misses = 0
+        for i in range(len(self.deck) - 1, -1, -1):  # the top of the deck is its end
+            kind = self.deck[i]
+            done = self.inject(kind, runner, root)
+            if done:
+                del self.deck[i]
+                self.injected[done] += 1
+                return done
+            self.missed[kind] += 1
+        fresh = [k for k in self.kinds if k not in self.deck]
+        self.rng.shuffle(fresh)
+        self.deck = fresh + self.deck
+        return None
 
     def target(self, kind: str, pids: list[int]) -> int | None:
         """A training process that `kind` can hit: any, or one whose run has what the kind damages."""
@@ -207,13 +207,15 @@ class Chaos:
             return []
         return checkpoints if len(checkpoints) >= 2 and not any(i in self.flipped for i in ids) else []
 
-    def inject(self, kind: str, runner: subprocess.Popen, root: Path) -> bool:
+    def inject(self, kind: str, runner: subprocess.Popen, root: Path) -> str | None:
+        """`kind` at a target it can hit: returns the kind done (kill-rank when a flip found nothing left to flip
+        after its kill), or None with nothing done."""
         pid = self.target(kind, training_pids(root))
         if kind in ("kill-runner", "sigint"):
             if runner.poll() is not None:
-                return False
+                return None
             runner.send_signal(signal.SIGKILL if kind == "kill-runner" else signal.SIGINT)
-            return True
+            return kind
         if kind == "disk-full":
             ballast = self.disk / "ballast"
             try:
@@ -231,47 +233,47 @@ class Chaos:
                 pass
             time.sleep(self.rng.uniform(0.5, 3.0))
             ballast.unlink(missing_ok=True)
-            return True
+            return kind
         if pid is None:
-            return False
+            return None
         if kind == "kill-launcher":
             launcher = parent_of(pid)
-            return launcher is not None and kill(launcher, signal.SIGKILL)
+            return kind if launcher is not None and kill(launcher, signal.SIGKILL) else None
         if kind == "kill-job":
             try:
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
             except ProcessLookupError:
-                return False
-            return True
+                return None
+            return kind
         if kind == "sigterm":
-            return kill(pid, signal.SIGTERM)
+            return kind if kill(pid, signal.SIGTERM) else None
         run_dir = run_dir_of(pid)
         if not kill(pid, signal.SIGKILL):
-            return False
+            return None
         if kind == "kill-rank":
-            return True
+            return kind
         wait_gone(pid)
         if run_dir is None:
-            return False
+            return "kill-rank"  # (the kill was done)
         if kind == "torn-line":
             metrics = run_dir / "metrics.jsonl"
             if not metrics.exists():
-                return False
+                return "kill-rank"  # (the kill was done)
             cut = self.rng.randint(1, len(TORN_FRAGMENT) - 1)
             with open(metrics, "a") as f:
                 f.write(TORN_FRAGMENT[:cut])
-            return True
+            return kind
         checkpoints = self.flippable(run_dir)  # (again: the kill may have come as a checkpoint was written)
         files = [f for f in checkpoints[-1].iterdir() if f.is_file() and f.stat().st_size] if checkpoints else []
         if not files:
-            return False
+            return "kill-rank"  # (the kill was done)
         self.flipped.add((str(checkpoints[-1]), checkpoints[-1].stat().st_ino))
         target = self.rng.choice(files)
         data = bytearray(target.read_bytes())
         i = self.rng.randrange(len(data))
         data[i] ^= 1 << self.rng.randrange(8)
         target.write_bytes(bytes(data))
-        return True
+        return kind
 
 
 def main() -> int:
@@ -289,8 +291,6 @@ def main() -> int:
     ap.add_argument("--ranks", type=int, default=2, help="processes per job (gloo; default 2)")
     ap.add_argument("--tmpfs-mb", type=int, default=256, help="size of the tmpfs the chaos rounds write to")
     ap.add_argument("--skip", default="", help="comma-separated fault kinds left out")
-    ap.add_argument("--misses", type=int, default=20,
-                    help="moments a kind may find no target in a row before it is skipped (default 20)")
     ap.add_argument("--max-reruns", type=int, default=1000, help="give up after this many reruns")
     args = ap.parse_args()
     args.skip = {k for k in args.skip.split(",") if k}
@@ -344,11 +344,7 @@ def main() -> int:
                         time.sleep(0.05)
                     if runner.poll() is not None or sum(chaos.injected.values()) >= args.faults:
                         break
-                    kind = chaos.next_kind()
-                    hit = chaos.inject(kind, runner, root)
-                    if hit:
-                        chaos.injected[kind] += 1
-                    chaos.draw(kind, missed=not hit)
+                    chaos.strike(runner, root)
                 runner.wait()
                 for pid in training_pids(root):  # orphans of a killed runner finish (or fail) on their own
                     wait_gone(pid, timeout=600)

@@ -19,19 +19,23 @@ def load_chaos():
     return module
 
 
-def test_a_kind_that_finds_no_target_is_drawn_again_until_its_misses_run_out():
+def test_a_kind_without_a_target_stays_on_top_and_the_next_kind_that_has_one_goes():
     chaos = load_chaos()
-    c = chaos.Chaos(argparse.Namespace(seed=3, skip=set(), misses=3), disk=ROOT)
-    first = c.next_kind()
-    for _ in range(2):  # two misses: the same kind comes back at the next moment
-        c.draw(first, missed=True)
-        assert c.next_kind() == first
-    c.draw(first, missed=True)  # the third in a row: skipped, the deck moves on
-    rest = [c.next_kind() for _ in range(len(chaos.KINDS) - 1)]
-    assert first not in rest and sorted(rest + [first]) == sorted(chaos.KINDS)
-    assert c.missed[first] == 3
-    c.draw(rest[-1], missed=False)  # a hit resets the count
-    assert c.misses == 0
+    c = chaos.Chaos(argparse.Namespace(seed=3, skip=set()), disk=ROOT)
+    possible = {"kill-runner", "sigint"}  # this moment: only the runner can be hit
+    c.inject = lambda kind, runner, root: kind if kind in possible else None
+    c.deck = ["kill-rank", "kill-runner", "torn-line", "flip-byte"]  # top last
+    assert c.strike(None, None) == "kill-runner"
+    assert c.deck == ["kill-rank", "torn-line", "flip-byte"]  # the two on top missed and stay there
+    assert c.missed == {"flip-byte": 1, "torn-line": 1}
+    possible = {"flip-byte"}
+    assert c.strike(None, None) == "flip-byte" and c.deck == ["kill-rank", "torn-line"]
+    possible = set()  # every kind left misses: the kinds not on the deck are shuffled in beneath
+    assert c.strike(None, None) is None
+    assert c.deck[-2:] == ["kill-rank", "torn-line"] and sorted(c.deck) == sorted(chaos.KINDS)
+    possible = {"torn-line", "kill-job"}
+    assert c.strike(None, None) == "torn-line"
+    assert c.injected == {"kill-runner": 1, "flip-byte": 1, "torn-line": 1}
 
 
 @pytest.mark.slow
