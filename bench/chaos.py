@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("kill-rank", "kill-job", "kill-launcher", "kill-runner", "sigterm", "sigint", "disk-full", "torn-line", "flip-byte")
 VOLATILE = {"epoch_time_s", "images_per_s"}  # wall-clock fields of a metrics row
 TORN_FRAGMENT = '{"epoch": 2, "train_loss": 1.2'
+LAUNCHERS = ("accelerate.commands.launch", "torch.distributed.run")  # the module a launcher's command line runs
 
 
 def grid_command(out: Path, grid_id: str, args: argparse.Namespace) -> list[str]:
@@ -114,7 +115,7 @@ def training_pids(root: Path) -> list[int]:
         except OSError:
             continue
         text = [c.decode(errors="replace") for c in cmd]
-        launcher = any(t in ("accelerate.commands.launch", "torch.distributed.run") for t in text)
+        launcher = any(t in LAUNCHERS for t in text)
         if not launcher and any(t.endswith("train.py") for t in text) and any(str(root) in t for t in text):
             pids.append(int(proc.name))
     return pids
@@ -135,7 +136,7 @@ def parent_of(pid: int) -> int | None:
         cmd = Path(f"/proc/{ppid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError, IndexError):
         return None
-    return ppid if any(c in (b"accelerate.commands.launch", b"torch.distributed.run") for c in cmd) else None
+    return ppid if any(c.decode(errors="replace") in LAUNCHERS for c in cmd) else None
 
 
 def run_dir_of(pid: int) -> Path | None:
@@ -175,9 +176,10 @@ class Chaos:
         if not self.deck:
             self.deck = list(self.kinds)
             self.rng.shuffle(self.deck)
+        pids = training_pids(root)  # (a kind that misses changes nothing: the same processes for the next)
         for i in range(len(self.deck) - 1, -1, -1):  # the top of the deck is its end
             kind = self.deck[i]
-            done = self.inject(kind, runner, root)
+            done = self.inject(kind, runner, pids)
             if done:
                 del self.deck[i]
                 self.injected[done] += 1
@@ -207,10 +209,10 @@ class Chaos:
             return []
         return checkpoints if len(checkpoints) >= 2 and not any(i in self.flipped for i in ids) else []
 
-    def inject(self, kind: str, runner: subprocess.Popen, root: Path) -> str | None:
-        """`kind` at a target it can hit: returns the kind done (kill-rank when a flip found nothing left to flip
-        after its kill), or None with nothing done."""
-        pid = self.target(kind, training_pids(root))
+    def inject(self, kind: str, runner: subprocess.Popen, pids: list[int]) -> str | None:
+        """`kind` at a target among the training processes `pids` that it can hit: returns the kind done (kill-rank
+        when a flip found nothing left to flip after its kill), or None with nothing done."""
+        pid = self.target(kind, pids)
         if kind in ("kill-runner", "sigint"):
             if runner.poll() is not None:
                 return None

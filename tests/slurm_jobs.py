@@ -3,9 +3,18 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
+
+from helpers import cli_env
+
+
+def job_env(**extra) -> dict:
+    """What a submitted job gets (sbatch --export=ALL passes the submitter's environment): this interpreter as
+    PYTHON, this checkout, no W&B, and `extra`."""
+    return cli_env(PYTHON=sys.executable, **extra)
 
 
 class SlurmJobs:

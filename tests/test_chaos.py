@@ -23,18 +23,18 @@ def test_a_kind_without_a_target_stays_on_top_and_the_next_kind_that_has_one_goe
     chaos = load_chaos()
     c = chaos.Chaos(argparse.Namespace(seed=3, skip=set()), disk=ROOT)
     possible = {"kill-runner", "sigint"}  # this moment: only the runner can be hit
-    c.inject = lambda kind, runner, root: kind if kind in possible else None
+    c.inject = lambda kind, runner, pids: kind if kind in possible else None
     c.deck = ["kill-rank", "kill-runner", "torn-line", "flip-byte"]  # top last
-    assert c.strike(None, None) == "kill-runner"
+    assert c.strike(None, ROOT / "no-grid") == "kill-runner"
     assert c.deck == ["kill-rank", "torn-line", "flip-byte"]  # the two on top missed and stay there
     assert c.missed == {"flip-byte": 1, "torn-line": 1}
     possible = {"flip-byte"}
-    assert c.strike(None, None) == "flip-byte" and c.deck == ["kill-rank", "torn-line"]
+    assert c.strike(None, ROOT / "no-grid") == "flip-byte" and c.deck == ["kill-rank", "torn-line"]
     possible = set()  # every kind left misses: the kinds not on the deck are shuffled in beneath
-    assert c.strike(None, None) is None
+    assert c.strike(None, ROOT / "no-grid") is None
     assert c.deck[-2:] == ["kill-rank", "torn-line"] and sorted(c.deck) == sorted(chaos.KINDS)
     possible = {"torn-line", "kill-job"}
-    assert c.strike(None, None) == "torn-line"
+    assert c.strike(None, ROOT / "no-grid") == "torn-line"
     assert c.injected == {"kill-runner": 1, "flip-byte": 1, "torn-line": 1}
 
 

@@ -14,15 +14,14 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import ROOT, cli_env, free_port, make_tiny_mnist, metric_rows, run_train, summary, tiny_args
-from slurm_jobs import SlurmJobs
+from helpers import ROOT, free_port, make_tiny_mnist, metric_rows, run_train, summary, tiny_args
+from slurm_jobs import SlurmJobs, job_env
 
 pytestmark = pytest.mark.cluster
 
@@ -40,7 +39,7 @@ LOCAL_ARGS = ["--cpu", "--plot-every", "0", "--set", "train.threads=1"]  # the r
 def slurm_env(**extra) -> dict:
     # jobs get the submitter's environment (sbatch --export=ALL): this interpreter, this checkout, no W&B,
     # and the 2-node cluster's slurm.conf (scontrol requeue inside the job uses it too)
-    return cli_env(PYTHON=sys.executable, SLURM_CONF=SLURM_CONF, **extra)
+    return job_env(SLURM_CONF=SLURM_CONF, **extra)
 
 
 SLURM = SlurmJobs(slurm_env)  # the 2-node cluster's slurm.conf
@@ -221,7 +220,7 @@ def test_frozen_node_ends_the_job_after_the_collective_timeout(cluster, data, tm
 
 def test_torchrun_across_two_hosts(cluster, data, reference, tmp_path):
     run = tmp_path / "run"
-    env = cli_env(PYTHON=sys.executable, NNODES="2", NPROC="1", HEAD="node1", PORT=str(free_port()),
+    env = job_env(NNODES="2", NPROC="1", HEAD="node1", PORT=str(free_port()),
                   RDZV_ID="mn-test", MAX_RESTARTS="0")
     args = tiny_args(data, run, EPOCHS, *LOCAL_ARGS, batch=32)
     procs = [subprocess.Popen([str(CLUSTER), "on", node, str(ROOT / "launch" / "torchrun.sh"), *args], cwd=tmp_path,

@@ -6,16 +6,12 @@ import os
 import shlex
 import sys
 
-from helpers import ROOT, cli_env
-from slurm_jobs import SlurmJobs
+from helpers import ROOT
+from slurm_jobs import SlurmJobs, job_env
 
 SCRIPTS = [ROOT / "slurm" / "dev-cluster.sh", ROOT / "slurm" / "grid.sbatch", ROOT / "slurm" / "multinode.sbatch",
            ROOT / "launch" / "torchrun.sh", ROOT / "launch" / "grid.sh", ROOT / ".ci" / "system-deps"]
 sh = SlurmJobs().sh
-
-
-def job_env(**extra) -> dict:
-    return cli_env(PYTHON=sys.executable, **extra)
 
 
 def test_scripts_parse():

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import metric_rows, summary, ROOT, cli_env, free_port, make_tiny_mnist
-from slurm_jobs import SlurmJobs
+from slurm_jobs import SlurmJobs, job_env
 
 pytestmark = pytest.mark.cluster
 
@@ -36,11 +36,6 @@ def cluster():
     yield
     if not was_up:
         sh(CLUSTER, "down", check=False, timeout=120)
-
-
-def job_env(**extra) -> dict:
-    # jobs get the submitter's environment (sbatch --export=ALL): this interpreter, no W&B
-    return cli_env(PYTHON=sys.executable, **extra)
 
 
 def sbatch(script: str, *options: str, env: dict) -> str:
@@ -106,7 +101,7 @@ def test_accelerate_cpu_config_and_torchrun_start_two_ranks(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=64, n_test=20)
     common = ["--variant", "V2", "--epochs", "1", "--data-dir", str(data), "--set", "data.batch_size=32",
               "--wandb", "disabled", "--no-progress", "--plot-every", "0", "--set", "train.threads=1"]
-    env = cli_env(PYTHON=sys.executable, NPROC="2", PORT=str(free_port()))
+    env = job_env(NPROC="2", PORT=str(free_port()))
     procs = {
         "accelerate": subprocess.Popen(
             [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
