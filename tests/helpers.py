@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import multiprocessing
 import os
 import struct
 import subprocess
@@ -69,16 +70,57 @@ def cli_env(**extra) -> dict:
     return dict(env, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
 
 
+TRAIN_SCRIPT = ROOT / "arcdist" / "train.py"
+# single-process runs fork from a server that imported torch and arcdist once (multiprocessing's forkserver: a fresh
+# interpreter that has run no OpenMP region, so its forks are safe): each run skips the 3-4 s of imports
+_FORKS = multiprocessing.get_context("forkserver")
+_FORKS.set_forkserver_preload(["arcdist.train", "arcdist.figures", "torch._dynamo"])  # torch._dynamo: the optimizers import it
+
+
+def _run_script(argv: list[str], env: dict, out: str, err: str) -> None:
+    """In the forked child: `python arcdist/train.py ARGS` with `env`, stdout and stderr to files."""
+    import atexit
+    import runpy
+
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(ROOT)
+    for fd, name in ((1, out), (2, err)):
+        os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    sys.argv = [str(TRAIN_SCRIPT), *argv]
+    try:
+        runpy.run_path(str(TRAIN_SCRIPT), run_name="__main__")  # exits with the run's status, as the script does
+    finally:
+        atexit._run_exitfuncs()  # what the interpreter's exit runs (W&B's teardown); a forked child skips them
+
+
+def _forked_train(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+        child = _FORKS.Process(target=_run_script, args=(list(args), env, out, err))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(["train.py", *args], timeout)
+        read = lambda name: Path(name).read_text() if os.path.exists(name) else ""
+        return subprocess.CompletedProcess(["train.py", *args], child.exitcode, read(out), read(err))
+
+
 def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | None = None,
               check: bool = True) -> subprocess.CompletedProcess:
-    """Run arcdist/train.py as users do: plain python for 1 process, `accelerate launch` (gloo) for more."""
+    """Run arcdist/train.py as users do: `python arcdist/train.py` for 1 process (forked from a server that has
+    the imports done; the script itself runs as __main__), `accelerate launch` (gloo) for more."""
     if world == 1:
-        cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), *args]
+        proc = _forked_train(args, env or cli_env(), timeout)
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(ROOT / "arcdist" / "train.py"), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+               "--main_process_port", str(free_port()), str(TRAIN_SCRIPT), *args]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
