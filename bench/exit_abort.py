@@ -6,6 +6,7 @@ A run that aborts keeps its stderr (and, with --cores, its core files and a gdb 
 --out. Optional --load K keeps K busy-looping processes beside the runs: the abort was seen under a loaded CI.
 
     python bench/exit_abort.py --runs 200 --out /tmp/abort-before        # needs ARCDIST_DATA_DIR (real MNIST)
+    python bench/exit_abort.py --program gloo-teardown --runs 100 --out /tmp/gloo   # the mechanism alone
 
 Prints one line per 10 runs and a summary: runs, exit statuses by count, aborts, seconds per run.
 """
@@ -35,7 +36,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(out: Path) -> list[str]:
+def command(out: Path, program: str = "train") -> list[str]:
+    if program != "train":  # bench/gloo_exit.py: the mechanism without arcdist (teardown) and with its way out
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), str(ROOT / "bench" / "gloo_exit.py"), program.removeprefix("gloo-")]
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()), str(ROOT / "arcdist" / "train.py"),
@@ -64,6 +68,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--out", type=Path, required=True, help="summary.json and the aborted runs' stderr go here")
     ap.add_argument("--load", type=int, default=0, help="busy-looping processes kept beside the runs")
+    ap.add_argument("--program", choices=("train", "gloo-teardown", "gloo-arcdist"), default="train",
+                    help="train: arcdist's smallest 2-rank run; gloo-*: bench/gloo_exit.py, the mechanism alone")
     ap.add_argument("--cores", action="store_true", help="keep core files of aborted runs and their gdb backtraces")
     args = ap.parse_args()
     if not os.environ.get("ARCDIST_DATA_DIR"):
@@ -85,8 +91,8 @@ def main() -> int:
     try:
         for i in range(args.runs):
             work = Path(tempfile.mkdtemp(prefix="abort-"))
-            proc = subprocess.run(command(work / "run"), cwd=work, env=env, capture_output=True, text=True,
-                                  timeout=600, preexec_fn=allow_cores)
+            proc = subprocess.run(command(work / "run", args.program), cwd=work, env=env, capture_output=True,
+                                  text=True, timeout=600, preexec_fn=allow_cores)
             aborted = ABORT_TEXT in proc.stderr
             ends["abort" if aborted else f"exit {proc.returncode}"] += 1
             if aborted or proc.returncode != 0:
@@ -103,7 +109,8 @@ def main() -> int:
             p.terminate()
     seconds = time.time() - start
     summary = dict(runs=sum(ends.values()), ends=dict(ends), aborts=len(aborts), aborted_runs=aborts,
-                   seconds_per_run=round(seconds / max(1, sum(ends.values())), 2), load=args.load)
+                   seconds_per_run=round(seconds / max(1, sum(ends.values())), 2), load=args.load,
+                   program=args.program)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
     return 0
