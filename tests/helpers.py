@@ -71,8 +71,8 @@ def cli_env(**extra) -> dict:
 
 
 TRAIN_SCRIPT = ROOT / "arcdist" / "train.py"
-# single-process runs fork from a server that imported torch and arcdist once (multiprocessing's forkserver: a fresh
-# interpreter that has run no OpenMP region, so its forks are safe): each run skips the 3-4 s of imports
+# trainings fork from a server that imported torch and arcdist once (multiprocessing's forkserver: a fresh interpreter
+# that has run no OpenMP region, so its forks are safe): each process skips the 4-5 s of imports
 _FORKS = multiprocessing.get_context("forkserver")
 _FORKS.set_forkserver_preload(["arcdist.train", "arcdist.figures", "torch._dynamo"])  # torch._dynamo: the optimizers import it
 
@@ -94,33 +94,57 @@ def _run_script(argv: list[str], env: dict, out: str, err: str) -> None:
         atexit._run_exitfuncs()  # what the interpreter's exit runs (W&B's teardown); a forked child skips them
 
 
-def _forked_train(args: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+def rank_env(env: dict, rank: int, world: int, port: int) -> dict:
+    """What `accelerate launch --multi_gpu --num_processes WORLD --mixed_precision no --dynamo_backend no` gives a
+    rank on one machine, less its elastic agent's (no agent store, no launcher to die with)."""
+    return dict(env, RANK=str(rank), LOCAL_RANK=str(rank), ROLE_RANK=str(rank), WORLD_SIZE=str(world),
+                LOCAL_WORLD_SIZE=str(world), ROLE_WORLD_SIZE=str(world), ROLE_NAME="default", GROUP_RANK="0",
+                GROUP_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+                ACCELERATE_MIXED_PRECISION="no", ACCELERATE_DYNAMO_BACKEND="NO")
+
+
+def _forked_train(args: list[str], envs: list[dict], timeout: int) -> subprocess.CompletedProcess:
+    """One forked process per environment; as a launcher does, the first to fail ends the others (SIGTERM).
+    stdout and stderr are the ranks' in rank order; the status is the first failure's, else 0."""
     import tempfile
+    import time
 
     with tempfile.TemporaryDirectory() as tmp:
-        out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-        child = _FORKS.Process(target=_run_script, args=(list(args), env, out, err))
-        child.start()
-        child.join(timeout)
-        if child.exitcode is None:
-            child.kill()
-            child.join()
-            raise subprocess.TimeoutExpired(["train.py", *args], timeout)
+        files = [(os.path.join(tmp, f"out{i}"), os.path.join(tmp, f"err{i}")) for i in range(len(envs))]
+        children = [_FORKS.Process(target=_run_script, args=(list(args), env, *f)) for env, f in zip(envs, files)]
+        for child in children:
+            child.start()
+        deadline, failed = time.monotonic() + timeout, None
+        while any(c.exitcode is None for c in children):
+            failed = failed or next((c.exitcode for c in children if c.exitcode not in (None, 0)), None)
+            if failed is not None or time.monotonic() > deadline:
+                for c in children:
+                    if c.exitcode is None:
+                        c.terminate() if failed is not None else c.kill()
+                for c in children:
+                    c.join(30)
+                    if c.exitcode is None:
+                        c.kill()
+                        c.join()
+                if failed is None:
+                    raise subprocess.TimeoutExpired(["train.py", *args], timeout)
+                break
+            time.sleep(0.05)
+        status = failed if failed is not None else next((c.exitcode for c in children if c.exitcode), 0)
         read = lambda name: Path(name).read_text() if os.path.exists(name) else ""
-        return subprocess.CompletedProcess(["train.py", *args], child.exitcode, read(out), read(err))
+        return subprocess.CompletedProcess(["train.py", *args], status, "".join(read(o) for o, _ in files),
+                                           "".join(read(e) for _, e in files))
 
 
 def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | None = None,
               check: bool = True) -> subprocess.CompletedProcess:
-    """Run arcdist/train.py as users do: `python arcdist/train.py` for 1 process (forked from a server that has
-    the imports done; the script itself runs as __main__), `accelerate launch` (gloo) for more."""
-    if world == 1:
-        proc = _forked_train(args, env or cli_env(), timeout)
-    else:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(world),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(TRAIN_SCRIPT), *args]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env or cli_env(), capture_output=True, text=True, timeout=timeout)
+    """Run arcdist/train.py as `python arcdist/train.py` does (1 process) or as `accelerate launch --multi_gpu`
+    starts its ranks (gloo), each process forked from a server that has the imports done; the script itself runs as
+    __main__. The launchers themselves are tested with real processes (test_interrupt, test_slurm, test_reliability)."""
+    env = env or cli_env()
+    port = free_port()
+    envs = [env] if world == 1 else [rank_env(env, rank, world, port) for rank in range(world)]
+    proc = _forked_train(args, envs, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
