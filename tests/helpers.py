@@ -9,6 +9,8 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -103,36 +105,39 @@ def rank_env(env: dict, rank: int, world: int, port: int) -> dict:
                 ACCELERATE_MIXED_PRECISION="no", ACCELERATE_DYNAMO_BACKEND="NO")
 
 
+def _stop(children: list, signal_first: str) -> None:
+    """End the children still running: `signal_first` ("terminate" or "kill"), then SIGKILL after 30 s."""
+    for c in children:
+        if c.exitcode is None:
+            getattr(c, signal_first)()
+    for c in children:
+        c.join(30)
+        if c.exitcode is None:
+            c.kill()
+            c.join()
+
+
 def _forked_train(args: list[str], envs: list[dict], timeout: int) -> subprocess.CompletedProcess:
     """One forked process per environment; as a launcher does, the first to fail ends the others (SIGTERM).
     stdout and stderr are the ranks' in rank order; the status is the first failure's, else 0."""
-    import tempfile
-    import time
-
     with tempfile.TemporaryDirectory() as tmp:
         files = [(os.path.join(tmp, f"out{i}"), os.path.join(tmp, f"err{i}")) for i in range(len(envs))]
         children = [_FORKS.Process(target=_run_script, args=(list(args), env, *f)) for env, f in zip(envs, files)]
         for child in children:
             child.start()
-        deadline, failed = time.monotonic() + timeout, None
-        while any(c.exitcode is None for c in children):
-            failed = failed or next((c.exitcode for c in children if c.exitcode not in (None, 0)), None)
-            if failed is not None or time.monotonic() > deadline:
-                for c in children:
-                    if c.exitcode is None:
-                        c.terminate() if failed is not None else c.kill()
-                for c in children:
-                    c.join(30)
-                    if c.exitcode is None:
-                        c.kill()
-                        c.join()
-                if failed is None:
-                    raise subprocess.TimeoutExpired(["train.py", *args], timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            done = all(c.exitcode is not None for c in children)  # (read first: a status, once set, stays)
+            failed = next((c.exitcode for c in children if c.exitcode not in (None, 0)), None)
+            if done or failed is not None:
                 break
+            if time.monotonic() > deadline:
+                _stop(children, "kill")
+                raise subprocess.TimeoutExpired(["train.py", *args], timeout)
             time.sleep(0.05)
-        status = failed if failed is not None else next((c.exitcode for c in children if c.exitcode), 0)
+        _stop(children, "terminate")  # the others of a failed run (nothing left after a clean one)
         read = lambda name: Path(name).read_text() if os.path.exists(name) else ""
-        return subprocess.CompletedProcess(["train.py", *args], status, "".join(read(o) for o, _ in files),
+        return subprocess.CompletedProcess(["train.py", *args], failed or 0, "".join(read(o) for o, _ in files),
                                            "".join(read(e) for _, e in files))
 
 
