@@ -38,15 +38,16 @@ def default_run_dir(args: argparse.Namespace) -> Path:
     return Path(f"runs/{variant}-s{cfg.train.seed}")
 
 
-def load_saved_config(run_dir: Path) -> Config:
+def load_saved_config(run_dir: Path, flag: str = "--resume ") -> Config:
+    """The config a run recorded in its folder; ConfigError (one line, `flag` first) when there is none."""
     path = run_dir / runinfo.CONFIG
     try:
         return from_dict(json.loads(path.read_text())["config"])
     except FileNotFoundError:
-        raise ConfigError(f"--resume {run_dir}: no config.json there, so it is not an arcdist run folder; "
+        raise ConfigError(f"{flag}{run_dir}: no config.json there, so it is not an arcdist run folder; "
                           "pass the folder a run wrote") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"--resume {run_dir}: config.json is unreadable ({first_line(e)}); start a new run") from None
+        raise ConfigError(f"{flag}{run_dir}: config.json is unreadable ({first_line(e)}); start a new run") from None
 
 
 def locate(args: argparse.Namespace) -> tuple[Path, Config | None]:

@@ -185,10 +185,15 @@ class Trainer:
         metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
         return metrics, feats, labels
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The backbone that embeds for evaluation and plots: the trained one, or its average with train.ema."""
+        return self.acc.unwrap_model(self.backbone) if self.ema is None else self.ema.module
+
     def features(self, data: DeviceData) -> tuple[torch.Tensor, torch.Tensor]:
         """2-D features and labels of all of `data`, each row once, on every rank (by the average with train.ema)."""
-        model = self.acc.unwrap_model(self.backbone) if self.ema is None else self.ema.module
-        return gather_features(self.acc, model, data, self.cfg.model.feature_dim, self.cfg.train.eval_batch_size)
+        return gather_features(self.acc, self.eval_model, data, self.cfg.model.feature_dim,
+                               self.cfg.train.eval_batch_size)
 
     def model_info(self) -> dict:
         """Parameters (backbone + head) and forward FLOPs per image, for summaries and reports."""

@@ -1,0 +1,110 @@
+"""Evaluate a run's checkpoint again, plain and averaged over pixel shifts:
+
+    python -m arcdist.evaluate RUN_DIR [--shift 1] [--checkpoint epoch-0020] [--json FILE]
+
+Loads the newest checkpoint that verifies (or the one named) into the run's own model and precision, embeds the
+whole test set, and prints the metrics of the training's own evaluation (accuracy by the head's prediction rule,
+intra-class spread, closest class centres) twice: for the plain images, and with each image's 2-D feature the mean of
+its (2k+1)² views moved by up to k = --shift pixels (test-time averaging over the shifts `data.shift` trains on).
+Reads only: nothing in RUN_DIR changes (a checkpoint that fails its checksums is refused in one line, not moved).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from arcdist import checkpoint, errors, rundir, runinfo
+from arcdist.cli import ArgumentParser
+from arcdist.config import ConfigError
+from arcdist.errors import Exit
+from arcdist.gather import shift_averaged_features
+from arcdist.hardware import setup_accelerator
+from arcdist.metrics import separation_metrics
+from arcdist.trainer import Trainer
+
+REPORTED = ("accuracy", "intra_spread_deg", "min_centre_angle_deg")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(prog="arcdist.evaluate", description=__doc__)
+    p.add_argument("run_dir", help="a run folder (with config.json and checkpoints/)")
+    p.add_argument("--shift", type=int, default=1, metavar="PIXELS",
+                   help="average each test feature over the image moved by up to PIXELS in each direction "
+                        "(default 1: 9 views; 0: plain only)")
+    p.add_argument("--checkpoint", default=None, metavar="NAME",
+                   help="the checkpoint folder to evaluate, e.g. epoch-0020 (default: the newest)")
+    p.add_argument("--data-dir", default=None, help="where the dataset is (default $ARCDIST_DATA_DIR, then the run's)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE (JSON)")
+    args = p.parse_args(argv)
+    if not 0 <= args.shift <= 4:
+        p.error(f"--shift {args.shift}: give 0 to 4 pixels")
+    return args
+
+
+def choose_checkpoint(run_dir: Path, name: str | None) -> Path:
+    """The named checkpoint folder, or the newest; ConfigError when there is none or it fails its checksums."""
+    found = checkpoint.list_checkpoints(run_dir)
+    if name is not None:
+        found = [p for p in found if p.name == Path(name).name]
+        if not found:
+            raise ConfigError(f"{run_dir} has no checkpoint {name}; pick one of checkpoints/epoch-*")
+    elif not found:
+        raise ConfigError(f"{run_dir} has no checkpoint; train it (or --resume it) first")
+    path = found[-1]
+    why = checkpoint.verify(path)
+    if why is not None:
+        raise ConfigError(f"checkpoint {path} fails its checksums ({why}); evaluate another with --checkpoint, "
+                          f"or --resume the run (it moves this one aside)")
+    return path
+
+
+def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: str | None = None) -> dict:
+    """The figures of one checkpoint: {"checkpoint", "epoch", "shift", "views", "plain": {...}, "averaged": {...}}."""
+    cfg = rundir.load_saved_config(run_dir, flag="")
+    data_dir = data_dir or os.environ.get("ARCDIST_DATA_DIR") or cfg.data.data_dir
+    cfg = replace(cfg, data=replace(cfg.data, data_dir=data_dir, download=False))
+    path = choose_checkpoint(run_dir, name)
+    cfg, acc, _ = setup_accelerator(cfg)
+    trainer = Trainer(cfg, run_dir, acc, no_progress=True)
+    state = checkpoint.load_checkpoint(acc, path)
+    geometry = trainer.head_module.geometry()
+    out = dict(checkpoint=str(path), epoch=state.get("epoch"), shift=pixels, views=(2 * pixels + 1) ** 2,
+               test_images=len(trainer.test_data))
+    for key, k in (("plain", 0), ("averaged", pixels)):
+        feats, labels = shift_averaged_features(acc, trainer.eval_model, trainer.test_data, cfg.model.feature_dim,
+                                                cfg.train.eval_batch_size, k)
+        metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"))
+        out[key] = {m: metrics[m] for m in REPORTED} | dict(errors=round((1 - metrics["accuracy"]) * len(labels)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = evaluate(Path(args.run_dir), args.shift, args.checkpoint, args.data_dir)
+        if args.json:
+            runinfo.atomic_write(Path(args.json), json.dumps(result, indent=1) + "\n")
+    except (ConfigError, checkpoint.CheckpointError) as e:
+        print(f"arcdist.evaluate: error: {e}", file=sys.stderr)
+        return Exit.BAD_INPUT
+    except OSError as e:
+        print(f"arcdist.evaluate: error: {e}; check the path and that it is writable", file=sys.stderr)
+        return Exit.BAD_INPUT
+    for key in ("plain", "averaged"):
+        m = result[key]
+        what = "plain" if key == "plain" else f"averaged over {result['views']} shifts (up to {result['shift']} px)"
+        print(f"epoch {result['epoch']}, {what}: test accuracy {100 * m['accuracy']:.2f} % ({m['errors']} errors in "
+              f"{result['test_images']:,}), intra spread {m['intra_spread_deg']:.2f} deg, closest centres "
+              f"{m['min_centre_angle_deg']:.1f} deg")
+    return Exit.OK
+
+
+if __name__ == "__main__":
+    errors.end_process(main())
