@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from arcdist import evaluate
 from arcdist.data import DeviceData, augment, get_spec
 from arcdist.gather import gather_features, shift, shift_averaged_features
 from helpers import ROOT, cli_env, make_tiny_mnist, metric_rows, run_train, snapshot, tiny_args
@@ -83,7 +84,7 @@ def test_evaluate_reports_the_run_own_accuracy_and_the_average(trained, tmp_path
     assert snapshot(run) == before  # reads only
 
 
-def test_evaluate_refuses_a_corrupted_checkpoint_and_moves_nothing(trained, tmp_path):
+def test_evaluate_refuses_a_corrupted_checkpoint_and_moves_nothing(trained, tmp_path, capsys):
     data, run = trained
     copy = tmp_path / "run"
     subprocess.run(["cp", "-a", str(run), str(copy)], check=True)
@@ -92,9 +93,9 @@ def test_evaluate_refuses_a_corrupted_checkpoint_and_moves_nothing(trained, tmp_
     raw[-5] ^= 0xFF  # inside the tensor data: only the checksum sees it
     weights.write_bytes(bytes(raw))
     before = snapshot(copy)
-    proc = evaluate_cli(copy, "--data-dir", data)
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "fails its checksums" in proc.stderr and "--checkpoint" in proc.stderr
+    assert evaluate.main([str(copy), "--data-dir", str(data)]) == 2  # refused before anything is built
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fails its checksums" in err and "--checkpoint" in err
     assert snapshot(copy) == before
     older = evaluate_cli(copy, "--data-dir", data, "--checkpoint", "epoch-0001", "--shift", "0", "--json",
                          tmp_path / "e1.json")
@@ -105,7 +106,11 @@ def test_evaluate_refuses_a_corrupted_checkpoint_and_moves_nothing(trained, tmp_
     assert result["plain"]["accuracy"] == metric_rows(copy)[0]["test_accuracy"]
 
 
-def test_evaluate_bad_input_is_one_line(tmp_path):
+def test_evaluate_bad_input_is_one_line(tmp_path, capsys):
     for args, text in (([tmp_path], "no config.json"), ([tmp_path, "--shift", "9"], "--shift 9")):
-        proc = evaluate_cli(*args)
-        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and text in proc.stderr, proc.stderr
+        try:
+            status = evaluate.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's one-line error
+            status = e.code
+        err = capsys.readouterr().err
+        assert status == 2 and err.count("\n") == 1 and text in err, err
