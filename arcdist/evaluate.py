@@ -20,6 +20,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from accelerate import PartialState
+
 from arcdist import checkpoint, errors, rundir, runinfo
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = evaluate(Path(args.run_dir), args.shift, args.checkpoint, args.data_dir)
+        if not PartialState().is_main_process:  # under a launcher every rank embeds its shard; one reports
+            return Exit.OK
         if args.json:
             runinfo.atomic_write(Path(args.json), json.dumps(result, indent=1) + "\n")
     except (ConfigError, checkpoint.CheckpointError) as e:
