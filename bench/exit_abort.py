@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,13 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from arcdist.grid import free_port  # noqa: E402
+
 ABORT_TEXT = "terminate called"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(out: Path, program: str = "train") -> list[str]:
