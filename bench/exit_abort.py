@@ -53,7 +53,7 @@ def backtraces(folder: Path) -> str:
     """gdb's `thread apply all bt` of every core file in `folder` (python's own binary as the executable)."""
     text = []
     for core in sorted(folder.glob("core*")):
-        bt = subprocess.run(["gdb", "-batch", "-ex", "thread apply all bt 25", sys.executable, str(core)],
+        bt = subprocess.run(["gdb", "-batch", "-ex", "thread apply all bt 60", sys.executable, str(core)],
                             capture_output=True, text=True, timeout=300)
         text.append(f"== {core.name}\n{bt.stdout[-20000:]}")
     return "\n".join(text)
