@@ -26,7 +26,7 @@ from arcdist import checkpoint, errors, rundir, runinfo
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
 from arcdist.errors import Exit
-from arcdist.gather import shift_averaged_features
+from arcdist.gather import shifted_features
 from arcdist.hardware import setup_accelerator
 from arcdist.metrics import separation_metrics
 from arcdist.trainer import Trainer
@@ -79,9 +79,10 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
     geometry = trainer.head_module.geometry()
     out = dict(checkpoint=str(path), epoch=state.get("epoch"), shift=pixels, views=(2 * pixels + 1) ** 2,
                test_images=len(trainer.test_data))
-    for key, k in (("plain", 0), ("averaged", pixels)):
-        feats, labels = shift_averaged_features(acc, trainer.eval_model, trainer.test_data, cfg.model.feature_dim,
-                                                cfg.train.eval_batch_size, k)
+    views, labels = shifted_features(acc, trainer.eval_model, trainer.test_data, cfg.model.feature_dim,
+                                     cfg.train.eval_batch_size, pixels)
+    # the mean of the features, not of their directions: a view the net is sure of (a long feature) counts more
+    for key, feats in (("plain", views[0]), ("averaged", views.mean(0))):
         metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"))
         out[key] = {m: metrics[m] for m in REPORTED} | dict(errors=round((1 - metrics["accuracy"]) * len(labels)))
     return out

@@ -7,7 +7,7 @@ import math
 import torch
 from accelerate import Accelerator
 
-from arcdist.data import DeviceData, shard_bounds
+from arcdist.data import DeviceData, augment, shard_bounds
 
 
 @torch.no_grad()
@@ -44,27 +44,21 @@ def gather_features(acc: Accelerator, model: torch.nn.Module, data: DeviceData, 
     return all_feats[keep].cpu(), all_labels[keep].cpu()
 
 
-def shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """(N, C, H, W) images moved by (dy, dx) pixels, down/right for positive values, zero fill (data.augment's
-    move, for one shift of every image)."""
-    h, w, k = x.shape[-2], x.shape[-1], max(abs(dy), abs(dx))
-    padded = torch.nn.functional.pad(x, (k, k, k, k))
-    return padded[..., k - dy:k - dy + h, k - dx:k - dx + w]
-
 
 @torch.no_grad()
-def shift_averaged_features(acc: Accelerator, model: torch.nn.Module, data: DeviceData, feature_dim: int,
-                            chunk: int, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """gather_features, each image's feature the mean of its (2·pixels + 1)² views moved by up to `pixels` in each
-    direction (test-time averaging over the shifts a `data.shift=pixels` recipe trains on); pixels=0: plain.
-
-    The mean of the features, not of their directions: a view the net is sure of (a long feature) counts more.
-    """
-    total, labels = None, None
-    for dy in range(-pixels, pixels + 1):
-        for dx in range(-pixels, pixels + 1):
-            view = copy.copy(data)
-            view.x = shift(data.x, dy, dx)
-            feats, labels = gather_features(acc, model, view, feature_dim, chunk)
-            total = feats if total is None else total + feats
-    return total / (2 * pixels + 1) ** 2, labels
+def shifted_features(acc: Accelerator, model: torch.nn.Module, data: DeviceData, feature_dim: int, chunk: int,
+                     pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """gather_features of each of the (2·pixels + 1)² views of `data`, every image moved by (dy, dx) with |dy|, |dx|
+    <= pixels (data.augment's zero-filled move, the one a `data.shift=pixels` recipe trains on): features
+    (views, N, feature_dim), the unmoved view first, and the labels."""
+    n = len(data)
+    moves = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1)
+                        if (dy, dx) != (0, 0)]
+    views, labels = [], None
+    for dy, dx in moves:
+        view = copy.copy(data)
+        if dy or dx:
+            view.x = augment(data.x, torch.tensor([[dy, dx, 0]]).expand(n, 3), pixels)
+        feats, labels = gather_features(acc, model, view, feature_dim, chunk)
+        views.append(feats)
+    return torch.stack(views), labels

@@ -10,7 +10,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from arcdist import evaluate
 from arcdist.data import DeviceData, augment, get_spec
-from arcdist.gather import gather_features, shift, shift_averaged_features
+from arcdist.gather import gather_features, shifted_features
 from helpers import ROOT, cli_env, make_tiny_mnist, metric_rows, run_train, snapshot, tiny_args
 
 
@@ -18,18 +18,21 @@ def tv_shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return TF.affine(x, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0], fill=0)
 
 
-def test_shift_equals_torchvision_and_the_training_augment():
+def move(x: torch.Tensor, dy: int, dx: int, pixels: int = 2) -> torch.Tensor:
+    """data.augment with one (dy, dx) for every image: the move shifted_features makes."""
+    return augment(x, torch.tensor([[dy, dx, 0]]).expand(len(x), 3), pixels)
+
+
+def test_one_move_for_every_image_equals_torchvision():
     x = torch.randint(0, 256, (5, 1, 7, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for dy in range(-2, 3):
         for dx in range(-2, 3):
-            moved = shift(x, dy, dx)
-            assert torch.equal(moved, tv_shift(x, dy, dx)), (dy, dx)
-            assert torch.equal(moved, augment(x, torch.tensor([[dy, dx, 0]]).expand(5, 3), 2)), (dy, dx)
-    assert torch.equal(shift(x, 0, 0), x)
-    assert shift(x, 1, 0)[:, :, 0].sum() == 0 and shift(x, 0, -1)[:, :, :, -1].sum() == 0  # zero fill
+            assert torch.equal(move(x, dy, dx), tv_shift(x, dy, dx)), (dy, dx)
+    assert torch.equal(move(x, 0, 0), x)
+    assert move(x, 1, 0)[:, :, 0].sum() == 0 and move(x, 0, -1)[:, :, :, -1].sum() == 0  # zero fill
 
 
-def test_shift_averaged_features_are_the_mean_of_the_views():
+def test_shifted_features_are_the_views_and_their_mean_the_average():
     from accelerate import Accelerator
 
     torch.manual_seed(0)
@@ -39,14 +42,15 @@ def test_shift_averaged_features_are_the_mean_of_the_views():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
     acc = Accelerator(cpu=True)
     plain, labels = gather_features(acc, model, data, 2, 10)
-    zero, labels0 = shift_averaged_features(acc, model, data, 2, 10, 0)
-    assert torch.equal(zero, plain) and torch.equal(labels0, y)
-    averaged, labels1 = shift_averaged_features(acc, model, data, 2, 10, 1)
+    zero, labels0 = shifted_features(acc, model, data, 2, 10, 0)
+    assert zero.shape == (1, 37, 2) and torch.equal(zero[0], plain) and torch.equal(labels0, y)
+    views, labels1 = shifted_features(acc, model, data, 2, 10, 1)
+    assert views.shape == (9, 37, 2) and torch.equal(views[0], plain) and torch.equal(labels1, y)
     reference = model.double()
     with torch.no_grad():
-        views = [reference(data.normalise(tv_shift(x, dy, dx)).double()) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-    expected = torch.stack(views).mean(0)
-    assert averaged.shape == (37, 2) and torch.equal(labels1, y)
+        expected = torch.stack([reference(data.normalise(tv_shift(x, dy, dx)).double())
+                                for dy in (-1, 0, 1) for dx in (-1, 0, 1)]).mean(0)
+    averaged = views.mean(0)
     assert torch.allclose(averaged.double(), expected, rtol=0, atol=1e-5)
     assert (averaged - plain).abs().max() > 1e-3  # the views differ: the average is not the plain feature
 
