@@ -290,7 +290,7 @@ def _child(argv: list[str], mode: str, extra_env: dict | None = None) -> dict:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     results = [json.loads(line) for line in lines]
     if mode == "ddp2":  # each rank times global batches (B images per step over both ranks): same figure
-        return dict(images_per_s=min(r["images_per_s"] for r in results), world=2)
+        return dict(images_per_s=min(r["images_per_s"] for r in results), world=2, precision=results[0]["precision"])
     return results[0]
 
 
@@ -348,7 +348,14 @@ def main(argv=None) -> int:
         result = {"post": run_post, "arcdist": run_arcdist, "bare": run_bare, "grid": run_grid_epochs}[args.one](args)
         rank = int(os.environ.get("RANK", "0"))
         print(json.dumps(dict(result, rank=rank)), flush=True)
-        return 0
+        from arcdist.errors import end_process, multi_process
+
+        if multi_process():  # a rank leaves as arcdist's runs do: the group destroyed, then os._exit (issue 26)
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        end_process(0)
     from arcdist.model import describe
 
     cfg = _config(args)

@@ -482,3 +482,38 @@ def test_scale_by_is_refused_for_the_kinds_that_have_no_s():
     # a kind switch resets it with the kind's defaults; --set applies the kind first, so any order keeps it
     assert head_of_kind(replace(HeadConfig(), scale_by="norm"), "softmax").scale_by == "fixed"
     assert apply_overrides(Config(), ["head.scale_by=norm", "head.kind=cosface"]).head.scale_by == "norm"
+
+
+@pytest.mark.parametrize("shape,kernel,padding,channels_last", [
+    ((3, 6, 3, 3), 3, 0, False),  # the kernel covers the input: computed as a matrix product
+    ((3, 6, 3, 3), 3, 0, True),
+    ((3, 6, 1, 1), 1, 0, True),
+    ((3, 6, 5, 5), 3, 0, False),  # larger input: the ordinary convolution
+    ((3, 6, 3, 3), 3, 1, False),  # padded: the ordinary convolution
+])
+def test_conv2d_equals_torch_conv2d_in_float64(shape, kernel, padding, channels_last):
+    from arcdist.model import Conv2d
+
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(6, 4, kernel, 1, padding, bias=True).double()
+    ours = Conv2d(6, 4, kernel, 1, padding, bias=True).double()
+    ours.load_state_dict(ref.state_dict())
+    assert list(ours.state_dict()) == ["weight", "bias"]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    ref, ours = ref.to(memory_format=fmt), ours.to(memory_format=fmt)
+    x = torch.randn(*shape, dtype=torch.float64).contiguous(memory_format=fmt)
+    covers = shape[-1] == kernel and padding == 0
+    calls = []
+    conv_forward = ours._conv_forward
+    ours._conv_forward = lambda *a: calls.append(1) or conv_forward(*a)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    assert len(calls) == (0 if covers else 1)  # the matrix product where the kernel covers the input
+    assert ya.shape == yb.shape
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(yb)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-12, atol=1e-12)
