@@ -139,3 +139,37 @@ def test_the_resolved_choice_is_printed_once_and_stored_in_config_json(tiny_data
     doc = json.loads((pinned / "config.json").read_text())
     assert (doc["config"]["train"]["mixed_precision"], doc["config"]["train"]["channels_last"]) == ("no", False)
     assert doc["precision"]["reason"] == "set explicitly"
+
+
+FAULTS = """
+import resource, sys, torch
+from arcdist.hardware import tune_malloc
+tuned = tune_malloc() if sys.argv[1] == "tune" else False
+def rounds(n):
+    for _ in range(n):
+        ts = [torch.ones(5 << 20) for _ in range(3)]  # three 20 MB activations alive at once, then freed
+        del ts
+rounds(3)
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+rounds(20)
+print(tuned, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 20)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.parametrize("mode,env,want_tuned", [("tune", {}, True), ("plain", {}, False),
+                                                 ("tune", {"MALLOC_TRIM_THRESHOLD_": "131072"}, False)])
+def test_tune_malloc_keeps_freed_activations_off_the_page_fault_path(mode, env, want_tuned):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | env
+    out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, env=env, check=True)
+    tuned, faults = out.stdout.split()
+    pages = 3 * (20 << 20) // 4096  # 15,360 pages a round would fault if every block were fresh memory
+    assert tuned == str(want_tuned)
+    if want_tuned:
+        assert float(faults) < 100
+    else:  # glibc's own thresholds (and a user's MALLOC_* setting) are left alone: the faults stay
+        assert float(faults) > pages / 4
