@@ -178,7 +178,13 @@ _add("L-arcface-learned", "L-arcface", "ArcFace with one learned s (log s traine
      _from("L-arcface", head=replace(VARIANTS["L-arcface"].config.head, scale_by="learned")))
 _add("L-arcface-norm-frozen", "L-arcface-norm", "ArcFace with s = |x|, W frozen at A6's even spread (look-alike digits "
      "adjacent)", "", _from("L-arcface-norm", head=replace(VARIANTS["L-arcface-norm"].config.head, freeze=True)))
-ARCFACE_VARIANTS = ("L-arcface", "L-arcface-norm", "L-arcface-learned", "L-arcface-norm-frozen")
+# the head's Adam keeps lr 1e-2 to the end while the net's decays to 0: a learned class direction keeps moving
+# by Adam-sized steps, about as far as a class is wide (1.2 deg), while the net can no longer follow it
+_add("L-arcface-norm-settled", "L-arcface-norm", "ArcFace with s = |x|, the head's lr on the net's cosine schedule "
+     "(W settles as the net does)", "",
+     _from("L-arcface-norm", optim=replace(VARIANTS["L-arcface-norm"].config.optim, schedule_head=True)))
+ARCFACE_VARIANTS = ("L-arcface", "L-arcface-norm", "L-arcface-learned", "L-arcface-norm-frozen",
+                    "L-arcface-norm-settled")
 C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M,
       conv(128, 256, 3, 1, 1), conv(256, 256, 3, 1, 1), M, conv(256, 256, 3, 1, 1), M)
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",

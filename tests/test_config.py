@@ -1,5 +1,6 @@
 """Typed dotted overrides and JSON round trips."""
 import pytest
+import torch
 
 from arcdist.config import ConfigError, apply_overrides, from_dict, validate
 from arcdist.variants import VARIANTS
@@ -79,6 +80,25 @@ def test_cosine_schedule_exact_values():
     assert lr_factor(cfg, 10, spe, epochs) == pytest.approx(1.0)
     assert lr_factor(cfg, 30, spe, epochs) == pytest.approx(0.5)
     assert lr_factor(cfg, 50, spe, epochs) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("variant,settles", [("L-arcface-norm", False), ("L-arcface-norm-settled", True)])
+def test_head_lr_follows_the_net_schedule_only_when_settled(variant, settles):
+    from arcdist.optim import build_schedulers
+
+    cfg = VARIANTS[variant].config
+    net_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
+    head_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.head_lr)
+    spe, epochs = 8, cfg.train.epochs
+    net_s, head_s = build_schedulers(cfg.optim, net_opt, head_opt, spe, epochs)
+    head_lrs, net_factors = [], []
+    for _ in range(spe * epochs):
+        head_lrs.append(head_opt.param_groups[0]["lr"])
+        net_factors.append(net_opt.param_groups[0]["lr"] / cfg.optim.lr)
+        net_opt.step(), head_opt.step(), net_s.step(), head_s.step()
+    want = [cfg.optim.head_lr * (f if settles else 1.0) for f in net_factors]
+    assert head_lrs == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert (head_lrs[-1] < 0.01 * cfg.optim.head_lr) == settles  # the last step: near 0, or the full lr
 
 
 @pytest.mark.parametrize("flag,env,variant,want", [
