@@ -109,7 +109,7 @@ def test_no_flag_entry_trains_the_main_job_on_a_cpu_and_on_a_gpu(monkeypatch):
     assert MAIN_VARIANT == "A8"
     head = VARIANTS["A8"].config.head
     assert (head.kind, head.scale_by, head.margin, head.freeze) == ("arcface", "norm", 0.2, True)
-    assert VARIANTS["A8"].config.train.epochs == 5
+    assert VARIANTS["A8"].config.train.epochs == 6
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = parse_args([])
     assert args.variant == "A8" and "training A8, the main job" in args.default_note and "on a CPU" in args.default_note
