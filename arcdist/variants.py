@@ -146,7 +146,7 @@ _add("A7", "A6", "CPU recipe, SphereFace: A6 with the A-Softmax head (m = 4, the
 # the ambiguous ones and lets the clean ones reach zero loss, as softmax and SphereFace do (results/losses/README.md,
 # "ArcFace first"). The margin is ArcFace's, cos(theta_y + m), m = 0.2 with its 1-epoch warm-up
 # 6 epochs since the CPU fixes of 2026-12-01 (model.Conv2d, hardware.tune_malloc) made room: 5 seeds, Zen 4, 5 -> 6
-# epochs: AVX2-limited 99.29 -> AVX2_6 %, 161-165 -> AVX2_T s; native bf16 99.32 -> 99.32 %, 94-118 -> 117-123 s
+# epochs: AVX2-limited 99.29 -> 99.35 %, 161-165 -> 191-200 s; native bf16 99.32 -> 99.32 %, 94-118 -> 117-123 s
 _add("A8", "A6", "CPU recipe, ArcFace with s = |x| (the feature's own norm scales the logits), 6 epochs", "",
      _from("A6", head=replace(VARIANTS["A6"].config.head, scale_by="norm"), train=TrainConfig(epochs=6)))
 # the long CPU recipe (issue 24's "best 2-D MNIST figure"): A8 for 12 epochs (the cosine schedule over the 12)
