@@ -5,6 +5,10 @@
 For each epoch after the first: the mean and the largest angle (degrees) between a class's direction at the end
 of that epoch and at the end of the one before, over the 10 classes; then the test features' intra-class spread
 at the last epoch for scale (the mean angle of a test feature to its class's mean direction). A frozen W moves 0.
+And what a wobble of W that size could change, at the last epoch (angles to W's directions, the nearest-direction
+rule): how many test features lie within 1 degree of a boundary (half the gap between their two nearest
+directions), and how deep the misclassified ones sit past the boundary with their predicted class (median, half
+the gap between the angle to their own class's direction and to the predicted one).
 """
 from __future__ import annotations
 
@@ -34,19 +38,28 @@ def drift(run: Path) -> dict:
     feats, labels = last["features"].astype(np.float64), last["labels"]
     spread = np.mean([angle_deg(feats[labels == c], unit(feats[labels == c]).mean(0)).mean()
                       for c in np.unique(labels)])
+    to_w = angle_deg(feats[:, None, :], ws[-1][None, :, :])  # (N, classes)
+    nearest = np.sort(to_w, 1)
+    pred = to_w.argmin(1)
+    wrong = pred != labels
+    depth = (to_w[wrong, labels[wrong]] - to_w[wrong, pred[wrong]]) / 2
     summary = json.loads((run / "summary.json").read_text())
     return dict(run=run.name, epochs=epochs[1:], mean=[float(m.mean()) for m in moved],
-                max=[float(m.max()) for m in moved], spread=float(spread), accuracy=summary["final_accuracy"])
+                max=[float(m.max()) for m in moved], spread=float(spread), accuracy=summary["final_accuracy"],
+                near=int(((nearest[:, 1] - nearest[:, 0]) / 2 < 1.0).sum()), errors=int(wrong.sum()),
+                depth=float(np.median(depth)) if wrong.any() else 0.0)
 
 
 def main(argv: list[str]) -> int:
     rows = [drift(Path(a)) for a in argv]
     print("| run | class directions moved per epoch, mean (max), deg: epochs " + f"{rows[0]['epochs'][0]}-"
-          f"{rows[0]['epochs'][-1]} | intra spread at the end | final accuracy |")
-    print("| --- | --- | --- | --- |")
+          f"{rows[0]['epochs'][-1]} | intra spread at the end | test features within 1° of a boundary | "
+          "errors: count, median depth past the boundary | final accuracy |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         moves = " ".join(f"{m:.2f} ({x:.2f})" for m, x in zip(r["mean"], r["max"]))
-        print(f"| {r['run']} | {moves} | {r['spread']:.2f}° | {100 * r['accuracy']:.2f} % |")
+        print(f"| {r['run']} | {moves} | {r['spread']:.2f}° | {r['near']} | {r['errors']}, {r['depth']:.1f}° | "
+              f"{100 * r['accuracy']:.2f} % |")
     return 0
 
 
