@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -285,7 +286,8 @@ def _child(argv: list[str], mode: str, extra_env: dict | None = None) -> dict:
     else:
         cmd = [sys.executable, __file__, *argv, "--one", mode]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **(extra_env or {})))
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    # flat JSON objects; two ranks printing at once can share a line
+    lines = re.findall(r"\{[^{}]*\}", proc.stdout)
     if proc.returncode or not lines:
         raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
     results = [json.loads(line) for line in lines]
