@@ -251,8 +251,8 @@ def tune_malloc() -> bool:
     A CPU step allocates and frees the same tensors every batch (A8's first layer: 6.4 M values, 13-26 MB).
     glibc serves a block that large with mmap, or trims it off the heap's top, so every step pays the
     kernel's page faults and zeroing: 3.8 M minor faults in a 25-second bench, and the element-wise ops on
-    those tensors ran at a fraction of memory speed. With these thresholds: 0.2 M faults, A8's step 18-30 %
-    faster (bf16 and AVX2-limited fp32, Zen 4; bench/throughput.py). The cost: a process keeps up to
+    those tensors ran at a fraction of memory speed. With these thresholds: 0.2 M faults, A8's step 1.24x
+    (bf16) and 1.14x (AVX2-limited fp32) as fast on a Zen 4 (bench/cpu_step.py). The cost: a process keeps up to
     MALLOC_TRIM_THRESHOLD of freed memory instead of returning it. A user's own MALLOC_*_ variables win.
     Returns whether the thresholds were set.
     """

@@ -32,8 +32,8 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (tuple(x.shape[-2:]) == self.kernel_size and self.padding == (0, 0) and self.groups == 1
-                and self.padding_mode == "zeros"):
+        if (tuple(x.shape[-2:]) == self.kernel_size and self.padding == (0, 0) and self.dilation == (1, 1)
+                and self.groups == 1):
             y = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
             return y[:, :, None, None]
         return super().forward(x)
