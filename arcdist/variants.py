@@ -160,6 +160,8 @@ _add("A10", "A9", "long CPU recipe, deeper: A9 with a second 3x3 ConvLayer at 64
 _add("A9F", "A9", "Fashion-MNIST: A9 with 1-pixel shifts and flips, W frozen with look-alike classes adjacent", "",
      _from("A9", data=DataConfig(dataset="fashion-mnist", shift=1, flip=True),
            head=replace(VARIANTS["A9"].config.head, order=FASHION_RING)))
+_add("A10F", "A10", "Fashion-MNIST: A10 with A9F's data (1-pixel shifts and flips) and ring (look-alike classes adjacent)",
+     "", _from("A10", data=VARIANTS["A9F"].config.data, head=VARIANTS["A9F"].config.head))
 # the losses grid (python -m arcdist.grid --variants losses): every head on A6's backbone and recipe, W learned from
 # A6's even spread (frozen W would hide what each loss does to the class directions), 3 epochs to fit a 2-core CPU
 _add("L-arcface", "A6", "losses grid: A6 with W learned (not frozen), 3 epochs", "",

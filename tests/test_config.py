@@ -101,6 +101,20 @@ def test_head_lr_follows_the_net_schedule_only_when_settled(variant, settles):
     assert (head_lrs[-1] < 0.01 * cfg.optim.head_lr) == settles  # the last step: near 0, or the full lr
 
 
+@pytest.mark.parametrize("deep,long", [("A10", "A9"), ("A10F", "A9F")])
+def test_the_deeper_long_recipe_changes_only_the_backbone(deep, long):
+    """A10/A10F are A9/A9F with one more 3x3 ConvLayer at 64 and at 128 channels: nothing else may differ."""
+    from dataclasses import replace
+
+    from arcdist.model import describe
+
+    a, b = VARIANTS[deep].config, VARIANTS[long].config
+    assert replace(a, variant="", model=b.model) == replace(b, variant="")
+    convs = [(l[1], l[2], l[3]) for l in a.model.layers if l[0] == "conv"]
+    assert convs == [(1, 32, 3), (32, 64, 3), (64, 64, 3), (64, 128, 3), (128, 128, 3), (128, 256, 3), (256, 256, 1)]
+    assert (describe(a.model)["params"], describe(b.model)["params"]) == (639_593, 454_887)
+
+
 @pytest.mark.parametrize("flag,env,variant,want", [
     (None, "no", "A1", "auto"),  # accelerate launch always exports its default "no": the variant's auto stays
     (None, "bf16", "V2", "bf16"),  # accelerate launch --mixed_precision bf16 / a bf16 config file
