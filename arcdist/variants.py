@@ -153,10 +153,9 @@ _add("A8", "A6", "CPU recipe, ArcFace with s = |x| (the feature's own norm scale
 _add("A9", "A8", "long CPU recipe: A8 for 12 epochs", "", _from("A8", train=TrainConfig(epochs=12)))
 # issue 24 part 3: A9's errors are digits its backbone places deep in a neighbour's sector (median 10-16 deg past
 # the boundary), not near misses a head or more epochs could move; this row asks whether a deeper backbone does
-DEEP_LAYERS = (conv(1, 32, 3, 1, 1), M, conv(32, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M,
-               conv(64, 128, 3, 1, 1), conv(128, 128, 3, 1, 1), M, conv(128, 256, 3, 1, 0), conv(256, 256, 1, 1, 0))
+DEEP_LAYERS = (*CPU_LAYERS[:3], conv(64, 64, 3, 1, 1), *CPU_LAYERS[3:5], conv(128, 128, 3, 1, 1), *CPU_LAYERS[5:])
 _add("A10", "A9", "long CPU recipe, deeper: A9 with a second 3x3 ConvLayer at 64 and at 128 channels", "",
-     _from("A9", model=_model(DEEP_LAYERS, ("linear", 256))))
+     _from("A9", model=replace(VARIANTS["A9"].config.model, layers=DEEP_LAYERS)))
 _add("A9F", "A9", "Fashion-MNIST: A9 with 1-pixel shifts and flips, W frozen with look-alike classes adjacent", "",
      _from("A9", data=DataConfig(dataset="fashion-mnist", shift=1, flip=True),
            head=replace(VARIANTS["A9"].config.head, order=FASHION_RING)))

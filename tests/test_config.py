@@ -110,7 +110,7 @@ def test_the_deeper_long_recipe_changes_only_the_backbone(deep, long):
 
     a, b = VARIANTS[deep].config, VARIANTS[long].config
     assert replace(a, variant="", model=b.model) == replace(b, variant="")
-    convs = [(l[1], l[2], l[3]) for l in a.model.layers if l[0] == "conv"]
+    convs = [(layer[1], layer[2], layer[3]) for layer in a.model.layers if layer[0] == "conv"]
     assert convs == [(1, 32, 3), (32, 64, 3), (64, 64, 3), (64, 128, 3), (128, 128, 3), (128, 256, 3), (256, 256, 1)]
     assert (describe(a.model)["params"], describe(b.model)["params"]) == (639_593, 454_887)
 
