@@ -50,6 +50,12 @@ def test_error_sets_refuses_runs_saved_in_another_order(tmp_path):
         error_sets.compare(a, a, epoch=9)
 
 
+def test_error_sets_names_runs_by_their_grid_when_run_names_repeat(tmp_path):
+    a, b = _run(tmp_path / "grid-a", "A10-s0", [1, 2]), _run(tmp_path / "grid-b", "A10-s0", [2])
+    assert error_sets.compare([a], [b])["pairs"] == [dict(a="grid-a/A10-s0", b="grid-b/A10-s0", errors_a=2,
+                                                          errors_b=1, fixed=1, new=0)]
+
+
 w_drift = _load("w_drift")
 
 

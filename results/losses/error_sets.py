@@ -40,7 +40,9 @@ def compare(a: list[Path], b: list[Path], epoch: int | None = None) -> dict:
         raise SystemExit("error_sets: the runs saved their test features in different orders; compare runs of "
                          "one world size")
     ea, eb = [e for e, _ in got[: len(a)]], [e for e, _ in got[len(a):]]
-    pairs = [dict(a=ra.name, b=rb.name, errors_a=len(x), errors_b=len(y), fixed=len(x - y), new=len(y - x))
+    names = [r.name for r in a + b]
+    label = (lambda r: r.name) if len(set(names)) == len(names) else (lambda r: f"{r.parent.name}/{r.name}")
+    pairs = [dict(a=label(ra), b=label(rb), errors_a=len(x), errors_b=len(y), fixed=len(x - y), new=len(y - x))
              for ra, rb, x, y in zip(a, b, ea, eb)]
     return dict(pairs=pairs, shared_a=len(set.intersection(*ea)), shared_b=len(set.intersection(*eb)),
                 shared_both=len(set.intersection(*ea, *eb)))
