@@ -34,6 +34,8 @@ def main(data_dir: str, out: str) -> None:
     if acc.is_main_process:
         Path(out).write_text(json.dumps(found))
     acc.wait_for_everyone()
+    # a gloo group left alive at exit can abort a rank ("terminate called without an active exception")
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
