@@ -19,9 +19,7 @@ import numpy as np
 
 def errors(run: Path, epoch: int | None = None) -> tuple[set[int], np.ndarray]:
     """Indices of the test images the run gets wrong at `epoch` (last saved if None), and the labels."""
-    files = sorted((run / "features").glob("test-epoch-*.npz"))
-    if epoch is not None:
-        files = [f for f in files if int(np.load(f)["epoch"]) == epoch]
+    files = sorted((run / "features").glob("test-epoch-*.npz" if epoch is None else f"test-epoch-{epoch:04d}.npz"))
     if not files:
         raise SystemExit(f"error_sets: {run} has no saved test features"
                          + (f" for epoch {epoch}" if epoch is not None else "") + "; run it with --plot-every 1")
