@@ -12,7 +12,17 @@ import socket
 import sys
 from enum import IntEnum
 
-from arcdist.config import first_line
+from arcdist import cluster
+
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message names the problem and the fix (exit status 2, Exit.BAD_INPUT)."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception as one line, for one-line error messages."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 class Exit(IntEnum):
@@ -29,7 +39,7 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT)  # an OSErro
 
 def multi_process() -> bool:
     """Whether this process is a rank of a run of several (the launcher's WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) >= 2
+    return cluster.current().multi_process
 
 
 def end_process(status: int) -> None:
@@ -83,7 +93,7 @@ def collective_line(e: BaseException, timeout: float | None, advice: str) -> str
             text += f" (peer {socket.gethostbyaddr(peer.group(1))[0]})"
         except OSError:
             pass
-    rank = os.environ.get("RANK", "?")
+    rank = cluster.current().rank
     bound = f" (a collective waits at most train.collective_timeout_s = {timeout:g} s)" if timeout else ""
     return (f"rank {rank} on {socket.gethostname()} lost contact with the other ranks: {text}; a rank or node "
             f"died or stopped responding{bound}; {advice}")

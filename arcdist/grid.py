@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from arcdist import preempt, runinfo
+from arcdist import cluster, preempt, runinfo
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
 from arcdist.data import get_spec
@@ -108,7 +108,8 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
 
 
 def train_command(job: Job, args: argparse.Namespace, port: int | None = None, threads: int = 0) -> list[str]:
-    """The command that runs one job: plain python for one process, `accelerate launch` for k GPUs."""
+    """The command that runs one job: plain python for one process, `accelerate launch` for k GPUs (the launcher
+    class in `cluster` forms it)."""
     run_dir = Path(job.run_dir)
     if (run_dir / runinfo.CONFIG).exists():  # started: from its checkpoint, or again if it died before one
         cmd = ["--resume", str(run_dir)]
@@ -128,10 +129,7 @@ def train_command(job: Job, args: argparse.Namespace, port: int | None = None, t
     cmd += ["--group", args.grid_id, "--no-progress", *args.train_args]
     if threads and not any(item.startswith("train.threads=") for item in args.overrides):  # the user's wins
         cmd += ["--set", f"train.threads={threads}"]
-    if args.gpus_per_job > 1 and port is not None:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                str(args.gpus_per_job), "--main_process_port", str(port), str(TRAIN_SCRIPT), *cmd]
-    return [sys.executable, str(TRAIN_SCRIPT), *cmd]
+    return cluster.job_command(str(TRAIN_SCRIPT), cmd, args.gpus_per_job, port, launcher=cluster.Accelerate)
 
 
 def is_finished(job: Job) -> bool:
@@ -146,9 +144,9 @@ def free_port() -> int:
 
 
 def _gpu_ids() -> list[int]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = cluster.current().visible_devices
     if visible is not None:
-        return [int(i) for i in visible.split(",") if i.strip().isdigit()]
+        return list(visible)
     try:
         import torch
 

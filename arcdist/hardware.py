@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from arcdist import cluster
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
@@ -274,7 +276,7 @@ def configure_cpu(cfg: "Config") -> None:
     tune_malloc()
     torch.set_flush_denormal(True)  # MNIST's many exact zeros produce denormals that halve CPU speed
     # `accelerate launch` exports OMP_NUM_THREADS=1 by default, which halves a 2-core run
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local = cluster.current().launcher.local_world_size
     torch.set_num_threads(cfg.train.threads or max(1, len(os.sched_getaffinity(0)) // local))
 
 

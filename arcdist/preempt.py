@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from arcdist import cluster
 from arcdist.errors import Exit
 
 STOP_FILE = "PREEMPT"
@@ -56,7 +57,7 @@ def die_with_launcher() -> None:
     process group exists they wait on the launcher's TCP store until its timeout, holding the run folder's lock,
     so a rerun finds the run busy. Killed, they lose at most the work since the last checkpoint, which a rerun
     resumes."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+    if cluster.current().launcher.run_id is None or not sys.platform.startswith("linux"):
         return
     import ctypes
 
@@ -96,10 +97,7 @@ def clear_stale_stop_file(run_dir: Path) -> None:
 
 def slurm_job_id() -> str | None:
     """`ARRAYJOB_TASK` for an array task (what scontrol requeue needs), else the job id; None outside SLURM."""
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_job and task:
-        return f"{array_job}_{task}"
-    return os.environ.get("SLURM_JOB_ID") or None
+    return cluster.current().scheduler.requeue_id
 
 
 def requeue_self(run_dir: Path) -> bool:

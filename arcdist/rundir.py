@@ -14,7 +14,7 @@ from pathlib import Path
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from arcdist import checkpoint, preempt, runinfo
+from arcdist import checkpoint, cluster, preempt, runinfo
 from arcdist.status import ENDED
 from arcdist.config import Config, ConfigError, apply_overrides, first_line, from_dict
 from arcdist.runlock import LOCK_FILE, RunLock
@@ -25,7 +25,7 @@ _HELD: list[RunLock] = []  # the run folder's lock, held for the life of the pro
 
 def elastic_restart() -> bool:
     """True in workers that torchrun relaunched after a failure (--max-restarts)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    return cluster.current().restart_count > 0
 
 
 def default_run_dir(args: argparse.Namespace) -> Path:

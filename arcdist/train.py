@@ -15,7 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arcdist import checkpoint, errors, preempt, rundir, runinfo, tracking
+from arcdist import checkpoint, cluster, errors, preempt, rundir, runinfo, tracking
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError, apply_overrides, validate
 from arcdist.data import get_spec, resolve_data_dir
@@ -80,7 +80,7 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         cfg = get_variant(args.variant).config
     # `accelerate launch --mixed_precision bf16|fp16` (or a config file's) applies unless --mixed-precision is
     # given; its default "no" is always exported, so it must not override a variant's own setting
-    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    launcher = cluster.current().launcher.mixed_precision
     precision = args.mixed_precision or (launcher if launcher in ("fp16", "bf16") and not saved else None)
     flags = {"train.epochs": args.epochs, "train.seed": args.seed, "train.mixed_precision": precision,
              "data.dataset": args.dataset, "data.limit_train": args.limit_train, "data.limit_test": args.limit_test,
