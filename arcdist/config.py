@@ -13,6 +13,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from arcdist.errors import ConfigError, first_line  # noqa: F401  (re-exported: the config's own error)
+from arcdist.heads import HEADS, HeadConfig, head_of_kind
+from arcdist.heads.base import not_a_field
+
 # A backbone is a tuple of layer entries:
 #   ("conv", in_ch, out_ch, kernel, stride, padding)  -> ConvLayer (Conv2d no bias, BN, PReLU)
 #   ("pool", kernel, stride)                          -> MaxPool2d
@@ -23,15 +27,6 @@ Layer = tuple
 Layers = tuple[tuple, ...]
 
 
-class ConfigError(ValueError):
-    """Bad user input: the message names the problem and the fix (exit status 2)."""
-
-
-def first_line(e: BaseException) -> str:
-    """An exception as one line, for one-line error messages."""
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     layers: Layers = ()
@@ -39,43 +34,6 @@ class ModelConfig:
     feature_dim: int = 2  # the post's 2-D feature
     in_channels: int = 1
     image_size: int = 28  # pixels, square
-
-
-HeadKind = Literal["softmax", "normface", "sphereface", "cosface", "arcface", "combined", "center"]
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """The classifier on the 2-D feature. `kind` picks the loss; the defaults are ArcFace's for 10 classes in 2-D
-    (README, 'Head defaults'). `--set head.kind=K` also sets K's own defaults (declared by its class in
-    arcdist.heads) before the other --set."""
-
-    kind: HeadKind = "arcface"
-    scale: float = 16.0  # s, logit scale (normface, cosface, arcface, combined; sphereface and softmax use |x|)
-    # how those four scale their logits: "fixed" s; "norm": the feature's own norm |x| (s unused; the net sets a
-    # per-sample confidence, as SphereFace and softmax do); "learned": one s trained with the head, starting at `scale`
-    scale_by: Literal["fixed", "norm", "learned"] = "fixed"
-    # the kind's margin: arcface additive angle m (radians; 0.2 rad = 11.5 deg); cosface cosine margin m;
-    # sphereface multiplicative angle m (an integer); unused by softmax, normface, center, combined (see margins)
-    margin: float = 0.2
-    margins: tuple = ()  # combined only: (m1, m2, m3) of s*(cos(m1*theta + m2) - m3)
-    margin_warmup_epochs: float = 1.0  # margins grow linearly from 0 to their value over this many epochs
-    # sphereface only: lambda = max(min, base * (1 + gamma * iteration) ** -power) mixes softmax into the margin
-    # logit, (lambda*cos + psi) / (1 + lambda); the SphereFace release's schedule
-    anneal: tuple = (1000.0, 0.12, 1.0, 5.0)  # (base, gamma, power, min)
-    center_weight: float = 0.0  # center only: lambda of softmax + lambda * center loss
-    center_alpha: float = 0.5  # center only: the centers' own learning rate (Wen et al.'s alpha)
-    num_classes: int = 10
-    init: Literal["xavier", "even"] = "xavier"  # W init; "even": class directions 360/C degrees apart (2-D)
-    order: tuple = ()  # "even" only: class at each position around the circle, e.g. (0, 6, 2, ...); () = 0..C-1
-    freeze: bool = False  # keep W at its init (not trained): the class directions cannot collapse
-
-
-def head_of_kind(head: "HeadConfig", kind: str) -> "HeadConfig":
-    """`head` switched to `kind` with that kind's defaults (init, order, freeze and num_classes are kept)."""
-    from arcdist.heads import head_class  # the kinds declare their own defaults (heads imports this module)
-
-    return dataclasses.replace(head, kind=kind, **head_class(kind).defaults)
 
 
 @dataclass(frozen=True)
@@ -143,6 +101,10 @@ class TrainConfig:
     # the CPUs measured it gained nothing (README, Performance)
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     fused_optim: bool = False  # torch's fused Adam / SGD kernels (fused=True), CUDA and CPU; off until measured
+    # gradient clipping: the L2 norm of all trainable gradients, backbone and head together, is capped at this
+    # (torch's clip_grad_norm_; under fp16 of the unscaled gradients); 0 = off. The norm before clipping is logged
+    # per epoch as grad_norm_mean / grad_norm_max
+    clip_grad_norm: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -159,8 +121,11 @@ class Config:
 
 
 def to_dict(cfg: Any) -> dict:
-    """JSON-ready dict (tuples become lists)."""
-    return dataclasses.asdict(cfg)
+    """JSON-ready dict; the head flat (its shared fields, then its kind's)."""
+    d = dataclasses.asdict(cfg)
+    if isinstance(cfg, Config):
+        d["head"] = cfg.head.to_dict()
+    return d
 
 
 def _tupleize(value: Any) -> Any:
@@ -176,8 +141,8 @@ def from_dict(d: dict) -> Config:
         if f.name == "variant":
             continue
         cls = typing.get_type_hints(Config)[f.name]
-        raw = d.get(f.name, {})
-        sections[f.name] = cls(**{k: _tupleize(v) for k, v in raw.items()})
+        raw = {k: _tupleize(v) for k, v in d.get(f.name, {}).items()}
+        sections[f.name] = HeadConfig.from_dict(raw) if cls is HeadConfig else cls(**raw)
     return Config(variant=d.get("variant", ""), **sections)
 
 
@@ -251,15 +216,29 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             valid = ", ".join(n for n in hints if n != "variant")
             raise ConfigError(f"--set {key}: unknown section {section!r}; valid sections: {valid}")
         sub = getattr(cfg, section)
+        if section == "head":
+            cfg = dataclasses.replace(cfg, head=_set_head(sub, name, text.strip(), key))
+            continue
         sub_hints = typing.get_type_hints(type(sub))
         if name not in sub_hints:
             raise ConfigError(f"--set {key}: unknown field {name!r}; valid fields of {section}: {', '.join(sub_hints)}")
         value = _coerce(text.strip(), sub_hints[name], key)
-        if key == "head.kind":
-            cfg = dataclasses.replace(cfg, head=head_of_kind(sub, value))
-            continue
         cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(sub, **{name: value})})
     return cfg
+
+
+def _set_head(head: HeadConfig, name: str, text: str, key: str) -> HeadConfig:
+    """One head field set from text: a shared field, the kind (with its defaults), or a field of the kind's config."""
+    if name == "kind":
+        return head_of_kind(head, _coerce(text, Literal[tuple(HEADS)], key))
+    shared = {k: v for k, v in typing.get_type_hints(HeadConfig).items() if k not in ("kind", "params")}
+    own = typing.get_type_hints(type(head.params))
+    if name not in shared and name not in own:
+        if any(name in typing.get_type_hints(h.Config) for h in HEADS.values()):
+            raise ConfigError(f"--set {key}: {not_a_field(head.kind, name)}")
+        raise ConfigError(f"--set {key}: unknown field {name!r}; valid fields of head ({head.kind}): "
+                          f"{', '.join([*shared, *own])}")
+    return head.replace(**{name: _coerce(text, shared.get(name) or own[name], key)})
 
 
 def validate(cfg: Config) -> None:
@@ -286,6 +265,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.threads >= 0, "train.threads must be >= 0 (0 = automatic)"),
         (cfg.train.collective_timeout_s > 0, "train.collective_timeout_s must be > 0; try --set train.collective_timeout_s=600"),
         (cfg.train.sync_every >= 0, "train.sync_every must be >= 0 (0 = automatic: 1 on a CPU, 50 on a GPU)"),
+        (cfg.train.clip_grad_norm >= 0, "train.clip_grad_norm must be >= 0 (0 = off); try --set train.clip_grad_norm=1"),
         (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
     ]
     for ok, message in checks:
@@ -294,7 +274,5 @@ def validate(cfg: Config) -> None:
 
 
 def _head_checks(h: HeadConfig) -> list[tuple[bool, str]]:
-    """The kind's own checks, declared by its class in arcdist.heads."""
-    from arcdist.heads import head_class
-
-    return head_class(h.kind).checks(h)
+    """The kind's own checks, declared by its config."""
+    return h.params.checks()

@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch
 from accelerate import PartialState
 
 from arcdist import checkpoint, errors, rundir, runinfo
@@ -83,7 +84,9 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
                                      cfg.train.eval_batch_size, pixels)
     # the mean of the features, not of their directions: a view the net is sure of (a long feature) counts more
     for key, feats in (("plain", views[0]), ("averaged", views.mean(0))):
-        metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"))
+        with torch.no_grad():
+            scores = trainer.head_module.predict(feats)
+        metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"), scores=scores)
         out[key] = {m: metrics[m] for m in REPORTED} | dict(errors=round((1 - metrics["accuracy"]) * len(labels)))
     return out
 

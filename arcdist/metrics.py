@@ -19,11 +19,11 @@ def class_centres(features: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 
 def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                       bias: torch.Tensor | None = None) -> dict[str, float]:
+                       bias: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> dict[str, float]:
     """Test accuracy by the head's prediction rule, intra-class spread and smallest centre angle.
 
     - accuracy: fraction whose highest cosine to the rows of W is their own class (the angular heads), or, with a
-      `bias` (softmax, center loss), whose highest W x + b is;
+      `bias` (softmax, center loss), whose highest W x + b is; or, given the head's own `scores` (N, C), their argmax;
     - intra_spread_deg: mean over classes of the mean angle between a feature and its class centre (angles are of
       the feature directions, for every head);
     - min_centre_angle_deg: smallest angle between two class centres (the centre is the mean direction);
@@ -37,7 +37,9 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
     num_classes = weight.shape[0]
     x = F.normalize(features.double(), dim=1)
     w = F.normalize(weight.double(), dim=1)
-    scores = x @ w.t() if bias is None else features.double() @ weight.double().t() + bias.detach().cpu().double()
+    if scores is None:
+        scores = x @ w.t() if bias is None else features.double() @ weight.double().t() + bias.detach().cpu().double()
+    scores = scores.detach().cpu()
     right = scores.argmax(1).eq(labels).double()
     accuracy = right.mean().item()
     centres = class_centres(features, labels, num_classes)

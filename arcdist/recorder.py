@@ -46,6 +46,7 @@ class Recorder:
             self.log(record, epoch, self.render_plots(epoch) if plots else {},
                      dict(features=features["test"], geometry=geometry) if plots else None)
             self.acc.print(f"epoch {epoch}/{epochs}  loss {record['train_loss']:.4f}  "
+                           f"grad norm {record['grad_norm_mean']:.3g} (max {record['grad_norm_max']:.3g})  "
                            f"test acc {record['test_accuracy']:.4f}  spread {record['intra_spread_deg']:.1f} deg  "
                            f"min centre angle {record['min_centre_angle_deg']:.1f} deg  "
                            f"{record['images_per_s']:.0f} img/s")

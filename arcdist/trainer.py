@@ -6,6 +6,7 @@ process's files and W&B, arcdist.checkpoint saves and loads, and `TrainState` is
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -22,13 +23,12 @@ from arcdist.data import DeviceData, epoch_permutation, get_spec, load_dataset, 
 from arcdist.faults import Faults
 from arcdist.gather import gather_features
 from arcdist.heads import build_head, param_count
-from arcdist.margins import margin_at
 from arcdist.metrics import separation_metrics
 from arcdist.model import build_backbone, describe
 from arcdist.optim import build_optimizers, build_schedulers, ema_with_warmup
 from arcdist.recorder import Recorder
 from arcdist.status import RunStatus
-from arcdist.step import Stepper, sync_every
+from arcdist.step import StepModels, Stepper, StepSettings, sync_every
 
 TRAIN_SAMPLE_SIZE = 5_000  # fixed random training images whose features are plotted (at most): embedding them costs
 # each epoch about 1 s per 5,000 on 2 AVX2 cores, and 5,000 points show the classes as 10,000 do
@@ -41,6 +41,11 @@ class TrainState:
     epoch: int = 0  # finished epochs
     step: int = 0  # steps done in the current epoch (a mid-epoch checkpoint resumes there)
     loss_sum: float = 0.0  # of the current epoch's steps so far
+    # the total gradient norms (before clipping) of the current epoch's steps so far that had a finite one (under
+    # fp16 a step the scaler skipped has none): sum, max and count
+    grad_norm_sum: float = 0.0
+    grad_norm_max: float = 0.0
+    grad_norm_steps: int = 0
     best_accuracy: float = 0.0
     best_epoch: int = 0
     status: RunStatus = RunStatus.RUNNING  # running | finished | preempted | diverged
@@ -126,9 +131,12 @@ class Trainer:
         self.recorder = Recorder(run_dir, accelerator)
         self.stop_requested = False  # all ranks agreed on a preemption request (signal or stop file)
         self.stop_file = preempt.stop_file(run_dir)  # created by batch scripts' traps: reaches every topology
-        self.stepper = Stepper(accelerator, self.backbone, self.head, (self.opt_net, self.opt_head),
-                               (self.sched_net, self.sched_head), self.ema, head_trains,
-                               sync_every(accelerator, cfg.train.sync_every), self._stop_wanted)
+        models = StepModels(backbone=self.backbone, head=self.head, optimizers=(self.opt_net, self.opt_head),
+                            schedulers=(self.sched_net, self.sched_head), ema=self.ema)
+        settings = StepSettings(every=sync_every(accelerator, cfg.train.sync_every),
+                                clip_grad_norm=cfg.train.clip_grad_norm, head_trains=head_trains,
+                                stop_wanted=self._stop_wanted)
+        self.stepper = Stepper(accelerator, models, settings)
 
     @property
     def head_module(self):
@@ -150,6 +158,8 @@ class Trainer:
         self.backbone.train()
         self.head.train()
         start, spe, t0 = self.state.step, self.steps_per_epoch, time.perf_counter()
+        if start == 0:
+            self.state.grad_norm_sum, self.state.grad_norm_max, self.state.grad_norm_steps = 0.0, 0.0, 0
         bar = tqdm(total=spe, initial=start, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", leave=False,
                    disable=not self.acc.is_main_process or self.no_progress, dynamic_ncols=True)
         for step, (x, y) in enumerate(self._batches(epoch, start), start=start):
@@ -161,6 +171,7 @@ class Trainer:
                 continue
             for done, loss in outcome.losses:
                 self.state.loss_sum, self.state.step = self.state.loss_sum + loss, done + 1
+            self._add_grad_norms(outcome.grad_norms)
             self.stop_requested = outcome.stop
             if outcome.losses:
                 images = (self.state.step - start) * self.cfg.data.batch_size
@@ -172,16 +183,33 @@ class Trainer:
                     else Stopped(RunStatus.PREEMPTED)
         bar.close()
         seconds = time.perf_counter() - t0
-        return dict(train_loss=self.state.loss_sum / spe, epoch_time_s=seconds,
+        return dict(train_loss=self.state.loss_sum / spe, **self._grad_norm_stats(), epoch_time_s=seconds,
                     images_per_s=(spe - start) * self.cfg.data.batch_size / seconds,
-                    margin=margin_at(self.cfg.head, epoch + 1), lr=self.opt_net.param_groups[0]["lr"])
+                    margin=self.head_module.margin_now(epoch + 1), lr=self.opt_net.param_groups[0]["lr"])
+
+    def _add_grad_norms(self, norms: list[float]) -> None:
+        """Count the steps' gradient norms into the epoch's (an fp16 step the scaler skipped has a non-finite one)."""
+        s = self.state
+        for norm in norms:
+            if math.isfinite(norm):
+                s.grad_norm_sum, s.grad_norm_steps = s.grad_norm_sum + norm, s.grad_norm_steps + 1
+                s.grad_norm_max = max(s.grad_norm_max, norm)
+
+    def _grad_norm_stats(self) -> dict:
+        """The epoch's mean and max total gradient norm before clipping (NaN: no step had a finite one)."""
+        s = self.state
+        if not s.grad_norm_steps:
+            return dict(grad_norm_mean=math.nan, grad_norm_max=math.nan)
+        return dict(grad_norm_mean=s.grad_norm_sum / s.grad_norm_steps, grad_norm_max=s.grad_norm_max)
 
     def evaluate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """Metrics on the whole gathered test set by the head's prediction rule (computed on every rank; only the
         main one writes)."""
         feats, labels = self.features(self.test_data)
-        geometry = self.head_module.geometry()
-        metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"))
+        head = self.head_module
+        geometry = head.geometry()
+        with torch.no_grad():
+            metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"), scores=head.predict(feats))
         metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
         return metrics, feats, labels
 
@@ -263,6 +291,7 @@ class Trainer:
         """Evaluate on all ranks' data, record metrics, features and plots, checkpoint."""
         metrics, feats, labels = self.evaluate()
         self.state.epoch, self.state.step, self.state.loss_sum = epoch + 1, 0, 0.0
+        self.state.grad_norm_sum, self.state.grad_norm_max, self.state.grad_norm_steps = 0.0, 0.0, 0
         record = dict(epoch=epoch + 1, **stats, **{("test_" + k if k == "accuracy" else k): v for k, v in metrics.items()})
         if metrics["accuracy"] > self.state.best_accuracy:
             self.state.best_accuracy, self.state.best_epoch = metrics["accuracy"], epoch + 1

@@ -156,6 +156,16 @@ _add("A9", "A8", "long CPU recipe: A8 for 12 epochs", "", _from("A8", train=Trai
 DEEP_LAYERS = (*CPU_LAYERS[:3], conv(64, 64, 3, 1, 1), *CPU_LAYERS[3:5], conv(128, 128, 3, 1, 1), *CPU_LAYERS[5:])
 _add("A10", "A9", "long CPU recipe, deeper: A9 with a second 3x3 ConvLayer at 64 and at 128 channels", "",
      _from("A9", model=replace(VARIANTS["A9"].config.model, layers=DEEP_LAYERS)))
+# the losses grid on A10's backbone (results/losses/README.md, "A deeper backbone"): W learned, the head's lr on
+# the net's schedule, as that grid's ArcFace row; each row a new head
+_A10_LEARNED = dict(head=replace(VARIANTS["A10"].config.head, freeze=False),
+                    optim=replace(VARIANTS["A10"].config.optim, schedule_head=True))
+_add("A10-subcenter", "A10", "losses grid on A10: sub-center ArcFace (K = 3, s = |x|), W learned, head lr scheduled", "",
+     _from("A10", **_A10_LEARNED | dict(head=head_of_kind(_A10_LEARNED["head"], "subcenter").replace(scale_by="norm"))))
+_add("A10-adacos", "A10", "losses grid on A10: AdaCos (adaptive s, no margin), W learned, head lr scheduled", "",
+     _from("A10", **_A10_LEARNED | dict(head=head_of_kind(_A10_LEARNED["head"], "adacos"))))
+_add("A10-arcface-easy", "A10", "losses grid on A10: ArcFace s = |x| with insightface's easy margin, W learned, head lr "
+     "scheduled", "", _from("A10", **_A10_LEARNED | dict(head=_A10_LEARNED["head"].replace(easy_margin=True))))
 _add("A9F", "A9", "Fashion-MNIST: A9 with 1-pixel shifts and flips, W frozen with look-alike classes adjacent", "",
      _from("A9", data=DataConfig(dataset="fashion-mnist", shift=1, flip=True),
            head=replace(VARIANTS["A9"].config.head, order=FASHION_RING)))

@@ -94,7 +94,7 @@ def run_post(args) -> dict:
     import torchvision
     from torch.utils.data import DataLoader
 
-    from arcdist.heads import ArcMarginHead
+    from arcdist.heads.arcface import ArcMarginHead
     from arcdist.model import build_backbone
 
     cfg = _config(args)
@@ -138,7 +138,7 @@ def _post_accuracy(args, cfg, net, arc, loader, opt_net, opt_arc, dev) -> float:
     import torchvision
 
     from arcdist.metrics import separation_metrics
-    from arcdist.heads import ArcMarginHead
+    from arcdist.heads.arcface import ArcMarginHead
     from arcdist.model import build_backbone
     from arcdist.optim import build_optimizers
 

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from arcdist.config import HeadConfig
-from arcdist.heads import ArcMarginHead
-from arcdist.margins import arc_margin_logits, margin_at
+from arcdist.heads import build_head
+from arcdist.heads.arcface import ArcMarginHead, arc_margin_logits
 
 
 def reference_logits(x, w, y, s, m):
@@ -74,8 +74,8 @@ def test_head_runs_fp32_under_bf16_autocast():
 
 def test_margin_warmup_is_linear_then_constant():
     cfg = HeadConfig(margin=0.4, margin_warmup_epochs=2.0)
-    assert [margin_at(cfg, e) for e in (0, 0.5, 1, 2, 5)] == pytest.approx([0, 0.1, 0.2, 0.4, 0.4])
-    assert margin_at(HeadConfig(margin=0.4, margin_warmup_epochs=0), 0) == 0.4
+    assert [build_head(cfg).margin_now(e) for e in (0, 0.5, 1, 2, 5)] == pytest.approx([0, 0.1, 0.2, 0.4, 0.4])
+    assert build_head(HeadConfig(margin=0.4, margin_warmup_epochs=0)).margin_now(0) == 0.4
 
 
 def test_even_init_spaces_class_directions_36_degrees_apart():
@@ -143,24 +143,29 @@ def test_frozen_head_gets_no_gradient_and_its_optimizer_leaves_it_alone():
 
 
 # -- the margin-loss family (head.kind) ------------------------------------------------------------------
-import typing  # noqa: E402
+import dataclasses  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
-from arcdist.config import HeadKind, head_of_kind  # noqa: E402
-from arcdist.heads import HEADS, build_head  # noqa: E402
-from arcdist.margins import sphere_lambda  # noqa: E402
+from arcdist.heads import HEADS, head_of_kind  # noqa: E402
+from arcdist.heads.sphereface import sphere_lambda  # noqa: E402
 
 KINDS = tuple(HEADS)
 
 
 def test_each_kind_declares_itself_once():
-    """config.HeadKind (what --set head.kind accepts) names exactly the classes in arcdist.heads, and each class
-    carries its own defaults: switching kind applies them."""
-    assert set(typing.get_args(HeadKind)) == set(HEADS)
+    """Each file of arcdist/heads registers one kind, which owns its config: switching kind applies its defaults."""
+    import pkgutil
+
+    import arcdist.heads
+
+    files = {m.name for m in pkgutil.iter_modules(arcdist.heads.__path__)} - {"base"}
+    assert set(HEADS) == files
     for kind, cls in HEADS.items():
-        assert cls.kind == kind and cls.defaults, kind
+        assert cls.kind == kind and cls.__module__ == f"arcdist.heads.{kind}", kind
         cfg = head_of_kind(HeadConfig(), kind)
-        assert {k: getattr(cfg, k) for k in cls.defaults} == cls.defaults
-    assert [k for k, h in HEADS.items() if h.scaled] == ["normface", "cosface", "arcface", "combined"]
+        assert cfg.params == cls.Config() and cfg.to_dict()["kind"] == kind
+    scaled = {k for k, h in HEADS.items() if "scale_by" in {f.name for f in dataclasses.fields(h.Config)}}
+    assert scaled == {"normface", "cosface", "arcface", "combined", "subcenter"}
 
 
 def spread_inputs(n_random=64, seed=0):
@@ -186,11 +191,15 @@ def reference_family_logits(kind, x, w, b, y, cfg, progress, steps_per_epoch):
     norm = x.norm(dim=1, keepdim=True)
     cos = ((x / norm) @ (w / w.norm(dim=1, keepdim=True)).t()).clamp(-1, 1)
     out = cos.clone()
-    f = min(1.0, progress / cfg.margin_warmup_epochs) if cfg.margin_warmup_epochs > 0 else 1.0
+    warmup = getattr(cfg, "margin_warmup_epochs", 0.0)
+    f = min(1.0, progress / warmup) if warmup > 0 else 1.0
     for i, c in enumerate(y.tolist()):
         theta = math.acos(cos[i, c].item())
         if kind == "cosface":
             out[i, c] = cos[i, c] - cfg.margin * f
+        elif kind == "arcface" and cfg.easy_margin:  # insightface's easy_margin: no margin past 90 degrees
+            m = cfg.margin * f
+            out[i, c] = math.cos(theta + m) if cos[i, c] > 0 else cos[i, c]
         elif kind == "arcface":
             m = cfg.margin * f
             out[i, c] = math.cos(theta + m) if theta + m <= math.pi else math.cos(theta) - m * math.sin(m)
@@ -216,7 +225,8 @@ def reference_family_logits(kind, x, w, b, y, cfg, progress, steps_per_epoch):
 
 CASES = [("softmax", {}), ("normface", {}), ("sphereface", dict(margin=4.0)), ("sphereface", dict(margin=3.0)),
          ("sphereface", dict(margin=2.0, anneal=(0.0, 0.0, 1.0, 0.0))), ("cosface", {}), ("cosface", dict(margin=0.35)),
-         ("arcface", {}), ("arcface", dict(margin=0.5)), ("combined", {}), ("combined", dict(margins=(1.0, 0.3, 0.2))),
+         ("arcface", {}), ("arcface", dict(margin=0.5)), ("arcface", dict(easy_margin=True)),
+         ("arcface", dict(easy_margin=True, margin=0.5, scale_by="norm")), ("combined", {}), ("combined", dict(margins=(1.0, 0.3, 0.2))),
          ("combined", dict(margins=(2.0, 0.2, 0.1))), ("combined", dict(margins=(1.35, 0.5, 0.0))), ("center", {}),
          # head.scale_by: the feature's own norm, or a learned s (at its starting value)
          ("arcface", dict(scale_by="norm")), ("arcface", dict(scale_by="norm", margin=0.5)),
@@ -227,9 +237,7 @@ CASES = [("softmax", {}), ("normface", {}), ("sphereface", dict(margin=4.0)), ("
 @pytest.mark.parametrize("progress", [0.25, 3.0])
 @pytest.mark.parametrize("kind,changes", CASES)
 def test_every_head_equals_its_float64_formula(kind, changes, progress):
-    from dataclasses import replace
-
-    cfg = replace(head_of_kind(HeadConfig(), kind), **changes)
+    cfg = head_of_kind(HeadConfig(), kind).replace(**changes)
     x, w, y = spread_inputs()
     head = build_head(cfg, steps_per_epoch=50)
     with torch.no_grad():
@@ -245,7 +253,7 @@ def test_every_head_equals_its_float64_formula(kind, changes, progress):
     torch.testing.assert_close(F.cross_entropy(got, y).double(), F.cross_entropy(want, y), atol=1e-4, rtol=1e-5)
     # the prediction rule: the logits without margin
     plain = reference_family_logits(kind if kind in ("softmax", "center") else "normface", x, w,
-                                    getattr(head, "bias", None), y, replace(cfg, scale=1.0, scale_by="fixed"), progress, 50)
+                                    getattr(head, "bias", None), y, SimpleNamespace(scale=1.0, scale_by="fixed"), progress, 50)
     if kind == "sphereface":
         plain = plain * x.double().norm(dim=1, keepdim=True)
     torch.testing.assert_close(head.predict(x).double(), plain, atol=1e-5 * float(plain.detach().abs().max()), rtol=1e-5)
@@ -261,7 +269,7 @@ def test_sweep_reaches_every_branch():
 
 
 def test_sphereface_annealing_follows_the_release_schedule():
-    anneal = HeadConfig().anneal
+    anneal = head_of_kind(HeadConfig(), "sphereface").anneal
     assert anneal == (1000.0, 0.12, 1.0, 5.0)
     assert sphere_lambda(anneal, 0) == 1000.0
     assert sphere_lambda(anneal, 100) == pytest.approx(1000 / 13)
@@ -283,9 +291,9 @@ def pml_loss(loss_fn, w, x, y):
     ("sphereface", dict(margin=3.0, anneal=(0.0, 0.0, 1.0, 0.0)), lambda: pml.SphereFaceLoss(10, 2, margin=3, scale=1)),
 ])
 def test_heads_equal_pytorch_metric_learning(kind, changes, make):
-    from dataclasses import replace
-
-    cfg = replace(head_of_kind(HeadConfig(), kind), margin_warmup_epochs=0.0, **changes)
+    cfg = head_of_kind(HeadConfig(), kind).replace(**changes)
+    if hasattr(cfg.params, "margin_warmup_epochs"):
+        cfg = cfg.replace(margin_warmup_epochs=0.0)
     x, w, y = spread_inputs(seed=1)
     head = build_head(cfg)
     with torch.no_grad():
@@ -295,12 +303,10 @@ def test_heads_equal_pytorch_metric_learning(kind, changes, make):
 
 
 def test_normface_equals_normalized_softmax_and_sphereface_unit_w_equals_large_margin_softmax():
-    from dataclasses import replace
-
     x, w, y = spread_inputs(seed=2)
     head = build_head(head_of_kind(HeadConfig(scale=20.0), "normface"))
     assert head.scale == 16.0  # the kind's default replaced the scale given before it; set it after the kind
-    head = build_head(replace(head_of_kind(HeadConfig(), "normface"), scale=20.0))
+    head = build_head(head_of_kind(HeadConfig(), "normface").replace(scale=20.0))
     with torch.no_grad():
         head.weight.copy_(w)
     ours = F.cross_entropy(head(x, y, 0.0).double(), y)
@@ -308,7 +314,7 @@ def test_normface_equals_normalized_softmax_and_sphereface_unit_w_equals_large_m
     torch.testing.assert_close(ours, pml_loss(pml.NormalizedSoftmaxLoss(10, 2, temperature=1 / 20), w,
                                               F.normalize(x, dim=1), y), atol=1e-4, rtol=1e-5)
     unit = F.normalize(w, dim=1)  # L-Softmax scales by |W||x|; with unit rows it is A-Softmax
-    sphere = build_head(replace(head_of_kind(HeadConfig(), "sphereface"), anneal=(0.0, 0.0, 1.0, 0.0)))
+    sphere = build_head(head_of_kind(HeadConfig(), "sphereface").replace(anneal=(0.0, 0.0, 1.0, 0.0)))
     with torch.no_grad():
         sphere.weight.copy_(unit)
     ours = F.cross_entropy(sphere(x, y, 0.0).double(), y)
@@ -317,14 +323,12 @@ def test_normface_equals_normalized_softmax_and_sphereface_unit_w_equals_large_m
 
 
 def test_combined_contains_arcface_cosface_and_normface_exactly():
-    from dataclasses import replace
-
     x, w, y = spread_inputs(seed=3)
-    combined = lambda m: build_head(replace(head_of_kind(HeadConfig(), "combined"), margins=m))  # noqa: E731
+    combined = lambda m: build_head(head_of_kind(HeadConfig(), "combined").replace(margins=m))  # noqa: E731
     others = {"arcface": ((1.0, 0.3, 0.0), dict(margin=0.3)), "cosface": ((1.0, 0.0, 0.2), dict(margin=0.2)),
               "normface": ((1.0, 0.0, 0.0), {})}
     for kind, (margins, changes) in others.items():
-        a, b = combined(margins), build_head(replace(head_of_kind(HeadConfig(), kind), **changes))
+        a, b = combined(margins), build_head(head_of_kind(HeadConfig(), kind).replace(**changes))
         for h in (a, b):
             with torch.no_grad():
                 h.weight.copy_(w)
@@ -336,7 +340,7 @@ def test_combined_contains_arcface_cosface_and_normface_exactly():
 def test_every_head_has_finite_gradients_at_cos_plus_minus_one_and_zero_feature(kind, feature):
     head = build_head(head_of_kind(HeadConfig(), kind))
     with torch.no_grad():
-        head.weight.copy_(torch.tensor([[1.0, 0.0]] + [[0.0, 1.0]] * 9))
+        head.weight.copy_(torch.tensor([[1.0, 0.0]] + [[0.0, 1.0]] * (head.weight.shape[0] - 1)))
     x = torch.tensor([feature], requires_grad=True)
     y = torch.tensor([0])
     loss = head.loss(head(x, y, 5.0), x, y)
@@ -425,18 +429,19 @@ def test_each_head_names_itself_and_its_margin_under_the_circle_plot():
     assert captions["combined"] == "combined: s = 16, (m1, m2, m3) = (1.00, 0.10, 0.05)"
     assert captions["normface"] == "normface, s = 16, no margin"
     assert captions["softmax"] == "softmax: W x + b, no margin"
-    from dataclasses import replace
-    norm = build_head(replace(head_of_kind(HeadConfig(), "arcface"), scale_by="norm"))
+    assert captions["adacos"] == "adacos: s = 3.11 (adaptive), no margin"
+    assert captions["subcenter"] == "subcenter: s = 16, margin 11.5 deg, 3 sub-centres"
+    easy = build_head(HeadConfig(easy_margin=True)).caption(1.0)
+    assert easy == "arcface: s = 16, margin 11.5 deg, easy"
+    norm = build_head(head_of_kind(HeadConfig(), "arcface").replace(scale_by="norm"))
     assert norm.caption(1.0) == "arcface: s = |x|, margin 11.5 deg"
 
 
 def test_norm_scaled_arcface_is_the_unit_scale_logits_times_each_features_norm_and_grows_with_it():
     """s = |x|: each row is ArcFace's logits at s = 1 times that sample's norm (float64 reference), so a sample's
     loss and the net's control of it follow its norm, as with softmax and SphereFace."""
-    from dataclasses import replace
-
     x, w, y = spread_inputs(seed=3)
-    head = build_head(replace(head_of_kind(HeadConfig(), "arcface"), scale_by="norm", margin_warmup_epochs=0.0))
+    head = build_head(head_of_kind(HeadConfig(), "arcface").replace(scale_by="norm", margin_warmup_epochs=0.0))
     with torch.no_grad():
         head.weight.copy_(w)
     got = head(x, y, 0.0).double()
@@ -445,8 +450,8 @@ def test_norm_scaled_arcface_is_the_unit_scale_logits_times_each_features_norm_a
                                rtol=1e-5)
     # a sample on its class direction (W evenly spread, 36 deg apart): its loss falls as its norm grows, while a
     # fixed s = 16 leaves the same loss (0.12: its floor in 2-D) at every norm
-    even = build_head(replace(head_of_kind(HeadConfig(init="even"), "arcface"), scale_by="norm", margin_warmup_epochs=0))
-    fixed = build_head(replace(head_of_kind(HeadConfig(init="even"), "arcface"), margin_warmup_epochs=0))
+    even = build_head(head_of_kind(HeadConfig(init="even"), "arcface").replace(scale_by="norm", margin_warmup_epochs=0))
+    fixed = build_head(head_of_kind(HeadConfig(init="even"), "arcface").replace(margin_warmup_epochs=0))
     on = even.weight[:1].detach()
     label = torch.tensor([0])
     losses = [F.cross_entropy(even(on * r, label, 0.0), label).item() for r in (1.0, 4.0, 16.0, 64.0)]
@@ -456,9 +461,7 @@ def test_norm_scaled_arcface_is_the_unit_scale_logits_times_each_features_norm_a
 
 
 def test_learned_scale_is_one_trained_saved_parameter():
-    from dataclasses import replace
-
-    cfg = replace(head_of_kind(HeadConfig(), "arcface"), scale_by="learned", scale=16.0)
+    cfg = head_of_kind(HeadConfig(), "arcface").replace(scale_by="learned", scale=16.0)
     head = build_head(cfg)
     assert torch.exp(head.log_scale).item() == pytest.approx(16.0)
     assert "log_scale" in head.state_dict()
@@ -471,16 +474,15 @@ def test_learned_scale_is_one_trained_saved_parameter():
 
 
 def test_scale_by_is_refused_for_the_kinds_that_have_no_s():
-    from dataclasses import replace
-
     from arcdist.config import Config, ConfigError, apply_overrides, validate
 
-    cfg = apply_overrides(Config(), ["head.kind=sphereface", "head.scale_by=norm"])
-    with pytest.raises(ConfigError, match=r"head.scale_by=norm applies to normface, cosface, arcface, combined only"):
-        validate(cfg)
+    with pytest.raises(ConfigError, match=r"head.scale_by is not a field of the sphereface head \(it belongs to "
+                                          r"arcface, combined, cosface, normface, subcenter\)"):
+        validate(apply_overrides(Config(), ["head.kind=sphereface", "head.scale_by=norm"]))
     validate(apply_overrides(Config(), ["head.scale_by=norm"]))  # arcface: fine
     # a kind switch resets it with the kind's defaults; --set applies the kind first, so any order keeps it
-    assert head_of_kind(replace(HeadConfig(), scale_by="norm"), "softmax").scale_by == "fixed"
+    assert head_of_kind(HeadConfig(scale_by="norm"), "normface").scale_by == "fixed"
+    assert not hasattr(head_of_kind(HeadConfig(scale_by="norm"), "softmax").params, "scale_by")
     assert apply_overrides(Config(), ["head.scale_by=norm", "head.kind=cosface"]).head.scale_by == "norm"
 
 

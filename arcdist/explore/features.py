@@ -102,7 +102,7 @@ def predictions(features: np.ndarray, geometry: dict) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from arcdist.margins import cosines
+    from arcdist.heads import cosines
 
     x, W = torch.as_tensor(np.asarray(features, np.float32)), torch.as_tensor(np.asarray(geometry["W"], np.float32))
     if geometry.get("b") is not None:

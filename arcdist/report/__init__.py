@@ -13,11 +13,11 @@ from arcdist.figures import plt  # the figures' pyplot, for callers that close w
 from arcdist.report.cli import main, parse_args
 from arcdist.report.pages import HEADINGS, IMAGES, LOSSES, build_report, grid_group, write_html, write_markdown
 from arcdist.report.plots import curves_figure, draw_features, features_figure, last_features
-from arcdist.report.stats import (POSITIONAL, POST, STATS, STD_NOTE, VERDICT_RULE, ReportError, display_row, fmt,
+from arcdist.report.stats import (POST, STATS, STD_NOTE, VERDICT_RULE, ReportError, display_row, fmt,
                                   load_grid, loss_row, mean_std, measured_verdict, noise_verdict, run_stats,
                                   summarise)
 
-__all__ = ["plt", "HEADINGS", "IMAGES", "LOSSES", "POSITIONAL", "POST", "STATS", "STD_NOTE", "VERDICT_RULE", "ReportError",
+__all__ = ["plt", "HEADINGS", "IMAGES", "LOSSES", "POST", "STATS", "STD_NOTE", "VERDICT_RULE", "ReportError",
            "build_report", "curves_figure", "display_row", "draw_features", "features_figure", "fmt", "grid_group",
            "last_features", "load_grid", "loss_row", "main", "mean_std", "measured_verdict", "noise_verdict",
            "parse_args", "run_stats", "summarise", "write_html", "write_markdown"]

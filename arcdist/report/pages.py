@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from arcdist import runinfo
+from arcdist.heads import head_class
 from arcdist.report.plots import curves_figure, features_figure
 from arcdist.report.stats import STD_NOTE, VERDICT_RULE, ReportError, display_row, load_grid, loss_row, summarise
 from arcdist.wandb_report import wandb_report_spec
@@ -102,7 +103,7 @@ def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float =
              "that reached it ('never' if none did).", f"Measured verdict: {rule}."]
     notes += [f"Failed job {f}" for r in rows for f in r["failed"]]
     title = f"arcdist report: {doc.get('grid_id', grid_dir.name)}"
-    reference = next((r for r in rows if r["head"] == "softmax"), None)
+    reference = next((r for r in rows if head_class(r["head"]).baseline), None)
     losses = [loss_row(r, reference) for r in rows] if len({r["head"] for r in rows}) > 1 else []
     sections = [(LOSSES, losses)] if losses else []
     write_html(out / "report.html", title, notes, cells, images, sections)

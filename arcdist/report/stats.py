@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from arcdist import runinfo
+from arcdist.heads import head_class
 from arcdist.status import RunStatus
 
 STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "min_mean_gap",
@@ -19,7 +20,6 @@ VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean final
                 "class centre directions is at least {angle:g} deg; for center loss, which pulls each class to a "
                 "point, the mean smallest distance between class means over the sum of their RMS radii is at least "
                 "{gap:g}; else overlap")
-POSITIONAL = ("center",)  # head kinds judged by position (min_mean_gap), not by angle
 POST = "post's verdict"
 
 
@@ -133,7 +133,7 @@ def measured_verdict(row: dict, threshold_acc: float, threshold_angle: float, th
     if row["diverged_seeds"]:
         return str(RunStatus.DIVERGED)
     acc = row["final_accuracy"]["mean"]
-    positional = row["head"] in POSITIONAL
+    positional = head_class(row["head"]).judged_by == "position"
     apart = row["min_mean_gap" if positional else "min_centre_angle_deg"]["mean"]
     if acc is None or apart is None:
         return "no data"
