@@ -62,6 +62,7 @@ class DataConfig:
     limit_train: int = 0  # use only the first N training images (0 = all)
     limit_test: int = 0  # use only the first N test images (0 = all)
     download: bool = True  # try torchvision's download when files are missing
+    # augmentations (arcdist/datasets/augment.py reads each by its field name; false = off)
     shift: int = 0  # augmentation: random translation of each training image by up to this many pixels (x and y)
     flip: bool = False  # augmentation: random horizontal flip of training images (Fashion-MNIST, CIFAR-10; not digits)
     rotate: float = 0.0  # augmentation: random rotation of each training image by up to this many degrees (+-)

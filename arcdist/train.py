@@ -18,7 +18,8 @@ if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/t
 from arcdist import checkpoint, cluster, errors, preempt, rundir, runinfo, tracking
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError, apply_overrides, validate
-from arcdist.data import get_spec, resolve_data_dir
+from arcdist.data import resolve_data_dir
+from arcdist.datasets import dataset_spec
 from arcdist.errors import Exit
 from arcdist.faults import Faults
 from arcdist.hardware import configure_cpu, setup_accelerator
@@ -99,7 +100,7 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
         if changed or cfg.data.dataset != saved.data.dataset or cfg.train.seed != saved.train.seed:
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
-    spec = get_spec(cfg.data.dataset)
+    spec = dataset_spec(cfg.data.dataset)
     if (spec.channels, spec.image_size) != (cfg.model.in_channels, cfg.model.image_size):
         raise ConfigError(f"variant {cfg.variant} takes {cfg.model.in_channels}x{cfg.model.image_size}x"
                           f"{cfg.model.image_size} images but {cfg.data.dataset} has {spec.channels}x{spec.image_size}x"

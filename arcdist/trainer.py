@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from arcdist import checkpoint, preempt, runinfo
 from arcdist.config import Config, ConfigError
-from arcdist.data import DeviceData, epoch_permutation, get_spec, load_dataset, steps_per_epoch, train_batches
+from arcdist.data import DeviceData, Order, load_to_device, train_batches
+from arcdist.datasets import sample_indices
 from arcdist.faults import Faults
 from arcdist.gather import gather_features
 from arcdist.heads import build_head, param_count
@@ -87,11 +88,7 @@ class Trainer:
                              "and the Accelerator with arcdist.hardware.setup_accelerator, or set both")
         self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        spec = get_spec(cfg.data.dataset)
-        splits = data or load_dataset(cfg.data.dataset, cfg.data.data_dir, cfg.data.download)
-        lt, le = cfg.data.limit_train or None, cfg.data.limit_test or None
-        self.train_data = DeviceData(splits.train_x[:lt], splits.train_y[:lt], spec, accelerator.device)
-        self.test_data = DeviceData(splits.test_x[:le], splits.test_y[:le], spec, accelerator.device)
+        self.train_data, self.test_data = load_to_device(cfg.data, accelerator.device, data)
         n = len(self.train_data)
         if cfg.data.batch_size > n:
             raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {n} training images; "
@@ -99,10 +96,9 @@ class Trainer:
         if cfg.data.batch_size % self.world:
             raise ConfigError(f"batch size {cfg.data.batch_size} does not split over {self.world} processes; "
                               "use a multiple of the process count")
-        sample = epoch_permutation(n, cfg.train.seed, -1)[:TRAIN_SAMPLE_SIZE].sort().values
-        self.train_sample = DeviceData(splits.train_x[:lt][sample], splits.train_y[:lt][sample], spec,
-                                       accelerator.device)
-        self.steps_per_epoch = steps_per_epoch(n, cfg.data.batch_size)
+        self.train_sample = self.train_data.select(sample_indices(n, cfg.train.seed, TRAIN_SAMPLE_SIZE))
+        self.order = Order.of(cfg, self.rank, self.world)
+        self.steps_per_epoch = self.order.steps(n)
 
         set_seed(cfg.train.seed)
         backbone = build_backbone(cfg.model)
@@ -148,8 +144,7 @@ class Trainer:
         return self.stop_requested or preempt.requested() or (self.rank == 0 and self.stop_file.exists())
 
     def _batches(self, epoch: int, start_step: int):
-        return train_batches(self.train_data, self.cfg.data.batch_size, self.cfg.train.seed, epoch, self.rank,
-                             self.world, start_step, self.cfg.data.shift, self.cfg.data.flip, self.cfg.data.rotate)
+        return train_batches(self.train_data, self.order, epoch, start_step)
 
     # -- one epoch ---------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict | Stopped:

@@ -185,14 +185,13 @@ def run_arcdist(args) -> dict:
     """arcdist's own Stepper.train_step over its own device-resident batches."""
     import torch
 
-    from arcdist.data import train_batches
+    from arcdist.data import Order, train_batches
     trainer, cfg, acc = _trainer(args)
-    batches = train_batches(trainer.train_data, cfg.data.batch_size, cfg.train.seed, 0, acc.process_index,
-                            acc.num_processes)
+    batches = train_batches(trainer.train_data, trainer.order, 0)
 
     def step():
         x, y = next(batches)
-        trainer.stepper.train_step(x, y, cfg.head.margin_warmup_epochs)  # the full margin
+        trainer.stepper.train_step(x, y, getattr(cfg.head.params, "margin_warmup_epochs", 0.0))  # the full margin
 
     sync = torch.cuda.synchronize if acc.device.type == "cuda" else (lambda: None)
     out = dict(images_per_s=_timed(step, args.warmup, args.steps, cfg.data.batch_size, sync),
@@ -201,7 +200,7 @@ def run_arcdist(args) -> dict:
         trainer, cfg, acc = _trainer(args)
         steps, spe = 0, trainer.steps_per_epoch
         for epoch in range(10 ** 6):
-            for x, y in train_batches(trainer.train_data, cfg.data.batch_size, cfg.train.seed, epoch, 0, 1):
+            for x, y in train_batches(trainer.train_data, Order.of(cfg, 0, 1), epoch):
                 if steps >= args.accuracy_steps:
                     break
                 trainer.stepper.train_step(x, y, steps / spe)

@@ -6,9 +6,30 @@ import numpy as np
 import pytest
 import torch
 
-from arcdist.data import (DataError, augment, augment_plan, epoch_permutation, load_dataset, read_idx, resolve_data_dir,
-                          rotate, rotation_plan, shard_bounds, train_batches, DeviceData, DATASETS)
+from arcdist.data import (DataError, augment, epoch_permutation, load_dataset, read_idx, resolve_data_dir, rotate,
+                          shard_bounds, DeviceData, DATASETS, Order)
+from arcdist.data import train_batches as serve
+from arcdist.datasets import dataset_class
+from arcdist.datasets.order import augmentation_draws
 from helpers import make_tiny_mnist, write_cifar, write_idx
+
+
+def train_batches(data, batch_size, seed, epoch, rank, world, start_step=0, shift=0, flip=False, degrees=0.0):
+    order = Order(batch_size, seed, rank, world, dict(shift=shift, flip=flip, rotate=degrees))
+    return serve(data, order, epoch, start_step)
+
+
+def augment_plan(n, seed, epoch, shift, flip):
+    """The shift and flip draws per position as one (n, 3) tensor (dy, dx, flip); None when both are off."""
+    d = augmentation_draws(n, seed, epoch, dict(shift=shift, flip=flip))
+    if not d:
+        return None
+    return torch.cat([d.get("shift", torch.zeros(n, 2, dtype=torch.long)),
+                      d.get("flip", torch.zeros(n, dtype=torch.long))[:, None]], 1)
+
+
+def rotation_plan(n, seed, epoch, degrees):
+    return augmentation_draws(n, seed, epoch, dict(rotate=degrees)).get("rotate")
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -49,7 +70,7 @@ def test_missing_files_name_the_folder_and_all_four(tmp_path):
         load_dataset("mnist", tmp_path, download=False)
     msg = str(e.value)
     assert str(tmp_path / "MNIST" / "raw") in msg and "\n" not in msg
-    for f in DATASETS["mnist"].files:
+    for f in dataset_class("mnist").files:
         assert f in msg
 
 

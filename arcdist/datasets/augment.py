@@ -1,0 +1,78 @@
+"""Training augmentations, one table: each entry is one function on a batch and the DataConfig field that sets it.
+
+An entry's field (data.shift, data.flip, data.rotate) is off at its false value. Its `draw` makes the epoch's
+per-image parameters in one go, from the entry's random stream (arcdist.datasets.order.STREAMS): a draw belongs to
+a position of the epoch's order, hence to one image, whatever the batch size or the number of ranks. `apply`
+transforms a batch (N, C, H, W) given its rows of the draws. Entries apply in table order.
+
+A new augmentation: its function and entry here, its row in order.STREAMS (a stream of its own, so that the others'
+draws stay as they were), its DataConfig field and its check in config.validate.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    field: str  # the DataConfig field: its value, false for off
+    draw: Callable[[torch.Generator, int, Any], torch.Tensor]  # (generator, images, value) -> per-image draws
+    apply: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]  # (batch, its draws, value) -> batch
+
+
+def move(x: torch.Tensor, plan: torch.Tensor, shift: int) -> torch.Tensor:
+    """Mirror each (N, C, H, W) image where plan's flip is 1, then shift it by plan's (dy, dx) with zero fill.
+
+    `plan` is (N, 3) ints (dy, dx, flip), |dy|, |dx| <= shift; content moves down/right for positive dy/dx.
+    One gather on the device, any dtype: exact pixel moves.
+    """
+    n, c, h, w = x.shape
+    plan = plan.to(x.device)
+    padded = F.pad(x, (shift, shift, shift, shift)) if shift else x
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    rows = shift + ar_h - plan[:, 0, None]  # (N, H): padded source row of each output row
+    cols = ar_w - plan[:, 1, None]  # (N, W): source column, then mirrored for flipped images
+    cols = shift + torch.where(plan[:, 2, None].bool(), w - 1 - cols, cols)
+    images = torch.arange(n, device=x.device)[:, None, None, None]
+    channels = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[images, channels, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def flip(x: torch.Tensor, flips: torch.Tensor, on: bool = True) -> torch.Tensor:
+    """Mirror left-right the images whose draw is 1."""
+    return move(x, F.pad(flips[:, None], (2, 0)), 0)
+
+
+def shift(x: torch.Tensor, moves: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Move each image by its (dy, dx), |dy|, |dx| <= pixels, with zero fill."""
+    return move(x, F.pad(moves, (0, 1)), pixels)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor, degrees: float = 0.0) -> torch.Tensor:
+    """Rotate each (N, C, H, W) image by its angle (radians, counter-clockwise on screen) about its centre.
+
+    Bilinear, zero fill (raw pixel space, so the fill is the background); returns float32.
+    """
+    cos, sin = angles.cos().float(), angles.sin().float()
+    # grid_sample's theta maps output to input coordinates (x right, y down): the inverse rotation
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1).to(x.device)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+# flip before shift: the pixel moves are exact on the uint8 images; rotation resamples them, last
+AUGMENTATIONS: dict[str, Augmentation] = {a.field: a for a in (
+    Augmentation("flip", draw=lambda g, n, on: torch.randint(0, 2, (n,), generator=g), apply=flip),
+    Augmentation("shift", draw=lambda g, n, pixels: torch.randint(-pixels, pixels + 1, (n, 2), generator=g),
+                 apply=shift),
+    Augmentation("rotate", apply=rotate,
+                 draw=lambda g, n, degrees: (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1)
+                 * math.radians(degrees)),
+)}

@@ -1,0 +1,113 @@
+"""The dataset registry, and the order contract every dataset's batches follow: the permutation per (seed, epoch),
+the ranks' chunks of it, and augmentation draws that belong to images, not to batches or ranks."""
+import dataclasses
+
+import pytest
+import torch
+
+from arcdist.config import Config, ConfigError, DataConfig
+from arcdist.data import DATASETS as SPECS, DeviceData, train_batches
+from arcdist.datasets import (AUGMENTATIONS, DATASETS, DatasetSpec, Order, dataset_class, dataset_spec,
+                              epoch_permutation, register_dataset, sample_indices)
+from arcdist.datasets.augment import flip, move, shift
+from arcdist.datasets.order import STREAMS, augmentation_draws
+
+
+def test_the_registry_holds_the_three_datasets_in_order():
+    assert list(DATASETS) == ["mnist", "fashion-mnist", "cifar10"]
+    assert {name: (s.channels, s.image_size, s.num_classes) for name, s in SPECS.items()} == {
+        "mnist": (1, 28, 10), "fashion-mnist": (1, 28, 10), "cifar10": (3, 32, 10)}
+    for name, cls in DATASETS.items():
+        spec = dataset_spec(name)
+        assert cls.name == spec.name == name and dataset_class(name) is cls
+        assert len(spec.mean) == len(spec.std) == spec.channels
+    assert dataset_spec("fashion-mnist").classes[0] == "T-shirt" and dataset_spec("mnist").classes[3] == "3"
+
+
+def test_an_unknown_dataset_is_one_line_naming_the_known_ones():
+    with pytest.raises(ConfigError) as e:
+        dataset_class("cifar-100")
+    assert str(e.value) == "unknown dataset 'cifar-100'; valid datasets: mnist, fashion-mnist, cifar10"
+
+
+def test_a_registration_must_match_its_spec():
+    with pytest.raises(TypeError, match="registered as 'other'"):
+        @register_dataset("other")
+        class Wrong(dataset_class("mnist")):
+            spec = DatasetSpec("wrong", 1, 28, (0.5,), (0.5,), ("a", "b"))
+    assert "other" not in DATASETS and "wrong" not in DATASETS
+
+
+def test_every_augmentation_has_a_config_field_and_one_stream():
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    assert list(AUGMENTATIONS) == ["flip", "shift", "rotate"] and set(AUGMENTATIONS) <= fields
+    drawn = [a for _, names in STREAMS.values() for a in names]
+    assert sorted(drawn) == sorted(AUGMENTATIONS)
+    offsets = [offset for offset, _ in STREAMS.values()]
+    assert len(set(offsets)) == len(offsets)
+    cfg = Config(data=DataConfig(batch_size=32, shift=2, flip=True, rotate=5.0))
+    order = Order.of(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=4)), rank=1, world=2)
+    assert order == Order(32, 4, 1, 2, dict(flip=True, shift=2, rotate=5.0))
+    with pytest.raises(ValueError, match="unknown augmentation blur"):
+        Order(8, 0, augment=dict(blur=1))
+
+
+def test_the_random_streams_are_the_ones_runs_were_trained_with():
+    """Values of the streams as they were before datasets became components: a change would break resume."""
+    assert epoch_permutation(12, 5, 3).tolist() == [5, 4, 1, 3, 7, 9, 11, 8, 6, 10, 0, 2]
+    d = augmentation_draws(6, 5, 3, dict(shift=2, flip=True, rotate=10.0))
+    assert d["shift"].tolist() == [[1, -2], [2, -1], [0, 2], [2, 1], [-2, 2], [1, 1]]
+    assert d["flip"].tolist() == [0, 1, 0, 0, 0, 1]
+    assert augmentation_draws(6, 5, 3, dict(flip=True))["flip"].tolist() == [1, 1, 0, 0, 1, 0]
+    assert d["rotate"][:4].tolist() == [-0.07283570188393725, 0.048095196116187885, -0.13254846301369022,
+                                        -0.012669132977271024]
+    assert augmentation_draws(6, 5, 3, dict(shift=0, flip=False, rotate=0.0)) == {}
+    assert sample_indices(12, 5, 5).tolist() == [0, 1, 4, 9, 11]
+
+
+@pytest.mark.parametrize("n,batch,world", [(50, 8, 1), (50, 8, 2), (103, 12, 4), (64, 16, 8)])
+def test_same_seed_and_epoch_same_permutation_and_the_rank_chunks_partition_it(n, batch, world):
+    orders = [Order(batch, seed=3, rank=r, world=world) for r in range(world)]
+    perm = orders[0].permutation(n, 2)
+    assert torch.equal(perm, orders[-1].permutation(n, 2)) and torch.equal(perm, epoch_permutation(n, 3, 2))
+    assert sorted(perm.tolist()) == list(range(n))
+    assert not torch.equal(perm, orders[0].permutation(n, 3))
+    steps = orders[0].steps(n)
+    assert steps == n // batch
+    taken = [p for step in range(steps) for o in orders for p in range(n)[o.positions(step)]]
+    assert taken == list(range(steps * batch))  # every position of the full batches once, in order, rank by rank
+
+
+def test_shift_after_flip_is_the_single_move():
+    x = torch.randint(0, 256, (5, 2, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    moves = torch.tensor([[1, -2], [0, 0], [-2, 2], [2, 1], [0, -1]])
+    flips = torch.tensor([1, 0, 1, 0, 1])
+    assert torch.equal(shift(flip(x, flips), moves, 2), move(x, torch.cat([moves, flips[:, None]], 1), 2))
+
+
+def test_augmentation_draws_belong_to_images_whatever_the_batch_size_and_ranks():
+    torch.manual_seed(0)
+    n = 48
+    data = DeviceData(torch.randint(0, 256, (n, 1, 9, 9), dtype=torch.uint8), torch.arange(n),
+                      dataset_spec("mnist"), torch.device("cpu"))
+    augment = dict(shift=2, flip=True, rotate=20.0)
+
+    def per_image(batch: int, world: int) -> dict[int, torch.Tensor]:
+        seen = {}
+        for r in range(world):
+            for xb, yb in train_batches(data, Order(batch, 7, r, world, augment), epoch=1):
+                seen.update(zip(yb.tolist(), xb))
+        return seen
+
+    reference = per_image(8, 1)
+    assert len(reference) == n
+    for batch, world in ((16, 2), (24, 4), (48, 3), (12, 1)):
+        other = per_image(batch, world)
+        assert len(other) == n
+        for image, x in other.items():
+            torch.testing.assert_close(x, reference[image], atol=1e-5, rtol=0)
+    unaugmented = {int(y): x for xb, yb in train_batches(data, Order(n, 7), epoch=1) for x, y in zip(xb, yb)}
+    assert sum(not torch.equal(unaugmented[i], reference[i]) for i in range(n)) > n * 0.9
+    other_epoch = {int(y): x for xb, yb in train_batches(data, Order(n, 7, augment=augment), epoch=2)
+                   for x, y in zip(xb, yb)}
+    assert sum(not torch.equal(other_epoch[i], reference[i]) for i in range(n)) > n * 0.9
