@@ -519,3 +519,26 @@ def test_conv2d_equals_torch_conv2d_in_float64(shape, kernel, padding, channels_
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_config_json_written_before_heads_owned_their_config_still_loads():
+    """Old run folders hold one flat head dict with every kind's fields; each kind keeps its own, drops the rest."""
+    import json
+
+    from arcdist.config import from_dict, to_dict
+
+    old = json.loads((__import__("pathlib").Path(__file__).parent.parent / "results" / "losses" / "deep9"
+                      / "deep9-arcface-s0" / "config.json").read_text())["config"]
+    assert "anneal" in old["head"] and "center_weight" in old["head"]  # the old flat form
+    cfg = from_dict(old)
+    assert (cfg.head.kind, cfg.head.scale_by, cfg.head.margin, cfg.head.order) == ("arcface", "norm", 0.2,
+                                                                                   (4, 9, 7, 1, 2, 3, 5, 8, 0, 6))
+    assert not hasattr(cfg.head, "anneal") and from_dict(to_dict(cfg)) == cfg
+    for kind in ("sphereface", "center", "softmax"):
+        flat = dict(old["head"], kind=kind)
+        assert from_dict(dict(old, head=flat)).head.params == HEADS[kind].Config(**{
+            f.name: _tuple(flat[f.name]) for f in dataclasses.fields(HEADS[kind].Config)})
+
+
+def _tuple(v):
+    return tuple(v) if isinstance(v, list) else v
