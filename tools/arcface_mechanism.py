@@ -1,6 +1,6 @@
 """Why ArcFace with a fixed s lags in 2-D, measured on the loss itself (results/losses/README.md, "ArcFace first").
 
-    python results/losses/arcface_mechanism.py [RUN_DIR ...]   # -> results/losses/arcface-mechanism.{png,md}
+    python tools/arcface_mechanism.py [RUN_DIR ...]   # -> results/losses/arcface-mechanism.{png,md}
 
 1. One sample, ten class directions evenly spread (36 deg apart, as A6's frozen W and the losses grid's start):
    its loss and the force that turns it, |dL/dtheta|, against its angle theta to its own direction and its norm
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from arcdist.margins import arc_margin_logits  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from arcdist.heads.arcface import arc_margin_logits  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "results" / "losses"  # where its table and figure go
 S, M = 16.0, 0.2
 
 
@@ -121,7 +121,7 @@ def main(argv: list[str]) -> None:
     rows, data = analytic()
     figure(data, HERE / "arcface-mechanism.png")
     text = ["# ArcFace in 2-D: the loss with a fixed s and with s = |x|", "",
-            "Made by `python results/losses/arcface_mechanism.py RUN_DIR ...`.", "",
+            "Made by `python tools/arcface_mechanism.py RUN_DIR ...`.", "",
             "## One sample against its angle and norm (W evenly spread, m = 0.2)", "", *rows, "",
             "![loss and turning force](arcface-mechanism.png)", ""]
     runs = [Path(a) for a in argv]
@@ -132,4 +132,8 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="*", help="trained runs with features/train-epoch-*.npz")
+    main(parser.parse_args().run_dirs)

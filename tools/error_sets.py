@@ -1,6 +1,6 @@
 """Which test images two groups of runs get wrong, image by image, from their saved features.
 
-    python results/losses/error_sets.py --a RUN [RUN ...] --b RUN [RUN ...] [--epoch N]
+    python tools/error_sets.py --a RUN [RUN ...] --b RUN [RUN ...] [--epoch N]
 
 Each run's prediction is the nearest class direction of its saved W (argmax cos, the angular heads' rule) on its
 test features at epoch N (default: the last saved, `features/test-epoch-*.npz`). Runs are paired in the order

@@ -1,4 +1,4 @@
-"""The analysis scripts under results/ that the READMEs' figures come from, on synthetic runs with known answers."""
+"""The analysis scripts in tools/ that the READMEs' figures come from, on synthetic runs with known answers."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,7 +10,7 @@ from helpers import ROOT
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "results" / "losses" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,6 +1,6 @@
 """How far each learned class direction moves per epoch, from a run's saved W (features/test-epoch-*.npz).
 
-    python results/losses/w_drift.py RUN_DIR [RUN_DIR ...]   # one markdown row per run
+    python tools/w_drift.py RUN_DIR [RUN_DIR ...]   # one markdown row per run
 
 For each epoch after the first: the mean and the largest angle (degrees) between a class's direction at the end
 of that epoch and at the end of the one before, over the 10 classes; then the test features' intra-class spread
