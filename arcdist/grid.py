@@ -297,7 +297,7 @@ def run_task(args: argparse.Namespace, jobs: list[Job]) -> int:
     return Exit.OK  # not reached
 
 
-def format_table(jobs: list[Job]) -> str:
+def format_jobs(jobs: list[Job]) -> str:
     lines = [f"{'run':24s} {'status':9s} {'final acc':>9s} {'best acc':>9s} {'time s':>8s}  error"]
     for j in jobs:
         acc = f"{j.final_accuracy:.4f}" if j.final_accuracy is not None else "-"
@@ -322,10 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arcdist.grid: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
     except KeyboardInterrupt:  # every job stopped with a checkpoint (or quit on a second Ctrl-C)
-        print(format_table(jobs))
+        print(format_jobs(jobs))
         print(f"interrupted; rerun the same command to resume. grid.json: {Path(args.out) / args.grid_id / 'grid.json'}")
         return Exit.INTERRUPTED
-    print(format_table(jobs))
+    print(format_jobs(jobs))
     print(f"grid.json: {Path(args.out) / args.grid_id / 'grid.json'}")
     return Exit.FAILED if any(j.status == RunStatus.FAILED for j in jobs) else Exit.OK
 

@@ -247,7 +247,7 @@ def table_rows() -> list[dict]:
         rows.append(dict(name=v.name, parent=v.parent or "-", changed=v.changed, params=info["params"],
                          flops=info["flops"], pre_head=info["pre_head_shape"], optim=_optim_label(v.config.optim),
                          batch=v.config.data.batch_size, verdict=v.verdict or "(arcdist)", head=v.config.head.kind,
-                         head_settings=heads.describe(v.config.head)))
+                         head_settings=heads.head_settings(v.config.head)))
     return rows
 
 
@@ -257,7 +257,7 @@ def _optim_label(o: OptimConfig) -> str:
     return f"{o.net.upper()}({o.lr:g})/{o.head.upper()}({o.head_lr:g})"
 
 
-def format_table(rows: list[dict]) -> str:
+def format_variants(rows: list[dict]) -> str:
     """A markdown table of `table_rows()`."""
     head = "| name | parent | what changed | params | MFLOPs/img (fwd) | map before head | optimizer | batch |"
     lines = [head, "|" + " --- |" * 8]
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from arcdist.errors import Exit
 
     ArgumentParser(prog="arcdist.variants", description=__doc__).parse_args(argv)  # --help; no options
-    print(format_table(table_rows()))
+    print(format_variants(table_rows()))
     return Exit.OK
 
 

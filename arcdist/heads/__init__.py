@@ -19,10 +19,10 @@ import importlib
 import pkgutil
 
 from arcdist.heads.base import (HEADS, Head, HeadConfig, KindConfig, ScaledConfig, ScaledHead, WarmupConfig,
-                                build_head, cosines, describe, head_class, head_of_kind, param_count, register_head)
+                                build_head, cosines, head_class, head_settings, head_of_kind, param_count, register_head)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["HEADS", "Head", "HeadConfig", "KindConfig", "ScaledConfig", "ScaledHead", "WarmupConfig", "build_head",
-           "cosines", "describe", "head_class", "head_of_kind", "param_count", "register_head"]
+           "cosines", "head_class", "head_settings", "head_of_kind", "param_count", "register_head"]

@@ -283,7 +283,7 @@ class ScaledHead(Head):
         return {"norm": "s = |x|", "learned": f"s learned from {cfg.scale:g}"}.get(cfg.scale_by, f"s {cfg.scale:g}")
 
 
-def describe(cfg: HeadConfig) -> str:
+def head_settings(cfg: HeadConfig) -> str:
     """The head's kind-specific settings in a few words, with the margin warm-up and a frozen W."""
     warmup = getattr(cfg.params, "margin_warmup_epochs", 0)
     return (head_class(cfg.kind).settings(cfg) + (f", warm-up {warmup:g} ep" if warmup else "")
