@@ -49,6 +49,8 @@ class Recorder:
                            f"grad norm {record['grad_norm_mean']:.3g} (max {record['grad_norm_max']:.3g})  "
                            f"test acc {record['test_accuracy']:.4f}  spread {record['intra_spread_deg']:.1f} deg  "
                            f"min centre angle {record['min_centre_angle_deg']:.1f} deg  "
+                           + (f"P@1 {record['precision_at_1']:.4f}  MAP@R {record['mean_average_precision_at_r']:.4f}  "
+                              if "precision_at_1" in record else "") +
                            f"{record['images_per_s']:.0f} img/s")
 
     def diverged(self, epoch: int, where: dict) -> None:

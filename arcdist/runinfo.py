@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from arcdist.config import Config, ConfigError
+from arcdist.retrieval import METRICS as RETRIEVAL
 from arcdist.status import RunStatus
 
 CONFIG = "config.json"  # written when a run starts: its presence marks a started run
@@ -169,7 +170,8 @@ def write_summary(run_dir: Path, state: dict, extra: dict | None = None) -> dict
     summary = dict(status=state["status"], epochs=state["epoch"], best_accuracy=state["best_accuracy"],
                    best_epoch=state["best_epoch"], diverged=state["status"] == RunStatus.DIVERGED,
                    final_accuracy=final.get("test_accuracy"), intra_spread_deg=final.get("intra_spread_deg"),
-                   min_centre_angle_deg=final.get("min_centre_angle_deg"), wandb_id=state.get("wandb_id"),
+                   min_centre_angle_deg=final.get("min_centre_angle_deg"),
+                   **{k: final[k] for k in RETRIEVAL if k in final}, wandb_id=state.get("wandb_id"),
                    wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows), rollbacks=state.get("rollbacks", 0),
                    **(extra or {}))
     if state.get("diverged"):

@@ -25,6 +25,7 @@ from arcdist.faults import Faults
 from arcdist.gather import gather_features
 from arcdist.heads import build_head, param_count
 from arcdist.metrics import separation_metrics
+from arcdist.retrieval import retrieval_metrics
 from arcdist.model import build_backbone, describe
 from arcdist.optim import build_optimizers, build_schedulers, ema_with_warmup
 from arcdist.recorder import Recorder
@@ -206,6 +207,8 @@ class Trainer:
         with torch.no_grad():
             metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"), scores=head.predict(feats))
         metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
+        if self.cfg.train.retrieval and self.acc.is_main_process:
+            metrics.update(retrieval_metrics(feats, labels, by=head.judged_by))
         return metrics, feats, labels
 
     @property

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arcdist.directions import circle, spread
 from arcdist.errors import ConfigError
 
 Check = tuple[bool, str]  # (the value is fine, the one line that says how to fix it)
@@ -146,6 +147,13 @@ def head_of_kind(head: HeadConfig, kind: str) -> HeadConfig:
     return dataclasses.replace(head, kind=kind, params=None)
 
 
+def slots(cfg: HeadConfig) -> torch.Tensor:
+    """slots(cfg)[c]: the slot of class c in the even spread (`head.order` lists the classes slot by slot)."""
+    slot = torch.empty(cfg.num_classes, dtype=torch.long)
+    slot[list(cfg.order or range(cfg.num_classes))] = torch.arange(cfg.num_classes)
+    return slot
+
+
 def cosines(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """cos(theta_j) between each feature and each row of W, (N, C); a zero feature has cosine 0."""
     x = F.normalize(features.float(), dim=1, eps=1e-6)
@@ -155,8 +163,7 @@ def cosines(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def even_directions(positions: torch.Tensor, slots: int) -> torch.Tensor:
     """Unit 2-D vectors at `positions` x 360/slots degrees."""
-    angles = positions * (2 * math.pi / slots)
-    return torch.stack([angles.cos(), angles.sin()], dim=1)
+    return circle(positions, slots)
 
 
 class Head(nn.Module):
@@ -182,20 +189,18 @@ class Head(nn.Module):
         super().__init__()
         self.cfg, self.opts, self.steps_per_epoch = cfg, cfg.params, steps_per_epoch
         self.weight = nn.Parameter(torch.empty(self.rows(cfg), feature_dim))
-        if cfg.init == "even" and feature_dim == 2:
+        if cfg.init == "even":
             with torch.no_grad():
-                self.weight.copy_(self.even_init(cfg))
+                self.weight.copy_(self.even_init(cfg, feature_dim))
         else:
             nn.init.xavier_uniform_(self.weight)
         # frozen W has no gradient: the head optimizer skips it, and the trainer keeps a head with nothing to train
         # out of DDP
         self.weight.requires_grad_(not cfg.freeze)
 
-    def even_init(self, cfg: HeadConfig) -> torch.Tensor:
-        """W evenly spread around the circle, class `order[p]` at position p."""
-        position = torch.empty(cfg.num_classes)  # position[c]: slot of class c around the circle
-        position[list(cfg.order or range(cfg.num_classes))] = torch.arange(cfg.num_classes, dtype=torch.float)
-        return even_directions(position, cfg.num_classes)
+    def even_init(self, cfg: HeadConfig, feature_dim: int) -> torch.Tensor:
+        """W evenly spread (`arcdist.directions.spread`), class `order[p]` in slot p."""
+        return spread(cfg.num_classes, feature_dim)[slots(cfg)]
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, epoch_progress: float) -> torch.Tensor:
         """Training logits (margin applied) after `epoch_progress` epochs, fp32 even under bf16/fp16 autocast."""

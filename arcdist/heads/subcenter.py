@@ -3,13 +3,15 @@ sub-centre, then ArcFace's margin. Row c*K + k of W is sub-centre k of class c (
 `SubCenterArcFaceLoss` layout, its test reference)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from arcdist.directions import spread
 from arcdist.heads.arcface import ArcFaceConfig, ArcFaceHead
-from arcdist.heads.base import HeadConfig, cosines, even_directions, register_head
+from arcdist.heads.base import HeadConfig, cosines, even_directions, register_head, slots
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,19 @@ class SubCenterArcFaceHead(ArcFaceHead):
     def rows(cls, cfg: HeadConfig) -> int:
         return cfg.num_classes * cfg.sub_centers
 
-    def even_init(self, cfg: HeadConfig) -> torch.Tensor:
+    def even_init(self, cfg: HeadConfig, feature_dim: int) -> torch.Tensor:
         """Each class's sub-centres a few degrees apart around its even direction (identical ones would tie in the
-        max, and all but one would never receive a gradient)."""
-        k = self.opts.sub_centers
-        position = torch.empty(cfg.num_classes)
-        position[list(cfg.order or range(cfg.num_classes))] = torch.arange(cfg.num_classes, dtype=torch.float)
-        offsets = (torch.arange(k, dtype=torch.float) - (k - 1) / 2) / (4 * k)  # within +-1/8 of a class's slot
-        return even_directions((position[:, None] + offsets[None, :]).flatten(), cfg.num_classes)
+        max, and all but one would never receive a gradient): within +-1/8 of a class's 360/C degrees, along the
+        circle in 2-D and along a fixed direction perpendicular to the class's in d > 2."""
+        k, c = self.opts.sub_centers, cfg.num_classes
+        offsets = (torch.arange(k, dtype=torch.float) - (k - 1) / 2) / (4 * k)
+        if feature_dim == 2:
+            return even_directions((slots(cfg).float()[:, None] + offsets[None, :]).flatten(), c)
+        base = spread(c, feature_dim)[slots(cfg)]
+        side = torch.randn(c, feature_dim, generator=torch.Generator().manual_seed(1))
+        side = F.normalize(side - (side * base).sum(1, keepdim=True) * base, dim=1)
+        tilt = torch.tan(offsets * (2 * math.pi / c))
+        return F.normalize(base[:, None, :] + tilt[None, :, None] * side[:, None, :], dim=2).reshape(c * k, -1)
 
     def all_cosines(self, x: torch.Tensor) -> torch.Tensor:
         """cos to every sub-centre, (N, C, K)."""

@@ -1,0 +1,71 @@
+"""Evenly spread unit directions in d dimensions: W's `head.init=even` for any feature size.
+
+d = 2: n directions at 360/n degrees (exact). d >= 3: the spread that (nearly) maximises the smallest angle
+between any two directions (Tammes' problem), found by a fixed, seeded descent on a sharpening repulsion
+energy, so it is the same on every machine and rank; then the directions are chained so that slot p + 1 is the
+nearest unused direction to slot p (`head.order` places look-alike classes in neighbouring slots, as on the
+circle). For n <= d + 1 the optimum is the regular simplex (smallest angle arccos(-1/(n-1))).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def circle(positions: torch.Tensor, slots: int) -> torch.Tensor:
+    """Unit 2-D vectors at `positions` x 360/slots degrees."""
+    angles = positions * (2 * math.pi / slots)
+    return torch.stack([angles.cos(), angles.sin()], dim=1)
+
+
+def spread(n: int, dim: int) -> torch.Tensor:
+    """n unit vectors in `dim` dimensions (float32, (n, dim)), slot by slot; see the module docstring. About 1 s
+    for 10 directions in 3-D, once per process; within 0.03 degrees of the known optima (10 in 3-D: 66.12 against
+    Tammes' 66.15; 12: the icosahedron's 63.43)."""
+    return _spread(n, dim).clone()
+
+
+@functools.lru_cache(maxsize=32)
+def _spread(n: int, dim: int, steps: int = 2000) -> torch.Tensor:
+    if dim == 2:
+        return circle(torch.arange(n, dtype=torch.float), n)
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(n, dim, generator=g, dtype=torch.float64), dim=1).requires_grad_(True)
+    with torch.enable_grad():  # W's init runs under no_grad
+        _descend(x, steps)
+    return chain(F.normalize(x.detach(), dim=1)).float()
+
+
+def _descend(x: torch.Tensor, steps: int) -> None:
+    n = x.shape[0]
+    opt = torch.optim.Adam([x], lr=0.02)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    off = ~torch.eye(n, dtype=torch.bool)
+    for step in range(steps):
+        sharp = 4.0 * 250.0 ** (step / steps)  # log-sum-exp of the cosines, sharpening towards their max
+        u = F.normalize(x, dim=1)
+        loss = torch.logsumexp(sharp * (u @ u.t())[off], 0) / sharp
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
+def chain(u: torch.Tensor) -> torch.Tensor:
+    """Rows of `u` reordered so that each is the nearest unused one to the row before (starting from row 0)."""
+    left = list(range(1, u.shape[0]))
+    path = [0]
+    while left:
+        cos = u[left] @ u[path[-1]]
+        path.append(left.pop(int(cos.argmax())))
+    return u[path]
+
+
+def min_angle_deg(u: torch.Tensor) -> float:
+    """Smallest angle (degrees) between two rows of `u`."""
+    u = F.normalize(u.double(), dim=1)
+    cos = (u @ u.t()).fill_diagonal_(-1.0)
+    return math.degrees(math.acos(float(cos.max().clamp(-1, 1))))
