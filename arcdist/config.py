@@ -66,6 +66,16 @@ class DataConfig:
     shift: int = 0  # augmentation: random translation of each training image by up to this many pixels (x and y)
     flip: bool = False  # augmentation: random horizontal flip of training images (Fashion-MNIST, CIFAR-10; not digits)
     rotate: float = 0.0  # augmentation: random rotation of each training image by up to this many degrees (+-)
+    # a folder dataset (--dataset folder): what was measured of it when the run started (class names from the
+    # folder names; mean and std per channel of the decoded train split, 0..1 scale); empty: the dataset's own
+    classes: tuple = ()
+    mean: tuple = ()
+    std: tuple = ()
+    # a folder dataset streams from disk (DataLoader workers) instead of living on the device when its decoded
+    # splits (uint8) exceed memory_budget_gb GiB ("auto"), or always (true) or never (false)
+    stream: bool | Literal["auto"] = "auto"
+    memory_budget_gb: float = 4.0
+    workers: int = 2  # DataLoader processes that decode a folder's images (0: in the training process)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ the rest of arcdist imports from here.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
@@ -16,10 +16,12 @@ from arcdist.datasets import DataError, DatasetSpec, Order, Splits, dataset_spec
 from arcdist.datasets import DATASETS as _CLASSES
 from arcdist.datasets.augment import move as augment, rotate
 from arcdist.datasets.mnist import read_idx
+from arcdist.datasets.base import run_spec
 from arcdist.datasets.cifar import read_cifar_batch
+from arcdist.datasets.folder import ImageFolderDataset, FileImages, decode_all
 
 if TYPE_CHECKING:
-    from arcdist.config import DataConfig
+    from arcdist.config import DataConfig, ModelConfig
 
 get_spec = dataset_spec
 DATASETS: dict[str, DatasetSpec] = {name: cls.spec for name, cls in _CLASSES.items()}
@@ -55,7 +57,11 @@ class DeviceData:
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.normalise(self.x[idx]), self.y[idx]
+        return self.normalise(self.images([idx]).__next__()), self.y[idx]
+
+    def images(self, batches: Iterable[torch.Tensor | slice]) -> Iterator[torch.Tensor]:
+        """The uint8 images of each index batch (or slice), in order, on the device."""
+        return (self.x[idx] for idx in batches)
 
     def select(self, idx: torch.Tensor) -> "DeviceData":
         """The images at `idx` (in that order) as a split of their own on the same device."""
@@ -63,13 +69,62 @@ class DeviceData:
         return DeviceData(self.x[idx], self.y[idx], self.spec, self.device)
 
 
-def load_to_device(cfg: "DataConfig", device: torch.device, splits: Splits | None = None
-                   ) -> tuple[DeviceData, DeviceData]:
+class StreamData(DeviceData):
+    """A folder split left on disk: labels on the device, images decoded per batch by DataLoader workers (the
+    same index batches, hence the same images and draws, as DeviceData would serve)."""
+
+    def __init__(self, paths: tuple[str, ...], y: torch.Tensor, spec: DatasetSpec, device: torch.device,
+                 decode, workers: int):
+        self.paths, self.decode, self.workers = tuple(paths), decode, workers
+        self.y, self.device, self.spec = y.to(device), device, spec
+        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
+        self.inv_std = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Every image at once (what a test-time shift needs): decoded now."""
+        return decode_all(self.paths, self.decode, self.workers).to(self.device)
+
+    def images(self, batches: Iterable[torch.Tensor | slice]) -> Iterator[torch.Tensor]:
+        n = len(self.paths)
+        lists = [list(range(n))[b] if isinstance(b, slice) else b.tolist() for b in batches]
+        loader = torch.utils.data.DataLoader(FileImages(self.paths, self.decode), batch_sampler=lists,
+                                             num_workers=self.workers, collate_fn=torch.stack,
+                                             persistent_workers=False)
+        return (x.to(self.device) for x in loader)
+
+    def select(self, idx: torch.Tensor) -> "StreamData":
+        return StreamData(tuple(self.paths[i] for i in idx.tolist()), self.y[idx.to(self.device)], self.spec,
+                          self.device, self.decode, self.workers)
+
+
+def streams(cfg: "DataConfig", nbytes: int) -> bool:
+    """Whether a folder of `nbytes` decoded bytes streams from disk under cfg.stream and cfg.memory_budget_gb."""
+    return cfg.stream is True or (cfg.stream == "auto" and nbytes > cfg.memory_budget_gb * 2 ** 30)
+
+
+def load_to_device(cfg: "DataConfig", device: torch.device, splits: Splits | None = None,
+                   model: "ModelConfig | None" = None) -> tuple[DeviceData, DeviceData]:
     """The train and test splits of `cfg.dataset` (read from cfg.data_dir unless given), cut to cfg.limit_train and
-    cfg.limit_test (0: all), on `device`."""
-    spec = dataset_spec(cfg.dataset)
-    splits = splits or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
+    cfg.limit_test (0: all), on `device`; a folder dataset streams from disk when `streams` says so."""
+    from arcdist.config import ModelConfig
+
+    model = model or ModelConfig()
+    spec = run_spec(cfg, model)
     lt, le = cfg.limit_train or None, cfg.limit_test or None
+    if cfg.dataset == "folder" and splits is None:
+        folder = ImageFolderDataset(cfg.data_dir, channels=model.in_channels, image_size=model.image_size,
+                                    workers=cfg.workers)
+        if streams(cfg, folder.nbytes()):
+            return (StreamData(folder.train.paths[:lt], folder.train.labels[:lt], spec, device, folder.decode,
+                               cfg.workers),
+                    StreamData(folder.test.paths[:le], folder.test.labels[:le], spec, device, folder.decode,
+                               cfg.workers))
+        splits = folder.read()
+    splits = splits or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     return (DeviceData(splits.train_x[:lt], splits.train_y[:lt], spec, device),
             DeviceData(splits.test_x[:le], splits.test_y[:le], spec, device))
 
@@ -81,10 +136,10 @@ def train_batches(data: DeviceData, order: Order, epoch: int, start_step: int = 
     n = len(data)
     perm = order.permutation(n, epoch).to(data.device)
     draws = [(a, value, d.to(data.device)) for a, value, d in order.draws(n, epoch)]  # once per epoch, not per step
-    for step in range(start_step, order.steps(n)):
+    steps = range(start_step, order.steps(n))
+    for step, x in zip(steps, data.images(perm[order.positions(step)] for step in steps)):
         at = order.positions(step)
         idx = perm[at]
-        x = data.x[idx]
         for a, value, d in draws:
             x = a.apply(x, d[at], value)
         yield data.normalise(x), data.y[idx]

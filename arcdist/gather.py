@@ -30,7 +30,8 @@ def gather_features(acc: Accelerator, model: torch.nn.Module, data: DeviceData, 
     lo, hi = bounds[rank]
     with acc.autocast():
         # (clone: a CUDA-graphed forward, train.compile=reduce-overhead, reuses its output's memory)
-        parts = [model(data.normalise(data.x[i:min(i + chunk, hi)])).float().clone() for i in range(lo, hi, chunk)]
+        parts = [model(data.normalise(x)).float().clone()
+                 for x in data.images(slice(i, min(i + chunk, hi)) for i in range(lo, hi, chunk))]
     model.train()
     width = math.ceil(n / world)
     feats = torch.zeros(width, feature_dim, device=acc.device)

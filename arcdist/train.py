@@ -19,7 +19,7 @@ from arcdist import checkpoint, cluster, errors, preempt, rundir, runinfo, track
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError, apply_overrides, validate
 from arcdist.data import resolve_data_dir
-from arcdist.datasets import dataset_spec
+from arcdist.datasets import dataset_class, run_spec
 from arcdist.errors import Exit
 from arcdist.faults import Faults
 from arcdist.hardware import configure_cpu, setup_accelerator
@@ -46,8 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default=None,
                    help="autocast (default: the variant's, auto = chosen for this machine)")
-    p.add_argument("--dataset", default=None, help="mnist (default) or fashion-mnist")
-    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default $ARCDIST_DATA_DIR or ./data)")
+    p.add_argument("--dataset", default=None, help="mnist (default), fashion-mnist, cifar10, or folder: your own "
+                   "images in DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/*")
+    p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default $ARCDIST_DATA_DIR or ./data); "
+                   "with --dataset folder, the folder holding train/ and test/")
     p.add_argument("--output-dir", default=None, help="run folder (default runs/<variant>-s<seed>)")
     p.add_argument("--limit-train", type=int, default=None, help="train on the first N images only")
     p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images only")
@@ -100,7 +102,9 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
         if changed or cfg.data.dataset != saved.data.dataset or cfg.train.seed != saved.train.seed:
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
-    spec = dataset_spec(cfg.data.dataset)
+    if saved is None:  # what a run records of its data before it starts (a folder: classes, mean, std)
+        cfg = replace(cfg, data=dataset_class(cfg.data.dataset).settle(cfg.data, cfg.model))
+    spec = run_spec(cfg.data, cfg.model)
     if (spec.channels, spec.image_size) != (cfg.model.in_channels, cfg.model.image_size):
         raise ConfigError(f"variant {cfg.variant} takes {cfg.model.in_channels}x{cfg.model.image_size}x"
                           f"{cfg.model.image_size} images but {cfg.data.dataset} has {spec.channels}x{spec.image_size}x"

@@ -89,7 +89,7 @@ class Trainer:
                              "and the Accelerator with arcdist.hardware.setup_accelerator, or set both")
         self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.train_data, self.test_data = load_to_device(cfg.data, accelerator.device, data)
+        self.train_data, self.test_data = load_to_device(cfg.data, accelerator.device, data, cfg.model)
         n = len(self.train_data)
         if cfg.data.batch_size > n:
             raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {n} training images; "

@@ -13,11 +13,13 @@ from arcdist.datasets.augment import flip, move, shift
 from arcdist.datasets.order import STREAMS, augmentation_draws
 
 
-def test_the_registry_holds_the_three_datasets_in_order():
-    assert list(DATASETS) == ["mnist", "fashion-mnist", "cifar10"]
+def test_the_registry_holds_the_four_datasets_in_order():
+    assert list(DATASETS) == ["mnist", "fashion-mnist", "cifar10", "folder"]
     assert {name: (s.channels, s.image_size, s.num_classes) for name, s in SPECS.items()} == {
-        "mnist": (1, 28, 10), "fashion-mnist": (1, 28, 10), "cifar10": (3, 32, 10)}
+        "mnist": (1, 28, 10), "fashion-mnist": (1, 28, 10), "cifar10": (3, 32, 10), "folder": (0, 0, 0)}
     for name, cls in DATASETS.items():
+        if name == "folder":  # its spec is the folder's and the variant's (tests/test_folder.py)
+            continue
         spec = dataset_spec(name)
         assert cls.name == spec.name == name and dataset_class(name) is cls
         assert len(spec.mean) == len(spec.std) == spec.channels
@@ -27,7 +29,7 @@ def test_the_registry_holds_the_three_datasets_in_order():
 def test_an_unknown_dataset_is_one_line_naming_the_known_ones():
     with pytest.raises(ConfigError) as e:
         dataset_class("cifar-100")
-    assert str(e.value) == "unknown dataset 'cifar-100'; valid datasets: mnist, fashion-mnist, cifar10"
+    assert str(e.value) == "unknown dataset 'cifar-100'; valid datasets: mnist, fashion-mnist, cifar10, folder"
 
 
 def test_a_registration_must_match_its_spec():

@@ -11,11 +11,14 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from arcdist.errors import ConfigError
+
+if TYPE_CHECKING:
+    from arcdist.config import DataConfig, ModelConfig
 
 
 class DataError(ConfigError):
@@ -62,6 +65,16 @@ class Dataset:
         """Both splits as uint8 images (N, C, H, W) and int64 labels (N,); DataError when the files are bad."""
         raise NotImplementedError
 
+    @classmethod
+    def settle(cls, data: "DataConfig", model: "ModelConfig") -> "DataConfig":
+        """`data` with what a run must record of this dataset before it starts (a folder: classes, mean, std)."""
+        return data
+
+    @classmethod
+    def spec_for(cls, data: "DataConfig", model: "ModelConfig") -> DatasetSpec:
+        """The spec of the run's images (a fixed dataset: its own)."""
+        return cls.spec
+
 
 DATASETS: dict[str, type[Dataset]] = {}
 
@@ -86,6 +99,11 @@ def dataset_class(name: str) -> type[Dataset]:
 
 def dataset_spec(name: str) -> DatasetSpec:
     return dataset_class(name).spec
+
+
+def run_spec(data: "DataConfig", model: "ModelConfig") -> DatasetSpec:
+    """The spec of a run's images: the dataset's, or what a folder dataset recorded in config.json."""
+    return dataset_class(data.dataset).spec_for(data, model)
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True) -> Splits:

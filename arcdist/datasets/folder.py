@@ -1,0 +1,173 @@
+"""Your own images: `--dataset folder --data-dir DIR` with DIR/train/<class>/* and DIR/test/<class>/*.
+
+torchvision's `ImageFolder` layout, read by torchvision (`ImageFolder`, its loader and transforms): the class
+names are train/'s sub-folders in sorted order (label = index), test/ may hold a subset of them. Each image is
+converted to the variant's channels (PIL mode "L" for 1 channel, "RGB" for 3) and size (shorter side resized
+to `model.image_size`, bilinear with antialiasing, then the centre square cut out; an image already of that size
+is kept as it is). The per-channel mean and std are measured on the decoded train split once, when a run starts,
+and recorded in config.json (`data.mean`, `data.std`, `data.classes`), so a resume does not measure again.
+
+Every file is checked before anything is written: a file that is not an image (by torchvision's extensions;
+names starting with "." are skipped), an image that does not decode, an empty class folder, a test class that
+train/ lacks, a missing train/ or test/: each one line naming it, exit 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from arcdist.datasets.base import DataError, Dataset, DatasetSpec, Splits, register_dataset
+from arcdist.errors import first_line
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files of one split, in ImageFolder's order (class, then file name), and their labels."""
+
+    paths: tuple[str, ...]
+    labels: torch.Tensor
+
+
+def find_classes(split_dir: Path) -> list[str]:
+    from torchvision.datasets.folder import find_classes as tv_find_classes
+
+    try:
+        return tv_find_classes(str(split_dir))[0]
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise DataError(f"{split_dir}: {first_line(e)}; the folder needs one sub-folder per class "
+                        f"(DIR/train/<class>/*, DIR/test/<class>/*)") from None
+
+
+def list_split(root: Path, split: str, classes: list[str]) -> Listing:
+    """The split's images by torchvision's `make_dataset`, after checking every file in it (the module docstring)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+
+    split_dir = root / split
+    for name in find_classes(split_dir):
+        folder = split_dir / name
+        if name not in classes:
+            raise DataError(f"{folder}: class {name!r} is in {split}/ but not in train/; add it to train/ "
+                            f"or remove it from {split}/")
+        files = [f for f in sorted(os.listdir(folder)) if not f.startswith(".")]
+        if not files:
+            raise DataError(f"{folder}: empty class folder; add its images or remove the folder")
+        for f in files:
+            path = folder / f
+            if path.is_dir() or not has_file_allowed_extension(f, IMG_EXTENSIONS):
+                raise DataError(f"{path}: not an image file (images end in {', '.join(IMG_EXTENSIONS)}); "
+                                "move it out of the dataset folder")
+    samples = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS,
+                           allow_empty=True)
+    return Listing(tuple(p for p, _ in samples), torch.tensor([y for _, y in samples], dtype=torch.long))
+
+
+class Decoder:
+    """One file -> uint8 (C, S, S): torchvision's PIL loader, mode conversion, resize and centre crop."""
+
+    def __init__(self, channels: int, size: int):
+        if channels not in (1, 3):
+            raise DataError(f"a folder dataset gives 1 (grey) or 3 (RGB) channels, not {channels}; "
+                            "set model.in_channels to 1 or 3")
+        self.mode, self.size = ("L" if channels == 1 else "RGB"), size
+
+    def __call__(self, path: str) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms import v2
+
+        try:
+            with open(path, "rb") as f:
+                img = Image.open(f)
+                img = img.convert(self.mode)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise DataError(f"{path}: cannot decode the image ({first_line(e)}); replace or remove the file") from None
+        if img.size != (self.size, self.size):
+            img = v2.functional.center_crop(v2.functional.resize(img, self.size, antialias=True), self.size)
+        return v2.functional.pil_to_tensor(img)
+
+
+class FileImages(torch.utils.data.Dataset):
+    def __init__(self, paths: tuple[str, ...], decode: Decoder):
+        self.paths, self.decode = paths, decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.decode(self.paths[i])
+
+
+def decode_all(paths: tuple[str, ...], decode: Decoder, workers: int = 0, batch: int = 512) -> torch.Tensor:
+    """Every file decoded, in order, (N, C, S, S) uint8, by a DataLoader with `workers` processes."""
+    if not paths:
+        return torch.zeros(0, 1 if decode.mode == "L" else 3, decode.size, decode.size, dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader(FileImages(paths, decode), batch_size=batch, num_workers=workers,
+                                         collate_fn=torch.stack)
+    return torch.cat(list(loader))
+
+
+@register_dataset("folder")
+class ImageFolderDataset(Dataset):
+    """DIR/train/<class>/* and DIR/test/<class>/* (see the module docstring); its spec comes from the folder and
+    the variant (`spec_for`)."""
+
+    spec = DatasetSpec("folder", channels=0, image_size=0, mean=(), std=(), classes=())
+
+    def __init__(self, root: str | os.PathLike, download: bool = True, channels: int = 1, image_size: int = 28,
+                 workers: int = 0):
+        super().__init__(root, download)
+        self.decode, self.workers = Decoder(channels, image_size), workers
+        for split in SPLITS:
+            if not (self.root / split).is_dir():
+                raise DataError(f"{self.root}: no {split}/ folder; a folder dataset is DIR/train/<class>/* and "
+                                f"DIR/test/<class>/* (point --data-dir at DIR)")
+        self.classes = find_classes(self.root / "train")
+        self.train, self.test = (list_split(self.root, s, self.classes) for s in SPLITS)
+
+    def read(self) -> Splits:
+        return Splits(decode_all(self.train.paths, self.decode, self.workers), self.train.labels,
+                      decode_all(self.test.paths, self.decode, self.workers), self.test.labels)
+
+    def nbytes(self) -> int:
+        """Bytes of both splits decoded (uint8)."""
+        c = 1 if self.decode.mode == "L" else 3
+        return (len(self.train.paths) + len(self.test.paths)) * c * self.decode.size ** 2
+
+    @classmethod
+    def settle(cls, data, model):
+        """Class names and the train split's mean and std, measured once (a resume keeps the recorded ones)."""
+        if data.classes:
+            return data
+        ds = cls(data.data_dir, channels=model.in_channels, image_size=model.image_size, workers=data.workers)
+        mean, std = measure_files(ds.train.paths, ds.decode, data.workers)
+        return dataclasses.replace(data, classes=tuple(ds.classes), mean=mean, std=std)
+
+    @classmethod
+    def spec_for(cls, data, model):
+        if not data.classes:
+            raise DataError("a folder dataset's classes, mean and std are measured when its run starts "
+                            "(ImageFolderDataset.settle); this config has none: start the run with arcdist.train")
+        return DatasetSpec("folder", model.in_channels, model.image_size, tuple(data.mean), tuple(data.std),
+                           tuple(data.classes))
+
+
+def measure_files(paths: tuple[str, ...], decode: Decoder, workers: int = 0, batch: int = 512
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`measure` of the decoded files, one batch at a time (a folder that streams never lies in memory whole)."""
+    total = square = None
+    count = 0
+    loader = torch.utils.data.DataLoader(FileImages(paths, decode), batch_size=batch, num_workers=workers,
+                                         collate_fn=torch.stack)
+    for x in loader:
+        v = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0
+        total = v.sum(1) if total is None else total + v.sum(1)
+        square = (v * v).sum(1) if square is None else square + (v * v).sum(1)
+        count += v.shape[1]
+    mean = total / count
+    std = (square / count - mean * mean).clamp_min(0).sqrt()
+    return tuple(round(m, 6) for m in mean.tolist()), tuple(round(s, 6) for s in std.tolist())
