@@ -1,4 +1,5 @@
-"""2-D feature plots from saved features (matplotlib, headless). Never imported by the training step.
+"""Feature plots from saved features (matplotlib, headless). Never imported by the training step. Features above
+2-D are drawn on the sphere instead of the circle (arcdist.sphere_figures).
 
 Per epoch, for the test set (and the fixed training sample when saved):
   plots/<split>-raw-epoch-NNNN.png     the post's figure: raw 2-D features, one colour per class, over the head's
@@ -129,6 +130,52 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def class_names(run_dir: Path) -> list[str] | None:
+    """The run's class names: a folder dataset's recorded ones, else its dataset's (None: unknown, digits)."""
+    import json
+
+    from arcdist.datasets import DATASETS
+
+    try:
+        data = json.loads((Path(run_dir) / "config.json").read_text()).get("config", {}).get("data", {})
+    except (OSError, ValueError):
+        return None
+    if data.get("classes"):
+        return [str(c) for c in data["classes"]]
+    cls = DATASETS.get(data.get("dataset", "mnist"))
+    return list(cls.spec.classes) if cls is not None and cls.spec.classes else None
+
+
+def _projection(run_dir: Path, dim: int):
+    """None for 3-D features; the run's fixed projection for d > 3 (arcdist.sphere_figures)."""
+    from arcdist.sphere_figures import projection_for
+
+    if dim == 3:
+        return None
+    first = next(iter(feature_files(run_dir, "test").values()))
+    return projection_for(run_dir, np.load(first)["features"])
+
+
+def render_3d(run_dir: Path, split: str, epoch: int, limit: float, d, title: str) -> dict[str, Path]:
+    """Features above 2-D: the sphere (two views) and the raw 3-D plot (d > 3: through the run's projection)."""
+    from arcdist import sphere_figures as sf
+
+    out, dim = run_dir / "plots", d["features"].shape[1]
+    proj = _projection(run_dir, dim)
+    feats, W = sf.to_3d(d["features"], proj), sf.to_3d(d["W"], proj, centre=False)
+    names = class_names(run_dir)
+    caption = " / ".join(t for t in (str(d["caption"]) if "caption" in d else "", sf.projection_caption(proj, dim)) if t)
+    if proj is not None:
+        limit = float(np.abs(feats).max()) * 1.05 or 1.0
+    return {
+        f"{split}_raw": _save(sf.raw3d_figure(feats, d["labels"], limit, title, sf.projection_caption(proj, dim),
+                                              names), out / f"{split}-raw-epoch-{epoch:04d}.png"),
+        f"{split}_sphere": _save(sf.sphere_figure(feats, d["labels"], W, float(d["margin"]), title, caption,
+                                                  class_names=names, caps=proj is None),
+                                 out / f"{split}-sphere-epoch-{epoch:04d}.png"),
+    }
+
+
 def render(run_dir: Path, split: str, epoch: int, limit: float) -> dict[str, Path]:
     """Both plots of one split at one epoch; returns {name: png path}."""
     run_dir = Path(run_dir)
@@ -136,8 +183,11 @@ def render(run_dir: Path, split: str, epoch: int, limit: float) -> dict[str, Pat
     out.mkdir(exist_ok=True)
     d = np.load(feature_files(run_dir, split)[epoch])
     title = f"{run_dir.name}  {split}  epoch {epoch}  ({len(d['labels']):,} points)"
+    if d["features"].shape[1] > 2:
+        return render_3d(run_dir, split, epoch, limit, d, title)
+    names = class_names(run_dir)
     return {
-        f"{split}_raw": _save(raw_figure(d["features"], d["labels"], limit, title, geometry=head_geometry(d)),
+        f"{split}_raw": _save(raw_figure(d["features"], d["labels"], limit, title, names, geometry=head_geometry(d)),
                               out / f"{split}-raw-epoch-{epoch:04d}.png"),
         f"{split}_circle": _save(circle_figure(d["features"], d["labels"], d["W"], float(d["margin"]), title,
                                                str(d["caption"]) if "caption" in d else ""),
@@ -166,7 +216,15 @@ def render_gif(run_dir: Path, split: str = "test", frame_ms: int = 400) -> Path 
     frames = []
     for epoch, path in files.items():
         d = np.load(path)
-        fig = raw_figure(d["features"], d["labels"], limit, f"{Path(run_dir).name}  {split}  epoch {epoch}")
+        title = f"{Path(run_dir).name}  {split}  epoch {epoch}"
+        dim = d["features"].shape[1]
+        if dim > 2:
+            from arcdist import sphere_figures as sf
+
+            proj = _projection(Path(run_dir), dim)
+            fig = sf.raw3d_figure(sf.to_3d(d["features"], proj), d["labels"], limit, title)
+        else:
+            fig = raw_figure(d["features"], d["labels"], limit, title)
         fig.canvas.draw()
         frames.append(Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB"))
         plt.close(fig)

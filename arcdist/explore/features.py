@@ -36,6 +36,9 @@ class Series:
     run_dir: Path
     dataset: str = "mnist"
     data_dir: str | None = None
+    classes: tuple[str, ...] = ()  # a folder dataset's recorded class names
+    dim: int = 2  # the feature size (above 3: drawn through a projection)
+    projection: str = ""  # its caption
     epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> features, labels, W, b, centers, margin, caption
     accuracy: dict[int, float] = field(default_factory=dict)  # metrics.jsonl's test accuracy per epoch
 
@@ -53,10 +56,26 @@ def _load_npz(path: Path) -> dict:
     if feats is None or labels is None or W is None:
         missing = [k for k in ("features", "labels", "W") if k not in d]
         raise ExploreError(f"{path} has no {', '.join(missing)}; it is not a features file written by arcdist")
-    if feats.ndim != 2 or feats.shape[1] != 2 or labels.shape != (len(feats),) or W.ndim != 2 or W.shape[1] != 2:
-        raise ExploreError(f"{path}: expected 2-D features (N, 2), labels (N,) and W (C, 2), got "
+    if (feats.ndim != 2 or feats.shape[1] < 2 or labels.shape != (len(feats),) or W.ndim != 2
+            or W.shape[1] != feats.shape[1]):
+        raise ExploreError(f"{path}: expected features (N, D), labels (N,) and W (C, D) with D >= 2, got "
                            f"{feats.shape}, {labels.shape} and {W.shape}")
     return d
+
+
+def to_view(d: dict, proj: dict | None) -> dict:
+    """A features file as the page draws it: 2-D or 3-D as saved; d > 3 through the run's projection onto 3 axes
+    (arcdist.sphere_figures), with each point's angle to its class direction measured in all d dimensions first."""
+    if d["features"].shape[1] <= 3:
+        return d
+    from arcdist.sphere_figures import to_3d
+
+    out = dict(d, ang=angles_to_class(d["features"], d["labels"], d["W"]), pred=predictions(d["features"], d))
+    out["features"] = to_3d(d["features"], proj)
+    out["W"] = to_3d(d["W"], proj, centre=False)
+    if "centers" in d:
+        out["centers"] = to_3d(d["centers"], proj)
+    return out
 
 
 def read_series(run_dir: Path, name: str | None = None) -> Series:
@@ -84,15 +103,25 @@ def read_series(run_dir: Path, name: str | None = None) -> Series:
             config = {}
     data_cfg = config.get("data", {})
     series = Series(name or run_dir.name, run_dir, data_cfg.get("dataset", "mnist"), data_cfg.get("data_dir"),
-                    accuracy=accuracy)
-    first = None
+                    classes=tuple(data_cfg.get("classes") or ()), accuracy=accuracy)
+    first, proj = None, None
     for epoch, path in files.items():
         d = _load_npz(path)
         if first is None:
             first = (path, d["labels"])
+            series.dim = d["features"].shape[1]
+            if series.dim > 3:
+                from arcdist.sphere_figures import fit_projection, projection_caption
+
+                saved = run_dir / "features" / "projection.npz"
+                proj = dict(np.load(saved)) if saved.is_file() else fit_projection(d["features"])
+                series.projection = projection_caption(proj, series.dim)
         elif d["labels"].shape != first[1].shape or not np.array_equal(d["labels"], first[1]):
             raise ExploreError(f"{path}: its labels differ from {first[0].name}'s; the folder mixes two runs")
-        series.epochs[epoch] = d
+        elif d["features"].shape[1] != series.dim:
+            raise ExploreError(f"{path}: {d['features'].shape[1]}-D features, {first[0].name} has {series.dim}-D; "
+                               "the folder mixes two runs")
+        series.epochs[epoch] = to_view(d, proj)
     return series
 
 
@@ -221,7 +250,7 @@ def load_images(series: Series, data_dir: str | None, index: np.ndarray) -> tupl
 class Panel:
     title: str
     series: int  # index into the page's series
-    view: str = "raw"  # "raw" (the features) or "circle" (normalised onto the unit circle)
+    view: str = "raw"  # "raw" / "circle" (2-D: the features, normalised onto the unit circle); "raw3d" / "sphere"
 
 
 def find_panels(folder: Path) -> tuple[list[Series], list[Panel], str]:
@@ -232,6 +261,9 @@ def find_panels(folder: Path) -> tuple[list[Series], list[Panel], str]:
                            "grid folder (OUT/GRID_ID of `python -m arcdist.grid`)")
     if (folder / "features").is_dir():
         s = read_series(folder)
+        if s.dim > 2:
+            return [s], [Panel(f"{s.name}: raw features", 0, "raw3d"), Panel(f"{s.name}: unit sphere", 0, "sphere")], \
+                s.name
         return [s], [Panel(f"{s.name}: raw features", 0), Panel(f"{s.name}: unit circle", 0, "circle")], s.name
     if (folder / "grid.json").is_file():
         from arcdist.report import ReportError, load_grid
@@ -243,7 +275,8 @@ def find_panels(folder: Path) -> tuple[list[Series], list[Panel], str]:
         series = [read_series(Path(j["run_dir"])) for j in doc["jobs"] if (Path(j["run_dir"]) / "features").is_dir()]
         if not series:
             raise ExploreError(f"no run of {folder} has a features/ folder yet; run `python -m arcdist.grid` first")
-        return series, [Panel(s.name, i) for i, s in enumerate(series)], doc.get("grid_id") or folder.name
+        return (series, [Panel(s.name, i, "raw3d" if s.dim > 2 else "raw") for i, s in enumerate(series)],
+                doc.get("grid_id") or folder.name)
     raise ExploreError(f"{folder} has neither features/ nor grid.json; pass a run folder (--output-dir of "
                        "arcdist/train.py) or a grid folder (OUT/GRID_ID of `python -m arcdist.grid`)")
 
@@ -251,17 +284,18 @@ def find_panels(folder: Path) -> tuple[list[Series], list[Panel], str]:
 def epoch_payload(d: dict, index: np.ndarray, accuracy: float | None) -> dict:
     """One epoch of one run as the page stores it: coordinates as 16-bit codes, predictions as bytes, geometry."""
     feats = d["features"][index].astype(np.float64)
-    qx, lox, hix = quantise(feats[:, 0])
-    qy, loy, hiy = quantise(feats[:, 1])
+    codes, lo, hi = zip(*(quantise(feats[:, k]) for k in range(feats.shape[1])))
     geometry = {k: d[k] for k in ("W", "b", "centers") if k in d}
-    pred = predictions(d["features"], geometry)
-    out = dict(xy=_b64(np.stack([qx, qy], 1).ravel()), lo=[lox, loy], hi=[hix, hiy],
+    pred = d["pred"] if "pred" in d else predictions(d["features"], geometry)
+    out = dict(xy=_b64(np.stack(codes, 1).ravel()), lo=list(lo), hi=list(hi),
                pred=_b64(pred[index].astype(np.uint8)), W=np.asarray(d["W"], float).tolist(),
                margin=float(d.get("margin", 0.0)), caption=str(d.get("caption", "")),
                acc=float((pred == d["labels"]).mean()), limit=_finite_limit(_extent(d)))
     for k in ("b", "centers"):
         if k in d:
             out[k] = np.asarray(d[k], float).tolist()
+    if "ang" in d:  # d > 3: the angles of all d dimensions, in hundredths of a degree
+        out["ang"] = _b64(np.rint(np.nan_to_num(d["ang"][index], nan=0.0) * 100).astype(np.uint16))
     if accuracy is not None:
         out["logged_acc"] = accuracy
     return out

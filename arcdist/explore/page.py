@@ -65,7 +65,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
             epochs={str(e): epoch_payload(s.epochs[e], src["index"], s.accuracy.get(e)) for e in chosen
                     if e in s.epochs}))
     spec = DATASETS.get(series[0].dataset)
-    classes = list(spec.classes) if spec else [str(c) for c in range(10)]
+    classes = list(series[0].classes or (spec.classes if spec else ())) or [str(c) for c in range(10)]
     n_classes = max(len(s.epochs[max(s.epochs)]["W"]) for s in series)
     classes += [str(c) for c in range(len(classes), n_classes)]
     colours = [COLOURS[c % len(COLOURS)] for c in range(n_classes)]
@@ -76,14 +76,36 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
                       size=(list(src["images"].shape[2:]) if src["images"] is not None else [28, 28]))
                  for k, src in sources.items()],
         series=payload_series, panels=[dict(title=p.title, series=p.series, view=p.view) for p in panels],
-        warnings=warnings)
+        warnings=warnings + [s.projection for s in series if s.projection][:1])
 
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p.title for p in panels],
+    solid = [p.view in ("raw3d", "sphere") for p in panels]
+    specs = [[{"type": "scene" if solid[r * cols + c] else "xy"} if r * cols + c < len(panels) else None
+              for c in range(cols)] for r in range(rows)]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p.title for p in panels], specs=specs,
                         horizontal_spacing=0.05, vertical_spacing=0.12 / rows)
+    n_xy = n_scene = 0
     for i, panel in enumerate(panels):
         r, c = divmod(i, cols)
+        if solid[i]:  # a 3-D panel: one trace per class, W (and the margin caps) as one line trace, the centers
+            n_scene += 1
+            data["panels"][i].update(kind="scene", ax="" if n_scene == 1 else str(n_scene))
+            for k in range(n_classes):
+                fig.add_trace(go.Scatter3d(x=[], y=[], z=[], mode="markers", name=classes[k], legendgroup=str(k),
+                                           showlegend=i == 0, hoverinfo="none", marker=dict(color=colours[k], size=3),
+                                           meta=dict(panel=i, role="class", cls=k)), row=r + 1, col=c + 1)
+            fig.add_trace(go.Scatter3d(x=[], y=[], z=[], mode="lines", showlegend=False, hoverinfo="skip",
+                                       line=dict(width=4), meta=dict(panel=i, role="directions")),
+                          row=r + 1, col=c + 1)
+            fig.add_trace(go.Scatter3d(x=[], y=[], z=[], mode="markers", name="centers", showlegend=False,
+                                       hoverinfo="skip", marker=dict(symbol="x", size=5, color=colours),
+                                       meta=dict(panel=i, role="centers")), row=r + 1, col=c + 1)
+            scene = "scene" if n_scene == 1 else f"scene{n_scene}"
+            fig.layout[scene].update(aspectmode="cube", uirevision="keep")
+            continue
+        n_xy += 1
+        data["panels"][i].update(kind="xy", ax="" if n_xy == 1 else str(n_xy))
         # decision regions (filled in for heads with b), one trace per class, the centers
         fig.add_trace(go.Heatmap(z=[[None]], showscale=False, hoverinfo="skip", opacity=0.13, zmin=-0.5,
                                  zmax=n_classes - 0.5, colorscale=_discrete(colours), meta=dict(panel=i, role="regions")),
@@ -95,7 +117,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
         fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="centers", showlegend=False, hoverinfo="skip",
                                  marker=dict(symbol="x", size=11, color=colours, line=dict(color="black", width=1)),
                                  meta=dict(panel=i, role="centers")), row=r + 1, col=c + 1)
-        axis = "" if i == 0 else str(i + 1)
+        axis = data["panels"][i]["ax"]
         fig.layout[f"yaxis{axis}"].update(scaleanchor=f"x{axis}", scaleratio=1, constrain="domain")
         fig.layout[f"xaxis{axis}"].update(constrain="domain")
     side = 360 if len(panels) > 2 else 480
