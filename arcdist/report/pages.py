@@ -35,7 +35,7 @@ th{background:#eef}td.n{text-align:right;white-space:nowrap}img{max-width:100%;d
 def _html_table(cells: list[dict]) -> str:
     e = html.escape
     numeric = {"params", "MFLOPs/img", "seeds", "final acc", "best acc", "intra spread (deg)",
-               "min centre angle (deg)", "diverged", "epochs to acc threshold", "train time (s)"}
+               "min centre angle (deg)", "diverged", "epochs to acc threshold", "train time (s)", "P@1", "MAP@R"}
     head = "".join(f"<th>{e(k)}</th>" for k in cells[0])
     body = "".join("<tr>" + "".join(f"<td{' class=n' if k in numeric else ''}>{e(v)}</td>" for k, v in c.items())
                    + "</tr>\n" for c in cells)

@@ -12,7 +12,7 @@ from arcdist.heads import head_class
 from arcdist.status import RunStatus
 
 STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "min_mean_gap",
-         "worst_class_accuracy", "wall_time_s")
+         "worst_class_accuracy", "wall_time_s", "precision_at_1", "mean_average_precision_at_r")
 STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation is n/a with one seed"
 VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean final test accuracy is at least {acc:g} "
                 "and the classes are apart by the head's own geometry: for the heads that classify by direction "
@@ -21,6 +21,7 @@ VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean final
                 "point, the mean smallest distance between class means over the sum of their RMS radii is at least "
                 "{gap:g}; else overlap")
 POST = "post's verdict"
+NONE = dict(mean=None, std=None, n=0, values=[])  # a figure no run of the row has (runs before it existed)
 
 
 class ReportError(Exception):
@@ -61,7 +62,8 @@ def run_stats(run_dir: Path, threshold_acc: float) -> dict | None:
         final_accuracy=last.get("test_accuracy"),
         best_accuracy=max((r["test_accuracy"] for r in evals), default=None),
         intra_spread_deg=last.get("intra_spread_deg"), min_centre_angle_deg=last.get("min_centre_angle_deg"),
-        min_mean_gap=last.get("min_mean_gap"),
+        min_mean_gap=last.get("min_mean_gap"), precision_at_1=last.get("precision_at_1"),
+        mean_average_precision_at_r=last.get("mean_average_precision_at_r"),
         worst_class=last.get("worst_class"), worst_class_accuracy=last.get("worst_class_accuracy"),
         wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows),
         diverged=any(r.get("status") == RunStatus.DIVERGED for r in rows)
@@ -154,6 +156,8 @@ def display_row(row: dict) -> dict:
             "best acc": fmt(row["best_accuracy"], 4), "intra spread (deg)": fmt(row["intra_spread_deg"], 2),
             "min centre angle (deg)": fmt(row["min_centre_angle_deg"], 2),
             "min mean gap": fmt(row["min_mean_gap"], 2),
+            "P@1": fmt(row.get("precision_at_1", NONE), 4),
+             "MAP@R": fmt(row.get("mean_average_precision_at_r", NONE), 4),
             "worst class: acc": "n/a" if row["worst_class"] is None else
             f"{row['worst_class']}: {fmt(row['worst_class_accuracy'], 4)}",
             "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}", "epochs to acc threshold": epochs,
@@ -168,6 +172,8 @@ def loss_row(row: dict, reference: dict | None = None) -> dict:
              "seeds": f"{len(row['seeds'])}/{row['n_jobs']}", "final acc": fmt(row["final_accuracy"], 4),
              "intra spread (deg)": fmt(row["intra_spread_deg"], 2),
              "min centre angle (deg)": fmt(row["min_centre_angle_deg"], 2),
+             "P@1": fmt(row.get("precision_at_1", NONE), 4),
+             "MAP@R": fmt(row.get("mean_average_precision_at_r", NONE), 4),
              "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}"}
     if reference is not None:
         cells[f"acc - {reference['head']}"] = noise_verdict(row, reference)
