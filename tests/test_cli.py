@@ -38,3 +38,30 @@ def test_real_commands_answer_help_and_bad_arguments(module):
     bad = run("--no-such-flag")
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.splitlines() == [bad.stderr.strip()] and bad.stderr.startswith(f"arcdist.{module}: error: ")
+
+
+def test_the_arcdist_command_lists_its_subcommands_and_runs_them(capsys):
+    from arcdist import command
+
+    assert command.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: arcdist {train,grid,report,explore,evaluate,plot,variants} ...")
+    for name in ("train", "grid", "report", "explore", "evaluate", "plot", "variants"):
+        assert f"\n  {name:<10} " in out
+    assert command.main(["bogus"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "arcdist: error: unknown command 'bogus'; valid commands: train, grid, report, explore, evaluate, plot, "
+        "variants; see arcdist --help"]
+    assert command.main(["variants"]) == 0  # the subcommand is the module's own main
+    via = capsys.readouterr().out
+    assert variants.main([]) == 0 and capsys.readouterr().out == via
+    with pytest.raises(SystemExit) as raised:  # its arguments reach it
+        command.main(["grid", "--grid-id", "x", "--jobs", "two"])
+    assert raised.value.code == 2
+
+
+def test_python_dash_m_arcdist_is_the_command():
+    proc = subprocess.run([sys.executable, "-m", "arcdist", "plot"], cwd=ROOT, env=cli_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == ("arcdist.plot: error: the following arguments are required: "
+                                                    "run_dir; see --help\n")
