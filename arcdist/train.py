@@ -102,8 +102,11 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
         if changed or cfg.data.dataset != saved.data.dataset or cfg.train.seed != saved.train.seed:
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
-    if saved is None:  # what a run records of its data before it starts (a folder: classes, mean, std)
+    if saved is None:  # the data's files are checked, and what a run records of them measured (a folder's classes,
+        # mean, std), before the precision probe and before anything is written
         cfg = replace(cfg, data=dataset_class(cfg.data.dataset).settle(cfg.data, cfg.model))
+    elif cfg.data.dataset != "folder":  # (a folder is checked file by file when the run loads it)
+        dataset_class(cfg.data.dataset)(cfg.data.data_dir, download=False).check()
     spec = run_spec(cfg.data, cfg.model)
     if (spec.channels, spec.image_size) != (cfg.model.in_channels, cfg.model.image_size):
         raise ConfigError(f"variant {cfg.variant} takes {cfg.model.in_channels}x{cfg.model.image_size}x"

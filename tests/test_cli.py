@@ -65,3 +65,12 @@ def test_python_dash_m_arcdist_is_the_command():
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr == ("arcdist.plot: error: the following arguments are required: "
                                                     "run_dir; see --help\n")
+
+
+def test_missing_data_is_the_one_line_before_the_precision_probe(tmp_path):
+    from helpers import run_train, tiny_args
+
+    proc = run_train(tiny_args(tmp_path / "nodata", tmp_path / "run", 1, auto=True), check=False)
+    assert proc.returncode == 2 and "probe" not in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "mnist: missing train-images" in proc.stderr
+    assert not (tmp_path / "run").exists()

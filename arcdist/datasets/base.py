@@ -67,8 +67,13 @@ class Dataset:
 
     @classmethod
     def settle(cls, data: "DataConfig", model: "ModelConfig") -> "DataConfig":
-        """`data` with what a run must record of this dataset before it starts (a folder: classes, mean, std)."""
+        """`data` with what a run must record of this dataset before it starts (a folder: classes, mean, std);
+        the cheap check that its files are there comes here too (before the precision probe and the run folder)."""
+        cls(data.data_dir, data.download).check()
         return data
+
+    def check(self) -> None:
+        """DataError when the files are missing (reading them is `read`'s job)."""
 
     @classmethod
     def spec_for(cls, data: "DataConfig", model: "ModelConfig") -> DatasetSpec:
@@ -123,7 +128,14 @@ class TorchvisionFiles(Dataset):
         """The splits from the files, found in the order of `files`."""
         raise NotImplementedError
 
+    def check(self) -> None:
+        self.locate()
+
     def read(self) -> Splits:
+        return self.parse(self.locate())
+
+    def locate(self) -> list[Path]:
+        """The files, downloaded first when missing and allowed; DataError naming the missing ones."""
         raw = self.root / self.folder
         paths = [_find(raw, f) for f in self.files]
         if None in paths and self.download and _network_reachable():
@@ -137,7 +149,7 @@ class TorchvisionFiles(Dataset):
             raise DataError(f"{self.name}: missing {', '.join(missing)} in {raw} (expects {', '.join(self.files)}"
                             f"{self.files_hint}); point --data-dir or ARCDIST_DATA_DIR at a folder holding "
                             f"{self.folder}/")
-        return self.parse(paths)
+        return paths
 
     def _download(self) -> None:
         import torchvision
