@@ -8,10 +8,14 @@ from arcdist.cli import ArgumentParser
 from arcdist.errors import Exit
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(prog="arcdist.plot", description=__doc__)
     parser.add_argument("run_dir", type=Path)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if not (args.run_dir / "features").is_dir():
         print(f"arcdist.plot: error: {args.run_dir} has no features/ folder; pass a run folder written by "
               "arcdist.train", file=sys.stderr)

@@ -1,0 +1,147 @@
+"""Docs that cannot drift: every arcdist command shown in README.md and docs/ parses with today's CLI (each flag
+exists, each variant and each --set field is real), and every relative link and image path resolves (its
+heading anchor too)."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from arcdist import evaluate, grid, plot, train
+from arcdist.config import apply_overrides
+from arcdist.explore import cli as explore_cli
+from arcdist.report import cli as report_cli
+from arcdist.variants import GROUPS, MAIN_VARIANT, get_variant
+from helpers import ROOT
+
+PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "results" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.S | re.M)
+INLINE = re.compile(r"`((?:arcdist |accelerate launch |python -m arcdist|torchrun )[^`]*)`")
+BARE = {"python": 3, "accelerate": 2, "arcdist": 1, "torchrun": 1}  # words of a bare name, not a command
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _commands(text: str) -> list[str]:
+    """Shell commands of the fenced blocks (continuations joined, comments dropped, shell variables of the block
+    expanded) and inline code that is a whole command."""
+    out = []
+    for block in FENCE.findall(text):
+        if block.lstrip().startswith(("@dataclass", "runs/", "arcdist/", "|")) or "def " in block:
+            continue  # code and listings, not commands
+        env = {}
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            m = re.match(r"^([A-Z_]+)=\"(.*)\"$", line)
+            if m:
+                env[m.group(1)] = m.group(2)
+                continue
+            for name, value in env.items():
+                line = line.replace(f"${name}", value)
+            out += [part.strip() for part in re.split(r"&&|;|\|\|?", line) if part.strip()]
+    # inline code that is a whole command: not usage syntax ([optional], ...) nor a bare module name
+    out += [c for c in INLINE.findall(text)
+            if not re.search(r"\.\.\.|…|\[", c) and len(c.split()) > BARE[c.split()[0]]]
+    return out
+
+
+def _words(command: str) -> list[str]:
+    words = shlex.split(command, comments=True)
+    while words and re.match(r"^[A-Z_]+=", words[0]):  # VAR=value prefixes
+        words = words[1:]
+    return words
+
+
+def _train_args(words: list[str]) -> list[str] | None:
+    """The train.py arguments of a launch command, or None when it is not one."""
+    for i, w in enumerate(words):
+        if w.endswith("arcdist/train.py"):
+            return words[i + 1:]
+    if words[:2] == ["arcdist", "train"]:
+        return words[2:]
+    if words[:1] == ["arcdist-train"]:
+        return words[1:]
+    return None
+
+
+def _check_sets(variants: list[str], overrides: list[str]) -> None:
+    for v in variants:
+        apply_overrides(get_variant(v).config, overrides)  # raises on a field that does not exist
+
+
+def check(command: str) -> str | None:
+    """Parse `command` with the current CLI; returns what it was (None: not an arcdist command)."""
+    words = _words(command)
+    if not words:
+        return None
+    args = _train_args(words)
+    if args is not None:
+        ns = train.parse_args(args)
+        _check_sets([ns.variant or MAIN_VARIANT] if not ns.resume else [], ns.overrides)
+        return "train"
+    if words in (["arcdist", "--help"], ["arcdist"]):
+        return "help"
+    if words[0] == "arcdist" and len(words) > 1:
+        name, rest = words[1], words[2:]
+    elif words[:2] == ["python", "-m"] and words[2].startswith("arcdist."):
+        name, rest = words[2].split(".")[1], words[3:]
+    else:
+        return None
+    if name == "grid":
+        ns = grid.parse_args(rest)
+        variants = [v for n in ns.variants.split(",") for v in GROUPS.get(n, (n,))]
+        _check_sets(variants, ns.overrides)
+        if ns.train_args:
+            train.parse_args(ns.train_args)
+    elif name in ("report", "explore", "evaluate", "plot"):
+        {"report": report_cli, "explore": explore_cli, "evaluate": evaluate, "plot": plot}[name].parse_args(rest)
+    elif name == "variants":
+        assert rest == [] or rest == ["--help"], command
+    else:
+        raise AssertionError(f"unknown arcdist command in the docs: {command}")
+    return name
+
+
+COMMANDS = sorted({(p.relative_to(ROOT).as_posix(), c) for p in PAGES for c in _commands(p.read_text())})
+
+
+@pytest.mark.parametrize("page, command", COMMANDS)
+def test_every_command_in_the_docs_parses(page, command):
+    check(command)
+
+
+def test_the_docs_show_every_command():
+    kinds = {check(c) for _, c in COMMANDS}
+    assert {"train", "grid", "report", "explore", "evaluate", "plot", "variants"} <= kinds
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = FENCE.sub("", path.read_text())
+    return {_slug(m) for m in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+LINKS = sorted({(p.relative_to(ROOT).as_posix(), t) for p in PAGES for t in LINK.findall(FENCE.sub("", p.read_text()))
+                if not re.match(r"(https?:|mailto:)", t)})
+
+
+@pytest.mark.parametrize("page, target", LINKS)
+def test_every_relative_link_and_image_resolves(page, target):
+    path, _, anchor = target.partition("#")
+    file = (ROOT / page).parent / path if path else ROOT / page
+    assert file.exists(), f"{page}: {target} does not exist"
+    if anchor and file.suffix == ".md":
+        assert anchor in _anchors(file), f"{page}: {target}: no heading with anchor #{anchor}"
+
+
+def test_the_readme_is_short_and_every_docs_page_says_what_a_user_wants():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+    for page in (ROOT / "docs").glob("*.md"):
+        head = page.read_text().split("\n\n")[1]
+        assert head.startswith(("**You want to**", "What was noticed", "The questions")), page.name
