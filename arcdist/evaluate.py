@@ -23,7 +23,7 @@ if __package__ in (None, ""):
 import torch
 from accelerate import PartialState
 
-from arcdist import checkpoint, errors, rundir, runinfo
+from arcdist import checkpoint, errors, fingerprint, rundir, runinfo
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
 from arcdist.errors import Exit
@@ -76,6 +76,8 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
     path = choose_checkpoint(run_dir, name)
     cfg, acc, _ = setup_accelerator(cfg)
     trainer = Trainer(cfg, run_dir, acc, no_progress=True)
+    fingerprint.check(run_dir, fingerprint.of_splits(trainer.train_data, trainer.test_data), "arcdist.evaluate",
+                      "pass --data-dir with the data this run was trained on")
     state = checkpoint.load_checkpoint(acc, path)
     geometry = trainer.head_module.geometry()
     out = dict(checkpoint=str(path), epoch=state.get("epoch"), shift=pixels, views=(2 * pixels + 1) ** 2,

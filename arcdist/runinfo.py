@@ -77,6 +77,14 @@ def write_config(run_dir: Path, cfg: Config, **extra) -> None:
     atomic_write(run_dir / CONFIG, json.dumps(doc, indent=1, default=str))
 
 
+def update_config(run_dir: Path, **fields) -> None:
+    """config.json with top-level `fields` added or replaced (atomically)."""
+    path = run_dir / CONFIG
+    doc = json.loads(path.read_text())
+    doc.update(fields)
+    atomic_write(path, json.dumps(doc, indent=1, default=str))
+
+
 def append_metrics(run_dir: Path, record: dict) -> None:
     """One JSON line, written whole or not at all (a failed write is cut back off: no partial line)."""
     line = (json.dumps(record) + "\n").encode()

@@ -15,7 +15,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arcdist import checkpoint, cluster, errors, preempt, rundir, runinfo, tracking
+from arcdist import checkpoint, cluster, errors, fingerprint, preempt, rundir, runinfo, tracking
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError, apply_overrides, validate
 from arcdist.data import resolve_data_dir
@@ -134,11 +134,18 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     try:  # from here on every way out destroys the process group (errors.end_process)
         trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
+        data_id = fingerprint.of_splits(trainer.train_data, trainer.test_data)
+        recorded = saved is not None and fingerprint.check(
+            run_dir, data_id, "--resume", "point --data-dir at the data this run was trained on, or start a new "
+            "run with another --output-dir", warn=accelerator.is_main_process)
         if rundir.claim(run_dir, accelerator, cfg, resume=saved is not None, lock_wait=args.lock_wait,
                         launch=dict(world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
                                     distributed_type=str(accelerator.distributed_type),
-                                    device=str(accelerator.device), precision=choice.to_dict())):
+                                    device=str(accelerator.device), precision=choice.to_dict(),
+                                    **{fingerprint.KEY: data_id})):
             trainer.resume()
+            if not recorded and accelerator.is_main_process:  # a run from before fingerprints: record it now
+                runinfo.update_config(run_dir, **{fingerprint.KEY: data_id})
         if mode != "disabled":
             trainer.state.wandb_id = trainer.state.wandb_id or runinfo.new_run_id()
             tracking.init_wandb(accelerator, mode, run_dir, trainer.state.wandb_id,

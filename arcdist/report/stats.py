@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arcdist import runinfo
+from arcdist import fingerprint, runinfo
 from arcdist.heads import head_class
 from arcdist.status import RunStatus
 
@@ -48,7 +48,29 @@ def load_grid(grid_dir: Path) -> dict:
     for job in doc["jobs"]:
         moved = grid_dir / Path(job["run_dir"]).name
         job["run_dir"] = str(moved if moved.is_dir() else Path(job["run_dir"]))
+    check_same_data(doc)
     return doc
+
+
+def check_same_data(doc: dict) -> None:
+    """ReportError when two runs of one dataset (and the same --limit-train/--limit-test) recorded different data
+    fingerprints (arcdist.fingerprint): their seeds would be averaged over different images."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    for job in doc["jobs"]:
+        run = Path(job["run_dir"])
+        try:
+            saved = json.loads((run / runinfo.CONFIG).read_text())
+        except (OSError, ValueError):
+            continue
+        data, fp = saved.get("config", {}).get("data", {}), saved.get(fingerprint.KEY)
+        if fp is None:
+            continue
+        key = (data.get("dataset"), data.get("limit_train"), data.get("limit_test"))
+        first = seen.setdefault(key, (str(run), fp))
+        if first[1] != fp:
+            raise ReportError(f"{first[0]} and {run} are both {key[0]} runs but were trained on different data "
+                              f"(fingerprints {first[1][:32]}... and {fp[:32]}...); report them separately or "
+                              "retrain one on the other's data")
 
 
 def run_stats(run_dir: Path, threshold_acc: float) -> dict | None:
