@@ -25,10 +25,12 @@ from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
 from arcdist.data import get_spec
 from arcdist.errors import Exit
-from arcdist.runlock import BUSY
+from arcdist.runlock import BUSY, RunBusy, RunLock
 from arcdist.status import ENDED, RunStatus
 from arcdist.tracking import WANDB_MODES
 from arcdist.variants import GROUPS, POST_VARIANTS, get_variant
+
+GRID_LOCK = ".arcdist-grid.lock"  # the runner's, in the grid folder (each run folder has its own .arcdist.lock)
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 
@@ -212,6 +214,12 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
     """Run every unfinished job, `len(slots)` at a time; never stops on a failure."""
     root = Path(args.out) / args.grid_id
     (root / "logs").mkdir(parents=True, exist_ok=True)
+    lock = RunLock(root, GRID_LOCK)  # one runner per grid, for its whole life (the kernel drops it if it dies)
+    try:
+        lock.acquire(0)
+    except RunBusy:
+        raise ConfigError(f"grid {root} already has a runner ({lock.who()}); it trains every job once and keeps "
+                          "grid.json: wait for it to end (or stop it), then rerun the same command") from None
     queue = []
     for job in jobs:
         if is_finished(job):

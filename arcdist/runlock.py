@@ -28,9 +28,15 @@ class RunBusy(ConfigError):
 class RunLock:
     """Exclusive, process-lifetime ownership of a run folder."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir: Path, name: str = LOCK_FILE):
+        self.path = Path(run_dir) / name
         self._fd: int | None = None
+
+    def who(self) -> str:
+        """The holder as the refusals name it."""
+        h = self.holder()
+        return (f"held by PID {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('since', '?')}"
+                if h else "held by another process")
 
     def holder(self) -> dict:
         try:
@@ -49,10 +55,7 @@ class RunLock:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    h = self.holder()
-                    who = (f"held by PID {h.get('pid', '?')} on {h.get('host', '?')} since {h.get('since', '?')}"
-                           if h else "held by another process")
-                    raise RunBusy(f"{self.path.parent} {BUSY}: {who}; wait for that run to end (or stop it), "
+                    raise RunBusy(f"{self.path.parent} {BUSY}: {self.who()}; wait for that run to end (or stop it), "
                                   f"then --resume {self.path.parent}; --lock-wait SECONDS waits longer") from None
                 time.sleep(poll_s)
         os.ftruncate(fd, 0)

@@ -1,7 +1,9 @@
 """The grid runner: jobs side by side, skip on rerun, failures recorded without stopping the rest."""
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,3 +174,34 @@ def test_each_variant_trains_on_its_own_dataset_unless_datasets_is_given():
         ("A9", "mnist", "A9-s0"), ("A9F", "fashion-mnist", "A9F-s0")]
     jobs = grid.build_jobs(grid.parse_args(["--grid-id", "g", "--variants", "A9F", "--datasets", "mnist"]))
     assert [j.dataset for j in jobs] == ["mnist"]
+
+
+@pytest.mark.slow
+def test_one_grid_has_one_runner_started_together_or_mid_grid(tmp_path):
+    data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=50)
+    args = [sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "V2", "--seeds", "0,1",
+            "--epochs", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data), "--jobs", "1",
+            "--wandb", "disabled", "--", "--mixed-precision", "no", "--plot-every", "0"]
+    start = lambda: subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+    together = [start(), start()]
+    grid_json = tmp_path / "runs" / "g" / "grid.json"
+    while not (grid_json.is_file() and '"running"' in grid_json.read_text()):  # a job is training: mid-grid
+        assert all(p.poll() is None or p.returncode == 2 for p in together)
+        time.sleep(0.2)
+    late = start()
+    outs = [p.communicate(timeout=600) for p in [*together, late]]
+    codes = [p.returncode for p in [*together, late]]
+    assert sorted(codes[:2]) == [0, 2] and codes[2] == 2, outs
+    runner = together[codes.index(0)].pid
+    for (out, err), code in zip(outs, codes):
+        if code == 2:  # refused at once, in one line naming the runner
+            assert err.strip().count("\n") == 0 and f"PID {runner} on {socket.gethostname()}" in err, err
+            assert "[grid] start" not in out
+    doc = json.loads(grid_json.read_text())
+    assert [j["status"] for j in doc["jobs"]] == ["finished"] * 2
+    for j in doc["jobs"]:  # each trained once: one row per epoch
+        rows = [json.loads(line) for line in (Path(j["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1]
+    third = subprocess.run(args, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and third.stdout.count("skipped") == 2, third.stdout + third.stderr
