@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from safetensors import SafetensorError
 
 from arcdist import preempt, runinfo
-from arcdist.config import ConfigError, first_line
+from arcdist.errors import CheckpointError, WriteError, first_line
 from arcdist.status import ENDED
 
 TRAINER_FILE = "trainer.json"
@@ -32,16 +32,6 @@ FAILED = "failed-"  # prefix of a checkpoint moved aside by resume
 _LINE = re.compile(r"([0-9a-f]{64})  (\S.*)")
 
 
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be used for resume; `reason` says why without naming it ("is unreadable (...)")."""
-
-    def __init__(self, message: str, reason: str = ""):
-        super().__init__(message)
-        self.reason = reason or message
-
-
-class WriteError(Exception):
-    """The run folder could not be written (no space, read-only file system, I/O error): Exit.WRITE_FAILED."""
 
 
 def resume_advice(run_dir: str | os.PathLike) -> str:

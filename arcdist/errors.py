@@ -15,9 +15,28 @@ from enum import IntEnum
 from arcdist import cluster
 
 
+class BadInput(ValueError):
+    """The input cannot work; the message names the problem and the fix. A command ends with Exit.BAD_INPUT (2)."""
 
-class ConfigError(ValueError):
-    """Bad user input: the message names the problem and the fix (exit status 2, Exit.BAD_INPUT)."""
+
+class ConfigError(BadInput):
+    """A flag, --set value or config field that cannot work."""
+
+
+class DataError(BadInput):
+    """Missing or malformed data files, or data other than the run's."""
+
+
+class CheckpointError(BadInput):
+    """A checkpoint that cannot be used for resume; `reason` says why without naming it ("is unreadable (...)")."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class WriteError(Exception):
+    """The run folder could not be written (no space, read-only file system, I/O error): Exit.WRITE_FAILED (3)."""
 
 
 def first_line(e: BaseException) -> str:

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return Exit.OK
         if args.json:
             runinfo.atomic_write(Path(args.json), json.dumps(result, indent=1) + "\n")
-    except (ConfigError, checkpoint.CheckpointError) as e:
+    except errors.BadInput as e:
         print(f"arcdist.evaluate: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
     except OSError as e:

@@ -24,7 +24,7 @@ from arcdist import cluster, preempt, runinfo
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
 from arcdist.data import get_spec
-from arcdist.errors import Exit
+from arcdist.errors import BadInput, Exit
 from arcdist.runlock import BUSY, RunBusy, RunLock
 from arcdist.status import ENDED, RunStatus
 from arcdist.tracking import WANDB_MODES
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.task_index is not None:
             return run_task(args, jobs)
         run_grid(args, jobs)
-    except ConfigError as e:
+    except BadInput as e:
         print(f"arcdist.grid: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
     except KeyboardInterrupt:  # every job stopped with a checkpoint (or quit on a second Ctrl-C)

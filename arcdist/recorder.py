@@ -2,7 +2,7 @@
 
 Every rank holds a Recorder (the write-failure agreement is a collective); only the main process writes.
 Failures differ by what resume needs: a metrics row or features file that cannot be written stops every rank
-(`checkpoint.WriteError`, exit 3); plots and W&B are not worth stopping a run for (one warning per kind).
+(`errors.WriteError`, exit 3); plots and W&B are not worth stopping a run for (one warning per kind).
 """
 from __future__ import annotations
 

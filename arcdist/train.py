@@ -166,10 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     where = Where()
     try:
         return run(argv, where)
-    except ConfigError as e:
+    except errors.BadInput as e:
         print(f"arcdist: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
-    except checkpoint.WriteError as e:
+    except errors.WriteError as e:
         print(f"arcdist: error: {e}", file=sys.stderr)
         return Exit.WRITE_FAILED
     except OSError as e:  # a write outside the checked places (config.json, summary.json)

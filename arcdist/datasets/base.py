@@ -15,14 +15,11 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from arcdist.errors import ConfigError
+from arcdist.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from arcdist.config import DataConfig, ModelConfig
 
-
-class DataError(ConfigError):
-    """Missing or malformed data files."""
 
 
 @dataclass(frozen=True)
