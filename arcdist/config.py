@@ -109,7 +109,7 @@ class TrainConfig:
     sync_every: int = 0
     # torch.compile of the backbone, in place (checkpoints keep their keys): "default" (inductor); on a GPU also
     # "reduce-overhead" (CUDA graphs) or "max-autotune". Off: no measurement on a GPU supports it yet, and on
-    # the CPUs measured it gained nothing (README, Performance)
+    # the CPUs measured it gained nothing (docs/performance.md)
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
     fused_optim: bool = False  # torch's fused Adam / SGD kernels (fused=True), CUDA and CPU; off until measured
     # gradient clipping: the L2 norm of all trainable gradients, backbone and head together, is capped at this

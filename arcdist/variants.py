@@ -121,11 +121,9 @@ _add("A4F", "A4", "Fashion-MNIST: shifts and flips (no rotation), W frozen in la
 _add("A5F", "A5", "Fashion-MNIST: A4F's data on A5's backbone, W frozen with look-alike classes adjacent", "",
      _from("A5", data=DataConfig(dataset="fashion-mnist", shift=2, flip=True),
            head=HeadConfig(init="even", freeze=True, order=FASHION_RING)))
-# the README's main command: a light 3x3 net (15.6 MFLOP, a quarter of A1's) whose 128x3x3 map goes through two
-# ConvLayers to 256x1x1 before the 2-D fc; that small non-linear head placed the angles far better in short runs
-# (without it: 89.0 % after 3 epochs; with one layer 95.7 %). With W frozen, the classes that look alike sit next
-# to each other on the circle (4-9, 9-7, 7-1, 2-3, 3-5, 5-8, 0-6), the order A4F found for Fashion-MNIST:
-# 99.00 % after 7 of 8 epochs against 98.72 % in label order (README, "The CPU recipe")
+# the CPU recipe: a light 3x3 net whose 128x3x3 map goes through two ConvLayers to 256x1x1 before the 2-D fc (the
+# small non-linear head places the angles better in short runs); with W frozen, digits that look alike sit next to
+# each other on the circle (docs/training.md, "The CPU recipe")
 DIGIT_RING = (4, 9, 7, 1, 2, 3, 5, 8, 0, 6)
 CPU_LAYERS = (conv(1, 32, 3, 1, 1), M, conv(32, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), M,
               conv(128, 256, 3, 1, 0), conv(256, 256, 1, 1, 0))
@@ -134,25 +132,17 @@ _add("A6", "A4", "CPU recipe: light 3x3 net with a 2-layer head (32-64-128, 256x
      _from("A4", model=_model(CPU_LAYERS, ("linear", 256)), optim=replace(VARIANTS["A4"].config.optim, lr=0.002),
            head=HeadConfig(init="even", freeze=True, order=DIGIT_RING), data=DataConfig(shift=1),
            train=TrainConfig(epochs=9)))
-# the README's main command since SphereFace arrived: A6's net and ring with the A-Softmax head. Its logits keep the
-# feature's norm (|x| psi(theta)), which the normalised heads drop: after 3 epochs 99.18 % against ArcFace's 98.20 %
-# (seed 0; results/cpu-recipe-search.md), so 5 epochs fit an AVX2-only CPU's 10 minutes with room
+# A6 with the A-Softmax head, whose logits keep the feature's norm (|x| psi(theta)); results/cpu-recipe-search.md
 _add("A7", "A6", "CPU recipe, SphereFace: A6 with the A-Softmax head (m = 4, the paper's lambda annealing), 5 epochs", "",
      _from("A6", head=head_of_kind(VARIANTS["A6"].config.head, "sphereface"), train=TrainConfig(epochs=5)))
-# the README's main command and the no-flag default: ArcFace again, on A6's recipe, with its logits scaled by the
-# feature's own norm (s = |x|) instead of a fixed s = 16. A fixed s puts every sample on the unit circle at one
-# confidence: the loss keeps a floor (0.12 at a class direction with W evenly spread) and each sample, an
-# ambiguous digit or a clean one, pushes the angles as hard as the next; with s = |x| the net lowers the norm of
-# the ambiguous ones and lets the clean ones reach zero loss, as softmax and SphereFace do (results/losses/README.md,
-# "ArcFace first"). The margin is ArcFace's, cos(theta_y + m), m = 0.2 with its 1-epoch warm-up
-# 6 epochs since the CPU fixes of 2026-12-01 (model.Conv2d, hardware.tune_malloc) made room: 5 seeds, Zen 4, 5 -> 6
-# epochs: AVX2-limited 99.29 -> 99.35 %, 161-165 -> 191-200 s; native bf16 99.32 -> 99.32 %, 94-118 -> 117-123 s
+# the main job and the no-flag default: ArcFace on A6's recipe with its logits scaled by the feature's own norm
+# (s = |x|) instead of a fixed s: the net can lower the norm of ambiguous digits and let clean ones reach zero loss
+# (docs/heads.md, "ArcFace first"); the epoch count is results/a8-runs' measurement
 _add("A8", "A6", "CPU recipe, ArcFace with s = |x| (the feature's own norm scales the logits), 6 epochs", "",
      _from("A6", head=replace(VARIANTS["A6"].config.head, scale_by="norm"), train=TrainConfig(epochs=6)))
-# the long CPU recipe (issue 24's "best 2-D MNIST figure"): A8 for 12 epochs (the cosine schedule over the 12)
+# the long CPU recipe: A8 for 12 epochs (the cosine schedule over the 12); results/long-recipe
 _add("A9", "A8", "long CPU recipe: A8 for 12 epochs", "", _from("A8", train=TrainConfig(epochs=12)))
-# issue 24 part 3: A9's errors are digits its backbone places deep in a neighbour's sector (median 10-16 deg past
-# the boundary), not near misses a head or more epochs could move; this row asks whether a deeper backbone does
+# A9's errors sit deep in a neighbour's sector, not near a boundary a head could move: a deeper backbone instead
 DEEP_LAYERS = (*CPU_LAYERS[:3], conv(64, 64, 3, 1, 1), *CPU_LAYERS[3:5], conv(128, 128, 3, 1, 1), *CPU_LAYERS[5:])
 _add("A10", "A9", "long CPU recipe, deeper: A9 with a second 3x3 ConvLayer at 64 and at 128 channels", "",
      _from("A9", model=replace(VARIANTS["A9"].config.model, layers=DEEP_LAYERS)))
@@ -190,7 +180,7 @@ _add("L-cosface", "L-arcface", "head: CosFace, s (cos - m), m = 0.1", "", _head(
 _add("L-combined", "L-arcface", "head: combined margin s (cos(m1 t + m2) - m3), (1, 0.1, 0.05)", "", _head("combined"))
 _add("L-center", "L-arcface", "head: softmax + 0.1 x center loss, centers' rate alpha 0.5", "", _head("center"))
 LOSS_VARIANTS = ("L-softmax", "L-normface", "L-sphereface", "L-cosface", "L-arcface", "L-combined", "L-center")
-# the ArcFace family (issue 24): L-arcface with one thing changed each; results/losses/README.md, "ArcFace first"
+# the ArcFace family: L-arcface with one thing changed each; results/losses/README.md, "ArcFace first"
 _add("L-arcface-norm", "L-arcface", "ArcFace with s = |x|: the feature's own norm scales the logits (margin kept)", "",
      _from("L-arcface", head=replace(VARIANTS["L-arcface"].config.head, scale_by="norm")))
 _add("L-arcface-learned", "L-arcface", "ArcFace with one learned s (log s trained with the head, from 16)", "",

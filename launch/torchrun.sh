@@ -7,9 +7,9 @@
 #
 # Several hosts, no Slurm: run the same command on every host, with the same NNODES, HEAD, PORT and RDZV_ID
 # (c10d rendezvous: the agent on HEAD serves it; node ranks are assigned there, there is none to set). The
-# run folder must be on a file system all hosts share. On the dev cluster (slurm/dev-cluster.sh up --nodes 2):
-#   slurm/dev-cluster.sh on node1 env NNODES=2 NPROC=1 HEAD=node1 PORT=29400 launch/torchrun.sh --cpu --variant V2 &
-#   slurm/dev-cluster.sh on node2 env NNODES=2 NPROC=1 HEAD=node1 PORT=29400 launch/torchrun.sh --cpu --variant V2
+# run folder must be on a file system all hosts share. On the dev cluster (tests/infra/dev-cluster.sh up --nodes 2):
+#   tests/infra/dev-cluster.sh on node1 env NNODES=2 NPROC=1 HEAD=node1 PORT=29400 launch/torchrun.sh --cpu --variant V2 &
+#   tests/infra/dev-cluster.sh on node2 env NNODES=2 NPROC=1 HEAD=node1 PORT=29400 launch/torchrun.sh --cpu --variant V2
 # HEAD must resolve on every host, and each host's own name must resolve to the address the others reach
 # it at (gloo binds there; else set GLOO_SOCKET_IFNAME, or NCCL_SOCKET_IFNAME on GPUs). A host that does not
 # join within torchrun's rendezvous join timeout (600 s) fails the others' start; once training runs, a

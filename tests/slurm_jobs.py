@@ -31,7 +31,7 @@ class SlurmJobs:
             raise AssertionError(f"{' '.join(map(str, cmd))}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    # the states slurm/dev-cluster.sh waits for before it calls a node up (sinfo's %T, '*' = not responding yet)
+    # the states tests/infra/dev-cluster.sh waits for before it calls a node up (sinfo's %T, '*' = not responding yet)
     READY = ("idle", "mixed", "allocated", "completing")
 
     def node_states(self, timeout: float = 60) -> dict[str, str]:

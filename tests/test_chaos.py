@@ -1,4 +1,4 @@
-"""The short chaos run (bench/chaos.py): a few faults at seeded random moments, then the grid equals an undisturbed
+"""The short chaos run (tools/faults/chaos.py): a few faults at seeded random moments, then the grid equals an undisturbed
 one exactly. The long run (>= 100 faults) is measured once; its figures are in the README ("Guarantees")."""
 import argparse
 import importlib.util
@@ -13,7 +13,7 @@ from helpers import ROOT
 
 
 def load_chaos():
-    spec = importlib.util.spec_from_file_location("chaos", ROOT / "bench" / "chaos.py")
+    spec = importlib.util.spec_from_file_location("chaos", ROOT / "tools" / "faults" / "chaos.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -45,7 +45,7 @@ def test_short_chaos_run_equals_the_undisturbed_grid(tmp_path):
     if not data:
         pytest.skip("needs ARCDIST_DATA_DIR (real MNIST)")
     faults = 5
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "chaos.py"), "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "faults" / "chaos.py"), "--out", str(tmp_path),
                            "--faults", str(faults), "--seed", "1", "--gap", "3", "--jobs", "2", "--epochs", "2",
                            "--limit-train", "256", "--limit-test", "64", "--tmpfs-mb", "64"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -1,4 +1,4 @@
-"""More than one machine, for real: a 2-node Slurm cluster on this machine (slurm/dev-cluster.sh up --nodes 2:
+"""More than one machine, for real: a 2-node Slurm cluster on this machine (tests/infra/dev-cluster.sh up --nodes 2:
 each slurmd in its own network, UTS and mount namespace, its own address on a bridge), and on it a 2-node
 training job, its preemption and requeue, the loss of a node, torchrun across the two hosts, and the grid's
 array tasks spread over both nodes.
@@ -25,7 +25,7 @@ from slurm_jobs import SlurmJobs, job_env
 
 pytestmark = pytest.mark.cluster
 
-CLUSTER = ROOT / "slurm" / "dev-cluster.sh"
+CLUSTER = ROOT / "tests" / "infra" / "dev-cluster.sh"
 SLURM_CONF = "/etc/slurm/arcdist-multi/slurm.conf"
 N_TEST = 51  # odd: the 2 ranks' shards differ in length, and the gather must still give exactly 51 rows
 EPOCHS = 2
@@ -69,7 +69,7 @@ def cluster():
     up = sh(CLUSTER, "up", "--nodes", "2", check=False, timeout=600)
     if up.returncode == 3:  # not root, no apt-get, or apt-get failed
         pytest.skip(f"Slurm cannot be installed here: {up.stderr.strip()}")
-    assert up.returncode == 0, f"slurm/dev-cluster.sh up --nodes 2 failed:\n{up.stdout}\n{up.stderr}"
+    assert up.returncode == 0, f"tests/infra/dev-cluster.sh up --nodes 2 failed:\n{up.stdout}\n{up.stderr}"
     yield
     if not was_up:
         sh(CLUSTER, "down", "--nodes", "2", check=False, timeout=120)

@@ -9,7 +9,7 @@ import sys
 from helpers import ROOT
 from slurm_jobs import SlurmJobs, job_env
 
-SCRIPTS = [ROOT / "slurm" / "dev-cluster.sh", ROOT / "slurm" / "grid.sbatch", ROOT / "slurm" / "multinode.sbatch",
+SCRIPTS = [ROOT / "tests" / "infra" / "dev-cluster.sh", ROOT / "slurm" / "grid.sbatch", ROOT / "slurm" / "multinode.sbatch",
            ROOT / "launch" / "torchrun.sh", ROOT / "launch" / "grid.sh", ROOT / ".ci" / "system-deps"]
 sh = SlurmJobs().sh
 

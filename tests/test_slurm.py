@@ -1,4 +1,4 @@
-"""SLURM and launcher scripts, for real: a one-node Slurm cluster (slurm/dev-cluster.sh) runs the grid
+"""SLURM and launcher scripts, for real: a one-node Slurm cluster (tests/infra/dev-cluster.sh) runs the grid
 as a job array, a preempted task checkpoints, requeues itself and resumes to the uninterrupted result;
 accelerate's CPU config and launch/torchrun.sh start 2 ranks."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ from slurm_jobs import SlurmJobs, job_env
 pytestmark = pytest.mark.cluster
 
 
-CLUSTER = ROOT / "slurm" / "dev-cluster.sh"
+CLUSTER = ROOT / "tests" / "infra" / "dev-cluster.sh"
 
 SLURM = SlurmJobs()  # the one-node cluster: this process's environment
 sh, wait_gone, wait_for, job_state = SLURM.sh, SLURM.wait_gone, SLURM.wait_for, SLURM.job_state
@@ -27,12 +27,12 @@ sh, wait_gone, wait_for, job_state = SLURM.sh, SLURM.wait_gone, SLURM.wait_for, 
 def cluster():
     """The one-node cluster, started here (and stopped again if it was not running before)."""
     if os.geteuid() != 0:
-        pytest.skip("Slurm tests need root (slurm/dev-cluster.sh installs and starts slurmctld/slurmd)")
+        pytest.skip("Slurm tests need root (tests/infra/dev-cluster.sh installs and starts slurmctld/slurmd)")
     was_up = sh(CLUSTER, "status", check=False).returncode == 0
     up = sh(CLUSTER, "up", check=False, timeout=600)
     if up.returncode == 3:  # not root, no apt-get, or apt-get failed
         pytest.skip(f"Slurm cannot be installed here: {up.stderr.strip()}")
-    assert up.returncode == 0, f"slurm/dev-cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
+    assert up.returncode == 0, f"tests/infra/dev-cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
     yield
     if not was_up:
         sh(CLUSTER, "down", check=False, timeout=120)

@@ -1,14 +1,14 @@
 """The abort's mechanism without arcdist (issue 26): a 2-rank gloo program that leaves with work in flight.
 
-    torchrun --nproc_per_node 2 bench/gloo_exit.py teardown   # returns from main: the interpreter finalizes
-    torchrun --nproc_per_node 2 bench/gloo_exit.py arcdist    # the same work, then arcdist's way out
+    torchrun --nproc_per_node 2 tools/faults/gloo_exit.py teardown   # returns from main: the interpreter finalizes
+    torchrun --nproc_per_node 2 tools/faults/gloo_exit.py arcdist    # the same work, then arcdist's way out
 
 Each rank all-reduces a few tensors, then starts one more all-reduce without waiting for it and drops its own
 reference, so gloo's worker thread holds the last one. `teardown` then returns: if that thread releases the tensor
 while the interpreter finalizes, it asks for the GIL, Python ends it with pthread_exit, and the C++ runtime aborts
 ("terminate called without an active exception"; pytorch/pytorch#190489). `arcdist` ends as arcdist.train does:
 the process group destroyed, then `arcdist.errors.end_process` (os._exit for a rank of a multi-process run).
-`bench/exit_abort.py --program gloo-teardown|gloo-arcdist` counts how each way ends over many runs.
+`tools/faults/exit_abort.py --program gloo-teardown|gloo-arcdist` counts how each way ends over many runs.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main(mode: str) -> int:

@@ -1,7 +1,7 @@
 """Chaos run (issue 26, part 4): a small grid trained while a seeded schedule injects faults; the result must equal
 an undisturbed run of the same grid exactly.
 
-    python bench/chaos.py --faults 100 --out /tmp/chaos          # needs ARCDIST_DATA_DIR (real MNIST) and root
+    python tools/faults/chaos.py --faults 100 --out /tmp/chaos          # needs ARCDIST_DATA_DIR (real MNIST) and root
 
 1. The reference: the grid (JOBS seeds of A8, the main job's head, on LIMIT_TRAIN images for EPOCHS epochs, fp32,
    NCHW, one thread per job, PARALLEL jobs at a time) runs once, undisturbed, on the ordinary disk.
@@ -46,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("kill-rank", "kill-job", "kill-launcher", "kill-runner", "sigterm", "sigint", "disk-full", "torn-line", "flip-byte")
 VOLATILE = {"epoch_time_s", "images_per_s"}  # wall-clock fields of a metrics row
 TORN_FRAGMENT = '{"epoch": 2, "train_loss": 1.2'

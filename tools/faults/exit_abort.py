@@ -5,8 +5,8 @@ for one epoch, N times in a row, and counts how each run ended: exit 0, "termina
 A run that aborts keeps its stderr (and, with --cores, its core files and a gdb backtrace of every thread) under
 --out. Optional --load K keeps K busy-looping processes beside the runs: the abort was seen under a loaded CI.
 
-    python bench/exit_abort.py --runs 200 --out /tmp/abort-before        # needs ARCDIST_DATA_DIR (real MNIST)
-    python bench/exit_abort.py --program gloo-teardown --runs 100 --out /tmp/gloo   # the mechanism alone
+    python tools/faults/exit_abort.py --runs 200 --out /tmp/abort-before        # needs ARCDIST_DATA_DIR (real MNIST)
+    python tools/faults/exit_abort.py --program gloo-teardown --runs 100 --out /tmp/gloo   # the mechanism alone
 
 Prints one line per 10 runs and a summary: runs, exit statuses by count, aborts, seconds per run.
 """
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from arcdist.grid import free_port  # noqa: E402
 
@@ -33,9 +33,9 @@ ABORT_TEXT = "terminate called"
 
 
 def command(out: Path, program: str = "train") -> list[str]:
-    if program != "train":  # bench/gloo_exit.py: the mechanism without arcdist (teardown) and with its way out
+    if program != "train":  # tools/faults/gloo_exit.py: the mechanism without arcdist (teardown) and with its way out
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), str(ROOT / "bench" / "gloo_exit.py"), program.removeprefix("gloo-")]
+                str(free_port()), str(ROOT / "tools" / "faults" / "gloo_exit.py"), program.removeprefix("gloo-")]
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()), str(ROOT / "arcdist" / "train.py"),
@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="summary.json and the aborted runs' stderr go here")
     ap.add_argument("--load", type=int, default=0, help="busy-looping processes kept beside the runs")
     ap.add_argument("--program", choices=("train", "gloo-teardown", "gloo-arcdist"), default="train",
-                    help="train: arcdist's smallest 2-rank run; gloo-*: bench/gloo_exit.py, the mechanism alone")
+                    help="train: arcdist's smallest 2-rank run; gloo-*: tools/faults/gloo_exit.py, the mechanism alone")
     ap.add_argument("--cores", action="store_true", help="keep core files of aborted runs and their gdb backtraces")
     args = ap.parse_args()
     if not os.environ.get("ARCDIST_DATA_DIR"):
