@@ -93,7 +93,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
             data["panels"][i].update(kind="scene", ax="" if n_scene == 1 else str(n_scene))
             for k in range(n_classes):
                 fig.add_trace(go.Scatter3d(x=[], y=[], z=[], mode="markers", name=classes[k], legendgroup=str(k),
-                                           showlegend=i == 0, hoverinfo="none", marker=dict(color=colours[k], size=3),
+                                           showlegend=i == 0, hoverinfo="none", marker=dict(color=colours[k], size=3, line=dict(width=0)),
                                            meta=dict(panel=i, role="class", cls=k)), row=r + 1, col=c + 1)
             fig.add_trace(go.Scatter3d(x=[], y=[], z=[], mode="lines", showlegend=False, hoverinfo="skip",
                                        line=dict(width=4), meta=dict(panel=i, role="directions")),
