@@ -150,21 +150,28 @@ def angles_to_class(features: np.ndarray, labels: np.ndarray, W: np.ndarray) -> 
         return np.degrees(np.arccos(np.clip((x * w).sum(1) / norm, -1.0, 1.0)))
 
 
-def table_rows(features: np.ndarray, labels: np.ndarray, geometry: dict, epoch: int) -> list[list]:
-    """One epoch's test features as rows (x, y, label, prediction, epoch), at most WANDB_TABLE_ROWS of them
-    (the same seeded sample as the page's)."""
+def feature_rows(features: np.ndarray, labels: np.ndarray, geometry: dict, epoch: int) -> list[list]:
+    """One epoch's test features as rows (x, y, [z for 3-D,] label, prediction, epoch), at most WANDB_TABLE_ROWS of
+    them (the same seeded sample as the page's)."""
     features, labels = np.asarray(features, np.float32), np.asarray(labels)
     pred = predictions(features, geometry)
     index = sample_points(len(labels), WANDB_TABLE_ROWS)
-    return [[float(features[i, 0]), float(features[i, 1]), int(labels[i]), int(pred[i]), int(epoch)] for i in index]
+    k = 3 if features.shape[1] == 3 else 2
+    return [[*(float(v) for v in features[i, :k]), int(labels[i]), int(pred[i]), int(epoch)] for i in index]
+
+
+def table_columns(dim: int) -> list[str]:
+    """The W&B table's columns for `dim`-D features (z only for 3-D; above, the page's projection is the view)."""
+    return ["x", "y", "z", "label", "prediction", "epoch"] if dim == 3 else list(TABLE_COLUMNS)
 
 
 def wandb_table(features, labels, geometry: dict, epoch: int):
-    """The rows of `table_rows` as a wandb.Table, for W&B's own scatter panels (x against y, coloured by label)."""
+    """The rows of `feature_rows` as a wandb.Table, for W&B's own scatter panels (x against y, coloured by label)."""
     import wandb
 
     geometry = {k: np.asarray(v) for k, v in geometry.items()}
-    return wandb.Table(columns=list(TABLE_COLUMNS), data=table_rows(np.asarray(features), np.asarray(labels),
+    return wandb.Table(columns=table_columns(np.asarray(features).shape[1]),
+                       data=feature_rows(np.asarray(features), np.asarray(labels),
                                                                     geometry, epoch))
 
 
