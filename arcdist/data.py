@@ -57,7 +57,7 @@ class DeviceData:
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.normalise(self.images([idx]).__next__()), self.y[idx]
+        return self.normalise(next(self.images([idx]))), self.y[idx]
 
     def images(self, batches: Iterable[torch.Tensor | slice]) -> Iterator[torch.Tensor]:
         """The uint8 images of each index batch (or slice), in order, on the device."""
