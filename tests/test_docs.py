@@ -19,7 +19,8 @@ from helpers import ROOT
 PAGES = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "results" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```[a-z]*\n(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"`((?:arcdist |accelerate launch |python -m arcdist|torchrun )[^`]*)`")
-BARE = {"python": 3, "accelerate": 2, "arcdist": 1, "torchrun": 1}  # words of a bare name, not a command
+# words of a bare name, not a command (`arcdist grid` alone names the command; `arcdist variants` is one)
+BARE = {"python": 3, "accelerate": 2, "arcdist": 1, "torchrun": 1}
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -42,7 +43,8 @@ def _commands(text: str) -> list[str]:
             out += [part.strip() for part in re.split(r"&&|;|\|\|?", line) if part.strip()]
     # inline code that is a whole command: not usage syntax ([optional], ...) nor a bare module name
     out += [c for c in INLINE.findall(text)
-            if not re.search(r"\.\.\.|…|\[", c) and len(c.split()) > BARE[c.split()[0]]]
+            if not re.search(r"\.\.\.|…|\[", c) and len(c.split()) > BARE[c.split()[0]]
+            and not (c.split()[0] == "arcdist" and len(c.split()) == 2 and c.split()[1] not in ("variants", "--help"))]
     return out
 
 
