@@ -117,7 +117,7 @@ class TrainConfig:
     # per epoch as grad_norm_mean / grad_norm_max
     clip_grad_norm: float = 0.0
     # precision@1, R-precision and MAP@R of the test features each epoch (arcdist.retrieval, on the main process):
-    # 2-5 s an epoch for 10,000 test features on a 2-core CPU; False leaves them out of metrics.jsonl
+    # about 3-14 s an epoch for 10,000 test features on a 2-core CPU (docs/performance.md); False leaves them out
     retrieval: bool = True
 
 
