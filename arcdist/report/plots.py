@@ -71,9 +71,10 @@ def draw_features(rows: list[dict]):
         span = float(np.abs(points[finite]).max()) if finite.any() else 0.0
         limit = span * 1.05 if span > 0 else 1.0
         figures.draw_head(ax, figures.head_geometry(f), limit)
-        for c in range(10):
+        names = figures.class_names(Path(run_dir)) or [str(c) for c in range(10)]
+        for c in range(min(10, len(names))):
             pts = f["features"][f["labels"] == c]
-            ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=str(c), linewidths=0, rasterized=True)
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=names[c], linewidths=0, rasterized=True)
         ax.set_title(f"{row['label']} s{seed}  acc {acc:.4f}" if _finite(acc) else f"{row['label']} s{seed}",
                      fontsize=9)
         ax.set_xlim(-limit, limit)

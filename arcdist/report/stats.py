@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from arcdist import fingerprint, runinfo
+from arcdist.figures import class_names
 from arcdist.heads import head_class
 from arcdist.status import RunStatus
 
@@ -138,6 +139,10 @@ def summarise(doc: dict, threshold_acc: float, threshold_angle: float, threshold
         row.update({k: mean_std([s[k] for _, s in runs]) for k in STATS})
         worst = [s["worst_class"] for _, s in runs if s["worst_class"] is not None]
         row["worst_class"] = max(set(worst), key=worst.count) if worst else None  # the seeds' most frequent
+        names = class_names(Path(runs[0][0]["run_dir"])) if runs else None  # a folder dataset's own names
+        w = row["worst_class"]
+        if w is not None and names and w < len(names) and names[w] != str(w):
+            row["worst_class"] = names[w]
         reached = [s["epochs_to"] for _, s in runs if s["epochs_to"] is not None]
         row["epochs_to"] = dict(mean=float(np.mean(reached)) if reached else None, reached=len(reached), n=len(runs))
         row["curves"] = {k: _mean_curve([s["curves"][k] for _, s in runs]) for k in ("test_accuracy", "train_loss")}
