@@ -283,7 +283,7 @@ m_munge() {  # a munged of its own (its socket in $M_RUN): the one-node cluster'
   install -d -o munge -g munge -m 0755 "$M_RUN/munge"
   if ! alive "$M_RUN/munge/munged.pid" munged; then
     rm -f "$M_RUN/munge/munged.pid"
-    runuser -u munge -- /usr/sbin/munged --socket="$M_SOCK" --pid-file="$M_RUN/munge/munged.pid" \
+    runuser -u munge -- /usr/sbin/munged --num-threads=10 --socket="$M_SOCK" --pid-file="$M_RUN/munge/munged.pid" \
       --log-file="/var/log/munge/$M_NAME.log" --seed-file="/var/lib/munge/$M_NAME.seed" \
       || die "munged ($M_SOCK) did not start; see /var/log/munge/$M_NAME.log"
     m_mark munged
