@@ -42,8 +42,11 @@ class DeviceData:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, spec: DatasetSpec, device: torch.device):
         self.x = x.to(device)
         self.y = y.to(device)
-        self.device = device
-        self.spec = spec
+        self._place(spec, device)
+
+    def _place(self, spec: DatasetSpec, device: torch.device) -> None:
+        """The spec, the device and the normalisation of uint8 pixels (mean and 1/std, per channel, on 0..255)."""
+        self.device, self.spec = device, spec
         self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
         self.inv_std = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
 
@@ -76,9 +79,8 @@ class StreamData(DeviceData):
     def __init__(self, paths: tuple[str, ...], y: torch.Tensor, spec: DatasetSpec, device: torch.device,
                  decode, workers: int):
         self.paths, self.decode, self.workers = tuple(paths), decode, workers
-        self.y, self.device, self.spec = y.to(device), device, spec
-        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
+        self.y = y.to(device)
+        self._place(spec, device)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -32,3 +32,12 @@ def real_data() -> Path:
     if not (REAL_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found under {REAL_DATA}; set ARCDIST_DATA_DIR")
     return REAL_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """The cluster tests share Slurm daemons and node namespaces: one xdist worker runs them all, one at a time, and
+    they go first (the longest unit of work; the other worker takes the rest meanwhile)."""
+    cluster = [item for item in items if item.get_closest_marker("cluster")]
+    for item in cluster:
+        item.add_marker(pytest.mark.xdist_group("cluster"))
+    items[:] = cluster + [item for item in items if not item.get_closest_marker("cluster")]

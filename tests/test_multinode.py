@@ -101,9 +101,10 @@ def sbatch_multinode(tmp_path: Path, data: Path, run_dir: Path, **env) -> tuple[
     return job, tmp_path / f"mn-{job}.out"
 
 
-def node_pids(node: str, needle: str = "arcdist/train.py") -> list[int]:
-    """Processes of a job on `node` (slurmstepd gives its tasks SLURMD_NODENAME) with `needle` in their command
-    line: the node's launcher (comm pt_elastic) and its ranks, not the task's shell or srun."""
+def node_pids(node: str, job: str, needle: str = "arcdist/train.py") -> list[int]:
+    """Processes of `job` on `node` (slurmstepd gives its tasks SLURMD_NODENAME and SLURM_JOB_ID) with `needle` in
+    their command line: the node's launcher (comm pt_elastic) and its ranks, not the task's shell or srun (nor a
+    process of an earlier job that is still exiting)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -114,7 +115,8 @@ def node_pids(node: str, needle: str = "arcdist/train.py") -> list[int]:
             comm = (proc / "comm").read_text().strip()
         except OSError:
             continue
-        if comm not in ("bash", "sh", "srun") and needle in cmd and f"SLURMD_NODENAME={node}".encode() in env:
+        if (comm not in ("bash", "sh", "srun") and needle in cmd and f"SLURMD_NODENAME={node}".encode() in env
+                and f"SLURM_JOB_ID={job}".encode() in env):
             pids.append(int(proc.name))
     return pids
 
@@ -169,7 +171,7 @@ def node2_signalled_mid_epoch(tmp_path: Path, data: Path, run: Path, sig: int, t
     job, log = sbatch_multinode(tmp_path, data, run, ARCDIST_FAULT_PAUSE="2:3",
                                 TRAIN_ARGS=" ".join([*TRAIN_ARGS, "--set", f"train.collective_timeout_s={timeout_s}"]))
     wait_for(run / "FAULT-PAUSED", job, log)
-    pids = node_pids("node2")  # node2's launcher and its rank
+    pids = node_pids("node2", job)  # node2's launcher and its rank
     if len(pids) != 2:
         cancel(job)
         raise AssertionError(f"expected node2's launcher and rank, found processes {pids}")
