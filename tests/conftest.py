@@ -34,10 +34,9 @@ def real_data() -> Path:
     return REAL_DATA
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """The cluster tests share Slurm daemons and node namespaces: one xdist worker runs them all, one at a time, and
-    they go first (the longest unit of work; the other worker takes the rest meanwhile)."""
+    """The cluster tests (one xdist worker, `xdist_group("cluster")` in their modules) go first: they are the
+    longest unit of work, and the other worker takes the rest meanwhile."""
     cluster = [item for item in items if item.get_closest_marker("cluster")]
-    for item in cluster:
-        item.add_marker(pytest.mark.xdist_group("cluster"))
     items[:] = cluster + [item for item in items if not item.get_closest_marker("cluster")]
