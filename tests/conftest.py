@@ -32,11 +32,3 @@ def real_data() -> Path:
     if not (REAL_DATA / "MNIST" / "raw").is_dir():
         pytest.skip(f"real MNIST not found under {REAL_DATA}; set ARCDIST_DATA_DIR")
     return REAL_DATA
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """The cluster tests (one xdist worker, `xdist_group("cluster")` in their modules) go first: they are the
-    longest unit of work, and the other worker takes the rest meanwhile."""
-    cluster = [item for item in items if item.get_closest_marker("cluster")]
-    items[:] = cluster + [item for item in items if not item.get_closest_marker("cluster")]

@@ -25,7 +25,7 @@ import pytest
 from helpers import ROOT, free_port, make_tiny_mnist, metric_rows, run_train, summary, tiny_args
 from slurm_jobs import SlurmJobs, job_env
 
-pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]  # one worker runs every cluster test, one at a time
+pytestmark = pytest.mark.cluster
 
 CLUSTER = ROOT / "tests" / "infra" / "dev-cluster.sh"
 SLURM_CONF = "/etc/slurm/arcdist-multi/slurm.conf"

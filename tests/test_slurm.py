@@ -14,7 +14,7 @@ import pytest
 from helpers import metric_rows, summary, ROOT, cli_env, free_port, make_tiny_mnist
 from slurm_jobs import SlurmJobs, job_env
 
-pytestmark = [pytest.mark.cluster, pytest.mark.xdist_group("cluster")]  # one worker runs every cluster test, one at a time
+pytestmark = pytest.mark.cluster
 
 
 CLUSTER = ROOT / "tests" / "infra" / "dev-cluster.sh"
