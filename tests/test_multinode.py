@@ -183,7 +183,7 @@ def node2_signalled_mid_epoch(tmp_path: Path, data: Path, run: Path, sig: int, t
     return job, log, time.time() - signalled
 
 
-def test_lost_node_ends_the_job_and_a_resubmit_resumes(cluster, data, reference, tmp_path):
+def test_lost_node_ends_the_job_naming_the_node_and_the_checkpoint(cluster, data, tmp_path):
     run = tmp_path / "run"
     # rank 0 goes on into the step's all-reduce with a peer that is gone
     job, log, ended = node2_signalled_mid_epoch(tmp_path, data, run, signal.SIGKILL, timeout_s=60)
@@ -193,15 +193,7 @@ def test_lost_node_ends_the_job_and_a_resubmit_resumes(cluster, data, reference,
     assert f"the last complete checkpoint is {run}/checkpoints/epoch-0001" in text, text
     # the bound is srun's --kill-on-bad-exit (wait_gone gives up after 120 s); the time is a figure, not an assertion
     print(f"job ended {ended:.1f} s after node2's training was killed")
-
-    again, log2 = sbatch_multinode(tmp_path, data, run)  # the same submission again
-    wait_gone(again, [log2], timeout=180)
-    text2 = log2.read_text()
-    assert job_state(again) == ("COMPLETED", "0:0"), text2
-    assert f"resuming {run}" in text2
-    assert_ran_on_both_nodes(text2)
-    assert summary(run)["status"] == "finished"
-    assert metric_rows(run) == reference
+    # the resubmission that resumes it to the undisturbed metrics: test_short_two_node_chaos_equals_the_undisturbed_run
 
 
 def test_frozen_node_ends_the_job_after_the_collective_timeout(cluster, data, tmp_path):
