@@ -44,7 +44,7 @@ def test_short_chaos_run_equals_the_undisturbed_grid(tmp_path):
     data = os.environ.get("ARCDIST_DATA_DIR")
     if not data:
         pytest.skip("needs ARCDIST_DATA_DIR (real MNIST)")
-    faults = 5
+    faults = 3  # (5 took 49-78 s on the Zen 4; every kind is covered by the long run, docs/guarantees.md)
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "faults" / "chaos.py"), "--out", str(tmp_path),
                            "--faults", str(faults), "--seed", "1", "--gap", "3", "--jobs", "2", "--epochs", "2",
                            "--limit-train", "256", "--limit-test", "64", "--tmpfs-mb", "64"],
