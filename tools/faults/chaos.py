@@ -161,14 +161,32 @@ def wait_gone(pid: int, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def schedule_args(ap: argparse.ArgumentParser, faults: int, gap: float) -> None:
+    """The fault schedule's flags, shared with tools/faults/chaos_nodes.py."""
+    ap.add_argument("--faults", type=int, default=faults, help=f"faults to inject (default {faults})")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the fault schedule: moments, kinds, targets")
+    ap.add_argument("--gap", type=float, default=gap, help=f"mean seconds between faults (default {gap:g})")
+    ap.add_argument("--skip", default="", help="comma-separated fault kinds left out")
+
+
+def unknown_kinds(args: argparse.Namespace, kinds: tuple[str, ...]) -> str | None:
+    """Turns --skip into a set of kinds; returns the refusal line when it names a kind not in `kinds`."""
+    args.skip = {k for k in args.skip.split(",") if k}
+    if unknown := args.skip - set(kinds):
+        return f"unknown fault kind {', '.join(sorted(unknown))}; use {', '.join(kinds)}"
+    return None
+
+
 class Chaos:
+    KINDS = KINDS  # the deck's kinds (a subclass brings its own)
+
     def __init__(self, args: argparse.Namespace, disk: Path):
         self.args, self.disk = args, disk
         self.rng = random.Random(args.seed)
         self.injected: collections.Counter = collections.Counter()
         self.missed: collections.Counter = collections.Counter()
         self.deck: list[str] = []
-        self.kinds = [k for k in KINDS if k not in args.skip]
+        self.kinds = [k for k in self.KINDS if k not in args.skip]
         self.flipped: set[tuple[str, int]] = set()  # checkpoint folders (path, inode) this run has damaged
 
     def strike(self, runner: subprocess.Popen, root: Path) -> str | None:
@@ -281,9 +299,7 @@ class Chaos:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="reference, tmpfs mount point and chaos.json go here")
-    ap.add_argument("--faults", type=int, default=100, help="faults to inject (default 100)")
-    ap.add_argument("--seed", type=int, default=0, help="seeds the fault schedule: moments, kinds, targets")
-    ap.add_argument("--gap", type=float, default=3.0, help="mean seconds between faults (default 3)")
+    schedule_args(ap, faults=100, gap=3.0)
     ap.add_argument("--jobs", type=int, default=8, help="jobs in the grid: seeds 0..N-1 of A8 (default 8)")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (default 2)")
     ap.add_argument("--epochs", type=int, default=3)
@@ -292,12 +308,10 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--ranks", type=int, default=2, help="processes per job (gloo; default 2)")
     ap.add_argument("--tmpfs-mb", type=int, default=256, help="size of the tmpfs the chaos rounds write to")
-    ap.add_argument("--skip", default="", help="comma-separated fault kinds left out")
     ap.add_argument("--max-reruns", type=int, default=1000, help="give up after this many reruns")
     args = ap.parse_args()
-    args.skip = {k for k in args.skip.split(",") if k}
-    if unknown := args.skip - set(KINDS):
-        print(f"chaos: unknown fault kind {', '.join(sorted(unknown))}; use {', '.join(KINDS)}", file=sys.stderr)
+    if why := unknown_kinds(args, KINDS):
+        print(f"chaos: {why}", file=sys.stderr)
         return 2
     if not os.environ.get("ARCDIST_DATA_DIR"):
         print("chaos: set ARCDIST_DATA_DIR to a folder with MNIST in torchvision's layout", file=sys.stderr)

@@ -47,7 +47,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,7 +122,6 @@ class Job:
     job: str | None = None  # the id in the queue (JOB_TASK for an array task)
     submissions: int = 0
     done: bool = False
-    statuses: list[str] = field(default_factory=list)
 
     def submit(self) -> None:
         proc = sh("sbatch", "--parsable", *self.sbatch, env=self.env)
@@ -157,10 +156,10 @@ def round_jobs(root: Path, args: argparse.Namespace) -> list[Job]:
 
 class NodeChaos(one_node.Chaos):
     """The one-node deck with the nodes' kinds; `inject` aims them at a node, a job or a rank."""
+    KINDS = KINDS
 
     def __init__(self, args: argparse.Namespace):
         super().__init__(args, disk=args.out)
-        self.kinds = [k for k in KINDS if k not in args.skip]
         self.node_restarts = 0
 
     def nodes_training(self, pids: list[int]) -> list[str]:
@@ -254,7 +253,6 @@ def run_round(root: Path, args: argparse.Namespace, chaos: NodeChaos | None, dea
             if job.done or job.job in in_queue:
                 continue
             status = run_status(job.run_dir)
-            job.statuses.append(str(status))
             if status == "finished":
                 job.done = True
             elif job.submissions > args.max_resubmits:
@@ -284,9 +282,7 @@ def cannot_run_here() -> str | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="rounds and chaos-nodes.json go here")
-    ap.add_argument("--faults", type=int, default=50, help="faults to inject (default 50)")
-    ap.add_argument("--seed", type=int, default=0, help="seeds the fault schedule: moments, kinds, targets")
-    ap.add_argument("--gap", type=float, default=6.0, help="mean seconds between faults (default 6)")
+    one_node.schedule_args(ap, faults=50, gap=6.0)
     ap.add_argument("--variant", default="V2")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--limit-train", type=int, default=512)
@@ -295,13 +291,11 @@ def main() -> int:
     ap.add_argument("--collective-timeout", type=float, default=8.0,
                     help="train.collective_timeout_s of every run: a freeze lasts longer (default 8)")
     ap.add_argument("--no-grid", action="store_true", help="rounds of the 2-node job alone (the suite's short run)")
-    ap.add_argument("--skip", default="", help="comma-separated fault kinds left out")
     ap.add_argument("--max-resubmits", type=int, default=40, help="give up on a job after this many submissions")
     ap.add_argument("--round-timeout", type=float, default=1200, help="give up on a round after this many seconds")
     args = ap.parse_args()
-    args.skip = {k for k in args.skip.split(",") if k}
-    if unknown := args.skip - set(KINDS):
-        print(f"chaos_nodes: unknown fault kind {', '.join(sorted(unknown))}; use {', '.join(KINDS)}", file=sys.stderr)
+    if why := one_node.unknown_kinds(args, KINDS):
+        print(f"chaos_nodes: {why}", file=sys.stderr)
         return 2
     if why := cannot_run_here():
         print(f"chaos_nodes: {why}", file=sys.stderr)
@@ -316,6 +310,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results, rounds, left = [], [], []
+    reference_s = 0.0
     chaos = NodeChaos(args)
     try:
         reference = args.out / "rounds" / "reference"
@@ -344,7 +339,6 @@ def main() -> int:
     except RuntimeError as e:
         print(f"chaos_nodes: {e}", file=sys.stderr)
         results.append(dict(round=-1, job=str(e), rows_equal=False, weights_equal=False, rows=0, lost=0, extra=0))
-        reference_s = locals().get("reference_s", 0.0)
     finally:
         for pid in one_node.training_pids(args.out):
             one_node.kill(pid, signal.SIGKILL)
