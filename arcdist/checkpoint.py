@@ -93,9 +93,9 @@ def save_checkpoint(accelerator: Accelerator, run_dir: str | os.PathLike, epoch:
     except OSError as e:
         error = e
     except (RuntimeError, SafetensorError) as e:
-        # torch's writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos ...",
-        # safetensors' as "Error while serializing: I/O error: No space left on device (os error 28)"
-        if not any(k in str(e) for k in ("inline_container", "I/O error", "os error")) and "write" not in str(e).lower():
+        # torch's writer reports a full disk as "[enforce fail at inline_container.cc] unexpected pos ..." or, when
+        # its file stream fails at the end, "basic_ios::clear: iostream error"; safetensors' as "Error while serializing: I/O error: No space left on device (os error 28)"
+        if not any(k in str(e) for k in ("inline_container", "iostream error", "I/O error", "os error")) and "write" not in str(e).lower():
             raise
         error = OSError(errno.ENOSPC, "No space left on device", str(tmp)) if _disk_full(root) else e
     error = agree(accelerator, error, tmp, run_dir)

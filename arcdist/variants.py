@@ -95,6 +95,15 @@ _add("V2.1", "V2", "optimizer SGD(0.01)", "overlap",
 
 POST_VARIANTS = tuple(VARIANTS)  # the post's 12, in its order
 
+# the test backbone: the smallest net that still takes every path of a run (a ConvLayer with its BatchNorm and
+# PReLU, a pool, the fc, the head); the suite's runs check files, statuses and equality, not what a net learns
+T0_LAYERS = (conv(1, 4, 3, 2, 1), M)
+_add("T0", "V2", "test backbone: one 4-channel 3x3 stride-2 ConvLayer and a pool -> Linear(196, 2), "
+     "about 7,500 multiply-adds per image, W evenly spread, Adam 1e-2 (the suite's runs)", "",
+     _from("V2", model=_model(T0_LAYERS, ("linear", 4 * 7 * 7)), head=HeadConfig(init="even"),
+           optim=replace(ADAM, lr=0.01, head_lr=0.01)))
+_add("T0.1", "T0", "test backbone with V2.1's optimizer SGD(0.01)", "", _from("T0", optim=sgd(0.01)))
+
 # arcdist's own rows
 _add("A1", "V2", "CPU recipe: Adam 1e-3 / head Adam 1e-2, W evenly spread, cosine lr, 6 epochs", "",
      _from("V2", optim=replace(ADAM, head_lr=0.01, schedule="cosine", warmup_epochs=0.25),

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from arcdist.grid import free_port
+from arcdist.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(os.environ.get("ARCDIST_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -157,12 +158,22 @@ def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | N
 
 EXACT = ["--mixed-precision", "no", "--set", "train.channels_last=false"]  # no machine-dependent "auto" choice
 # tests compare runs exactly, so they pin fp32 / NCHW: "auto" rests on a timing probe (tests/test_hardware.py)
-TINY_AUTO = ["--variant", "V2", "--no-progress", "--wandb", "disabled"]
+# the suite's runs train T0, the test backbone (arcdist.variants: ~7,500 multiply-adds per image), without plots
+# or retrieval metrics: they check files, statuses and equality; a test about plots adds PLOTS, one about the
+# retrieval metrics RETRIEVAL, one about what a net learns names a real variant
+TINY_AUTO = ["--variant", "T0", "--no-progress", "--wandb", "disabled", "--plot-every", "0",
+             "--set", "train.retrieval=false"]
 TINY = [*TINY_AUTO, *EXACT]
+PLOTS = ["--plot-every", "1"]
+RETRIEVAL = ["--set", "train.retrieval=true"]
+# T0's layers under a grid of other variants (their heads and recipes on the test backbone)
+T0_BACKBONE = ["--set", f"model.layers={VARIANTS['T0'].config.model.layers!r}",
+               "--set", f"model.fc={VARIANTS['T0'].config.model.fc!r}"]
 
 
 def tiny_args(data: Path, out: Path, epochs: int, *extra: str, batch: int = 64, auto: bool = False) -> list[str]:
-    """A tiny V2 run into `out`: no W&B, no progress bar, fp32 / NCHW unless `auto`, `extra` arguments last."""
+    """A tiny T0 run into `out`: no W&B, plots, retrieval metrics or progress bar, fp32 / NCHW unless `auto`,
+    `extra` arguments last (PLOTS, RETRIEVAL turn those on)."""
     return [*(TINY_AUTO if auto else TINY), "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out),
             "--set", f"data.batch_size={batch}", *extra]
 

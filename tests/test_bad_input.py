@@ -56,7 +56,8 @@ CASES = {
     "rotation too large": (lambda w: ["--set", "data.rotate=200"], "data.rotate must be 0..180 degrees"),
     "order not a permutation": (lambda w: ["--set", "head.init=even", "--set", "head.order=(0,1,2,3,4,5,6,7,8,8)"],
                                 "head.order must list each class 0..9 once"),
-    "order without even init": (lambda w: ["--set", "head.order=(9,8,7,6,5,4,3,2,1,0)"], "add --set head.init=even"),
+    "order without even init": (lambda w: ["--set", "head.init=xavier", "--set", "head.order=(9,8,7,6,5,4,3,2,1,0)"],
+                                "add --set head.init=even"),
     "data file missing": (lambda w: ["--data-dir", str(w["broken"]["missing"])], "missing t10k-labels-idx1-ubyte"),
     "wrong magic": (lambda w: ["--data-dir", str(w["broken"]["magic"])], "bad magic number"),
     "truncated idx": (lambda w: ["--data-dir", str(w["broken"]["truncated"])], "truncated"),
@@ -66,7 +67,7 @@ CASES = {
     "resume a run that ended without a checkpoint": (lambda w: ["--resume", str(w["no_ckpt"])],
                                                      "ended diverged without a complete checkpoint"),
     "resume a non-run folder": (lambda w: ["--resume", str(w["root"] / "data")], "not an arcdist run folder"),
-    "resume another variant": (lambda w: ["--resume", str(w["run"]), "--variant", "V0"], "is variant V2, not V0"),
+    "resume another variant": (lambda w: ["--resume", str(w["run"]), "--variant", "V0"], "is variant T0, not V0"),
 }  # a truncated checkpoint is moved aside, not refused as it stands: tests/test_torn_files.py
 
 

@@ -46,7 +46,7 @@ def test_short_chaos_run_equals_the_undisturbed_grid(tmp_path):
         pytest.skip("needs ARCDIST_DATA_DIR (real MNIST)")
     faults = 3  # (5 took 49-78 s on the Zen 4; every kind is covered by the long run, docs/guarantees.md)
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "faults" / "chaos.py"), "--out", str(tmp_path),
-                           "--faults", str(faults), "--seed", "1", "--gap", "3", "--jobs", "2", "--epochs", "2",
+                           "--variant", "T0", "--faults", str(faults), "--seed", "1", "--gap", "3", "--jobs", "2", "--epochs", "2",
                            "--limit-train", "256", "--limit-test", "64", "--tmpfs-mb", "64"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     figures = json.loads((tmp_path / "chaos.json").read_text())

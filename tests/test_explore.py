@@ -13,7 +13,7 @@ import torch
 from arcdist import explore
 from arcdist.data import load_dataset
 from arcdist.tracking import read_offline_run
-from helpers import ROOT, TINY, cli_env, make_tiny_mnist, run_train
+from helpers import PLOTS, ROOT, TINY, cli_env, make_tiny_mnist, run_train
 
 CHROMIUM = shutil.which("chromium")
 EPOCHS, N_TEST, POINTS = 3, 240, 200
@@ -284,7 +284,7 @@ def real_run(tmp_path_factory):
     data = make_tiny_mnist(root / "data", n_train=256, n_test=101)
     out = root / "run"
     args = [a for a in TINY if a not in ("--wandb", "disabled")]
-    run_train([*args, "--wandb", "offline", "--epochs", "2", "--data-dir", str(data), "--output-dir", str(out),
+    run_train([*args, *PLOTS, "--wandb", "offline", "--epochs", "2", "--data-dir", str(data), "--output-dir", str(out),
                "--set", "data.batch_size=64"])
     return out
 

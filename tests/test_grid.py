@@ -25,9 +25,10 @@ def grid_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("grid")
     data = make_tiny_mnist(root / "data", n_train=256, n_test=50)
     # V1.2.4's batch of 512 exceeds the 256 training images: that job must fail, alone
-    args = ["--grid-id", "g1", "--variants", "V2,V2.1,V1.2.4", "--seeds", "0", "--epochs", "1", "--out",
+    args = ["--grid-id", "g1", "--variants", "T0,T0.1,V1.2.4", "--seeds", "0", "--epochs", "1", "--out",
             str(root / "runs"), "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",
-            "--set", "train.keep_checkpoints=1"]
+            "--set", "train.keep_checkpoints=1", "--set", "train.retrieval=false", "--set", "train.mixed_precision=no",
+            "--set", "train.channels_last=false", "--", "--plot-every", "0"]
     first = run_grid(args)
     return root, args, first
 
@@ -38,24 +39,24 @@ def test_jobs_complete_side_by_side_and_failure_is_recorded(grid_run):
     assert first.returncode == 1  # one job failed
     doc = json.loads((root / "runs" / "g1" / "grid.json").read_text())
     status = {j["variant"]: j for j in doc["jobs"]}
-    assert status["V2"]["status"] == "finished" and status["V2.1"]["status"] == "finished"
+    assert status["T0"]["status"] == "finished" and status["T0.1"]["status"] == "finished"
     assert status["V1.2.4"]["status"] == "failed"
     assert "larger than the 256 training images" in status["V1.2.4"]["error"]
-    for v in ("V2", "V2.1"):
+    for v in ("T0", "T0.1"):
         run = root / "runs" / "g1" / f"{v}-s0"
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
         assert status[v]["final_accuracy"] == json.loads((run / "summary.json").read_text())["final_accuracy"]
-    assert "V2-s0" in first.stdout and "failed" in first.stdout  # the terminal summary table
+    assert "T0-s0" in first.stdout and "failed" in first.stdout  # the terminal summary table
 
 
 def test_rerun_skips_finished_runs(grid_run):
     root, args, _ = grid_run
-    log = root / "runs" / "g1" / "logs" / "V2-s0.log"
+    log = root / "runs" / "g1" / "logs" / "T0-s0.log"
     before = log.read_text()
     again = run_grid(args)
     doc = json.loads((root / "runs" / "g1" / "grid.json").read_text())
     status = {j["variant"]: j["status"] for j in doc["jobs"]}
-    assert status == {"V2": "skipped", "V2.1": "skipped", "V1.2.4": "failed"}
+    assert status == {"T0": "skipped", "T0.1": "skipped", "V1.2.4": "failed"}
     assert log.read_text() == before
     assert again.returncode == 1
 
@@ -64,19 +65,19 @@ def test_rerun_skips_finished_runs(grid_run):
 def test_unfinished_run_is_resumed(grid_run):
     root, args, _ = grid_run
     more = [a if a != "1" else "2" for a in args]  # --epochs 2: both runs are now unfinished
-    summary = root / "runs" / "g1" / "V2-s0" / "summary.json"
+    summary = root / "runs" / "g1" / "T0-s0" / "summary.json"
     summary.unlink()
-    run_grid([*more[:more.index("--variants") + 1], "V2", *more[more.index("--variants") + 2:]])
-    rows = (root / "runs" / "g1" / "V2-s0" / "metrics.jsonl").read_text().splitlines()
+    run_grid([*more[:more.index("--variants") + 1], "T0", *more[more.index("--variants") + 2:]])
+    rows = (root / "runs" / "g1" / "T0-s0" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
 
 
 def test_task_index_and_list():
-    args = grid.parse_args(["--grid-id", "x", "--variants", "V0,V2", "--seeds", "0,1,2"])
+    args = grid.parse_args(["--grid-id", "x", "--variants", "V0,T0", "--seeds", "0,1,2"])
     jobs = grid.build_jobs(args)
     assert [(j.index, j.variant, j.seed) for j in jobs] == [(0, "V0", 0), (1, "V0", 1), (2, "V0", 2),
-                                                            (3, "V2", 0), (4, "V2", 1), (5, "V2", 2)]
-    assert jobs[4].run_dir.endswith("x/V2-s1")
+                                                            (3, "T0", 0), (4, "T0", 1), (5, "T0", 2)]
+    assert jobs[4].run_dir.endswith("x/T0-s1")
     with pytest.raises(ValueError, match="valid variants"):
         grid.build_jobs(grid.parse_args(["--grid-id", "x", "--variants", "V7"]))
 
@@ -103,7 +104,7 @@ def test_cpu_slots_set_threads_unless_the_user_did(tmp_path):
     from arcdist.grid import build_jobs, parse_args, train_command
 
     def threads_of(*extra):
-        args = parse_args(["--grid-id", "g", "--variants", "V2", "--out", str(tmp_path), *extra])
+        args = parse_args(["--grid-id", "g", "--variants", "T0", "--out", str(tmp_path), *extra])
         cmd = train_command(build_jobs(args)[0], args, threads=2)
         return [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set" and cmd[i + 1].startswith("train.threads=")]
 
@@ -116,9 +117,9 @@ def test_a_started_run_is_resumed_even_before_its_first_checkpoint(tmp_path):
     a fresh --output-dir there would be refused as a folder that already holds a run."""
     from arcdist.grid import build_jobs, parse_args, train_command
 
-    args = parse_args(["--grid-id", "g", "--variants", "V2", "--out", str(tmp_path), "--set", "data.shift=1"])
+    args = parse_args(["--grid-id", "g", "--variants", "T0", "--out", str(tmp_path), "--set", "data.shift=1"])
     job = build_jobs(args)[0]
-    assert train_command(job, args)[2:4] == ["--variant", "V2"] and "data.shift=1" in train_command(job, args)
+    assert train_command(job, args)[2:4] == ["--variant", "T0"] and "data.shift=1" in train_command(job, args)
     Path(job.run_dir).mkdir(parents=True)
     (Path(job.run_dir) / "config.json").write_text("{}")
     cmd = train_command(job, args)
@@ -155,15 +156,15 @@ def test_a_full_disk_fails_the_jobs_it_touches_not_the_runner(tmp_path, capsys):
     warning: the runner neither dies nor leaves jobs orphaned. (Directories in the files' places stand in for
     ENOSPC: root ignores permissions.)"""
     out = tmp_path / "runs"
-    (out / "full" / "logs" / "V2-s0.log").mkdir(parents=True)
-    (out / "full" / "logs" / "V2-s1.log").mkdir()
+    (out / "full" / "logs" / "T0-s0.log").mkdir(parents=True)
+    (out / "full" / "logs" / "T0-s1.log").mkdir()
     (out / "full" / ".grid.json.tmp").mkdir()
-    status = grid.main(["--grid-id", "full", "--variants", "V2", "--seeds", "0,1", "--out", str(out), "--jobs", "2"])
+    status = grid.main(["--grid-id", "full", "--variants", "T0", "--seeds", "0,1", "--out", str(out), "--jobs", "2"])
     printed = capsys.readouterr()
     assert status == 1  # Exit.FAILED: jobs failed, the runner ended normally
     assert printed.out.count("error: cannot open") == 2
     assert "warning: cannot write" in printed.err and "Traceback" not in printed.err
-    assert not (out / "full" / "V2-s0").exists() and not (out / "full" / "V2-s1").exists()  # nothing started
+    assert not (out / "full" / "T0-s0").exists() and not (out / "full" / "T0-s1").exists()  # nothing started
 
 
 def test_each_variant_trains_on_its_own_dataset_unless_datasets_is_given():
@@ -179,7 +180,7 @@ def test_each_variant_trains_on_its_own_dataset_unless_datasets_is_given():
 @pytest.mark.slow
 def test_one_grid_has_one_runner_started_together_or_mid_grid(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=50)
-    args = [sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "V2", "--seeds", "0,1",
+    args = [sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "T0", "--seeds", "0,1",
             "--epochs", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data), "--jobs", "1",
             "--wandb", "disabled", "--", "--mixed-precision", "no", "--plot-every", "0"]
     start = lambda: subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -3,7 +3,7 @@ each slurmd in its own network, UTS and mount namespace, its own address on a br
 training job, its preemption and requeue, the loss of a node, torchrun across the two hosts, and the grid's
 array tasks spread over both nodes.
 
-Every training here is the same tiny run (V2, 384 images, 2 epochs, global batch 32, fp32) on 2 ranks, one per
+Every training here is the same tiny run (T0, the test backbone, 384 images, 2 epochs, global batch 32, fp32) on 2 ranks, one per
 node, and must end with metrics equal to the same run on one node with 2 ranks (`reference`): with fp32 pinned
 and 2 ranks gloo's sums are exact, so the comparison is exact (no tolerance).
 """
@@ -34,6 +34,7 @@ EPOCHS = 2
 # what every run here trains (the multinode script adds --variant/--seed/--output-dir/--epochs/--data-dir/
 # --no-progress/--cpu itself)
 TRAIN_ARGS = ["--wandb", "disabled", "--plot-every", "0", "--mixed-precision", "no", "--set", "train.channels_last=false",
+              "--set", "train.retrieval=false",
               "--set", "data.batch_size=32", "--set", "train.threads=1"]
 LOCAL_ARGS = ["--cpu", "--plot-every", "0", "--set", "train.threads=1"]  # the rest of it, beside conftest.tiny_args
 
@@ -93,7 +94,7 @@ def reference(data, tmp_path_factory) -> list[dict]:
 
 
 def sbatch_multinode(tmp_path: Path, data: Path, run_dir: Path, **env) -> tuple[str, Path]:
-    env = slurm_env(**{"ARCDIST_CPU": "1", "GPUS_PER_NODE": "1", "VARIANT": "V2", "EPOCHS": str(EPOCHS),
+    env = slurm_env(**{"ARCDIST_CPU": "1", "GPUS_PER_NODE": "1", "VARIANT": "T0", "EPOCHS": str(EPOCHS),
                        "DATA_DIR": str(data), "RUN_DIR": str(run_dir), "TRAIN_ARGS": " ".join(TRAIN_ARGS), **env})
     # CPU nodes: the script's `#SBATCH --gres=gpu:4 --cpus-per-task=16` are overridden
     job = sh("sbatch", "--parsable", f"--chdir={ROOT}", "--nodes=2", "--gres=none", "--cpus-per-task=1", "--mem=1G",
@@ -230,7 +231,7 @@ def test_torchrun_across_two_hosts(cluster, data, reference, tmp_path):
 
 
 def test_grid_array_spreads_over_both_nodes(cluster, data, tmp_path):
-    env = slurm_env(GRID_ID="arr", VARIANTS="V2,V2.1", EPOCHS="1", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
+    env = slurm_env(GRID_ID="arr", VARIANTS="T0,T0.1", EPOCHS="1", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
                     EXTRA="--wandb disabled --set data.batch_size=64",
                     TRAIN_ARGS="--plot-every 0 --mixed-precision no --set train.channels_last=false", ARCDIST_CPU="1")
     # 2 CPUs per task fill a node: the two tasks run one on each node
@@ -239,7 +240,7 @@ def test_grid_array_spreads_over_both_nodes(cluster, data, tmp_path):
     logs = [tmp_path / f"arcdist-grid-{job}_{i}.out" for i in (0, 1)]
     wait_gone(job, logs, timeout=180)
     hosts = set()
-    for i, variant in enumerate(("V2", "V2.1")):
+    for i, variant in enumerate(("T0", "T0.1")):
         text = logs[i].read_text()
         assert job_state(f"{job}_{i}") == ("COMPLETED", "0:0"), text
         assert summary(tmp_path / "runs" / "arr" / f"{variant}-s0")["status"] == "finished", text
@@ -254,7 +255,7 @@ def test_short_two_node_chaos_equals_the_undisturbed_run(cluster, tmp_path):
     if not os.environ.get("ARCDIST_DATA_DIR"):
         pytest.skip("needs ARCDIST_DATA_DIR (real MNIST)")
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "faults" / "chaos_nodes.py"), "--out", str(tmp_path),
-                           "--faults", "3", "--seed", "2", "--gap", "2", "--no-grid", "--epochs", "2",
+                           "--variant", "T0", "--faults", "3", "--seed", "2", "--gap", "2", "--no-grid", "--epochs", "2",
                            "--limit-train", "256", "--limit-test", "64", "--collective-timeout", "5",
                            "--skip", "requeue,preempt,kill-rank,torn-line,flip-byte"],
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=slurm_env())

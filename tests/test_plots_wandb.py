@@ -11,9 +11,10 @@ from PIL import Image
 from arcdist import figures
 from arcdist.config import from_dict
 from arcdist.tracking import read_offline_run
-from helpers import ROOT, TINY, cli_env, make_tiny_mnist, run_train
+from helpers import PLOTS, RETRIEVAL, ROOT, TINY as TINY_RUN, cli_env, make_tiny_mnist, run_train
 
 EPOCHS = 2
+TINY = [*TINY_RUN, *PLOTS, *RETRIEVAL]  # this file is about the plots and the W&B record of them
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def test_offline_wandb_holds_history_config_and_summary(wandb_run):
     cfg = json.loads((wandb_run / "config.json").read_text())["config"]
     assert from_dict({k: v["value"] if isinstance(v, dict) and "value" in v else v
                       for k, v in wb["config"].items() if not k.startswith("_")}) == from_dict(cfg)
-    assert wb["run"]["name"] == "V2-s0" and wb["run"]["group"] == "grid-xyz"
-    assert set(wb["run"]["tags"]) == {"V2", "mnist"} and wb["run"]["job_type"] == "train"
+    assert wb["run"]["name"] == "T0-s0" and wb["run"]["group"] == "grid-xyz"
+    assert set(wb["run"]["tags"]) == {"T0", "mnist"} and wb["run"]["job_type"] == "train"
     summary = json.loads((wandb_run / "summary.json").read_text())
     assert wb["summary"]["best_accuracy"] == summary["best_accuracy"]
     assert wb["summary"]["status"] == "finished" and wb["summary"]["diverged"] is False
@@ -114,7 +115,7 @@ def test_online_without_a_server_falls_back_to_offline_without_hanging(tiny_data
     env = cli_env(WANDB_API_KEY="0123456789abcdef0123456789abcdef01234567", WANDB_BASE_URL="http://127.0.0.1:9",
                   ARCDIST_WANDB_INIT_TIMEOUT="5")
     env.pop("WANDB_MODE")  # credentials present: the default mode is online
-    proc = run_train(["--variant", "V2", "--no-progress", "--epochs", "1", "--data-dir", str(tiny_data),
+    proc = run_train(["--variant", "T0", "--no-progress", "--epochs", "1", "--data-dir", str(tiny_data),
                       "--output-dir", str(out), "--set", "data.batch_size=64"], env=env, timeout=120)
     warnings = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("warning: W&B")]
     assert len(warnings) == 1 and "logging offline instead" in warnings[0]

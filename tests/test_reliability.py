@@ -128,13 +128,13 @@ def test_wandb_key_never_written(data, tmp_path, mode):
 
 @pytest.mark.slow
 def test_grid_carries_on_past_a_diverged_run(data, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "V2,V2.1",
+    proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "T0,T0.1",
                            "--epochs", "2", "--out", str(tmp_path), "--data-dir", str(data), "--jobs", "1",
                            "--wandb", "disabled", "--set", "data.batch_size=32"],
                           cwd=ROOT, env=cli_env(ARCDIST_FAULT_NAN="1:2"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = json.loads((tmp_path / "g" / "grid.json").read_text())["jobs"]
-    assert [(j["variant"], j["status"]) for j in jobs] == [("V2", "diverged"), ("V2.1", "diverged")]
+    assert [(j["variant"], j["status"]) for j in jobs] == [("T0", "diverged"), ("T0.1", "diverged")]
 
 
 def fp16_trainers(data, tmp_path, init_scale):
@@ -143,7 +143,7 @@ def fp16_trainers(data, tmp_path, init_scale):
 
     from arcdist.train import Trainer, build_config, parse_args
 
-    cfg = build_config(parse_args(["--variant", "V2", "--data-dir", str(data), "--set", "data.batch_size=64", *EXACT]))
+    cfg = build_config(parse_args(["--variant", "T0", "--data-dir", str(data), "--set", "data.batch_size=64", *EXACT]))
     plain = Trainer(cfg, tmp_path / "plain", Accelerator(cpu=True), no_progress=True)
     scaled = Trainer(cfg, tmp_path / "scaled", Accelerator(cpu=True), no_progress=True)
     scaled.acc.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=1000)

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from arcdist import report, wandb_report
-from helpers import ROOT, cli_env, make_tiny_mnist
+from helpers import ROOT, T0_BACKBONE, cli_env, make_tiny_mnist
 
-VARIANTS, SEEDS = ("V2", "V2.1"), (0, 1)
+VARIANTS, SEEDS = ("V2", "V2.1"), (0, 1)  # on the test backbone (T0_BACKBONE)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:wandb_workspaces")  # its pydantic v1 validators
 
 
@@ -35,7 +35,8 @@ def grid(tmp_path_factory):
     proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", ",".join(VARIANTS),
                            "--seeds", ",".join(map(str, SEEDS)), "--epochs", "2", "--out", str(root / "runs"),
                            "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",
-                           "--set", "data.batch_size=64"],
+                           "--set", "data.batch_size=64", "--set", "train.mixed_precision=no",
+                           "--set", "train.channels_last=false", *T0_BACKBONE, "--", "--plot-every", "0"],
                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     grid_dir = root / "runs" / "g"
@@ -215,7 +216,7 @@ def test_losses_grid_report_has_a_row_and_a_panel_per_head(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "losses", "--variants", "losses",
                            "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data),
                            "--jobs", "2", "--wandb", "disabled", "--set", "data.batch_size=64",
-                           "--set", "train.channels_last=false", "--", "--mixed-precision", "no"],
+                           "--set", "train.channels_last=false", *T0_BACKBONE, "--", "--mixed-precision", "no"],
                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     grid_dir = tmp_path / "runs" / "losses"

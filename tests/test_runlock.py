@@ -63,7 +63,7 @@ def test_second_trainer_on_a_busy_folder_refuses_and_writes_nothing(finished_run
 def test_grid_records_a_busy_job_as_busy_not_failed(tmp_path):
     log = tmp_path / "job.log"
     log.write_text(f"arcdist: error: runs/x {BUSY}: held by PID 7 on n1 since 2026-01-01T00:00:00; wait\n")
-    job = Job(index=0, variant="V2", seed=0, dataset="mnist", run_dir=str(tmp_path / "run"), log=str(log))
+    job = Job(index=0, variant="T0", seed=0, dataset="mnist", run_dir=str(tmp_path / "run"), log=str(log))
     finish(job, 2, 0.0)
     assert job.status == "busy"
     log.write_text("arcdist: error: something else\n")

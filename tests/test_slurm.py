@@ -49,14 +49,14 @@ def world_size(run_dir: Path) -> int:
 
 def test_grid_array_runs_every_task(cluster, tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=64, n_test=20)
-    env = job_env(GRID_ID="arr", VARIANTS="V2,V2.1", EPOCHS="1", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
+    env = job_env(GRID_ID="arr", VARIANTS="T0,T0.1", EPOCHS="1", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
                   EXTRA="--wandb disabled --set data.batch_size=32", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1")
     # CPU cluster: the script's `#SBATCH --gres=gpu:1` is overridden by --gres=none
     job = sbatch("grid.sbatch", "--array=0-1", "--gres=none", "--cpus-per-task=1", "--mem=2G",
                  f"--output={tmp_path}/%x-%A_%a.out", env=env)
     logs = [tmp_path / f"arcdist-grid-{job}_{i}.out" for i in (0, 1)]
     wait_gone(job, logs, timeout=240)
-    for i, variant in enumerate(("V2", "V2.1")):
+    for i, variant in enumerate(("T0", "T0.1")):
         run, log = tmp_path / "runs" / "arr" / f"{variant}-s0", logs[i].read_text()
         assert job_state(f"{job}_{i}") == ("COMPLETED", "0:0"), log
         assert summary(run)["status"] == "finished", log
@@ -70,18 +70,18 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_pat
     train = ["--plot-every", "0", "--cpu", "--set", "train.threads=1"]
     # the uninterrupted reference runs beside the SLURM job
     reference = tmp_path / "reference"
-    ref_cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), "--variant", "V2", "--seed", "0", "--epochs", "2",
+    ref_cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), "--variant", "T0", "--seed", "0", "--epochs", "2",
                "--set", "data.batch_size=32", "--data-dir", str(data), "--output-dir", str(reference),
                "--wandb", "disabled", "--no-progress", *train]
     ref = subprocess.Popen(ref_cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     # the first incarnation waits before epoch 1's step 3 while FAULT-PAUSED exists: the signal lands mid-epoch
-    env = job_env(GRID_ID="pre", VARIANTS="V2", EPOCHS="2", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
+    env = job_env(GRID_ID="pre", VARIANTS="T0", EPOCHS="2", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
                   EXTRA="--wandb disabled --set data.batch_size=32", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1",
                   ARCDIST_FAULT_PAUSE="1:3")
     job = sbatch("grid.sbatch", "--array=0", "--gres=none", "--cpus-per-task=1", "--mem=2G",
                  f"--output={tmp_path}/%x-%A_%a.out", env=env)
-    task, run = f"{job}_0", tmp_path / "runs" / "pre" / "V2-s0"
+    task, run = f"{job}_0", tmp_path / "runs" / "pre" / "T0-s0"
     log = tmp_path / f"arcdist-grid-{task}.out"
     text = SLURM.usr1_while_paused(task, run, log)
     assert "got SIGUSR1" in text, text
@@ -99,7 +99,7 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_pat
 
 def test_accelerate_cpu_config_and_torchrun_start_two_ranks(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=64, n_test=20)
-    common = ["--variant", "V2", "--epochs", "1", "--data-dir", str(data), "--set", "data.batch_size=32",
+    common = ["--variant", "T0", "--epochs", "1", "--data-dir", str(data), "--set", "data.batch_size=32",
               "--wandb", "disabled", "--no-progress", "--plot-every", "0", "--set", "train.threads=1"]
     env = job_env(NPROC="2", PORT=str(free_port()))
     procs = {

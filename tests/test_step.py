@@ -25,12 +25,12 @@ def precision_state():
 
 
 def trainer(data, run_dir, *extra, precision="no"):
-    """An in-process V2 trainer on the CPU (batch 32: 10 steps per epoch)."""
+    """An in-process T0 (test backbone) trainer on the CPU (batch 32: 10 steps per epoch)."""
     from accelerate import Accelerator
 
     from arcdist.train import Faults, Trainer, build_config, parse_args
 
-    argv = ["--variant", "V2", "--data-dir", str(data), *EXACT, "--mixed-precision", precision,
+    argv = ["--variant", "T0", "--data-dir", str(data), *EXACT, "--mixed-precision", precision,
             "--set", "data.batch_size=32", *extra]
     run_dir.mkdir(parents=True, exist_ok=True)
     return Trainer(build_config(parse_args(argv)), run_dir, Accelerator(cpu=True, mixed_precision=precision),

@@ -15,12 +15,12 @@ def data(tmp_path_factory):
 
 
 def trainer(data, tmp_path, every, *extra, nan_at=None):
-    """An in-process fp32 V2 trainer (batch 32: 10 steps per epoch) reading its flags every `every` steps."""
+    """An in-process fp32 T0 (test backbone) trainer (batch 32: 10 steps per epoch) reading its flags every `every` steps."""
     from accelerate import Accelerator
 
     from arcdist.train import Faults, Trainer, build_config, parse_args
 
-    argv = ["--variant", "V2", "--data-dir", str(data), "--mixed-precision", "no", "--set", "train.channels_last=false",
+    argv = ["--variant", "T0", "--data-dir", str(data), "--mixed-precision", "no", "--set", "train.channels_last=false",
             "--set", "data.batch_size=32", "--set", f"train.sync_every={every}", *extra]
     return Trainer(build_config(parse_args(argv)), tmp_path / f"k{every}", Accelerator(cpu=True), no_progress=True,
                    faults=Faults(nan_at=nan_at))

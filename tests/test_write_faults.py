@@ -8,6 +8,10 @@ import pytest
 from arcdist.checkpoint import latest_checkpoint
 from helpers import metric_rows as rows, EXACT, TINY, make_tiny_mnist, run_train, tiny_args
 
+# the test backbone 16x wider and without its pool (~140,000 multiply-adds per image): its checkpoint (about 300 KB)
+# is what fills the small disk, not the run's other files (T0's own is no larger than its features files)
+WIDE = ["--set", "model.layers=(('conv', 1, 64, 3, 2, 1),)", "--set", "model.fc=('linear', 12544)"]
+
 
 @pytest.fixture
 def small_disk(tmp_path):
@@ -32,7 +36,7 @@ def small_disk(tmp_path):
 def test_full_disk_stops_cleanly_and_resume_continues_once_space_is_back(small_disk, tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=64, seed=2)
     def common(out):
-        return tiny_args(data, out, 3, "--plot-every", "0", *EXACT, "--set", "train.keep_checkpoints=3")
+        return tiny_args(data, out, 3, "--plot-every", "0", *EXACT, *WIDE, "--set", "train.keep_checkpoints=3")
 
     whole = tmp_path / "whole"
     run_train(common(whole))
@@ -57,11 +61,11 @@ def test_disk_full_before_the_first_checkpoint_then_resume_trains_it_again(small
     with no checkpoint to continue, --resume trains the run again from epoch 1 with its saved config."""
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=64, seed=2)
     whole = tmp_path / "whole"
-    run_train(tiny_args(data, whole, 2, "--plot-every", "0"))
+    run_train(tiny_args(data, whole, 2, "--plot-every", "0", *WIDE))
     model = (whole / "checkpoints" / "epoch-0001" / "model.safetensors").stat().st_size
     disk = small_disk(model // 2)  # room for config, metrics and features, not for the model
     out = disk / "run"
-    proc = run_train(tiny_args(data, out, 2, "--plot-every", "0"), check=False)
+    proc = run_train(tiny_args(data, out, 2, "--plot-every", "0", *WIDE), check=False)
     assert proc.returncode == 3, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0], err

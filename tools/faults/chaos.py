@@ -55,7 +55,7 @@ LAUNCHERS = ("accelerate.commands.launch", "torch.distributed.run")  # the modul
 
 def grid_command(out: Path, grid_id: str, args: argparse.Namespace) -> list[str]:
     seeds = ",".join(str(s) for s in range(args.jobs))
-    return [sys.executable, "-m", "arcdist.grid", "--grid-id", grid_id, "--variants", "A8", "--seeds", seeds,
+    return [sys.executable, "-m", "arcdist.grid", "--grid-id", grid_id, "--variants", args.variant, "--seeds", seeds,
             "--epochs", str(args.epochs), "--out", str(out), "--jobs", str(args.parallel), "--wandb", "disabled",
             "--set", f"data.limit_train={args.limit_train}", "--set", f"data.limit_test={args.limit_test}",
             "--set", f"data.batch_size={args.batch}", "--set", "train.mixed_precision=no",
@@ -63,8 +63,8 @@ def grid_command(out: Path, grid_id: str, args: argparse.Namespace) -> list[str]
             "--", "--plot-every", "0"]
 
 
-def run_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("A8-s"))
+def run_dirs(root: Path, variant: str = "A8") -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(f"{variant}-s"))
 
 
 def finished(run_dir: Path) -> bool:
@@ -300,7 +300,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="reference, tmpfs mount point and chaos.json go here")
     schedule_args(ap, faults=100, gap=3.0)
-    ap.add_argument("--jobs", type=int, default=8, help="jobs in the grid: seeds 0..N-1 of A8 (default 8)")
+    ap.add_argument("--variant", default="A8", help="what every job trains (default A8; the suite's short run: T0)")
+    ap.add_argument("--jobs", type=int, default=8, help="jobs in the grid: seeds 0..N-1 of the variant (default 8)")
     ap.add_argument("--parallel", type=int, default=2, help="jobs at a time (default 2)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--limit-train", type=int, default=1024)
@@ -322,11 +323,12 @@ def main() -> int:
     started = time.time()
 
     reference = args.out / "reference"
-    if not (reference / "chaos" / "grid.json").exists() or not all(finished(d) for d in run_dirs(reference / "chaos")):
+    if not (reference / "chaos" / "grid.json").exists() or \
+            not all(finished(d) for d in run_dirs(reference / "chaos", args.variant)):
         shutil.rmtree(reference, ignore_errors=True)
         subprocess.run(grid_command(reference, "chaos", args), env=env, cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
-    ref_dirs = {d.name: d for d in run_dirs(reference / "chaos")}
+    ref_dirs = {d.name: d for d in run_dirs(reference / "chaos", args.variant)}
     if len(ref_dirs) != args.jobs or not all(finished(d) for d in ref_dirs.values()):
         print("chaos: the undisturbed reference grid did not finish; see OUT/reference/chaos/logs", file=sys.stderr)
         return 1
@@ -364,13 +366,14 @@ def main() -> int:
                 runner.wait()
                 for pid in training_pids(root):  # orphans of a killed runner finish (or fail) on their own
                     wait_gone(pid, timeout=600)
-                if root.exists() and len(run_dirs(root)) == args.jobs and all(finished(d) for d in run_dirs(root)):
+                dirs = run_dirs(root, args.variant) if root.exists() else []
+                if len(dirs) == args.jobs and all(finished(d) for d in dirs):
                     break
                 if reruns >= args.max_reruns:
                     print(f"chaos: gave up after {reruns} reruns", file=sys.stderr)
                     return 1
                 reruns += 1
-            for d in run_dirs(root):
+            for d in run_dirs(root, args.variant):
                 results.append(dict(round=rnd, job=d.name, runs=runs, **compare(d, ref_dirs[d.name])))
             shutil.rmtree(root, ignore_errors=True)
             done = sum(chaos.injected.values())

@@ -39,7 +39,7 @@ def command(out: Path, program: str = "train") -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
             "--main_process_port", str(free_port()), str(ROOT / "arcdist" / "train.py"),
-            "--variant", "V2", "--epochs", "1", "--limit-train", "256", "--limit-test", "64", "--no-progress",
+            "--variant", "T0", "--epochs", "1", "--limit-train", "256", "--limit-test", "64", "--no-progress",
             "--wandb", "disabled", "--mixed-precision", "no", "--set", "train.channels_last=false",
             "--set", "data.batch_size=64", "--output-dir", str(out)]
 

@@ -1,0 +1,56 @@
+"""One colour per class and one legend rule, for every figure: plots, sphere figures, the report and the explorer.
+
+- Colours: matplotlib's tab10 up to 10 classes (the colours every ten-class figure has always had), tab20 up to
+  20, then the cyclic `hsv` map sampled at C evenly spaced hues (neighbouring labels get neighbouring hues;
+  with hundreds of classes colour no longer names a class, the position on the circle does).
+- Legend: one entry per class up to `LEGEND_MAX` classes, in one column up to 10 and two up to 20; above that no
+  per-class legend (it would hide the figure) but a one-line note of the class count in its place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LEGEND_MAX = 20  # classes named in a legend; above this a figure says "N classes" instead
+
+
+def class_colours(n: int) -> list[str]:
+    """`n` colours as '#rrggbb', the same for the same `n` in every figure."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    if n <= 10:
+        return [to_hex(c) for c in colormaps["tab10"].colors[:n]]
+    if n <= 20:
+        return [to_hex(c) for c in colormaps["tab20"].colors[:n]]
+    cmap = colormaps["hsv"]
+    return [to_hex(cmap(i / n)) for i in range(n)]
+
+
+def class_names(n: int, names: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The run's class names, or the labels as text ("0", "1", ...) where it has none or too few."""
+    names = list(names or ())
+    return names if len(names) >= n else [*names, *(str(i) for i in range(len(names), n))]
+
+
+@dataclass(frozen=True)
+class Legend:
+    """How a figure of `n` classes shows which colour is which."""
+
+    show: bool  # one entry per class
+    columns: int
+    note: str  # in place of the legend (empty when it is shown)
+
+
+def legend_rule(n: int) -> Legend:
+    if n <= LEGEND_MAX:
+        return Legend(True, 1 if n <= 10 else 2, "")
+    return Legend(False, 0, f"{n} classes (colours by label, cyclic)")
+
+
+def add_legend(ax, n: int, **kwargs) -> None:
+    """`ax.legend(...)` by the rule, or the rule's note in the axes' corner."""
+    rule = legend_rule(n)
+    if rule.show:
+        ax.legend(ncol=rule.columns, **{"loc": "upper right", "fontsize": 7, "framealpha": 0.8, **kwargs})
+    else:
+        ax.text(0.99, 0.99, rule.note, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")

@@ -1,0 +1,75 @@
+"""One palette and one legend rule for any class count: 2, 5, 20 and 1,000 classes in every figure kind."""
+import numpy as np
+import pytest
+from matplotlib.colors import to_hex
+
+from arcdist import figures, palette, sphere_figures
+
+COUNTS = [2, 5, 20, 1000]
+
+
+def points(ax) -> int:
+    return sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
+
+
+def point_colours(ax) -> set[str]:
+    return {to_hex(f) for c in ax.collections if hasattr(c, "get_offsets") and len(c.get_offsets())
+            for f in c.get_facecolors()}
+
+
+def legend_entries(ax) -> int:
+    legend = ax.get_legend()
+    return 0 if legend is None else len(legend.get_texts())
+
+
+def note(ax) -> str:
+    return " ".join(t.get_text() for t in ax.texts)
+
+
+def classes(n, dim=2, per=3, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(n, dim))
+    labels = np.repeat(np.arange(n), per)
+    feats = W[labels] * 2 + 0.01 * rng.normal(size=(n * per, dim))
+    return feats, labels, W
+
+
+@pytest.mark.parametrize("n", COUNTS)
+def test_colours_are_distinct_to_20_and_cyclic_above(n):
+    colours = palette.class_colours(n)
+    assert len(colours) == n and len(set(colours)) == n  # (1,000 hues of hsv are still distinct as hex)
+    assert palette.class_colours(10) == [to_hex(c) for c in figures.plt.get_cmap("tab10").colors]
+    rule = palette.legend_rule(n)
+    assert rule.show == (n <= 20) and (rule.note == "" if n <= 20 else rule.note.startswith(f"{n} classes"))
+
+
+@pytest.mark.parametrize("n", COUNTS)
+def test_raw_and_circle_figures_draw_every_class_and_every_w(n):
+    feats, labels, W = classes(n)
+    names = [f"c{i}" for i in range(n)]
+    for geometry in ({"W": W}, {"W": W, "b": np.zeros(n)}):
+        fig = figures.raw_figure(feats, labels, 3.0, "t", names, geometry=geometry)
+        ax = fig.axes[0]
+        assert points(ax) == 3 * n and len(point_colours(ax)) == n
+        assert legend_entries(ax) == (n if n <= 20 else 0)
+        assert n <= 20 or note(ax).startswith(f"{n} classes")
+        figures.plt.close(fig)
+    fig = figures.circle_figure(feats, labels, W, 0.2, "t", "cap", names)
+    ax = fig.axes[0]
+    assert points(ax) == 3 * n and len(point_colours(ax)) == n
+    rays = sum(len(c.get_segments()) for c in ax.collections if hasattr(c, "get_segments")) + len(ax.lines)
+    wedges = sum(len(c.get_paths()) for c in ax.collections if type(c).__name__ == "PatchCollection") + \
+        sum(type(p).__name__ == "Wedge" for p in ax.patches)
+    assert rays == n and wedges == n  # W's direction and margin cap of every class
+    assert legend_entries(ax) == (n if n <= 20 else 0)
+    figures.plt.close(fig)
+
+
+@pytest.mark.parametrize("n", [2, 20, 1000])
+def test_sphere_figures_draw_every_class(n):
+    feats, labels, W = classes(n, dim=3)
+    fig = sphere_figures.sphere_figure(feats, labels, W, 0.2, "t", "cap")
+    for ax in fig.axes:
+        assert points(ax) == 3 * n and len(point_colours(ax)) == n
+    fig = sphere_figures.raw3d_figure(feats, labels, 3.0, "t", "", [str(i) for i in range(n)])
+    assert points(fig.axes[0]) == 3 * n and legend_entries(fig.axes[0]) == (n if n <= 20 else 0)
