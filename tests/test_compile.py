@@ -14,7 +14,7 @@ def data(tmp_path_factory):
     return make_tiny_mnist(tmp_path_factory.mktemp("compile"), n_train=256, n_test=64, seed=11)
 
 
-def trainer(data, tmp_path, name, *sets, variant="V2.1"):
+def trainer(data, tmp_path, name, *sets, variant="T0.1"):
     from accelerate import Accelerator
 
     from arcdist.train import Trainer, build_config, parse_args
@@ -50,7 +50,7 @@ def test_defaults_are_off(data, tmp_path):
 def test_compiled_backbone_trains_and_evaluates_like_eager(data, tmp_path):
     """Inductor fuses and reorders float operations, so not bits: the 4 steps' losses agree to 1e-4 relative
     (seen: 3e-6), every weight and BatchNorm statistic to 1 % of its tensor's largest magnitude (seen: 0.3 %;
-    V2.1's SGD at the start of training amplifies the rounding differences step by step; V2's Adam does so
+    SGD at the start of training amplifies the rounding differences step by step; Adam does so
     more, turning gradient differences of 1e-6 into whole steps of its learning rate)."""
     eager, compiled = trainer(data, tmp_path, "eager"), trainer(data, tmp_path, "compiled", "train.compile=default")
     assert weights(eager).keys() == weights(compiled).keys()  # in place: checkpoints keep their keys
@@ -64,7 +64,7 @@ def test_compiled_backbone_trains_and_evaluates_like_eager(data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["V2", "V2.1"])  # Adam; SGD with momentum
+@pytest.mark.parametrize("variant", ["T0", "T0.1"])  # Adam; SGD with momentum (the test backbone)
 def test_fused_optimizers_step_like_the_default_ones(data, tmp_path, variant):
     plain = trainer(data, tmp_path, "plain", variant=variant)
     fused = trainer(data, tmp_path, "fused", "train.fused_optim=true", variant=variant)

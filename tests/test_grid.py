@@ -182,7 +182,7 @@ def test_one_grid_has_one_runner_started_together_or_mid_grid(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=50)
     args = [sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "T0", "--seeds", "0,1",
             "--epochs", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data), "--jobs", "1",
-            "--wandb", "disabled", "--", "--mixed-precision", "no", "--plot-every", "0"]
+            "--wandb", "disabled", "--", "--mixed-precision", "no", "--plot-every", "0", "--set", "train.retrieval=false"]
     start = lambda: subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
     together = [start(), start()]

@@ -87,7 +87,8 @@ def test_second_ctrl_c_quits_at_once_and_keeps_the_last_checkpoint(data, tmp_pat
 def test_ctrl_c_stops_every_grid_job_with_a_checkpoint_and_a_rerun_finishes(data, tmp_path):
     cmd = [sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "T0", "--seeds", "0,1",
            "--epochs", "3", "--out", str(tmp_path), "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",
-           "--set", "data.batch_size=32", "--set", "train.mixed_precision=no", "--set", "train.channels_last=false"]
+           "--set", "data.batch_size=32", "--set", "train.mixed_precision=no", "--set", "train.channels_last=false",
+           "--set", "train.retrieval=false", "--", "--plot-every", "0"]
     runs = [tmp_path / "g" / f"T0-s{s}" for s in (0, 1)]
     proc = start_paused(cmd, runs)
     proc.send_signal(signal.SIGINT)

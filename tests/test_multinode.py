@@ -232,7 +232,7 @@ def test_torchrun_across_two_hosts(cluster, data, reference, tmp_path):
 
 def test_grid_array_spreads_over_both_nodes(cluster, data, tmp_path):
     env = slurm_env(GRID_ID="arr", VARIANTS="T0,T0.1", EPOCHS="1", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
-                    EXTRA="--wandb disabled --set data.batch_size=64",
+                    EXTRA="--wandb disabled --set data.batch_size=64 --set train.retrieval=false",
                     TRAIN_ARGS="--plot-every 0 --mixed-precision no --set train.channels_last=false", ARCDIST_CPU="1")
     # 2 CPUs per task fill a node: the two tasks run one on each node
     job = sh("sbatch", "--parsable", f"--chdir={ROOT}", "--array=0-1", "--gres=none", "--cpus-per-task=2", "--mem=1G",

@@ -130,7 +130,8 @@ def test_wandb_key_never_written(data, tmp_path, mode):
 def test_grid_carries_on_past_a_diverged_run(data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", "T0,T0.1",
                            "--epochs", "2", "--out", str(tmp_path), "--data-dir", str(data), "--jobs", "1",
-                           "--wandb", "disabled", "--set", "data.batch_size=32"],
+                           "--wandb", "disabled", "--set", "data.batch_size=32", "--set", "train.retrieval=false",
+                           "--", "--plot-every", "0"],
                           cwd=ROOT, env=cli_env(ARCDIST_FAULT_NAN="1:2"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     jobs = json.loads((tmp_path / "g" / "grid.json").read_text())["jobs"]

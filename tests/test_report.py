@@ -216,7 +216,8 @@ def test_losses_grid_report_has_a_row_and_a_panel_per_head(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "losses", "--variants", "losses",
                            "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data),
                            "--jobs", "2", "--wandb", "disabled", "--set", "data.batch_size=64",
-                           "--set", "train.channels_last=false", *T0_BACKBONE, "--", "--mixed-precision", "no"],
+                           "--set", "train.channels_last=false", *T0_BACKBONE, "--", "--mixed-precision", "no",
+                           "--plot-every", "0"],
                           cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     grid_dir = tmp_path / "runs" / "losses"

@@ -50,7 +50,7 @@ def world_size(run_dir: Path) -> int:
 def test_grid_array_runs_every_task(cluster, tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=64, n_test=20)
     env = job_env(GRID_ID="arr", VARIANTS="T0,T0.1", EPOCHS="1", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
-                  EXTRA="--wandb disabled --set data.batch_size=32", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1")
+                  EXTRA="--wandb disabled --set data.batch_size=32 --set train.retrieval=false", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1")
     # CPU cluster: the script's `#SBATCH --gres=gpu:1` is overridden by --gres=none
     job = sbatch("grid.sbatch", "--array=0-1", "--gres=none", "--cpus-per-task=1", "--mem=2G",
                  f"--output={tmp_path}/%x-%A_%a.out", env=env)
@@ -67,7 +67,7 @@ def test_grid_array_runs_every_task(cluster, tmp_path):
 
 def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=384, n_test=50)
-    train = ["--plot-every", "0", "--cpu", "--set", "train.threads=1"]
+    train = ["--plot-every", "0", "--cpu", "--set", "train.threads=1", "--set", "train.retrieval=false"]
     # the uninterrupted reference runs beside the SLURM job
     reference = tmp_path / "reference"
     ref_cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), "--variant", "T0", "--seed", "0", "--epochs", "2",
@@ -77,7 +77,7 @@ def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_pat
 
     # the first incarnation waits before epoch 1's step 3 while FAULT-PAUSED exists: the signal lands mid-epoch
     env = job_env(GRID_ID="pre", VARIANTS="T0", EPOCHS="2", DATA_DIR=str(data), OUT=str(tmp_path / "runs"),
-                  EXTRA="--wandb disabled --set data.batch_size=32", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1",
+                  EXTRA="--wandb disabled --set data.batch_size=32 --set train.retrieval=false", TRAIN_ARGS="--plot-every 0", ARCDIST_CPU="1",
                   ARCDIST_FAULT_PAUSE="1:3")
     job = sbatch("grid.sbatch", "--array=0", "--gres=none", "--cpus-per-task=1", "--mem=2G",
                  f"--output={tmp_path}/%x-%A_%a.out", env=env)
