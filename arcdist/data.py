@@ -18,7 +18,7 @@ from arcdist.datasets.augment import move as augment, rotate
 from arcdist.datasets.mnist import read_idx
 from arcdist.datasets.base import run_spec
 from arcdist.datasets.cifar import read_cifar_batch
-from arcdist.datasets.folder import ImageFolderDataset, FileImages, decode_all
+from arcdist.datasets.folder import ImageFolderDataset, decode_all, file_loader
 
 if TYPE_CHECKING:
     from arcdist.config import DataConfig, ModelConfig
@@ -93,9 +93,7 @@ class StreamData(DeviceData):
     def images(self, batches: Iterable[torch.Tensor | slice]) -> Iterator[torch.Tensor]:
         n = len(self.paths)
         lists = [list(range(n))[b] if isinstance(b, slice) else b.tolist() for b in batches]
-        loader = torch.utils.data.DataLoader(FileImages(self.paths, self.decode), batch_sampler=lists,
-                                             num_workers=self.workers, collate_fn=torch.stack,
-                                             persistent_workers=False)
+        loader = file_loader(self.paths, self.decode, self.workers, batch_sampler=lists)
         return (x.to(self.device) for x in loader)
 
     def select(self, idx: torch.Tensor) -> "StreamData":

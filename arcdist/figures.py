@@ -20,9 +20,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.collections import LineCollection, PatchCollection  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
-COLOURS = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab10").colors]  # the same 10 in every run
+from arcdist.palette import add_legend, class_colours, scatter_classes  # noqa: E402
+
+COLOURS = class_colours(10)  # ten classes' colours (tab10), the same in every run
 _NAME = re.compile(r"(test|train)-epoch-(\d{4})\.npz$")
 
 
@@ -58,7 +61,7 @@ def draw_head(ax, geometry: dict[str, np.ndarray], limit: float) -> None:
     W = geometry.get("W")
     if W is None or W.shape[1] != 2:
         return
-    colours = COLOURS[:len(W)]
+    colours = class_colours(len(W))
     if "b" in geometry:
         t = np.linspace(-limit, limit, 300)
         gx, gy = np.meshgrid(t, t)
@@ -67,12 +70,26 @@ def draw_head(ax, geometry: dict[str, np.ndarray], limit: float) -> None:
                   cmap=matplotlib.colors.ListedColormap(colours), vmin=-0.5, vmax=len(W) - 0.5,
                   interpolation="nearest", aspect="auto")
     else:
-        for c, w in enumerate(W):
-            u = w / max(np.linalg.norm(w), 1e-12)
-            ax.plot([0, limit * 1.5 * u[0]], [0, limit * 1.5 * u[1]], color=colours[c], lw=0.8, ls="--", zorder=0)
+        draw_rays(ax, W, colours, limit * 1.5, lw=0.8, ls="--", zorder=0)
     if "centers" in geometry:
         ax.scatter(geometry["centers"][:, 0], geometry["centers"][:, 1], marker="X", s=60, c=colours,
                    edgecolors="black", linewidths=0.8, zorder=3)
+
+
+def class_count(labels: np.ndarray, weight: np.ndarray | None = None, names: list[str] | None = None) -> int:
+    """The classes a figure draws: W's rows, else the names, else the largest label + 1."""
+    if weight is not None:
+        return len(weight)
+    if names:
+        return len(names)
+    return int(labels.max()) + 1 if len(labels) else 0
+
+
+def draw_rays(ax, weight: np.ndarray, colours: list[str], length: float, **kwargs) -> None:
+    """Each row of W as a ray from the origin, `length` long, in its class's colour (one collection)."""
+    u = weight / np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12)
+    segments = np.stack([np.zeros_like(u), length * u], axis=1)
+    ax.add_collection(LineCollection(segments, colors=colours, **kwargs))
 
 
 def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: str,
@@ -80,44 +97,41 @@ def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: st
     """The post's plot: every feature as a point coloured by its class, axes [-limit, limit]^2, with the head's
     decision regions or class directions behind them when `geometry` is given."""
     fig, ax = plt.subplots(figsize=(5.2, 5), dpi=100)
+    n = class_count(labels, (geometry or {}).get("W"), class_names)
     if geometry:
         draw_head(ax, geometry, limit)
-    for c in range(10):
-        pts = features[labels == c]
-        ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=(class_names or [str(d) for d in range(10)])[c],
-                   linewidths=0, rasterized=True)
+    scatter_classes(ax, features, labels, n, class_names, s=2)
     ax.set_xlim(-limit, limit)
     ax.set_ylim(-limit, limit)
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper right", fontsize=7, markerscale=4, framealpha=0.8)
+    add_legend(ax, n, markerscale=4)
     fig.tight_layout()
     return fig
 
 
 def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str,
-                  caption: str = "") -> Figure:
+                  caption: str = "", class_names: list[str] | None = None) -> Figure:
     """Features projected onto the unit circle, each class direction W_c and a +-margin wedge around it.
 
     `caption` names the head and its margin (features saved before captions existed: the margin in degrees)."""
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     unit = features / np.maximum(norms, 1e-12)
+    n = len(weight)
+    colours = class_colours(n)
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.7", lw=0.8))
-    for c in range(10):
-        w = weight[c] / max(np.linalg.norm(weight[c]), 1e-12)
-        angle = math.degrees(math.atan2(w[1], w[0]))
-        if margin > 0:
-            ax.add_patch(Wedge((0, 0), 1.25, angle - math.degrees(margin), angle + math.degrees(margin),
-                               color=COLOURS[c], alpha=0.15, lw=0))
-        ax.plot([0, 1.25 * w[0]], [0, 1.25 * w[1]], color=COLOURS[c], lw=1.5)
-        pts = unit[labels == c]
-        ax.scatter(pts[:, 0], pts[:, 1], s=3, c=COLOURS[c], label=str(c), linewidths=0, rasterized=True)
+    if margin > 0:
+        angles = np.degrees(np.arctan2(weight[:, 1], weight[:, 0]))
+        caps = [Wedge((0, 0), 1.25, a - math.degrees(margin), a + math.degrees(margin)) for a in angles]
+        ax.add_collection(PatchCollection(caps, facecolors=colours, alpha=0.15, linewidths=0))
+    draw_rays(ax, weight, colours, 1.25, lw=1.5)
+    scatter_classes(ax, unit, labels, n, class_names, s=3)
     ax.set_xlim(-1.35, 1.35)
     ax.set_ylim(-1.35, 1.35)
     ax.set_aspect("equal")
     ax.set_title(f"{title}\n{caption or f'W directions, margin {math.degrees(margin):.1f} deg'}", fontsize=10)
-    ax.legend(loc="upper right", fontsize=7, markerscale=3, framealpha=0.8)
+    add_legend(ax, n, markerscale=3)
     fig.tight_layout()
     return fig
 
@@ -190,7 +204,7 @@ def render(run_dir: Path, split: str, epoch: int, limit: float) -> dict[str, Pat
         f"{split}_raw": _save(raw_figure(d["features"], d["labels"], limit, title, names, geometry=head_geometry(d)),
                               out / f"{split}-raw-epoch-{epoch:04d}.png"),
         f"{split}_circle": _save(circle_figure(d["features"], d["labels"], d["W"], float(d["margin"]), title,
-                                               str(d["caption"]) if "caption" in d else ""),
+                                               str(d["caption"]) if "caption" in d else "", names),
                                  out / f"{split}-circle-epoch-{epoch:04d}.png"),
     }
 

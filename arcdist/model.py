@@ -1,5 +1,13 @@
-"""The backbone: ConvLayer blocks built from a layer list, its FLOPs and shapes. The heads are in arcdist.heads."""
+"""The backbone: ConvLayer blocks built from a layer list, its FLOPs and shapes. The heads are in arcdist.heads.
+
+A layer list is written for one image size and colour (the post's: 28 px grey), but it takes any: the first
+ConvLayer takes `model.in_channels` channels, and the map before the fc is average-pooled to the size the fc was
+written for (an image of the written size passes unpooled, so MNIST runs are what they were; a larger one is
+pooled, ResNet's global pooling in spirit). An image whose map comes out smaller than the fc's is refused.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +47,33 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
+class PoolFlatten(nn.Flatten):
+    """nn.Flatten (no parameters: checkpoints keep their keys) after an adaptive average pool to `size` x `size`
+    when the map is of another size."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.adaptive_avg_pool2d(x, self.size)
+        return super().forward(x)
+
+
+class PooledConv2d(nn.Conv2d):
+    """The 'conv' fc (nn.Conv2d, same parameters) after an adaptive average pool to the map size it was written for."""
+
+    def __init__(self, *args, size: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.adaptive_avg_pool2d(x, self.size)
+        return super().forward(x)
+
+
 class ConvLayer(nn.Sequential):
     """The post's undefined block, read as Conv2d(bias=False) -> BatchNorm2d -> PReLU."""
 
@@ -46,25 +81,50 @@ class ConvLayer(nn.Sequential):
         super().__init__(Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), PReLU())
 
 
+def layers_for(cfg: ModelConfig) -> tuple:
+    """The layer list with its first ConvLayer taking `cfg.in_channels` channels."""
+    layers = list(cfg.layers)
+    first = next((i for i, entry in enumerate(layers) if entry[0] == "conv"), None)
+    if first is not None:
+        layers[first] = ("conv", cfg.in_channels, *layers[first][2:])
+    return tuple(layers)
+
+
+def fc_map_size(cfg: ModelConfig, channels: int) -> int:
+    """The map size (square) the fc entry was written for, from its input size and the last ConvLayer's channels."""
+    kind, *a = cfg.fc
+    if kind == "linear":
+        side = math.isqrt(max(a[0] // max(channels, 1), 1))
+        if side * side * channels != a[0]:
+            raise ConfigError(f"fc expects {a[0]} inputs, not a whole {channels}xSxS map; set model.fc to "
+                              f"(\"linear\", {channels} * S * S)")
+        return side
+    if kind == "conv":
+        _, k, s, p = a
+        return k - 2 * p  # the size a stride-s conv takes to a 1x1 map
+    raise ConfigError(f"unknown fc kind {kind!r}; use 'linear' or 'conv'")
+
+
 def build_backbone(cfg: ModelConfig) -> nn.Sequential:
     """Image (N, C, H, W) -> feature (N, feature_dim), from the config's layer list and fc entry."""
     modules: list[nn.Module] = []
-    for entry in cfg.layers:
+    channels = cfg.in_channels
+    for entry in layers_for(cfg):
         kind, *args = entry
         if kind == "conv":
             modules.append(ConvLayer(*args))
+            channels = args[1]
         elif kind == "pool":
             modules.append(nn.MaxPool2d(*args))
         else:
             raise ConfigError(f"unknown layer kind {kind!r} in {entry}; use 'conv' or 'pool'")
+    size = fc_map_size(cfg, channels)
     kind, *args = cfg.fc
     if kind == "linear":
-        modules += [nn.Flatten(), nn.Linear(args[0], cfg.feature_dim)]
-    elif kind == "conv":
-        cin, k, s, p = args
-        modules += [nn.Conv2d(cin, cfg.feature_dim, k, s, p), nn.Flatten()]
+        modules += [PoolFlatten(size), nn.Linear(args[0], cfg.feature_dim)]
     else:
-        raise ConfigError(f"unknown fc kind {kind!r}; use 'linear' or 'conv'")
+        cin, k, s, p = args
+        modules += [PooledConv2d(cin, cfg.feature_dim, k, s, p, size=size), nn.Flatten()]
     return nn.Sequential(*modules)
 
 
@@ -72,11 +132,24 @@ def _out(size: int, k: int, s: int, p: int) -> int:
     return (size + 2 * p - k) // s + 1
 
 
+def _map_size(layers: tuple, size: int) -> int:
+    for kind, *a in layers:
+        size = _out(size, *a[2:5]) if kind == "conv" else _out(size, a[0], a[1], 0)
+    return size
+
+
+def smallest_image(cfg: ModelConfig) -> int:
+    """The smallest image size (pixels) whose map reaches the fc's size."""
+    channels = next((e[2] for e in reversed(cfg.layers) if e[0] == "conv"), cfg.in_channels)
+    need = fc_map_size(cfg, channels)
+    return next((s for s in range(1, 4097) if _map_size(cfg.layers, s) >= need), 4096)
+
+
 def describe(cfg: ModelConfig) -> dict:
     """Parameters, forward FLOPs per image (2 x multiply-adds of conv/linear) and shapes, from the layer list."""
     c, h = cfg.in_channels, cfg.image_size
     params = flops = 0
-    for kind, *a in cfg.layers:
+    for kind, *a in layers_for(cfg):
         if kind == "conv":
             cin, cout, k, s, p = a
             if cin != c:
@@ -88,11 +161,18 @@ def describe(cfg: ModelConfig) -> dict:
         else:
             k, s = a
             h = _out(h, k, s, 0)
+    if h < 1:
+        raise ConfigError(f"{cfg.image_size} px images are too small for this layer list; use at least "
+                          f"{smallest_image(cfg)} px (--set model.image_size={smallest_image(cfg)})")
+    need = fc_map_size(cfg, c)
+    if h < need:
+        raise ConfigError(f"{cfg.image_size} px images give a {c}x{h}x{h} map where the fc takes {c}x{need}x{need}; "
+                          f"use images of at least {smallest_image(cfg)} px (--set model.image_size="
+                          f"{smallest_image(cfg)})")
+    h = need  # pooled to the fc's size (PoolFlatten)
     pre_head = (c, h, h)
     kind, *a = cfg.fc
     if kind == "linear":
-        if a[0] != c * h * h:
-            raise ConfigError(f"fc expects {a[0]} inputs but the backbone gives {c}x{h}x{h} = {c * h * h}")
         params += a[0] * cfg.feature_dim + cfg.feature_dim
         flops += 2 * a[0] * cfg.feature_dim
     else:

@@ -1,7 +1,7 @@
 """One colour per class and one legend rule, for every figure: plots, sphere figures, the report and the explorer.
 
 - Colours: matplotlib's tab10 up to 10 classes (the colours every ten-class figure has always had), tab20 up to
-  20, then the cyclic `hsv` map sampled at C evenly spaced hues (neighbouring labels get neighbouring hues;
+  20, then C evenly spaced hues around the colour circle (saturation 0.75, value 0.9) (neighbouring labels get neighbouring hues;
   with hundreds of classes colour no longer names a class, the position on the circle does).
 - Legend: one entry per class up to `LEGEND_MAX` classes, in one column up to 10 and two up to 20; above that no
   per-class legend (it would hide the figure) but a one-line note of the class count in its place.
@@ -16,14 +16,13 @@ LEGEND_MAX = 20  # classes named in a legend; above this a figure says "N classe
 def class_colours(n: int) -> list[str]:
     """`n` colours as '#rrggbb', the same for the same `n` in every figure."""
     from matplotlib import colormaps
-    from matplotlib.colors import to_hex
+    from matplotlib.colors import hsv_to_rgb, to_hex
 
     if n <= 10:
         return [to_hex(c) for c in colormaps["tab10"].colors[:n]]
     if n <= 20:
         return [to_hex(c) for c in colormaps["tab20"].colors[:n]]
-    cmap = colormaps["hsv"]
-    return [to_hex(cmap(i / n)) for i in range(n)]
+    return [to_hex(hsv_to_rgb((i / n, 0.75, 0.9))) for i in range(n)]  # (not a 256-entry colormap: n hues)
 
 
 def class_names(n: int, names: list[str] | tuple[str, ...] | None = None) -> list[str]:
@@ -53,4 +52,19 @@ def add_legend(ax, n: int, **kwargs) -> None:
     if rule.show:
         ax.legend(ncol=rule.columns, **{"loc": "upper right", "fontsize": 7, "framealpha": 0.8, **kwargs})
     else:
-        ax.text(0.99, 0.99, rule.note, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
+        text = getattr(ax, "text2D", ax.text)  # (a 3-D axes' text() wants a z)
+        text(0.99, 0.99, rule.note, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
+
+
+def scatter_classes(ax, points: np.ndarray, labels: np.ndarray, n: int, names: list[str] | None = None,
+                    **kwargs) -> None:
+    """Points coloured by class (palette.class_colours): one collection and legend entry per class while the legend
+    rule names classes, else one collection coloured per point. `points` is (N, 2) or (N, 3)."""
+    colours, names = class_colours(n), class_names(n, names)
+    style = dict(linewidths=0, rasterized=True, **kwargs)
+    if legend_rule(n).show:
+        for c in range(n):
+            ax.scatter(*points[labels == c].T, c=colours[c], label=names[c], **style)
+    else:
+        keep = (labels >= 0) & (labels < n)
+        ax.scatter(*points[keep].T, c=[colours[k] for k in labels[keep]], **style)

@@ -19,6 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from arcdist.palette import add_legend, class_colours, scatter_classes
+
 PROJECTION = "projection.npz"
 VIEWS = ((20.0, 35.0), (-20.0, 215.0))  # (elevation, azimuth) degrees: the front and the back of the sphere
 
@@ -79,9 +81,10 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
                   caption: str = "", colours: list[str] | None = None, class_names: list[str] | None = None,
                   caps: bool = True) -> Figure:
     """Normalised 3-D features on the unit sphere in two views, with W directions and margin caps."""
-    from arcdist.figures import COLOURS
+    from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    colours = colours or COLOURS
+    n = len(weight)
+    colours = colours or class_colours(n)
     unit = _unit(np.asarray(features, np.float64))
     w = _unit(np.asarray(weight, np.float64))
     fig = Figure(figsize=(10, 5.4), dpi=100)
@@ -90,15 +93,11 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
     for k, (elev, azim) in enumerate(VIEWS):
         ax = fig.add_subplot(1, 2, k + 1, projection="3d")
         ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.4)
-        for c in range(min(len(w), len(colours))):
-            pts = unit[labels == c]
-            name = (class_names or [str(i) for i in range(len(w))])[c]
-            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=2, c=colours[c], label=name, linewidths=0,
-                       depthshade=False, rasterized=True)
-            ax.plot([0, 1.3 * w[c, 0]], [0, 1.3 * w[c, 1]], [0, 1.3 * w[c, 2]], color=colours[c], lw=1.6)
-            if caps and margin > 0:
-                ring = cap_circle(w[c], margin)
-                ax.plot(ring[:, 0], ring[:, 1], ring[:, 2], color=colours[c], lw=1.0)
+        scatter_classes(ax, unit, labels, n, class_names, s=2, depthshade=False)
+        ax.add_collection3d(Line3DCollection(np.stack([np.zeros_like(w), 1.3 * w], axis=1), colors=colours, lw=1.6))
+        if caps and margin > 0:
+            rings = [cap_circle(w[c], margin) for c in range(n)]
+            ax.add_collection3d(Line3DCollection(rings, colors=colours, lw=1.0))
         ax.view_init(elev=elev, azim=azim)
         ax.set_box_aspect((1, 1, 1))
         for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
@@ -106,7 +105,7 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
         ax.set_axis_off()
         ax.set_title(f"view {'front' if k == 0 else 'back'} (elev {elev:.0f}, azim {azim:.0f})", fontsize=9)
         if k == 1:
-            ax.legend(loc="upper right", fontsize=7, markerscale=4, framealpha=0.8)
+            add_legend(ax, n, markerscale=4)
     fig.suptitle(f"{title}\n{caption}", fontsize=10)
     fig.tight_layout()
     return fig
@@ -115,21 +114,16 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
 def raw3d_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: str, caption: str = "",
                  class_names: list[str] | None = None) -> Figure:
     """The raw 3-D features, one colour per class, axes [-limit, limit]^3."""
-    from arcdist.figures import COLOURS
-
     fig = Figure(figsize=(5.6, 5.4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1, projection="3d")
-    names = class_names or [str(i) for i in range(10)]
-    for c in range(min(len(names), len(COLOURS))):
-        pts = features[labels == c]
-        ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=2, c=COLOURS[c], label=names[c], linewidths=0,
-                   depthshade=False, rasterized=True)
+    n = len(class_names) if class_names else (int(labels.max()) + 1 if len(labels) else 0)
+    scatter_classes(ax, features, labels, n, class_names, s=2, depthshade=False)
     for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         setter(-limit, limit)
     ax.set_box_aspect((1, 1, 1))
     ax.view_init(*VIEWS[0])
-    ax.legend(loc="upper right", fontsize=7, markerscale=4, framealpha=0.8)
+    add_legend(ax, n, markerscale=4)
     ax.set_title(f"{title}\n{caption}" if caption else title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -15,11 +15,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arcdist import checkpoint, cluster, errors, fingerprint, preempt, rundir, runinfo, tracking
+from arcdist import checkpoint, cluster, errors, fingerprint, preempt, rundir, runinfo, shape, tracking
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError, apply_overrides, validate
 from arcdist.data import resolve_data_dir
-from arcdist.datasets import dataset_class, run_spec
+from arcdist.datasets import dataset_class
 from arcdist.errors import Exit
 from arcdist.faults import Faults
 from arcdist.hardware import configure_cpu, setup_accelerator
@@ -103,15 +103,13 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         if changed or cfg.data.dataset != saved.data.dataset or cfg.train.seed != saved.train.seed:
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
     if saved is None:  # the data's files are checked, and what a run records of them measured (a folder's classes,
-        # mean, std), before the precision probe and before anything is written
+        # mean, std), before the precision probe and before anything is written; the data decides the shape
+        explicit = shape.explicit_keys(overrides)
+        cfg = shape.fit_model(cfg, explicit)
         cfg = replace(cfg, data=dataset_class(cfg.data.dataset).settle(cfg.data, cfg.model))
+        cfg = shape.fit_head(cfg, explicit, get_variant(cfg.variant).config.data.dataset)
     elif cfg.data.dataset != "folder":  # (a folder is checked file by file when the run loads it)
         dataset_class(cfg.data.dataset)(cfg.data.data_dir, download=False).check()
-    spec = run_spec(cfg.data, cfg.model)
-    if (spec.channels, spec.image_size) != (cfg.model.in_channels, cfg.model.image_size):
-        raise ConfigError(f"variant {cfg.variant} takes {cfg.model.in_channels}x{cfg.model.image_size}x"
-                          f"{cfg.model.image_size} images but {cfg.data.dataset} has {spec.channels}x{spec.image_size}x"
-                          f"{spec.image_size}; pick a variant for it (C1 for cifar10)")
     describe(cfg.model)  # shape check of the layer list
     validate(cfg)
     return cfg

@@ -101,11 +101,81 @@ def _bad(tmp_path: Path, pngs: Path, how: str) -> tuple[Path, str]:
 def test_a_bad_folder_is_one_line_naming_it_exit_2_nothing_written(mnist_pngs, tmp_path, how):
     data, named = _bad(tmp_path, mnist_pngs, how)
     out = tmp_path / "run"
-    proc = run_train(tiny_args(data, out, 1, "--dataset", "folder", "--set", "data.workers=0"), check=False)
+    proc = run_train(tiny_args(data, out, 1, "--dataset", "folder"), check=False)  # data.workers: the default, 2
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("arcdist: error: ") and named in lines[0], lines
     assert not out.exists()
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_corrupt_image_met_by_a_streaming_worker_is_one_line(mnist_pngs, tmp_path):
+    """A streamed test split is decoded only at evaluation, in DataLoader workers: still one line, exit 2."""
+    data, named = _bad(tmp_path, mnist_pngs, "corrupt-image")
+    proc = run_train(tiny_args(data, tmp_path / "run", 1, "--dataset", "folder", "--set", "data.stream=true"),
+                     check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and named in lines[0] and "cannot decode" in lines[0], lines
+
+
+def _odd(tmp_path: Path) -> dict[str, tuple[Path, object]]:
+    """One file per odd kind of image, and what its decoded 28-px grey (or RGB) pixels must be."""
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path / "odd"
+    d.mkdir()
+    out = {}
+    a = np.full((28, 28), 32896, np.uint16)  # 16-bit grey at half scale: 128 in 8 bits, not clipped to 255
+    Image.fromarray(a).save(d / "grey16.png")
+    out["grey16.png"] = 128
+    p = Image.new("P", (28, 28), 1)
+    p.putpalette([255, 255, 255, 0, 200, 0] + [0] * 762)
+    p.save(d / "palette-transparent.png", transparency=1)  # every pixel the transparent entry: black
+    out["palette-transparent.png"] = 0
+    la = Image.fromarray(np.stack([np.full((28, 28), 255, np.uint8), np.zeros((28, 28), np.uint8)], -1), "LA")
+    la.save(d / "grey-alpha.png")  # white, fully transparent: black
+    out["grey-alpha.png"] = 0
+    Image.new("CMYK", (28, 28), (0, 0, 0, 0)).save(d / "cmyk.jpg")  # no ink: white
+    out["cmyk.jpg"] = 255
+    e = np.zeros((28, 28), np.uint8)
+    e[:, 10:16] = 255  # a vertical bright band as stored; EXIF orientation 6 turns it 90 degrees to view
+    img = Image.fromarray(e)
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    img.save(d / "exif.jpg", exif=exif, quality=100)
+    out["exif.jpg"] = "horizontal band"
+    Image.new("L", (4, 4), 200).save(d / "tiny.png")
+    out["tiny.png"] = 200
+    Image.new("L", (3000, 1000), 60).save(d / "large.png")
+    out["large.png"] = 60
+    return {k: (d / k, v) for k, v in out.items()}
+
+
+def test_images_in_the_wild_decode_as_one_expects(tmp_path):
+    from arcdist.datasets.folder import Decoder
+
+    grey, rgb = Decoder(1, 28), Decoder(3, 28)
+    for name, (path, want) in _odd(tmp_path).items():
+        x, c = grey(str(path)), rgb(str(path))
+        assert x.shape == (1, 28, 28) and c.shape == (3, 28, 28) and x.dtype == torch.uint8, name
+        if want == "horizontal band":  # turned as its EXIF orientation says: the band runs across
+            assert x[0, 11:15].float().mean() > 200 and x[0, :, 11:15].float().mean() < 150, name
+        else:
+            assert (x.int() - want).abs().max() <= 2, (name, x.unique())
+
+
+def test_an_image_pil_refuses_is_one_line_naming_it(tmp_path):
+    from PIL import Image
+
+    from arcdist.datasets.folder import Decoder
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 20_000)).save(bomb)  # 400 Mpixels: PIL's decompression-bomb limit
+    with pytest.raises(DataError, match=f"{bomb}: .*shrink the image or remove the file"):
+        Decoder(1, 28)(str(bomb))
 
 
 def test_the_folder_spec_needs_its_recorded_classes():

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from arcdist import report, wandb_report
-from helpers import ROOT, T0_BACKBONE, cli_env, make_tiny_mnist
+from helpers import ROOT, T0_BACKBONE, TINY, cli_env, make_tiny_mnist, run_train
 
 VARIANTS, SEEDS = ("V2", "V2.1"), (0, 1)  # on the test backbone (T0_BACKBONE)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:wandb_workspaces")  # its pydantic v1 validators
@@ -32,14 +32,16 @@ def grid(tmp_path_factory):
     """2 variants x 2 seeds x 2 epochs, then the default report and one with low thresholds and --push."""
     root = tmp_path_factory.mktemp("report")
     data = make_tiny_mnist(root / "data", n_train=256, n_test=50)
-    proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "g", "--variants", ",".join(VARIANTS),
-                           "--seeds", ",".join(map(str, SEEDS)), "--epochs", "2", "--out", str(root / "runs"),
-                           "--data-dir", str(data), "--jobs", "2", "--wandb", "disabled",
-                           "--set", "data.batch_size=64", "--set", "train.mixed_precision=no",
-                           "--set", "train.channels_last=false", *T0_BACKBONE, "--", "--plot-every", "0"],
-                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     grid_dir = root / "runs" / "g"
+    jobs = []  # what `arcdist grid --variants V2,V2.1 --seeds 0,1` trains (its runner: tests/test_grid.py), forked here
+    for v in VARIANTS:
+        for seed in SEEDS:
+            run = grid_dir / f"{v}-s{seed}"
+            run_train([*TINY, "--variant", v, "--seed", str(seed), "--epochs", "2", "--data-dir", str(data),
+                       "--output-dir", str(run), "--group", "g", "--set", "data.batch_size=64", *T0_BACKBONE])
+            jobs.append(dict(index=len(jobs), variant=v, seed=seed, dataset="mnist", run_dir=str(run),
+                             status="finished"))
+    (grid_dir / "grid.json").write_text(json.dumps(dict(grid_id="g", jobs=jobs)))
     default = run_report([grid_dir], root)
     assert default.returncode == 0, default.stdout + default.stderr
     low = run_report([grid_dir, "--out", root / "low", "--threshold-acc", "0.1", "--threshold-angle", "0", "--push"],
@@ -170,14 +172,16 @@ def test_spec_converts_to_wandb_workspaces_offline(grid):
 
 
 @pytest.mark.parametrize("case", ["missing", "no-grid-json", "wandb-group-offline"])
-def test_bad_input_is_one_line_exit_2(tmp_path, case):
+def test_bad_input_is_one_line_exit_2(tmp_path, case, monkeypatch, capsys):
     args = {"missing": [tmp_path / "nope"], "no-grid-json": [tmp_path],
             "wandb-group-offline": ["--wandb-group", "g", "--entity", "e", "--project", "p", "--timeout", "20",
                                     "--out", tmp_path / "pulled"]}[case]
-    proc = run_report(args, tmp_path, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("arcdist.report: error:"), proc.stderr
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: no W&B credentials (the real command: test_cli.py)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert report.main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("arcdist.report: error:"), err
     assert {"missing": "does not exist", "no-grid-json": "no grid.json",
             "wandb-group-offline": "W&B credentials"}[case] in lines[0]
 
@@ -213,14 +217,14 @@ def test_losses_grid_report_has_a_row_and_a_panel_per_head(tmp_path):
     from arcdist.variants import LOSS_VARIANTS, VARIANTS
 
     data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=60)
-    proc = subprocess.run([sys.executable, "-m", "arcdist.grid", "--grid-id", "losses", "--variants", "losses",
-                           "--seeds", "0", "--epochs", "1", "--out", str(tmp_path / "runs"), "--data-dir", str(data),
-                           "--jobs", "2", "--wandb", "disabled", "--set", "data.batch_size=64",
-                           "--set", "train.channels_last=false", *T0_BACKBONE, "--", "--mixed-precision", "no",
-                           "--plot-every", "0"],
-                          cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     grid_dir = tmp_path / "runs" / "losses"
+    jobs = []  # the runs a `--variants losses` grid trains (its runner: tests/test_grid.py), forked in this process
+    for i, v in enumerate(LOSS_VARIANTS):
+        run_train([*TINY, "--variant", v, "--epochs", "1", "--data-dir", str(data), "--output-dir",
+                   str(grid_dir / f"{v}-s0"), "--set", "data.batch_size=64", *T0_BACKBONE])
+        jobs.append(dict(index=i, variant=v, seed=0, dataset="mnist", run_dir=str(grid_dir / f"{v}-s0"),
+                         status="finished"))
+    (grid_dir / "grid.json").write_text(json.dumps(dict(grid_id="losses", jobs=jobs)))
     summary = report.build_report(grid_dir)
     kinds = [VARIANTS[v].config.head.kind for v in LOSS_VARIANTS]
     assert [r["head"] for r in summary["losses"]] == kinds == \

@@ -73,6 +73,11 @@ class Dataset:
         """DataError when the files are missing (reading them is `read`'s job)."""
 
     @classmethod
+    def shape(cls, data: "DataConfig", model: "ModelConfig") -> tuple[int, int]:
+        """(channels, image size in pixels) of the dataset's images, what a run takes unless it sets its own."""
+        return cls.spec.channels, cls.spec.image_size
+
+    @classmethod
     def spec_for(cls, data: "DataConfig", model: "ModelConfig") -> DatasetSpec:
         """The spec of the run's images (a fixed dataset: its own)."""
         return cls.spec

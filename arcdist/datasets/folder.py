@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,13 +83,33 @@ class Decoder:
 
         try:
             with open(path, "rb") as f:
-                img = Image.open(f)
-                img = img.convert(self.mode)
+                img = to_mode(Image.open(f), self.mode)
+        except Image.DecompressionBombError as e:
+            raise DataError(f"{path}: {first_line(e)}; shrink the image or remove the file") from None
         except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
             raise DataError(f"{path}: cannot decode the image ({first_line(e)}); replace or remove the file") from None
         if img.size != (self.size, self.size):
             img = v2.functional.center_crop(v2.functional.resize(img, self.size, antialias=True), self.size)
         return v2.functional.pil_to_tensor(img)
+
+
+def to_mode(img, mode: str):
+    """A PIL image of any mode as "L" or "RGB": EXIF orientation applied; 16- and 32-bit grey scaled to 8 bits (not
+    clipped, as PIL's own conversion does); transparency (RGBA, LA, a palette's transparent entry) composited on
+    black, the background of the built-in datasets."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(a * 255.0 / top), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return img.convert(mode)
 
 
 class FileImages(torch.utils.data.Dataset):
@@ -98,17 +119,37 @@ class FileImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.decode(self.paths[i])
+    def __getitem__(self, i: int) -> torch.Tensor | DataError:
+        try:
+            return self.decode(self.paths[i])
+        except DataError as e:  # handed back, raised by `batches` in the main process: one line, not the worker's
+            return e  # traceback that DataLoader would wrap it in
+
+
+def stack(items: list) -> torch.Tensor | DataError:
+    """A DataLoader's collate_fn: the images stacked, or the first file's DataError."""
+    return next((x for x in items if isinstance(x, DataError)), None) or torch.stack(items)
+
+
+def batches(loader) -> Iterator[torch.Tensor]:
+    """The loader's batches; a file that did not decode (in a worker or here) raises its DataError here."""
+    for x in loader:
+        if isinstance(x, DataError):
+            raise x
+        yield x
+
+
+def file_loader(paths: tuple[str, ...], decode: "Decoder", workers: int, **kwargs) -> Iterator[torch.Tensor]:
+    """Decoded batches of `paths` by a DataLoader with `workers` processes (kwargs: batch_size or batch_sampler)."""
+    return batches(torch.utils.data.DataLoader(FileImages(paths, decode), num_workers=workers, collate_fn=stack,
+                                               **kwargs))
 
 
 def decode_all(paths: tuple[str, ...], decode: Decoder, workers: int = 0, batch: int = 512) -> torch.Tensor:
     """Every file decoded, in order, (N, C, S, S) uint8, by a DataLoader with `workers` processes."""
     if not paths:
         return torch.zeros(0, 1 if decode.mode == "L" else 3, decode.size, decode.size, dtype=torch.uint8)
-    loader = torch.utils.data.DataLoader(FileImages(paths, decode), batch_size=batch, num_workers=workers,
-                                         collate_fn=torch.stack)
-    return torch.cat(list(loader))
+    return torch.cat(list(file_loader(paths, decode, workers, batch_size=batch)))
 
 
 @register_dataset("folder")
@@ -148,6 +189,13 @@ class ImageFolderDataset(Dataset):
         return dataclasses.replace(data, classes=tuple(ds.classes), mean=mean, std=std)
 
     @classmethod
+    def shape(cls, data, model) -> tuple[int, int]:
+        """(channels, size) of the folder's images: 3 when a sample of its train images holds colour, else 1; the
+        median shorter side of the sample (images are resized to it and centre-cropped)."""
+        ds = cls(data.data_dir, channels=1, image_size=28)
+        return image_shape(ds.train.paths)
+
+    @classmethod
     def spec_for(cls, data, model):
         if not data.classes:
             raise DataError("a folder dataset's classes, mean and std are measured when its run starts "
@@ -156,14 +204,37 @@ class ImageFolderDataset(Dataset):
                            tuple(data.classes))
 
 
+SHAPE_SAMPLE = 256  # train images whose modes and sizes decide a folder's channels and image size
+
+
+def image_shape(paths: tuple[str, ...], sample: int = SHAPE_SAMPLE) -> tuple[int, int]:
+    """(channels, size) of evenly spaced `sample` of `paths`: 3 if any holds colour (an RGB file of grey pixels is
+    grey), else 1; the median of their shorter sides. A file PIL cannot open is a DataError naming it."""
+    from PIL import Image
+
+    picked = paths[:: max(1, len(paths) // sample)][:sample]
+    colour, sides = False, []
+    for path in picked:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+                if not colour and img.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                    small = to_mode(img, "RGB")
+                    small.thumbnail((32, 32))
+                    px = torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8).view(-1, 3).int()
+                    colour = bool((px.max(1).values - px.min(1).values).float().mean() > 2.0)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(f"{path}: cannot decode the image ({first_line(e)}); replace or remove the file") from None
+    sides.sort()
+    return (3 if colour else 1), (sides[len(sides) // 2] if sides else 28)
+
+
 def measure_files(paths: tuple[str, ...], decode: Decoder, workers: int = 0, batch: int = 512
                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """`measure` of the decoded files, one batch at a time (a folder that streams never lies in memory whole)."""
     total = square = None
     count = 0
-    loader = torch.utils.data.DataLoader(FileImages(paths, decode), batch_size=batch, num_workers=workers,
-                                         collate_fn=torch.stack)
-    for x in loader:
+    for x in file_loader(paths, decode, workers, batch_size=batch):
         v = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0
         total = v.sum(1) if total is None else total + v.sum(1)
         square = (v * v).sum(1) if square is None else square + (v * v).sum(1)

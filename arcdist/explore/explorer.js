@@ -4,7 +4,7 @@
   const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
   const u16 = (s) => { const b = bytes(s); return new Uint16Array(b.buffer, b.byteOffset, b.length / 2); };
   const u32 = (s) => { const b = bytes(s); return new Uint32Array(b.buffer, b.byteOffset, b.length / 4); };
-  const sources = D.sources.map((s) => ({...s, index: u32(s.index), labels: bytes(s.labels)}));
+  const sources = D.sources.map((s) => ({...s, index: u32(s.index), labels: u16(s.labels)}));
   const cache = {};
   // one epoch of one run, decoded: x, y (and z for 3-D; NaN where not finite), predictions, angle to the class
   // direction (deg; above 3-D the page stores the angles of all the dimensions)
@@ -13,7 +13,7 @@
     if (cache[key]) return cache[key];
     const ep = D.series[si].epochs[e];
     if (!ep) return null;
-    const q = u16(ep.xy), pred = bytes(ep.pred), src = sources[D.series[si].src], n = src.labels.length;
+    const q = u16(ep.xy), pred = u16(ep.pred), src = sources[D.series[si].src], n = src.labels.length;
     const dims = ep.lo.length, cols = [0, 1, 2].slice(0, dims).map(() => new Float64Array(n));
     const steps = ep.lo.map((lo, k) => (ep.hi[k] > lo ? (ep.hi[k] - lo) / 65534 : 0));
     const ang = ep.ang ? Float64Array.from(u16(ep.ang), (v) => v / 100) : new Float64Array(n);

@@ -295,7 +295,7 @@ def epoch_payload(d: dict, index: np.ndarray, accuracy: float | None) -> dict:
     geometry = {k: d[k] for k in ("W", "b", "centers") if k in d}
     pred = d["pred"] if "pred" in d else predictions(d["features"], geometry)
     out = dict(xy=_b64(np.stack(codes, 1).ravel()), lo=list(lo), hi=list(hi),
-               pred=_b64(pred[index].astype(np.uint8)), W=np.asarray(d["W"], float).tolist(),
+               pred=_b64(pred[index].astype(np.uint16)), W=np.asarray(d["W"], float).tolist(),
                margin=float(d.get("margin", 0.0)), caption=str(d.get("caption", "")),
                acc=float((pred == d["labels"]).mean()), limit=_finite_limit(_extent(d)))
     for k in ("b", "centers"):

@@ -23,7 +23,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
     import plotly.graph_objects as go
 
     from arcdist.data import DATASETS
-    from arcdist.figures import COLOURS
+    from arcdist.palette import class_colours
 
     folder = Path(folder)
     series, panels, title = find_panels(folder)
@@ -68,10 +68,10 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
     classes = list(series[0].classes or (spec.classes if spec else ())) or [str(c) for c in range(10)]
     n_classes = max(len(s.epochs[max(s.epochs)]["W"]) for s in series)
     classes += [str(c) for c in range(len(classes), n_classes)]
-    colours = [COLOURS[c % len(COLOURS)] for c in range(n_classes)]
+    colours = class_colours(n_classes)
     data = dict(
         title=title, epochs=chosen, all_epochs=len(all_epochs), every=every, classes=classes, colours=colours,
-        sources=[dict(index=_b64(src["index"].astype(np.uint32)), labels=_b64(src["labels"].astype(np.uint8)),
+        sources=[dict(index=_b64(src["index"].astype(np.uint32)), labels=_b64(src["labels"].astype(np.uint16)),
                       n=src["n"], sprite=sprites[k], cols=SPRITE_COLS,
                       size=(list(src["images"].shape[2:]) if src["images"] is not None else [28, 28]))
                  for k, src in sources.items()],

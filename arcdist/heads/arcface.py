@@ -66,7 +66,7 @@ class ArcFaceHead(ScaledHead):
         return arc_logits(self.cosines(x), labels, self.logit_scale(x), self.margin_now(epoch_progress),
                           self.opts.easy_margin)
 
-    def predict(self, features):
+    def scores(self, features):
         return self.cosines(features)
 
     def margin_now(self, epoch_progress):

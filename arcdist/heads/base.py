@@ -210,8 +210,16 @@ class Head(nn.Module):
     def train_logits(self, x: torch.Tensor, labels: torch.Tensor, epoch_progress: float) -> torch.Tensor:
         raise NotImplementedError
 
+    @torch.no_grad()
     def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """The prediction rule's scores (no margin): argmax is the predicted class."""
+        """The prediction rule's scores (N, C) float32 (no margin; argmax is the predicted class), on the features'
+        device, whichever device the head is on (the device rule, docs/guarantees.md: evaluation hands back host
+        tensors, and a CUDA head predicts for them on its own device)."""
+        device = next(self.parameters()).device
+        return self.scores(features.to(device)).float().to(features.device)
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """The kind's prediction rule on features on the head's device: cosine to each row of W."""
         return cosines(features, self.weight)
 
     def loss(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

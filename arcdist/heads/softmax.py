@@ -24,9 +24,9 @@ class SoftmaxHead(Head):
         self.bias = nn.Parameter(torch.zeros(cfg.num_classes))
 
     def train_logits(self, x, labels, epoch_progress):
-        return self.predict(x)
+        return self.scores(x)
 
-    def predict(self, features):
+    def scores(self, features):
         return F.linear(features.float(), self.weight.float(), self.bias.float())
 
     def caption(self, epoch_progress):

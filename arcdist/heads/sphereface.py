@@ -66,7 +66,7 @@ class SphereFaceHead(Head):
         target = (lam * cos_y + sphere_psi(cos_y, int(self.opts.margin))) / (1.0 + lam)
         return self.opts.scale * norm * cos.scatter(1, labels[:, None], target)
 
-    def predict(self, features):
+    def scores(self, features):
         return features.float().norm(dim=1, keepdim=True) * cosines(features, self.weight)
 
     def margin_now(self, epoch_progress):

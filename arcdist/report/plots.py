@@ -8,16 +8,17 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from arcdist import figures, runinfo
-from arcdist.figures import COLOURS, plt
+from arcdist.figures import plt
+from arcdist.palette import class_colours, legend_rule, scatter_classes
 from arcdist.report.stats import _finite
 
 def curves_figure(rows: list[dict], key: str, ylabel: str, path: Path) -> Path:
     """One line per variant: `key` per epoch, mean over seeds."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    colours = class_colours(len(rows))
     for i, row in enumerate(rows):
         curve = row["curves"][key]
-        ax.plot(list(curve), list(curve.values()), marker="o", ms=3, label=row["label"],
-                color=plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")(i % 20))
+        ax.plot(list(curve), list(curve.values()), marker="o", ms=3, label=row["label"], color=colours[i])
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{ylabel} (mean over seeds)")
@@ -71,10 +72,9 @@ def draw_features(rows: list[dict]):
         span = float(np.abs(points[finite]).max()) if finite.any() else 0.0
         limit = span * 1.05 if span > 0 else 1.0
         figures.draw_head(ax, figures.head_geometry(f), limit)
-        names = figures.class_names(Path(run_dir)) or [str(c) for c in range(10)]
-        for c in range(min(10, len(names))):
-            pts = f["features"][f["labels"] == c]
-            ax.scatter(pts[:, 0], pts[:, 1], s=2, c=COLOURS[c], label=names[c], linewidths=0, rasterized=True)
+        names = figures.class_names(Path(run_dir))
+        n = figures.class_count(f["labels"], f["W"] if "W" in f else None, names)
+        scatter_classes(ax, f["features"][:, :2], f["labels"], n, names, s=2)
         ax.set_title(f"{row['label']} s{seed}  acc {acc:.4f}" if _finite(acc) else f"{row['label']} s{seed}",
                      fontsize=9)
         ax.set_xlim(-limit, limit)
@@ -87,7 +87,7 @@ def draw_features(rows: list[dict]):
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     handles, labels = next((ax.get_legend_handles_labels() for ax in axes.flat if ax.collections), ([], []))
-    if handles:
+    if handles and legend_rule(len(handles)).show:
         fig.legend(handles, labels, loc="lower center", ncol=10, markerscale=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.5 / height, 1, 1))
     return fig

@@ -1,0 +1,55 @@
+"""The data decides the shape: a run's channels, image size and class count come from its dataset unless set.
+
+`fit_model` runs before the dataset is settled (a folder's mean and std are measured on images decoded to the
+run's channels and size), `fit_head` after (a folder's classes are known then). A value given with `--set`
+wins where it is a conversion the data allows (a colour folder read as grey, any folder at another size); one
+that contradicts the data (a head of 5 classes on 10, 3 channels of MNIST's 1) is a ConfigError naming both.
+A variant's class order (head.order, the look-alike digits side by side) belongs to its own dataset: on
+other data, or another class count, the natural order is used unless set.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from arcdist.config import Config, ConfigError
+from arcdist.datasets import dataset_class, run_spec
+from arcdist.model import smallest_image
+
+
+def explicit_keys(overrides: list[str]) -> set[str]:
+    """The SECTION.FIELD names set on the command line."""
+    return {o.partition("=")[0].strip() for o in overrides}
+
+
+def fit_model(cfg: Config, explicit: set[str]) -> Config:
+    """model.in_channels and model.image_size from the dataset's images unless set (a folder: at least the layer
+    list's smallest size, smaller images are enlarged)."""
+    cls = dataset_class(cfg.data.dataset)
+    channels, size = cls.shape(cfg.data, cfg.model)
+    model = cfg.model
+    if cfg.data.dataset == "folder":
+        size = max(size, smallest_image(replace(model, in_channels=channels)))
+        model = replace(model, in_channels=model.in_channels if "model.in_channels" in explicit else channels,
+                        image_size=model.image_size if "model.image_size" in explicit else size)
+    else:  # a fixed dataset's loader neither converts nor resizes
+        for key, have, want in (("model.in_channels", model.in_channels, channels),
+                                ("model.image_size", model.image_size, size)):
+            if key in explicit and have != want:
+                raise ConfigError(f"--set {key}={have}: {cfg.data.dataset} has {want}; drop the --set "
+                                  f"(or write the images out as a folder: tools/image_folder.py)")
+        model = replace(model, in_channels=channels, image_size=size)
+    return replace(cfg, model=model)
+
+
+def fit_head(cfg: Config, explicit: set[str], own_dataset: str) -> Config:
+    """head.num_classes from the dataset's classes (a --set that differs is refused); head.order kept only on the
+    variant's own dataset (`own_dataset`) with that many classes, or when set."""
+    spec = run_spec(cfg.data, cfg.model)
+    n, head = spec.num_classes, cfg.head
+    if "head.num_classes" in explicit and head.num_classes != n:
+        raise ConfigError(f"--set head.num_classes={head.num_classes}: {cfg.data.dataset} in {cfg.data.data_dir} has "
+                          f"{n} classes; drop the --set")
+    order = head.order
+    if "head.order" not in explicit and (cfg.data.dataset != own_dataset or len(order) != n):
+        order = ()
+    return replace(cfg, head=head.replace(num_classes=n, order=order))

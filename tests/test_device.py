@@ -1,0 +1,23 @@
+"""The device rule (docs/guarantees.md): evaluation hands back host tensors, and a model on a CUDA device evaluates
+them without mixing devices. Checked on a CPU-only machine with FakeTensorMode: a fake 'cuda' tensor multiplied
+with a CPU one raises FakeTensorDeviceMismatchError, as a real GPU run would fail at its first evaluation."""
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from arcdist.heads import HEADS, HeadConfig, build_head, head_of_kind
+
+
+@pytest.mark.parametrize("kind", list(HEADS))
+@pytest.mark.parametrize("dim", [2, 128])
+def test_a_cuda_head_predicts_for_the_gathered_host_features(kind, dim):
+    with FakeTensorMode():
+        with torch.device("cuda"):
+            head = build_head(head_of_kind(HeadConfig(num_classes=20), kind), dim, 10)
+        assert head.weight.device.type == "cuda"
+        feats = torch.randn(64, dim, device="cpu")  # what arcdist.gather.gather_features hands back on every rank
+        scores = head.predict(feats)
+        assert scores.device.type == "cpu" and scores.dtype == torch.float32 and tuple(scores.shape) == (64, 20)
+        on_device = head.predict(torch.randn(8, dim, device="cuda"))  # features already on the head's device stay
+        assert on_device.device.type == "cuda" and tuple(on_device.shape) == (8, 20)
+        assert all(t.device.type == "cpu" for t in head.geometry().values())  # what the recorder saves and plots

@@ -1,0 +1,76 @@
+"""The data decides the shape: class count, names, channels and image size come from a folder unless set, at the
+edges of each range (2, 5, 20 classes; grey and colour; 28 and 48 px), with plots for every class count."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from arcdist.datasets import dataset_spec
+from helpers import PLOTS, REAL_DATA, ROOT, run_train, snapshot, tiny_args
+
+_spec = importlib.util.spec_from_file_location("image_folder", ROOT / "tools" / "image_folder.py")
+image_folder = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(image_folder)
+
+pytestmark = [pytest.mark.skipif(not (REAL_DATA / "FashionMNIST" / "raw").is_dir(),
+                                 reason="real MNIST and Fashion-MNIST not found"), pytest.mark.slow]
+FASHION = dataset_spec("fashion-mnist").classes
+IN_PROCESS = ["--set", "data.workers=0"]  # decoded in the training process: the shape does not depend on workers,
+# and each DataLoader's worker processes cost a second here (the default's workers: tests/test_folder.py)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    """Small folders (12 train and 6 test images per class) written from the real files by tools/image_folder.py."""
+    root = tmp_path_factory.mktemp("shapes")
+    made = {"two": dict(names=["mnist"], classes=["3", "8"]),
+            "five": dict(names=["mnist"], classes=[str(d) for d in range(5)]),
+            "twenty": dict(names=["mnist", "fashion-mnist"]),
+            "colour48": dict(names=["mnist"], tinted=True, size=48, fmt="jpg")}
+    for name, kw in made.items():
+        image_folder.write_mixed(root / name, data_dir=str(REAL_DATA), per_class=(12, 6), **kw)
+    return {name: root / name for name in made}
+
+
+def config_of(run: Path) -> dict:
+    return json.loads((run / "config.json").read_text())["config"]
+
+
+@pytest.mark.parametrize("name, classes, channels, size", [
+    ("two", ["3", "8"], 1, 28),
+    ("five", ["0", "1", "2", "3", "4"], 1, 28),
+    ("twenty", [*map(str, range(10)), *FASHION], 1, 28),
+    ("colour48", [*map(str, range(10))], 3, 48),
+])
+def test_a_folder_trains_with_the_shape_of_its_data(folders, tmp_path, name, classes, channels, size):
+    out = tmp_path / "run"
+    run_train(tiny_args(folders[name], out, 1, "--dataset", "folder", *PLOTS, *IN_PROCESS, batch=16))
+    cfg = config_of(out)
+    assert cfg["head"]["num_classes"] == len(classes) and cfg["head"]["order"] == []
+    assert list(cfg["data"]["classes"]) == sorted(classes)
+    assert (cfg["model"]["in_channels"], cfg["model"]["image_size"]) == (channels, size)
+    assert len(cfg["data"]["mean"]) == channels
+    f = np.load(out / "features.npz")
+    assert f["W"].shape == (len(classes), 2) and set(np.unique(f["labels"])) == set(range(len(classes)))
+    plots = sorted(p.name for p in (out / "plots").iterdir())
+    assert plots == ["test-circle-epoch-0001.png", "test-raw-epoch-0001.png", "test-raw.gif",
+                     "train-circle-epoch-0001.png", "train-raw-epoch-0001.png"]
+
+
+def test_colour_read_as_grey_when_asked_and_a_class_count_against_the_data_refused(folders, tmp_path):
+    out = tmp_path / "grey"
+    run_train(tiny_args(folders["colour48"], out, 1, "--dataset", "folder", *IN_PROCESS,
+                        "--set", "model.in_channels=1", "--set", "model.image_size=28", batch=16))
+    cfg = config_of(out)
+    assert (cfg["model"]["in_channels"], cfg["model"]["image_size"], len(cfg["data"]["mean"])) == (1, 28, 1)
+    before = snapshot(tmp_path)
+    proc = run_train(tiny_args(folders["five"], tmp_path / "refused", 1, "--dataset", "folder",
+                               "--set", "head.num_classes=10"), check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "head.num_classes=10" in lines[0] and "has 5 classes" in lines[0], lines
+    assert snapshot(tmp_path) == before
