@@ -95,9 +95,18 @@ def test_cifar_variant_trains_on_synthetic_cifar(tmp_path):
                "--output-dir", str(out), "--set", "data.batch_size=16", "--set", "train.mixed_precision=no"])
     f = np.load(out / "features.npz")
     assert f["features"].shape == (16, 2) and np.isfinite(f["features"]).all()
-    proc = run_train(["--variant", "T0", "--dataset", "cifar10", "--data-dir", str(data), "--no-progress",
-                      "--output-dir", str(tmp_path / "x")], check=False)
-    assert proc.returncode == 2 and "pick a variant for it (C1 for cifar10)" in proc.stderr
+    # a grey 28-px layer list on colour 32-px images: its first ConvLayer takes 3 channels, its map is pooled to the
+    # fc's size; MNIST's variant on CIFAR-10 trains
+    grey = tmp_path / "v2"
+    run_train(["--variant", "V2", "--dataset", "cifar10", "--epochs", "1", "--data-dir", str(data), "--no-progress",
+               "--wandb", "disabled", "--plot-every", "0", "--output-dir", str(grey), "--set", "data.batch_size=16"])
+    model = json.loads((grey / "config.json").read_text())["config"]["model"]
+    assert (model["in_channels"], model["image_size"]) == (3, 32)
+    assert np.load(grey / "features.npz")["features"].shape == (16, 2)
+    proc = run_train(["--variant", "C1", "--dataset", "mnist", "--data-dir", str(make_tiny_mnist(tmp_path / "m")),
+                      "--no-progress", "--output-dir", str(tmp_path / "x"), "--wandb", "disabled"],
+                     check=False)  # C1's 4 pools need 32 px, MNIST has 28
+    assert proc.returncode == 2 and "use images of at least 32 px (--set model.image_size=32)" in proc.stderr
 
 
 @pytest.mark.slow
