@@ -158,14 +158,15 @@ class ClusterEnv:
     the job's are the scheduler's (`env.scheduler.requeue_id`)."""
     launcher: Plain = Plain()
     scheduler: Scheduler = Scheduler()
-    visible_devices: tuple[int, ...] | None = None  # CUDA_VISIBLE_DEVICES; None when unset (all GPUs)
+    # CUDA_VISIBLE_DEVICES as given: indices, GPU-<uuid> or MIG-<uuid> names; None when unset (all GPUs)
+    visible_devices: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "ClusterEnv":
         launcher = next(c for c in LAUNCHERS if c.detect(env)).from_env(env)
         scheduler = next(c for c in SCHEDULERS if c.detect(env)).from_env(env)
         visible = env.get("CUDA_VISIBLE_DEVICES")  # here "" is not unset: it hides every GPU
-        devices = None if visible is None else tuple(int(i) for i in visible.split(",") if i.strip().isdigit())
+        devices = None if visible is None else tuple(i.strip() for i in visible.split(",") if i.strip())
         return cls(launcher, scheduler, devices)
 
     @property

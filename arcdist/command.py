@@ -5,6 +5,8 @@
     arcdist report     a grid's tables and figures (report.md, report.html)
     arcdist explore    the interactive feature page of a run or grid
     arcdist evaluate   a checkpoint's figures again, plain and averaged over pixel shifts
+    arcdist embed      features of a split or a folder of images by a run's checkpoint (npz)
+    arcdist export     a run's backbone with its normalisation as ONNX or TorchScript
     arcdist plot       re-render a run's plots from its saved features
     arcdist variants   the variant table (what each row changes)
 """
@@ -21,6 +23,8 @@ COMMANDS = {  # name -> (module with main(argv), one line of help)
     "report": ("arcdist.report.cli", "a grid's tables and figures (report.md, report.html)"),
     "explore": ("arcdist.explore.cli", "the interactive feature page of a run or grid"),
     "evaluate": ("arcdist.evaluate", "a checkpoint's figures again, plain and averaged over pixel shifts"),
+    "embed": ("arcdist.embed", "features of a split or a folder of images by a run's checkpoint (npz)"),
+    "export": ("arcdist.export", "a run's backbone with its normalisation as ONNX or TorchScript"),
     "plot": ("arcdist.plot", "re-render a run's plots from its saved features"),
     "variants": ("arcdist.variants", "the variant table (what each row changes)"),
 }

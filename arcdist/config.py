@@ -87,6 +87,9 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"  # NHWC activations; "auto": where the probe finds them faster
     cpu: bool = False  # force CPU even when a GPU is present
+    # on a GPU: deterministic kernels (arcdist.hardware.configure_cuda), what exact resume needs there; a CPU's
+    # kernels are deterministic already. Off: cuDNN may pick faster, run-to-run varying kernels
+    deterministic: bool = True
     threads: int = 0  # CPU threads per process; 0 = this node's cores / its processes (overrides OMP_NUM_THREADS)
     # images per forward pass at evaluation, per rank. 256, not 1000: on a 2-core CPU A8's net evaluates 1.9x faster
     # per image at 256 than at 1000 (the activations of a batch above ~512 leave the L2 cache): 6 s of each epoch

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
+from arcdist import cluster
 from arcdist.datasets import DataError, DatasetSpec, Order, Splits, dataset_spec, epoch_permutation, load_dataset
 from arcdist.datasets import DATASETS as _CLASSES
 from arcdist.datasets.augment import move as augment, rotate
@@ -101,9 +102,10 @@ class StreamData(DeviceData):
                           self.device, self.decode, self.workers)
 
 
-def streams(cfg: "DataConfig", nbytes: int) -> bool:
-    """Whether a folder of `nbytes` decoded bytes streams from disk under cfg.stream and cfg.memory_budget_gb."""
-    return cfg.stream is True or (cfg.stream == "auto" and nbytes > cfg.memory_budget_gb * 2 ** 30)
+def streams(cfg: "DataConfig", nbytes: int, ranks_on_node: int = 1) -> bool:
+    """Whether a folder of `nbytes` decoded bytes streams from disk under cfg.stream and cfg.memory_budget_gb, a
+    budget per node: each of the node's `ranks_on_node` processes would hold its own copy."""
+    return cfg.stream is True or (cfg.stream == "auto" and nbytes * ranks_on_node > cfg.memory_budget_gb * 2 ** 30)
 
 
 def load_to_device(cfg: "DataConfig", device: torch.device, splits: Splits | None = None,
@@ -118,7 +120,7 @@ def load_to_device(cfg: "DataConfig", device: torch.device, splits: Splits | Non
     if cfg.dataset == "folder" and splits is None:
         folder = ImageFolderDataset(cfg.data_dir, channels=model.in_channels, image_size=model.image_size,
                                     workers=cfg.workers)
-        if streams(cfg, folder.nbytes()):
+        if streams(cfg, folder.nbytes(), cluster.current().local_world_size):
             return (StreamData(folder.train.paths[:lt], folder.train.labels[:lt], spec, device, folder.decode,
                                cfg.workers),
                     StreamData(folder.test.paths[:le], folder.test.labels[:le], spec, device, folder.decode,

@@ -27,7 +27,21 @@ def _update_tensor(h, t: torch.Tensor) -> None:
 
 
 def of_splits(train, test) -> str:
-    """The fingerprint of two splits (arcdist.data.DeviceData or StreamData)."""
+    """The fingerprint of two splits (arcdist.data.DeviceData or StreamData); two streamed splits' file reads are
+    done once per node (arcdist.nodecache), keyed by the files' paths, sizes and modification times."""
+    if all(getattr(split, "paths", None) is not None for split in (train, test)):
+        from arcdist.datasets.folder import listing_id
+        from arcdist.nodecache import once_per_node
+
+        labels = hashlib.sha256()
+        for split in (train, test):
+            _update_tensor(labels, split.y)
+        key = dict(train=listing_id(train.paths), test=listing_id(test.paths), labels=labels.hexdigest())
+        return once_per_node("fingerprint", key, lambda: dict(id=_of_splits(train, test)))["id"]
+    return _of_splits(train, test)
+
+
+def _of_splits(train, test) -> str:
     h = hashlib.sha256()
     kind = "tensors"
     for split in (train, test):

@@ -145,14 +145,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gpu_ids() -> list[int]:
+def _gpu_ids() -> list[str]:
+    """The GPUs a job may be given, as CUDA_VISIBLE_DEVICES names them (indices, GPU-/MIG- UUIDs)."""
     visible = cluster.current().visible_devices
     if visible is not None:
         return list(visible)
     try:
         import torch
 
-        return list(range(torch.cuda.device_count()))
+        return [str(i) for i in range(torch.cuda.device_count())]
     except ImportError:
         return []
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from arcdist import cluster
+from arcdist.nodecache import cache_dir
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -166,8 +167,6 @@ def resolve(mixed_precision: str, channels_last, device: str, probe_fn: Callable
 
 
 # -- the CPU probe ---------------------------------------------------------------------------------
-def cache_dir() -> Path:
-    return Path(os.environ.get("ARCDIST_CACHE_DIR") or Path.home() / ".cache" / "arcdist")
 
 
 def probe_key(model_cfg, batch: int, candidates: list) -> str:
@@ -280,6 +279,24 @@ def configure_cpu(cfg: "Config") -> None:
     torch.set_num_threads(cfg.train.threads or max(1, len(os.sched_getaffinity(0)) // local))
 
 
+def configure_cuda(cfg: "Config", env: dict = os.environ) -> None:
+    """Process-wide CUDA settings, before the process group exists.
+
+    - train.deterministic: deterministic kernels (torch.use_deterministic_algorithms, cuBLAS's fixed workspace,
+      no cuDNN autotuning), what exact resume on a GPU needs; an op without a deterministic kernel then fails
+      loudly instead of drifting (docs/guarantees.md says what is exact where).
+    - NCCL's blocking wait: a collective that times out, or whose peer is gone, raises in the training thread
+      (the one-line "lost contact" error, exit 4, as under gloo) instead of NCCL's watchdog aborting the process.
+    """
+    import torch
+
+    env.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
+    if cfg.train.deterministic:
+        env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
 def setup_accelerator(cfg: "Config", log_with: str | None = None) -> tuple["Config", "Accelerator", Choice]:
     """Pick the device (CPU only when no accelerator is visible or train.cpu), resolve train.mixed_precision /
     train.channels_last "auto" on the main process (every rank gets its choice), build the Accelerator.
@@ -295,6 +312,8 @@ def setup_accelerator(cfg: "Config", log_with: str | None = None) -> tuple["Conf
     device = device_type(cfg.train.cpu)
     if device == "cpu":
         configure_cpu(cfg)
+    elif device == "cuda":
+        configure_cuda(cfg)
     # the process group, before the choice is broadcast; a collective that waits longer than
     # train.collective_timeout_s for a rank fails (and the job ends) instead of waiting forever
     state = PartialState(cpu=device == "cpu", timeout=timedelta(seconds=cfg.train.collective_timeout_s))

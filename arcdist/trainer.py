@@ -30,6 +30,7 @@ from arcdist.model import build_backbone, describe
 from arcdist.optim import build_optimizers, build_schedulers, ema_with_warmup
 from arcdist.recorder import Recorder
 from arcdist.status import RunStatus
+from arcdist.stopwatch import Stopwatch
 from arcdist.step import StepModels, Stepper, StepSettings, sync_every
 
 TRAIN_SAMPLE_SIZE = 5_000  # fixed random training images whose features are plotted (at most): embedding them costs
@@ -62,6 +63,19 @@ class TrainState:
         if state["diverged"] is None:  # trainer.json has had no such key: keep the files alike
             del state["diverged"]
         return state
+
+    def add_grad_norms(self, norms: list[float]) -> None:
+        """Count the steps' gradient norms into the epoch's (an fp16 step the scaler skipped has a non-finite one)."""
+        for norm in norms:
+            if math.isfinite(norm):
+                self.grad_norm_sum, self.grad_norm_steps = self.grad_norm_sum + norm, self.grad_norm_steps + 1
+                self.grad_norm_max = max(self.grad_norm_max, norm)
+
+    def grad_norm_stats(self) -> dict:
+        """The epoch's mean and max total gradient norm before clipping (NaN: no step had a finite one)."""
+        if not self.grad_norm_steps:
+            return dict(grad_norm_mean=math.nan, grad_norm_max=math.nan)
+        return dict(grad_norm_mean=self.grad_norm_sum / self.grad_norm_steps, grad_norm_max=self.grad_norm_max)
 
     def load_state_dict(self, state: dict) -> None:
         """Take the fields `state` has (older files may lack some); the rest stay."""
@@ -123,6 +137,7 @@ class Trainer:
         if cfg.train.compile != "off":  # in place, after the average copied the plain module; same state_dict keys
             accelerator.unwrap_model(self.backbone).compile(mode=cfg.train.compile)
         self.state = TrainState()
+        self.clock = Stopwatch()  # this process's time per part of its epochs (summary.json's time_s)
         self.resumed = False  # continued from a checkpoint (resume())
         self.faults = faults or Faults.from_env()
         self.recorder = Recorder(run_dir, accelerator)
@@ -167,7 +182,7 @@ class Trainer:
                 continue
             for done, loss in outcome.losses:
                 self.state.loss_sum, self.state.step = self.state.loss_sum + loss, done + 1
-            self._add_grad_norms(outcome.grad_norms)
+            self.state.add_grad_norms(outcome.grad_norms)
             self.stop_requested = outcome.stop
             if outcome.losses:
                 images = (self.state.step - start) * self.cfg.data.batch_size
@@ -179,37 +194,26 @@ class Trainer:
                     else Stopped(RunStatus.PREEMPTED)
         bar.close()
         seconds = time.perf_counter() - t0
-        return dict(train_loss=self.state.loss_sum / spe, **self._grad_norm_stats(), epoch_time_s=seconds,
+        return dict(train_loss=self.state.loss_sum / spe, **self.state.grad_norm_stats(), epoch_time_s=seconds,
                     images_per_s=(spe - start) * self.cfg.data.batch_size / seconds,
                     margin=self.head_module.margin_now(epoch + 1), lr=self.opt_net.param_groups[0]["lr"])
-
-    def _add_grad_norms(self, norms: list[float]) -> None:
-        """Count the steps' gradient norms into the epoch's (an fp16 step the scaler skipped has a non-finite one)."""
-        s = self.state
-        for norm in norms:
-            if math.isfinite(norm):
-                s.grad_norm_sum, s.grad_norm_steps = s.grad_norm_sum + norm, s.grad_norm_steps + 1
-                s.grad_norm_max = max(s.grad_norm_max, norm)
-
-    def _grad_norm_stats(self) -> dict:
-        """The epoch's mean and max total gradient norm before clipping (NaN: no step had a finite one)."""
-        s = self.state
-        if not s.grad_norm_steps:
-            return dict(grad_norm_mean=math.nan, grad_norm_max=math.nan)
-        return dict(grad_norm_mean=s.grad_norm_sum / s.grad_norm_steps, grad_norm_max=s.grad_norm_max)
 
     def evaluate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """Metrics on the whole gathered test set by the head's prediction rule (computed on every rank; only the
         main one writes)."""
-        feats, labels = self.features(self.test_data)
-        head = self.head_module
-        geometry = head.geometry()
-        with torch.no_grad():
-            metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"), scores=head.predict(feats))
-        metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
+        with self.clock("evaluation"):
+            feats, labels = self.features(self.test_data)
+            head = self.head_module
+            geometry = head.geometry()
+            with torch.no_grad():
+                metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"),
+                                             scores=head.predict(feats))
+            metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
         if self.cfg.train.retrieval and self.acc.is_main_process:
-            metrics.update(retrieval_metrics(feats, labels, by=head.judged_by))
+            with self.clock("retrieval"):
+                metrics.update(retrieval_metrics(feats, labels, by=head.judged_by))
         return metrics, feats, labels
+
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -264,6 +268,7 @@ class Trainer:
             epoch = self.state.epoch
             result = self.train_epoch(epoch)
             if not isinstance(result, Stopped):
+                self.clock.add("train", result["epoch_time_s"])
                 self.end_epoch(epoch, result, plot_every)
             elif result.status == RunStatus.PREEMPTED:
                 self.state.status = RunStatus.PREEMPTED
@@ -282,7 +287,9 @@ class Trainer:
         if self.state.status == RunStatus.RUNNING:
             self.state.status = RunStatus.FINISHED
         if self.acc.is_main_process:
-            self.recorder.finish(self.state.state_dict(), self.model_info(), gif=bool(plot_every))
+            self.recorder.finish(self.state.state_dict(), dict(self.model_info(), time_s=self.clock.seconds()),
+                                 gif=bool(plot_every))
+            self.acc.print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in self.clock.seconds().items()))
         return self.state
 
     def end_epoch(self, epoch: int, stats: dict, plot_every: int) -> None:
@@ -296,8 +303,11 @@ class Trainer:
         want_plots = plot_every and ((epoch + 1) % plot_every == 0 or epoch + 1 == self.cfg.train.epochs)
         features = dict(test=(feats, labels))
         if want_plots:
-            features["train"] = self.features(self.train_sample)  # a collective: all ranks
+            with self.clock("train_sample"):
+                features["train"] = self.features(self.train_sample)  # a collective: all ranks
         head = self.head_module
-        self.recorder.end_epoch(record, features, head.geometry(), head.wedge(epoch + 1), head.caption(epoch + 1),
-                                self.cfg.train.epochs, plots=bool(want_plots))
-        self.checkpoint()
+        with self.clock("files_plots_wandb"):
+            self.recorder.end_epoch(record, features, head.geometry(), head.wedge(epoch + 1), head.caption(epoch + 1),
+                                    self.cfg.train.epochs, plots=bool(want_plots))
+        with self.clock("checkpoint"):
+            self.checkpoint()

@@ -74,7 +74,9 @@ def test_blank_variables_are_unset_but_a_blank_gpu_list_hides_every_gpu():
     env = ClusterEnv.from_env(dict(blank, CUDA_VISIBLE_DEVICES=""))
     assert type(env.launcher) is Plain and type(env.scheduler) is Scheduler and env.world_size == 1
     assert env.visible_devices == ()
-    assert ClusterEnv.from_env(dict(CUDA_VISIBLE_DEVICES="0, 2,GPU-x")).visible_devices == (0, 2)
+    assert ClusterEnv.from_env(dict(CUDA_VISIBLE_DEVICES="0, 2,GPU-x")).visible_devices == ("0", "2", "GPU-x")
+    mig = "MIG-9f8e7d6c-5b4a-3928-1706-f5e4d3c2b1a0,MIG-0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
+    assert ClusterEnv.from_env(dict(CUDA_VISIBLE_DEVICES=mig)).visible_devices == tuple(mig.split(","))
 
 
 def test_the_env_is_frozen():

@@ -21,3 +21,25 @@ def test_a_cuda_head_predicts_for_the_gathered_host_features(kind, dim):
         on_device = head.predict(torch.randn(8, dim, device="cuda"))  # features already on the head's device stay
         assert on_device.device.type == "cuda" and tuple(on_device.shape) == (8, 20)
         assert all(t.device.type == "cpu" for t in head.geometry().values())  # what the recorder saves and plots
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_cuda_run_asks_for_deterministic_kernels_and_nccl_blocking_wait(monkeypatch, deterministic):
+    from dataclasses import replace
+
+    from arcdist import hardware
+    from arcdist.config import Config
+
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda on: calls.append(on))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    env = {}
+    cfg = Config()
+    hardware.configure_cuda(replace(cfg, train=replace(cfg.train, deterministic=deterministic)), env)
+    assert env["TORCH_NCCL_BLOCKING_WAIT"] == "1"  # a timed-out collective raises: the one-line error, exit 4
+    assert calls == ([True] if deterministic else [])
+    assert env.get("CUBLAS_WORKSPACE_CONFIG") == (":4096:8" if deterministic else None)
+    assert torch.backends.cudnn.benchmark is (not deterministic)
+    own = {"TORCH_NCCL_BLOCKING_WAIT": "0"}
+    hardware.configure_cuda(cfg, own)
+    assert own["TORCH_NCCL_BLOCKING_WAIT"] == "0"  # a user's own setting stays

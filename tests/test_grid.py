@@ -87,6 +87,7 @@ def test_task_index_and_list():
     ([0, 1], 1, 4, ["0", "1", "0", "1"]),  # round-robin over GPUs
     ([0, 1, 2, 3], 2, None, ["0,1", "2,3"]),  # default: one job per GPU group
     ([0, 1, 2], 2, 3, ["0,1", "0,1", "0,1"]),  # the odd GPU is left out, never half a group
+    (["MIG-a1", "GPU-b2"], 1, 2, ["MIG-a1", "GPU-b2"]),  # MIG and UUID names pass through as named
 ])
 def test_gpu_slots_share_gpus_round_robin(monkeypatch, gpus, per_job, jobs, want):
     monkeypatch.setattr(grid, "_gpu_ids", lambda: gpus)

@@ -2,15 +2,20 @@
 would run (rendered from the environment Slurm gives it), so a change to a script is checked in the fast subset."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import subprocess
 import sys
 
-from helpers import ROOT
+import pytest
+
+from helpers import ROOT, cli_env
 from slurm_jobs import SlurmJobs, job_env
 
 SCRIPTS = [ROOT / "tests" / "infra" / "dev-cluster.sh", ROOT / "slurm" / "grid.sbatch", ROOT / "slurm" / "multinode.sbatch",
-           ROOT / "launch" / "torchrun.sh", ROOT / "launch" / "grid.sh", ROOT / ".ci" / "system-deps"]
+           ROOT / "launch" / "torchrun.sh", ROOT / "launch" / "grid.sh", ROOT / ".ci" / "system-deps",
+           ROOT / "bench" / "gpu-smoke.sh"]
 sh = SlurmJobs().sh
 
 
@@ -59,3 +64,20 @@ def test_grid_array_task_renders_its_run_folder_and_grid_command(tmp_path):
     env.update(SLURM_ARRAY_TASK_ID="4")  # past the grid's 4 jobs: nothing to do, exit 0
     assert "the grid has only 4 jobs; nothing to do" in sh("bash", ROOT / "slurm" / "grid.sbatch", env=env, cwd=ROOT).stdout
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+@pytest.mark.slow
+def test_gpu_smoke_dry_run_on_the_cpu(tmp_path, real_data):
+    """bench/gpu-smoke.sh with TINY=1: every step runs on a CPU (the gpu tests are collected and skipped)."""
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path / "smoke"
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu-smoke.sh")], cwd=ROOT, capture_output=True, text=True,
+                          env=cli_env(TINY="1", OUT=str(out), PYTHON=sys.executable, ARCDIST_DATA_DIR=str(real_data)),
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    suite = ET.parse(out / "gpu-tests.xml").getroot().find("testsuite")
+    assert (int(suite.get("tests")), int(suite.get("skipped")), int(suite.get("failures"))) == (5, 5, 0)
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    log = (out / "smoke.log").read_text()
+    assert "== " in log and "main command:" in log and "done (status 0)" in log

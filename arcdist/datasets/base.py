@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from arcdist.errors import ConfigError, DataError
+from arcdist.nodecache import COUNTER_ENV, node_lock
 
 if TYPE_CHECKING:
     from arcdist.config import DataConfig, ModelConfig
@@ -141,11 +142,17 @@ class TorchvisionFiles(Dataset):
         raw = self.root / self.folder
         paths = [_find(raw, f) for f in self.files]
         if None in paths and self.download and _network_reachable():
-            try:
-                self._download()
-            except Exception as e:  # noqa: BLE001 - any download failure becomes the one-line error below
-                print(f"warning: download of {self.name} failed: {e}")
-            paths = [_find(raw, f) for f in self.files]
+            with node_lock(self.root / f".{self.name}.download.lock"):  # one download per node; the others wait
+                paths = [_find(raw, f) for f in self.files]  # and find what the first downloaded
+                if None in paths:
+                    try:
+                        self._download()
+                        if os.environ.get(COUNTER_ENV):
+                            with open(os.environ[COUNTER_ENV], "a") as f:
+                                f.write(f"download {self.name}\n")
+                    except Exception as e:  # noqa: BLE001 - any download failure becomes the one-line error below
+                        print(f"warning: download of {self.name} failed: {e}")
+                    paths = [_find(raw, f) for f in self.files]
         if None in paths:
             missing = [f for f, p in zip(self.files, paths) if p is None]
             raise DataError(f"{self.name}: missing {', '.join(missing)} in {raw} (expects {', '.join(self.files)}"

@@ -14,6 +14,7 @@ train/ lacks, a missing train/ or test/: each one line naming it, exit 2.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 
 from arcdist.datasets.base import DataError, Dataset, DatasetSpec, Splits, register_dataset
 from arcdist.errors import first_line
+from arcdist.nodecache import once_per_node
 
 SPLITS = ("train", "test")
 
@@ -185,15 +187,20 @@ class ImageFolderDataset(Dataset):
         if data.classes:
             return data
         ds = cls(data.data_dir, channels=model.in_channels, image_size=model.image_size, workers=data.workers)
-        mean, std = measure_files(ds.train.paths, ds.decode, data.workers)
-        return dataclasses.replace(data, classes=tuple(ds.classes), mean=mean, std=std)
+        stats = once_per_node("folder-stats", dict(files=listing_id(ds.train.paths), channels=model.in_channels,
+                                                   size=model.image_size),
+                              lambda: dict(zip(("mean", "std"), measure_files(ds.train.paths, ds.decode,
+                                                                              data.workers))))
+        return dataclasses.replace(data, classes=tuple(ds.classes), mean=tuple(stats["mean"]),
+                                   std=tuple(stats["std"]))
 
     @classmethod
     def shape(cls, data, model) -> tuple[int, int]:
         """(channels, size) of the folder's images: 3 when a sample of its train images holds colour, else 1; the
         median shorter side of the sample (images are resized to it and centre-cropped)."""
         ds = cls(data.data_dir, channels=1, image_size=28)
-        return image_shape(ds.train.paths)
+        return tuple(once_per_node("folder-shape", dict(files=listing_id(ds.train.paths)),
+                                   lambda: list(image_shape(ds.train.paths))))
 
     @classmethod
     def spec_for(cls, data, model):
@@ -202,6 +209,15 @@ class ImageFolderDataset(Dataset):
                             "(ImageFolderDataset.settle); this config has none: start the run with arcdist.train")
         return DatasetSpec("folder", model.in_channels, model.image_size, tuple(data.mean), tuple(data.std),
                            tuple(data.classes))
+
+
+def listing_id(paths: tuple[str, ...]) -> str:
+    """SHA-256 of the files' absolute paths, sizes and modification times: a changed folder is measured again."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 SHAPE_SAMPLE = 256  # train images whose modes and sizes decide a folder's channels and image size

@@ -1,0 +1,194 @@
+"""Embed images with a trained run: `arcdist embed RUN_DIR --out F.npz`.
+
+    arcdist embed RUN_DIR --out test.npz                          # the run's own test split
+    arcdist embed RUN_DIR --split train --out train.npz           # its train split
+    arcdist embed RUN_DIR --dataset fashion-mnist --out f.npz     # another built-in dataset (same image shape)
+    arcdist embed RUN_DIR --images DIR --out mine.npz             # any folder of images: DIR/<class>/* or DIR/*
+
+The run's last checkpoint (or --epoch N's; the averaged backbone of a train.ema run) embeds the images converted
+as the run converts its data (its channels, size and normalisation), in batches, on the GPU when one is visible.
+The npz holds `features` (N, D) float32, `labels` (N,) int64 (the index into `classes`; -1 where an image has no
+class folder), `classes`, and for files `paths`. On the run's own test split the features equal the run's saved
+features of that epoch (tests/test_embed.py). `Embedder` is the model `arcdist export` writes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+from torch import nn
+
+from arcdist import checkpoint, errors, rundir
+from arcdist.cli import ArgumentParser
+from arcdist.config import Config, ConfigError
+from arcdist.errors import DataError, Exit
+
+BATCH = 256  # images per forward pass
+
+
+class Embedder(nn.Module):
+    """Float images in [0, 1], (N, C, H, W) -> (N, D) features: the run's normalisation, then its backbone."""
+
+    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.backbone = backbone
+        # on the 0..255 scale, as the training computes it (arcdist.data.DeviceData.normalise)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * 255.0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pixels(images * 255.0)
+
+    def pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of images on the 0..255 scale (uint8 or float): the training's own arithmetic."""
+        return self.backbone((x.float() - self.mean) * self.inv_std)
+
+
+def checkpoint_of(run_dir: Path, epoch: int | None) -> Path:
+    """The newest verified checkpoint, or epoch `epoch`'s; ConfigError naming what there is."""
+    found = checkpoint.list_checkpoints(run_dir)
+    if epoch is not None:
+        found = [p for p in found if p.name == f"epoch-{epoch:04d}"]
+        if not found:
+            raise ConfigError(f"{run_dir} has no checkpoint of epoch {epoch}; the run kept "
+                              f"{', '.join(p.name for p in checkpoint.list_checkpoints(run_dir)) or 'none'}")
+    if not found:
+        raise ConfigError(f"{run_dir} has no checkpoint; train it (or --resume it) first")
+    why = checkpoint.verify(found[-1])
+    if why is not None:
+        raise ConfigError(f"checkpoint {found[-1]} fails its checksums ({why}); pass --epoch N of another")
+    return found[-1]
+
+
+def load_embedder(run_dir: Path, epoch: int | None = None) -> tuple[Config, Embedder, Path]:
+    """The run's config, its backbone with the checkpoint's weights (eval mode, CPU), and the checkpoint."""
+    from safetensors.torch import load_file
+
+    from arcdist.datasets import run_spec
+    from arcdist.model import build_backbone
+
+    run_dir = Path(run_dir)
+    cfg = rundir.load_saved_config(run_dir, flag="")
+    path = checkpoint_of(run_dir, epoch)
+    backbone = build_backbone(cfg.model)
+    want = set(backbone.state_dict())
+    for f in sorted(path.glob("model*.safetensors")):
+        state = load_file(str(f))
+        if cfg.train.ema and "n_averaged" in state:  # the averaged backbone (AveragedModel: module.*)
+            state = {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
+        elif cfg.train.ema:
+            continue
+        if set(state) == want:
+            backbone.load_state_dict(state)
+            break
+    else:
+        raise ConfigError(f"checkpoint {path} holds no backbone of this run's shape; is {run_dir} an arcdist run?")
+    spec = run_spec(cfg.data, cfg.model)
+    return cfg, Embedder(backbone, spec.mean, spec.std).eval(), path
+
+
+def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
+    """Every image under `root`, sorted: (paths, labels, classes); a file in `root` itself has label -1, one in
+    root/<class>/ the index of <class> among the sub-folders (sorted)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; pass --images DIR with image files (or DIR/<class>/ folders)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, labels = [], []
+    for label, folder in [(-1, root), *((i, root / c) for i, c in enumerate(classes))]:
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and not f.name.startswith(".") and has_file_allowed_extension(f.name, IMG_EXTENSIONS):
+                paths.append(str(f))
+                labels.append(label)
+    if not paths:
+        raise DataError(f"{root}: no image files (images end in {', '.join(IMG_EXTENSIONS)}); "
+                        "pass a folder of images")
+    return paths, labels, classes
+
+
+@torch.no_grad()
+def embed_pixels(model: Embedder, x: torch.Tensor, device: torch.device, progress: bool = True) -> np.ndarray:
+    """(N, C, H, W) images on the 0..255 scale -> (N, D) float32 features, BATCH at a time."""
+    from tqdm import tqdm
+
+    out = []
+    for i in tqdm(range(0, len(x), BATCH), desc="embed", disable=not progress, leave=False):
+        out.append(model.pixels(x[i:i + BATCH].to(device)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.backbone[-1].out_features), np.float32)
+
+
+def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = None, data_dir: str | None = None,
+          images: Path | None = None, epoch: int | None = None, progress: bool = True) -> dict:
+    """Write the npz (module docstring); returns what it holds (counts, the checkpoint)."""
+    from arcdist.datasets import dataset_spec, load_dataset
+    from arcdist.datasets.folder import Decoder, decode_all
+
+    cfg, model, path = load_embedder(run_dir, epoch)
+    device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
+    model.to(device)
+    extra = {}
+    if images is not None:
+        paths, labels, classes = image_files(Path(images))
+        x = decode_all(tuple(paths), Decoder(cfg.model.in_channels, cfg.model.image_size), cfg.data.workers)
+        y, extra = torch.tensor(labels), dict(paths=np.array(paths))
+    else:
+        name = dataset or cfg.data.dataset
+        if name == "folder":
+            root = Path(data_dir or cfg.data.data_dir) / split
+            paths, labels, classes = image_files(root)
+            x = decode_all(tuple(paths), Decoder(cfg.model.in_channels, cfg.model.image_size), cfg.data.workers)
+            y, extra = torch.tensor(labels), dict(paths=np.array(paths))
+        else:
+            data_dir = data_dir or os.environ.get("ARCDIST_DATA_DIR") or cfg.data.data_dir
+            splits = load_dataset(name, data_dir, download=False)
+            x, y = (splits.test_x, splits.test_y) if split == "test" else (splits.train_x, splits.train_y)
+            if tuple(x.shape[1:]) != (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size):
+                raise ConfigError(f"{name} has {'x'.join(map(str, x.shape[1:]))} images, the run takes "
+                                  f"{cfg.model.in_channels}x{cfg.model.image_size}x{cfg.model.image_size}; write "
+                                  "them out as a folder (tools/image_folder.py) and pass --images DIR")
+            classes = list(dataset_spec(name).classes)
+    feats = embed_pixels(model, x, device, progress)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    np.savez(tmp, features=feats.astype(np.float32), labels=y.numpy().astype(np.int64), classes=np.array(classes),
+             **extra)
+    os.replace(tmp, out)
+    return dict(out=str(out), images=len(feats), dim=feats.shape[1], checkpoint=str(path))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(prog="arcdist.embed", description=__doc__)
+    p.add_argument("run_dir", help="a run folder (config.json, checkpoints/)")
+    p.add_argument("--out", required=True, help="the npz to write")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--dataset", default=None, help="a built-in dataset (default: the run's)")
+    p.add_argument("--data-dir", default=None, help="where the dataset is (default $ARCDIST_DATA_DIR, then the run's)")
+    p.add_argument("--images", default=None, metavar="DIR", help="a folder of images: DIR/<class>/* or DIR/*")
+    p.add_argument("--epoch", type=int, default=None, help="the checkpoint of epoch N (default: the newest)")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        done = embed(Path(args.run_dir), Path(args.out), args.split, args.dataset, args.data_dir,
+                     Path(args.images) if args.images else None, args.epoch, not args.no_progress)
+    except errors.BadInput as e:
+        print(f"arcdist.embed: error: {e}", file=sys.stderr)
+        return Exit.BAD_INPUT
+    print(f"{done['images']:,} features of {done['dim']} dimensions by {done['checkpoint']} -> {done['out']}")
+    return Exit.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

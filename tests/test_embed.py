@@ -1,0 +1,93 @@
+"""Using what was trained: `arcdist embed` equals the run's saved features; `arcdist export` (ONNX by onnxruntime,
+TorchScript by torch.jit.load) equals embed within 1e-4 at any batch size; bad input is one line, exit 2."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from arcdist import embed, export
+from helpers import run_train, snapshot, tiny_args
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data, tmp_path_factory):
+    """A 2-epoch T0 run (fp32, so its saved features are the eager model's)."""
+    out = tmp_path_factory.mktemp("embed") / "run"
+    run_train(tiny_args(tiny_data, out, 2, "--set", "train.keep_checkpoints=2"))
+    return out
+
+
+def test_embed_of_the_test_split_equals_the_saved_features_of_each_epoch(run, tiny_data, tmp_path):
+    for epoch in (1, 2):
+        out = tmp_path / f"e{epoch}.npz"
+        assert embed.main([str(run), "--out", str(out), "--data-dir", str(tiny_data), "--epoch", str(epoch),
+                           "--no-progress"]) == 0
+        got, saved = np.load(out), np.load(run / "features" / f"test-epoch-{epoch:04d}.npz")
+        assert got["features"].dtype == np.float32 and got["features"].shape == saved["features"].shape == (101, 2)
+        np.testing.assert_allclose(got["features"], saved["features"], rtol=0, atol=1e-5)
+        assert np.array_equal(got["labels"], saved["labels"]) and list(got["classes"]) == [str(d) for d in range(10)]
+    assert not np.allclose(np.load(tmp_path / "e1.npz")["features"], np.load(tmp_path / "e2.npz")["features"])
+
+
+def test_embed_a_folder_with_unknown_and_unlabelled_images(run, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for where in ("cats", "dogs", "."):  # two class folders the run never saw, and loose files
+        (tmp_path / "imgs" / where).mkdir(parents=True, exist_ok=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (40, 32, 3), dtype=np.uint8)).save(tmp_path / "imgs" / where / f"{i}.png")
+    out = tmp_path / "f.npz"
+    assert embed.main([str(run), "--images", str(tmp_path / "imgs"), "--out", str(out), "--no-progress"]) == 0
+    f = np.load(out)
+    assert f["features"].shape == (9, 2) and list(f["classes"]) == ["cats", "dogs"]
+    assert list(f["labels"]) == [-1, -1, -1, 0, 0, 0, 1, 1, 1] and len(f["paths"]) == 9
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_model_equals_embed_at_any_batch_size(run, tiny_data, tmp_path, fmt):
+    path = tmp_path / f"model.{fmt}"
+    assert export.main([str(run), "--format", fmt, "--out", str(path)]) == 0
+    _, model, _ = embed.load_embedder(run)
+    for n in (1, 7, 64):
+        x = torch.rand(n, 1, 28, 28)
+        with torch.no_grad():
+            want = model(x).numpy()
+        if fmt == "onnx":
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            got = session.run(["features"], {"images": x.numpy()})[0]
+        else:
+            got = torch.jit.load(str(path))(x).detach().numpy()
+        assert got.shape == (n, 2)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "no images", "missing format package", "no such epoch"])
+def test_bad_input_is_one_line_exit_2_nothing_written(run, tmp_path, monkeypatch, capsys, case):
+    import shutil
+
+    target = tmp_path / "out.npz"
+    if case == "no checkpoint":
+        bare = tmp_path / "bare"
+        bare.mkdir()
+        shutil.copy(run / "config.json", bare / "config.json")
+        argv, main, want = [str(bare), "--out", str(target)], embed.main, "has no checkpoint"
+    elif case == "no images":
+        (tmp_path / "docs").mkdir()
+        (tmp_path / "docs" / "notes.txt").write_text("not an image")
+        argv, main, want = [str(run), "--images", str(tmp_path / "docs"), "--out", str(target)], embed.main, \
+            "no image files"
+    elif case == "missing format package":
+        monkeypatch.setitem(export.FORMATS, "onnx", ("onnx", "no_such_package_x"))
+        argv, main, want = [str(run), "--format", "onnx", "--out", str(target)], export.main, \
+            'no_such_package_x, not installed; pip install "arcdist[export]"'
+    else:
+        argv, main, want = [str(run), "--epoch", "9", "--out", str(target)], embed.main, "no checkpoint of epoch 9"
+    before = snapshot(run)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and want in err[0], err
+    assert not target.exists() and snapshot(run) == before

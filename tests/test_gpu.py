@@ -1,0 +1,61 @@
+"""The GPU path on a real CUDA device (marked `gpu`, skipped without one): bf16 and fp16 to a finished run with
+plots, exact resume with deterministic kernels, the explorer and report of a GPU run, two processes on one GPU.
+bench/gpu-smoke.sh runs these first on a lent GPU; on a CPU they are skipped (the device rule itself is checked
+on the CPU: tests/test_device.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import PLOTS, metric_rows, run_train, summary
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+GPU = ["--variant", "A8", "--no-progress", "--wandb", "disabled", "--limit-train", "4096", "--limit-test", "1000"]
+
+
+def cuda_args(data, out, epochs, *extra):
+    return [*GPU, "--epochs", str(epochs), "--data-dir", str(data), "--output-dir", str(out), *extra]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_one_process_trains_to_a_finished_run_with_plots(real_data, tmp_path, precision):
+    out = tmp_path / precision
+    run_train(cuda_args(real_data, out, 2, "--mixed-precision", precision, *PLOTS))
+    config = json.loads((out / "config.json").read_text())
+    assert config["device"].startswith("cuda") and config["config"]["train"]["mixed_precision"] == precision
+    assert summary(out)["status"] == "finished" and summary(out)["final_accuracy"] > 0.5
+    assert (out / "plots" / "test-circle-epoch-0002.png").is_file() and (out / "plots" / "test-raw.gif").is_file()
+    assert np.load(out / "features.npz")["features"].shape == (1000, 2)
+
+
+def test_resume_equals_the_uninterrupted_run_with_deterministic_kernels(real_data, tmp_path):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    run_train(cuda_args(real_data, whole, 2, "--mixed-precision", "no"))
+    run_train(cuda_args(real_data, part, 1, "--mixed-precision", "no"))
+    run_train(["--resume", str(part), "--epochs", "2", "--no-progress", "--wandb", "disabled",
+               "--data-dir", str(real_data)])
+    assert metric_rows(part) == metric_rows(whole)
+
+
+def test_explorer_and_report_read_a_gpu_run(real_data, tmp_path):
+    from arcdist import explore, report
+
+    grid = tmp_path / "g"
+    run = grid / "A8-s0"
+    run_train(cuda_args(real_data, run, 1, *PLOTS))
+    (grid / "grid.json").write_text(json.dumps(dict(grid_id="g", jobs=[dict(
+        index=0, variant="A8", seed=0, dataset="mnist", run_dir=str(run), status="finished")])))
+    page = explore.build_page(run)
+    assert page["panels"] >= 1 and page["path"].is_file()
+    built = report.build_report(grid)
+    assert [r["variant"] for r in built["variants"]] == ["A8"]
+
+
+def test_two_processes_share_one_gpu(real_data, tmp_path):
+    out = tmp_path / "two"
+    run_train(cuda_args(real_data, out, 1, "--mixed-precision", "no"), world=2)
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert np.load(out / "features.npz")["features"].shape == (1000, 2)
