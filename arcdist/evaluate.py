@@ -1,12 +1,17 @@
 """Evaluate a run's checkpoint again, plain and averaged over pixel shifts:
 
-    python -m arcdist.evaluate RUN_DIR [--shift 1] [--checkpoint epoch-0020] [--json FILE]
+    arcdist evaluate RUN_DIR [--shift 1] [--checkpoint epoch-0020] [--json FILE]
+    arcdist evaluate RUN_DIR --pairs 6000 [--pairs-out pairs.npz]     # verification (arcdist.verification)
 
 Loads the newest checkpoint that verifies (or the one named) into the run's own model and precision, embeds the
 whole test set, and prints the metrics of the training's own evaluation (accuracy by the head's prediction rule,
 intra-class spread, closest class centres) twice: for the plain images, and with each image's 2-D feature the mean of
 its (2k+1)² views moved by up to k = --shift pixels (test-time averaging over the shifts `data.shift` trains on).
 Reads only: nothing in RUN_DIR changes (a checkpoint that fails its checksums is refused in one line, not moved).
+With --pairs N: N seeded pairs of the test split (half of one class), their cosine scores, 10-fold accuracy with each
+fold's threshold fitted on the other nine, ROC AUC, TAR at FAR 1e-3 and 1e-2 and the threshold to use; the pairs
+and scores go to --pairs-out (`i`, `j` indices into the split's order, `same`, `score`), the figures to the JSON
+beside it.
 """
 from __future__ import annotations
 
@@ -20,10 +25,11 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np
 import torch
 from accelerate import PartialState
 
-from arcdist import checkpoint, errors, fingerprint, rundir, runinfo
+from arcdist import checkpoint, errors, fingerprint, rundir, runinfo, verification
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
 from arcdist.errors import Exit
@@ -45,9 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the checkpoint folder to evaluate, e.g. epoch-0020 (default: the newest)")
     p.add_argument("--data-dir", default=None, help="where the dataset is (default $ARCDIST_DATA_DIR, then the run's)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE (JSON)")
+    p.add_argument("--pairs", type=int, default=0, metavar="N", help="verification on N seeded test pairs")
+    p.add_argument("--pairs-out", default="pairs.npz", metavar="FILE",
+                   help="where the pairs and scores go (default ./pairs.npz; the figures beside it as .json)")
+    p.add_argument("--pairs-seed", type=int, default=0, help="the seed that draws the pairs")
     args = p.parse_args(argv)
     if not 0 <= args.shift <= 4:
         p.error(f"--shift {args.shift}: give 0 to 4 pixels")
+    if args.pairs and args.pairs < 20:
+        p.error(f"--pairs {args.pairs}: give at least 20 (10 folds of 2)")
     return args
 
 
@@ -68,7 +80,8 @@ def choose_checkpoint(run_dir: Path, name: str | None) -> Path:
     return path
 
 
-def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: str | None = None) -> dict:
+def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: str | None = None,
+             pairs: int = 0, pairs_seed: int = 0) -> dict:
     """The figures of one checkpoint: {"checkpoint", "epoch", "shift", "views", "plain": {...}, "averaged": {...}}."""
     cfg = rundir.load_saved_config(run_dir, flag="")
     data_dir = data_dir or os.environ.get("ARCDIST_DATA_DIR") or cfg.data.data_dir
@@ -90,15 +103,27 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
             scores = trainer.head_module.predict(feats)
         metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"), scores=scores)
         out[key] = {m: metrics[m] for m in REPORTED} | dict(errors=round((1 - metrics["accuracy"]) * len(labels)))
+    if pairs:
+        i, j, same = verification.make_pairs(labels.numpy(), pairs, pairs_seed)
+        scores = verification.cosine_scores(views[0].numpy(), i, j)
+        out["verification"] = verification.verify(scores, same) | dict(seed=pairs_seed)
+        out["pairs"] = dict(i=i, j=j, same=same, score=scores)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        result = evaluate(Path(args.run_dir), args.shift, args.checkpoint, args.data_dir)
+        result = evaluate(Path(args.run_dir), args.shift, args.checkpoint, args.data_dir, args.pairs, args.pairs_seed)
         if not PartialState().is_main_process:  # under a launcher every rank embeds its shard; one reports
             return Exit.OK
+        pairs = result.pop("pairs", None)
+        if pairs is not None:
+            out = Path(args.pairs_out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(out.with_name(f".{out.stem}.tmp.npz"), **pairs)
+            os.replace(out.with_name(f".{out.stem}.tmp.npz"), out)
+            runinfo.atomic_write(out.with_suffix(".json"), json.dumps(result["verification"], indent=1) + "\n")
         if args.json:
             runinfo.atomic_write(Path(args.json), json.dumps(result, indent=1) + "\n")
     except errors.BadInput as e:
@@ -113,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epoch {result['epoch']}, {what}: test accuracy {100 * m['accuracy']:.2f} % ({m['errors']} errors in "
               f"{result['test_images']:,}), intra spread {m['intra_spread_deg']:.2f} deg, closest centres "
               f"{m['min_centre_angle_deg']:.1f} deg")
+    if "verification" in result:
+        v = result["verification"]
+        print(f"verification, {v['pairs']:,} pairs: accuracy {100 * v['accuracy']:.2f} ± {100 * v['accuracy_std']:.2f} % "
+              f"(10 folds), ROC AUC {v['roc_auc']:.4f}, TAR {100 * v['tar_at_far_0.001']:.2f} % at FAR 1e-3, "
+              f"{100 * v['tar_at_far_0.01']:.2f} % at FAR 1e-2, threshold {v['threshold']:.4f} (cosine)")
     return Exit.OK
 
 

@@ -91,3 +91,23 @@ def test_bad_input_is_one_line_exit_2_nothing_written(run, tmp_path, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and want in err[0], err
     assert not target.exists() and snapshot(run) == before
+
+
+def test_evaluate_pairs_writes_the_pairs_and_the_figures(run, tiny_data, tmp_path, capsys):
+    import json
+
+    from arcdist import evaluate
+
+    out = tmp_path / "v" / "pairs.npz"
+    before = snapshot(run)
+    assert evaluate.main([str(run), "--shift", "0", "--pairs", "200", "--pairs-out", str(out),
+                          "--data-dir", str(tiny_data)]) == 0
+    p, figures = np.load(out), json.loads(out.with_suffix(".json").read_text())
+    labels = np.load(run / "features.npz")["labels"]
+    assert len(p["i"]) == 200 and p["same"].sum() == 100 and np.array_equal(labels[p["i"]] == labels[p["j"]], p["same"])
+    feats = np.load(run / "features.npz")["features"]
+    x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    np.testing.assert_allclose(p["score"], np.sum(x[p["i"]] * x[p["j"]], axis=1), atol=1e-5)
+    assert set(figures) >= {"accuracy", "roc_auc", "tar_at_far_0.001", "tar_at_far_0.01", "threshold"}
+    assert "verification, 200 pairs: accuracy" in capsys.readouterr().out
+    assert snapshot(run) == before  # reads only
