@@ -37,3 +37,41 @@ def test_worst_class_ignores_absent_classes():
     feats = torch.tensor([polar(0), polar(36), polar(36), polar(72), polar(0)])  # classes 0, 1, 1, 2, 2 (one wrong)
     m = separation_metrics(feats, torch.tensor([0, 1, 1, 2, 2]), w)
     assert m["worst_class"] == 2 and m["worst_class_accuracy"] == 0.5 and m["accuracy"] == 0.8
+
+
+def test_retrieval_on_a_large_test_set_samples_its_queries_seeded():
+    from pytorch_metric_learning.distances import CosineSimilarity
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    from arcdist.retrieval import METRICS, retrieval_metrics
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3000) % 20
+    feats = torch.nn.functional.one_hot(labels, 20).float() + 0.9 * torch.randn(3000, 20, generator=g)
+    exact = retrieval_metrics(feats, labels)  # up to MAX_QUERIES: every image a query, as PML computes it
+    pml = AccuracyCalculator(include=METRICS, k="max_bin_count", knn_func=CustomKNN(CosineSimilarity())
+                             ).get_accuracy(feats, labels)
+    assert exact == pytest.approx({k: float(v) for k, v in pml.items()}, abs=1e-6)
+    sampled = retrieval_metrics(feats, labels, max_queries=1000)
+    assert sampled == retrieval_metrics(feats, labels, max_queries=1000)  # seeded
+    for k in METRICS:  # an estimate of the exact figure: within 4 sampling errors of 1,000 queries
+        assert abs(sampled[k] - exact[k]) < 4 * (exact[k] * (1 - exact[k]) / 1000) ** 0.5 + 1e-3, k
+    assert sampled != exact
+
+
+@pytest.mark.slow
+def test_many_directions_spread_once_per_node(tmp_path, monkeypatch):
+    import math
+
+    from arcdist import directions
+
+    monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path))
+    n, dim = 300, 64  # above directions.SMALL: the float32 path
+    u = directions._large(n, dim)
+    assert u.shape == (n, dim) and torch.allclose(u.norm(dim=1), torch.ones(n), atol=1e-5)
+    start = torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert directions.min_angle_deg(u) > directions.min_angle_deg(start) + 10  # spread further than at random
+    assert directions.min_angle_deg(u) > 70 and (tmp_path / "directions" / f"{n}x{dim}.pt").is_file()
+    assert torch.equal(directions._large(n, dim), u)  # the second process reads the node's copy
+    assert math.isclose(directions.min_angle_deg(directions.spread(10, 3)), 66.12, abs_tol=0.05)  # small: as before
