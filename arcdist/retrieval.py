@@ -19,7 +19,7 @@ MAX_QUERIES = 10_000
 
 
 def retrieval_metrics(features: torch.Tensor, labels: torch.Tensor, by: str = "angle",
-                      batch_size: int = 2048, max_queries: int = MAX_QUERIES) -> dict[str, float]:
+                      batch_size: int = 1024, max_queries: int = MAX_QUERIES) -> dict[str, float]:
     """{"precision_at_1", "r_precision", "mean_average_precision_at_r"} of `features` (N, D) against themselves."""
     from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
