@@ -9,6 +9,7 @@
     arcdist export     a run's backbone with its normalisation as ONNX or TorchScript
     arcdist plot       re-render a run's plots from its saved features
     arcdist variants   the variant table (what each row changes)
+    arcdist config     every --set field: type, default, what it is (Markdown)
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ COMMANDS = {  # name -> (module with main(argv), one line of help)
     "export": ("arcdist.export", "a run's backbone with its normalisation as ONNX or TorchScript"),
     "plot": ("arcdist.plot", "re-render a run's plots from its saved features"),
     "variants": ("arcdist.variants", "the variant table (what each row changes)"),
+    "config": ("arcdist.reference", "every --set field: type, default, what it is (Markdown)"),
 }
 
 

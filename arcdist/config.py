@@ -29,59 +29,61 @@ Layers = tuple[tuple, ...]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    layers: Layers = ()
-    fc: tuple = ("linear", 64)
+    layers: Layers = ()  # the ConvLayer/pool list, e.g. (("conv", 1, 32, 3, 1, 1), ("pool", 2, 2)); see above
+    fc: tuple = ("linear", 64)  # the feature layer: ("linear", in_features) or ("conv", in_ch, kernel, stride, pad)
     feature_dim: int = 2  # the post's 2-D feature
-    in_channels: int = 1
-    image_size: int = 28  # pixels, square
+    in_channels: int = 1  # image channels (1 grey, 3 colour); from the dataset unless set
+    image_size: int = 28  # pixels, square; from the dataset unless set
+    arch: Literal["layers", "resnet18"] = "layers"  # "layers": the list above; "resnet18": torchvision's, for photos
+    weights: str = ""  # resnet18: a local state dict to start from (torchvision's file; its fc is left out)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """Two optimizers, as in the post: one for the backbone ('net'), one for the head ('arc')."""
 
-    net: Literal["adam", "sgd"] = "sgd"
+    net: Literal["adam", "sgd"] = "sgd"  # the backbone's optimizer
     lr: float = 0.001  # backbone learning rate
     momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 penalty of the backbone's optimizer
     schedule: Literal["step", "cosine"] = "step"  # step: the post's StepLR; cosine: warm-up then cosine to 0
     step_size: int = 20  # epochs between StepLR decays (the post's SGD setting)
     gamma: float = 0.8  # StepLR factor; 1.0 disables the schedule
     warmup_epochs: float = 0.0  # cosine only: linear warm-up length
     schedule_head: bool = False  # apply the schedule to the head's lr too (the post schedules only the net)
-    head: Literal["adam", "sgd"] = "sgd"
-    head_lr: float = 0.5
-    head_momentum: float = 0.0
+    head: Literal["adam", "sgd"] = "sgd"  # the head's optimizer (the post's "ArcLoss" optimizer)
+    head_lr: float = 0.5  # the head's learning rate
+    head_momentum: float = 0.0  # the head's SGD momentum
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "mnist"
-    data_dir: str = "./data"
+    dataset: str = "mnist"  # mnist, fashion-mnist, cifar10 or folder (--dataset)
+    data_dir: str = "./data"  # where the dataset is (--data-dir; $ARCDIST_DATA_DIR)
     batch_size: int = 256  # global batch (images per step, summed over ranks)
     limit_train: int = 0  # use only the first N training images (0 = all)
     limit_test: int = 0  # use only the first N test images (0 = all)
     download: bool = True  # try torchvision's download when files are missing
-    # augmentations (arcdist/datasets/augment.py reads each by its field name; false = off)
+    # (augmentations: arcdist/datasets/augment.py reads each by its field name; 0 / false = off)
     shift: int = 0  # augmentation: random translation of each training image by up to this many pixels (x and y)
     flip: bool = False  # augmentation: random horizontal flip of training images (Fashion-MNIST, CIFAR-10; not digits)
     rotate: float = 0.0  # augmentation: random rotation of each training image by up to this many degrees (+-)
     # a folder dataset (--dataset folder): what was measured of it when the run started (class names from the
     # folder names; mean and std per channel of the decoded train split, 0..1 scale); empty: the dataset's own
-    classes: tuple = ()
-    mean: tuple = ()
-    std: tuple = ()
+    classes: tuple = ()  # class names, by label
+    mean: tuple = ()  # per channel, 0..1 scale
+    std: tuple = ()  # per channel, 0..1 scale
     # a folder dataset streams from disk (DataLoader workers) instead of living on the device when its decoded
     # splits (uint8) exceed memory_budget_gb GiB ("auto"), or always (true) or never (false)
     stream: bool | Literal["auto"] = "auto"
-    memory_budget_gb: float = 4.0
+    memory_budget_gb: float = 4.0  # GiB of decoded images per node (divided over its ranks) before streaming
     workers: int = 2  # DataLoader processes that decode a folder's images (0: in the training process)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 100  # the post's length
-    seed: int = 0
+    seed: int = 0  # seeds the weights, the batch order and the augmentation draws (--seed)
     # "auto": resolved for the machine at start (arcdist/hardware.py): bf16 on a CUDA GPU that has it, on a CPU only
     # where a probe finds it faster than fp32; the resolved value is what config.json stores
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"

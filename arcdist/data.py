@@ -120,7 +120,7 @@ def load_to_device(cfg: "DataConfig", device: torch.device, splits: Splits | Non
     if cfg.dataset == "folder" and splits is None:
         folder = ImageFolderDataset(cfg.data_dir, channels=model.in_channels, image_size=model.image_size,
                                     workers=cfg.workers)
-        if streams(cfg, folder.nbytes(), cluster.current().local_world_size):
+        if streams(cfg, folder.nbytes(), cluster.current().launcher.local_world_size):
             return (StreamData(folder.train.paths[:lt], folder.train.labels[:lt], spec, device, folder.decode,
                                cfg.workers),
                     StreamData(folder.test.paths[:le], folder.test.labels[:le], spec, device, folder.decode,

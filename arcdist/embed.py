@@ -141,9 +141,11 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
         y, extra = torch.tensor(labels), dict(paths=np.array(paths))
     else:
         name = dataset or cfg.data.dataset
-        if name == "folder":
+        if name == "folder":  # labelled by the run's own classes (a split may lack some; -1: not one of them)
             root = Path(data_dir or cfg.data.data_dir) / split
-            paths, labels, classes = image_files(root)
+            paths, labels, found = image_files(root)
+            classes = list(cfg.data.classes)
+            labels = [classes.index(found[k]) if k >= 0 and found[k] in classes else -1 for k in labels]
             x = decode_all(tuple(paths), Decoder(cfg.model.in_channels, cfg.model.image_size), cfg.data.workers)
             y, extra = torch.tensor(labels), dict(paths=np.array(paths))
         else:

@@ -49,7 +49,7 @@ class Job:
     best_accuracy: float | None = None
     wall_time_s: float | None = None
     log: str | None = None
-    devices: list[int] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)  # its CUDA_VISIBLE_DEVICES entries (indices, MIG-/GPU- ids)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -274,7 +274,8 @@ def _run_queue(root: Path, args: argparse.Namespace, jobs: list[Job], queue: lis
             env = dict(os.environ, **slots[slot])
             cpu_slot = slots[slot].get("CUDA_VISIBLE_DEVICES") == ""  # (a GPU job's threads stay automatic)
             cmd = train_command(job, args, free_port(), int(slots[slot]["OMP_NUM_THREADS"]) if cpu_slot else 0)
-            job.status, job.devices = RunStatus.RUNNING, [int(i) for i in slots[slot].get("CUDA_VISIBLE_DEVICES", "").split(",") if i]
+            job.status = RunStatus.RUNNING
+            job.devices = [i for i in slots[slot].get("CUDA_VISIBLE_DEVICES", "").split(",") if i]  # as named
             print(f"[grid] start {Path(job.run_dir).name} (slot {slot})", flush=True)
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             running[slot] = (job, proc, time.time(), log)

@@ -7,7 +7,9 @@ pooled, ResNet's global pooling in spirit). An image whose map comes out smaller
 """
 from __future__ import annotations
 
+import functools
 import math
+import pickle
 
 import torch
 import torch.nn.functional as F
@@ -105,8 +107,31 @@ def fc_map_size(cfg: ModelConfig, channels: int) -> int:
     raise ConfigError(f"unknown fc kind {kind!r}; use 'linear' or 'conv'")
 
 
-def build_backbone(cfg: ModelConfig) -> nn.Sequential:
-    """Image (N, C, H, W) -> feature (N, feature_dim), from the config's layer list and fc entry."""
+def build_resnet18(cfg: ModelConfig) -> nn.Module:
+    """torchvision's ResNet-18 (random init, or `cfg.weights`' state dict without its fc) with a feature_dim fc and a
+    first convolution for `cfg.in_channels`; its global average pool takes any image size."""
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None, num_classes=cfg.feature_dim)
+    if cfg.weights:
+        try:
+            state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+            raise ConfigError(f"model.weights={cfg.weights}: cannot load it ({str(e).splitlines()[0]}); pass a "
+                              "torchvision ResNet-18 state dict file") from None
+        missing = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+        if set(missing.missing_keys) - {"fc.weight", "fc.bias"}:
+            raise ConfigError(f"model.weights={cfg.weights} is not a ResNet-18 state dict (missing "
+                              f"{sorted(missing.missing_keys)[0]}, ...)")
+    if cfg.in_channels != 3:
+        net.conv1 = nn.Conv2d(cfg.in_channels, 64, 7, 2, 3, bias=False)
+    return net
+
+
+def build_backbone(cfg: ModelConfig) -> nn.Module:
+    """Image (N, C, H, W) -> feature (N, feature_dim), from the config's layer list and fc entry (or ResNet-18)."""
+    if cfg.arch == "resnet18":
+        return build_resnet18(cfg)
     modules: list[nn.Module] = []
     channels = cfg.in_channels
     for entry in layers_for(cfg):
@@ -138,8 +163,21 @@ def _map_size(layers: tuple, size: int) -> int:
     return size
 
 
+@functools.lru_cache(maxsize=8)
+def _describe_resnet(channels: int, size: int, dim: int) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_resnet18(ModelConfig(arch="resnet18", in_channels=channels, image_size=size, feature_dim=dim)).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, channels, size, size))
+    return dict(params=sum(p.numel() for p in net.parameters()), flops=counter.get_total_flops(),
+                pre_head_shape=(512, 1, 1))
+
+
 def smallest_image(cfg: ModelConfig) -> int:
     """The smallest image size (pixels) whose map reaches the fc's size."""
+    if cfg.arch == "resnet18":
+        return 32  # five halvings to a 1x1 map
     channels = next((e[2] for e in reversed(cfg.layers) if e[0] == "conv"), cfg.in_channels)
     need = fc_map_size(cfg, channels)
     return next((s for s in range(1, 4097) if _map_size(cfg.layers, s) >= need), 4096)
@@ -147,6 +185,8 @@ def smallest_image(cfg: ModelConfig) -> int:
 
 def describe(cfg: ModelConfig) -> dict:
     """Parameters, forward FLOPs per image (2 x multiply-adds of conv/linear) and shapes, from the layer list."""
+    if cfg.arch == "resnet18":
+        return _describe_resnet(cfg.in_channels, cfg.image_size, cfg.feature_dim)
     c, h = cfg.in_channels, cfg.image_size
     params = flops = 0
     for kind, *a in layers_for(cfg):

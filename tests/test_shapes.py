@@ -74,3 +74,29 @@ def test_colour_read_as_grey_when_asked_and_a_class_count_against_the_data_refus
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "head.num_classes=10" in lines[0] and "has 5 classes" in lines[0], lines
     assert snapshot(tmp_path) == before
+
+
+def test_resnet18_takes_any_channels_and_size_and_loads_local_weights(tmp_path):
+    from dataclasses import replace
+
+    import torch
+    from torchvision.models import resnet18
+
+    from arcdist.config import ConfigError
+    from arcdist.model import build_backbone, describe
+    from arcdist.variants import VARIANTS
+
+    cfg = VARIANTS["R18"].config.model
+    assert (cfg.arch, cfg.in_channels, cfg.image_size) == ("resnet18", 3, 96)
+    for channels, size in ((3, 96), (1, 40), (3, 32)):
+        net = build_backbone(replace(cfg, in_channels=channels, image_size=size)).eval()
+        assert net(torch.rand(2, channels, size, size)).shape == (2, 2)
+    assert describe(cfg)["params"] == sum(p.numel() for p in build_backbone(cfg).parameters())
+    ref = resnet18(weights=None)  # a torchvision state dict as a user would have it, 1,000-class fc included
+    torch.save(ref.state_dict(), tmp_path / "r18.pt")
+    loaded = build_backbone(replace(cfg, weights=str(tmp_path / "r18.pt"))).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in ref.state_dict().items() if not k.startswith("fc."))
+    assert loaded["fc.weight"].shape == (2, 512)
+    (tmp_path / "bad.pt").write_bytes(b"not a state dict")
+    with pytest.raises(ConfigError, match="model.weights=.*bad.pt: cannot load it"):
+        build_backbone(replace(cfg, weights=str(tmp_path / "bad.pt")))

@@ -88,8 +88,8 @@ class HeadConfig:
     """The classifier on the feature: the fields every kind shares, and the kind's own config in `params`.
     Any other keyword is a field of the kind's config; a field the kind lacks is a ConfigError."""
 
-    kind: str = "arcface"
-    num_classes: int = 10
+    kind: str = "arcface"  # the head (arcdist.heads): arcface, cosface, sphereface, softmax, center, ...
+    num_classes: int = 10  # rows of W; from the dataset's classes unless set
     init: Literal["xavier", "even"] = "xavier"  # W init; "even": class directions 360/C degrees apart (2-D)
     order: tuple = ()  # "even" only: class at each position around the circle, e.g. (0, 6, 2, ...); () = 0..C-1
     freeze: bool = False  # keep W at its init (not trained): the class directions cannot collapse
