@@ -94,8 +94,9 @@ class StreamData(DeviceData):
     def images(self, batches: Iterable[torch.Tensor | slice]) -> Iterator[torch.Tensor]:
         n = len(self.paths)
         lists = [list(range(n))[b] if isinstance(b, slice) else b.tolist() for b in batches]
-        loader = file_loader(self.paths, self.decode, self.workers, batch_sampler=lists)
-        return (x.to(self.device) for x in loader)
+        cuda = self.device.type == "cuda"  # pinned host batches, copied while the GPU works on the last one
+        loader = file_loader(self.paths, self.decode, self.workers, batch_sampler=lists, pin_memory=cuda)
+        return (x.to(self.device, non_blocking=cuda) for x in loader)
 
     def select(self, idx: torch.Tensor) -> "StreamData":
         return StreamData(tuple(self.paths[i] for i in idx.tolist()), self.y[idx.to(self.device)], self.spec,

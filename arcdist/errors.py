@@ -99,7 +99,7 @@ def is_collective_failure(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, RuntimeError) and any(
         mark in text for mark in ("/gloo/", "NCCL", "Connection reset by peer", "Connection closed by peer",
-                                  "Timed out waiting"))
+                                  "Timed out waiting", "Application timeout caused pair closure"))
 
 
 def collective_line(e: BaseException, timeout: float | None, advice: str) -> str:

@@ -45,13 +45,13 @@ def test_the_arcdist_command_lists_its_subcommands_and_runs_them(capsys):
 
     assert command.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: arcdist {train,grid,report,explore,evaluate,plot,variants} ...")
+    assert out.startswith("usage: arcdist {train,grid,report,explore,evaluate,embed,export,plot,variants,config} ...")
     for name in ("train", "grid", "report", "explore", "evaluate", "plot", "variants"):
         assert f"\n  {name:<10} " in out
     assert command.main(["bogus"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "arcdist: error: unknown command 'bogus'; valid commands: train, grid, report, explore, evaluate, plot, "
-        "variants; see arcdist --help"]
+        "arcdist: error: unknown command 'bogus'; valid commands: train, grid, report, explore, evaluate, "
+        "embed, export, plot, variants, config; see arcdist --help"]
     assert command.main(["variants"]) == 0  # the subcommand is the module's own main
     via = capsys.readouterr().out
     assert variants.main([]) == 0 and capsys.readouterr().out == via

@@ -205,8 +205,9 @@ def test_frozen_node_ends_the_job_after_the_collective_timeout(cluster, data, tm
     job, log, ended = node2_signalled_mid_epoch(tmp_path, data, run, signal.SIGSTOP, timeout_s=timeout)
     text = log.read_text()
     assert job_state(job)[0] == "FAILED", text
-    assert (f"arcdist: error: rank 0 on node1 lost contact with the other ranks: Timed out waiting {timeout * 1000}ms"
-            in text), text
+    # gloo says it either way, by where rank 0 waits (a recv of the step's all-reduce, or DDP's bucket in backward)
+    assert re.search("arcdist: error: rank 0 on node1 lost contact with the other ranks: (Timed out waiting "
+                     f"{timeout * 1000}ms|Application timeout caused pair closure)", text), text
     assert f"train.collective_timeout_s = {timeout} s" in text and f"--resume {run} continues it" in text, text
     assert "node node1 (machine rank 0) failed first: its training exited with status 1" in text, text
     assert "srun stopped the rest: node2" in text, text

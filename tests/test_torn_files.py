@@ -175,7 +175,8 @@ def test_power_cut_torn_row_of_the_newest_checkpoint_is_restored_from_it(data, w
     assert (out / "metrics.jsonl.torn").read_bytes() == lines[2][:40]
     assert (out / "summary.json.torn").read_bytes() == torn_summary
     assert rows(out) == rows(whole)
-    assert summary(out) == summary(whole)
+    assert {k: v for k, v in summary(out).items() if k != "time_s"} == \
+        {k: v for k, v in summary(whole).items() if k != "time_s"}  # (time_s: this process's seconds)
 
 
 @pytest.mark.slow
