@@ -70,3 +70,34 @@ def ema_with_warmup(decay: float) -> Callable:
             else:
                 a.copy_(c)
     return update
+
+
+class EMA(torch.optim.swa_utils.AveragedModel):
+    """`AveragedModel` (same state_dict: module.*, n_averaged) whose per-step update reads nothing back from the
+    device: torch's own tests `n_averaged` on the host every step (a sync per step on a GPU). The update count is
+    mirrored in a Python int, read from the buffer once after a load."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, use_buffers=True, multi_avg_fn=ema_with_warmup(decay))
+        self._count: int | None = 0
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._count = None  # read n_averaged again, once
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        import itertools
+
+        if self._count is None:
+            self._count = int(self.n_averaged)
+        mine = [p.detach() for p in itertools.chain(self.module.parameters(), self.module.buffers())]
+        theirs = [p.detach().to(m.device) for m, p in zip(mine, itertools.chain(model.parameters(), model.buffers()),
+                                                          strict=True)]
+        if self._count == 0:
+            for m, t in zip(mine, theirs):
+                m.copy_(t)
+        else:
+            self.multi_avg_fn(mine, theirs, self.n_averaged)
+        self.n_averaged += 1
+        self._count += 1

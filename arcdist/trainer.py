@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from arcdist import checkpoint, preempt, runinfo
@@ -27,7 +26,7 @@ from arcdist.heads import build_head, param_count
 from arcdist.metrics import separation_metrics
 from arcdist.retrieval import retrieval_metrics
 from arcdist.model import build_backbone, describe
-from arcdist.optim import build_optimizers, build_schedulers, ema_with_warmup
+from arcdist.optim import EMA, build_optimizers, build_schedulers
 from arcdist.recorder import Recorder
 from arcdist.status import RunStatus
 from arcdist.stopwatch import Stopwatch
@@ -131,8 +130,7 @@ class Trainer:
             accelerator.prepare(backbone, head, opt_net, opt_head, sched_net, sched_head)
         self.ema = None  # the averaged backbone (train.ema): saved in every checkpoint, used by evaluate()
         if cfg.train.ema:
-            average = AveragedModel(accelerator.unwrap_model(self.backbone), use_buffers=True,
-                                    multi_avg_fn=ema_with_warmup(cfg.train.ema))
+            average = EMA(accelerator.unwrap_model(self.backbone), cfg.train.ema)
             self.ema = accelerator.prepare_model(average, evaluation_mode=True)
         if cfg.train.compile != "off":  # in place, after the average copied the plain module; same state_dict keys
             accelerator.unwrap_model(self.backbone).compile(mode=cfg.train.compile)

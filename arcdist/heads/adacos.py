@@ -24,17 +24,13 @@ def fixed_scale(num_classes: int) -> float:
 
 
 def global_batch(values: torch.Tensor) -> torch.Tensor:
-    """`values` (1-D) of every rank's batch, concatenated (ranks may hold different counts)."""
+    """`values` (1-D) of every rank's batch, concatenated. Every rank holds batch_size / world rows (the Trainer
+    refuses a batch that does not split evenly), so no count is read back to the host: no sync per step."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return values
-    n = torch.tensor([values.numel()], device=values.device)
-    dist.all_reduce(n, op=dist.ReduceOp.MAX)
-    padded = torch.full((int(n),), math.nan, dtype=values.dtype, device=values.device)
-    padded[:values.numel()] = values
-    parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, padded)
-    out = torch.cat(parts)
-    return out[~torch.isnan(out)]
+    parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, values.contiguous())
+    return torch.cat(parts)
 
 
 @dataclass(frozen=True)
