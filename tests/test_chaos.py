@@ -41,6 +41,8 @@ def test_a_kind_without_a_target_stays_on_top_and_the_next_kind_that_has_one_goe
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs for the full-disk fault: needs root")
 def test_short_chaos_run_equals_the_undisturbed_grid(tmp_path):
+    """About 30 s: an undisturbed grid, then the grid again with 3 faults and the reruns they cause (each a new
+    runner and 2-rank jobs: launchers and imports)."""
     data = os.environ.get("ARCDIST_DATA_DIR")
     if not data:
         pytest.skip("needs ARCDIST_DATA_DIR (real MNIST)")

@@ -151,6 +151,7 @@ def test_two_node_job_equals_one_node(cluster, data, reference, tmp_path):
 
 
 def test_preempted_two_node_job_requeues_and_resumes(cluster, data, reference, tmp_path):
+    """About 30 s: two incarnations of a 2-node job (Slurm's requeue, each node's launcher and imports twice)."""
     run = tmp_path / "run"
     # rank 0 (node1) waits before epoch 1's step 3 while FAULT-PAUSED exists: the signal lands mid-epoch
     job, log = sbatch_multinode(tmp_path, data, run, ARCDIST_FAULT_PAUSE="1:3")
@@ -252,7 +253,9 @@ def test_grid_array_spreads_over_both_nodes(cluster, data, tmp_path):
 def test_short_two_node_chaos_equals_the_undisturbed_run(cluster, tmp_path):
     """tools/faults/chaos_nodes.py, short: a node killed, a node cut off, a node frozen (seeded moments) while the
     2-node job trains; resubmitted as a user would, it must end equal to the undisturbed run, nothing left behind.
-    The long run (>= 50 faults, the grid array too) is measured once: docs/guarantees.md."""
+    The long run (>= 50 faults, the grid array too) is measured once: docs/guarantees.md. About 65 s: a frozen
+    node is noticed only after the collective timeout, a killed node is restarted, each resubmission starts both
+    nodes' launchers again."""
     if not os.environ.get("ARCDIST_DATA_DIR"):
         pytest.skip("needs ARCDIST_DATA_DIR (real MNIST)")
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "faults" / "chaos_nodes.py"), "--out", str(tmp_path),

@@ -66,6 +66,7 @@ def test_grid_array_runs_every_task(cluster, tmp_path):
 
 
 def test_preempted_task_requeues_and_resumes_to_the_same_result(cluster, tmp_path):
+    """About 30 s: Slurm's requeue and a second incarnation of the task (its shell, the grid runner, a run)."""
     data = make_tiny_mnist(tmp_path / "data", n_train=384, n_test=50)
     train = ["--plot-every", "0", "--cpu", "--set", "train.threads=1", "--set", "train.retrieval=false"]
     # the uninterrupted reference runs beside the SLURM job
