@@ -6,6 +6,7 @@ Failures differ by what resume needs: a metrics row or features file that cannot
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from accelerate import Accelerator
 from arcdist import checkpoint, runinfo, tracking
 from arcdist.status import RunStatus
 from arcdist.config import first_line
+
+
+STRICT_PLOTS = "ARCDIST_STRICT_PLOTS"
 
 
 class Recorder:
@@ -94,7 +98,11 @@ class Recorder:
 
     # -- plots and tracking: never stop training -------------------------------------------------
     def warn_once(self, what: str, e: BaseException) -> None:
-        """Plots and W&B are not worth stopping a run for: one warning per kind, then silence."""
+        """Plots and W&B are not worth stopping a run for: one warning per kind, then silence. Under
+        ARCDIST_STRICT_PLOTS=1 (the test suite) a plotting failure raises instead: a test cannot pass on a
+        figure that failed."""
+        if what == "plotting" and os.environ.get(STRICT_PLOTS) == "1":
+            raise e
         if what not in self.warned:
             self.warned.add(what)
             print(f"arcdist: warning: {what} failed ({first_line(e)}); training continues, further {what} "

@@ -19,6 +19,7 @@ def probe_cache(tmp_path_factory) -> Path:
     """One precision-probe cache for the session (train.mixed_precision=auto), not the user's ~/.cache."""
     path = tmp_path_factory.mktemp("cache")
     os.environ["ARCDIST_CACHE_DIR"] = str(path)
+    os.environ["ARCDIST_STRICT_PLOTS"] = "1"  # in-process runs too: a plot that fails fails the test
     return path
 
 

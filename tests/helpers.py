@@ -70,7 +70,9 @@ def write_cifar(root: Path, n_per_batch: int = 8, seed: int = 0) -> Path:
 
 def cli_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "WANDB_API_KEY"}
-    return dict(env, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    # ARCDIST_STRICT_PLOTS: a plot that fails fails the run (arcdist.recorder), not a warning a test would miss
+    return dict(env, WANDB_MODE="disabled", WANDB_SILENT="true", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
+                ARCDIST_STRICT_PLOTS="1", **extra)
 
 
 TRAIN_SCRIPT = ROOT / "arcdist" / "train.py"

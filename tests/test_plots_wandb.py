@@ -124,9 +124,11 @@ def test_online_without_a_server_falls_back_to_offline_without_hanging(tiny_data
     assert [h["_step"] for h in wb["history"] if "test_accuracy" in h] == [1]
 
 
-def test_a_gif_that_cannot_be_written_warns_and_the_run_still_ends_finished(tmp_path, capsys):
+def test_a_gif_that_cannot_be_written_warns_and_the_run_still_ends_finished(tmp_path, capsys, monkeypatch):
     """The GIF is a plot: its failure (here its path is a folder) warns once; summary.json is written first."""
     import torch
+
+    monkeypatch.delenv("ARCDIST_STRICT_PLOTS")  # what a user's run does (the suite's runs raise instead)
     from accelerate import Accelerator
 
     from arcdist.recorder import Recorder

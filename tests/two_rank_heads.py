@@ -13,9 +13,11 @@ from arcdist.variants import get_variant
 
 
 def main(data_dir: str, out: str) -> None:
+    t0 = get_variant("T0").config.model  # the test backbone: the heads are what this checks
     base = apply_overrides(get_variant("L-arcface").config,
                            [f"data.data_dir={data_dir}", "data.batch_size=64", "train.mixed_precision=no",
-                            "train.channels_last=false", "train.epochs=1", "train.cpu=true"])
+                            "train.channels_last=false", "train.epochs=1", "train.cpu=true",
+                            f"model.layers={t0.layers!r}", f"model.fc={t0.fc!r}"])
     base, acc, _ = setup_accelerator(base)
     found = {}
     for kind in HEADS:
