@@ -49,31 +49,31 @@ class Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
+def fit_map(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`x` average-pooled to `size` x `size` when its map is of another size (unchanged, not copied, when not)."""
+    return x if tuple(x.shape[-2:]) == (size, size) else F.adaptive_avg_pool2d(x, size)
+
+
 class PoolFlatten(nn.Flatten):
-    """nn.Flatten (no parameters: checkpoints keep their keys) after an adaptive average pool to `size` x `size`
-    when the map is of another size."""
+    """nn.Flatten (no parameters: checkpoints keep their keys) after `fit_map` to the fc's map size."""
 
     def __init__(self, size: int):
         super().__init__()
         self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.adaptive_avg_pool2d(x, self.size)
-        return super().forward(x)
+        return super().forward(fit_map(x, self.size))
 
 
 class PooledConv2d(nn.Conv2d):
-    """The 'conv' fc (nn.Conv2d, same parameters) after an adaptive average pool to the map size it was written for."""
+    """The 'conv' fc (nn.Conv2d, same parameters) after `fit_map` to the map size it was written for."""
 
     def __init__(self, *args, size: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.size = size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if tuple(x.shape[-2:]) != (self.size, self.size):
-            x = F.adaptive_avg_pool2d(x, self.size)
-        return super().forward(x)
+        return super().forward(fit_map(x, self.size))
 
 
 class ConvLayer(nn.Sequential):

@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--per-class", default="300,100")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--rows", default=",".join(r for r, _, _ in ROWS))
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="a --set for every run (repeatable)")
+    ap.add_argument("--tag", default="", help="appended to each row's name (runs with --set)")
     a = ap.parse_args()
     data = os.environ.get("ARCDIST_DATA_DIR")
     if not data:
@@ -48,7 +50,8 @@ def main() -> int:
     per = tuple(int(v) for v in a.per_class.split(","))
     wanted = a.rows.split(",")
     results = []
-    for row, folder, extra in (r for r in ROWS if r[0] in wanted):
+    sets = [a for s in a.sets for a in ("--set", s)]
+    for row, folder, extra in ((r + a.tag, f, [*e, *sets]) for r, f, e in ROWS if r in wanted):
         d = a.out / "data" / folder
         if not d.exists():
             image_folder.write_mixed(d, data_dir=data, per_class=per, **FOLDERS[folder])
@@ -69,7 +72,7 @@ def main() -> int:
                                 channels=cfg["model"]["in_channels"], size=cfg["model"]["image_size"],
                                 dim=cfg["model"]["feature_dim"], seconds=round(time.time() - started, 1)))
             print(json.dumps(results[-1]), flush=True)
-    (a.out / "rows.json").write_text(json.dumps(results, indent=1))
+    (a.out / f"rows{a.tag}.json").write_text(json.dumps(results, indent=1))
     return 0
 
 
