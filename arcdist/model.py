@@ -50,8 +50,18 @@ class Conv2d(nn.Conv2d):
 
 
 def fit_map(x: torch.Tensor, size: int) -> torch.Tensor:
-    """`x` average-pooled to `size` x `size` when its map is of another size (unchanged, not copied, when not)."""
-    return x if tuple(x.shape[-2:]) == (size, size) else F.adaptive_avg_pool2d(x, size)
+    """`x` average-pooled to `size` x `size` when its map is of another size (unchanged, not copied, when not).
+    To 1x1 as a mean: adaptive_avg_pool2d's CUDA backward has no deterministic kernel (train.deterministic)."""
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return x.mean((2, 3), keepdim=True) if size == 1 else F.adaptive_avg_pool2d(x, size)
+
+
+class GlobalMean(nn.Module):
+    """ResNet's AdaptiveAvgPool2d((1, 1)) as a mean over the map (no parameters; a deterministic CUDA backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3), keepdim=True)
 
 
 class PoolFlatten(nn.Flatten):
@@ -125,6 +135,7 @@ def build_resnet18(cfg: ModelConfig) -> nn.Module:
                               f"{sorted(missing.missing_keys)[0]}, ...)")
     if cfg.in_channels != 3:
         net.conv1 = nn.Conv2d(cfg.in_channels, 64, 7, 2, 3, bias=False)
+    net.avgpool = GlobalMean()
     return net
 
 
