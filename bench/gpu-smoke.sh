@@ -10,7 +10,7 @@
 #                                                 # gpu tests skipped, the main command as T0 for 1 epoch on 512 images
 # With the device tool (MNIST travels in the ignored folder .gpu-data, named in `carry`):
 #   mkdir -p .gpu-data/MNIST/raw && cp "$ARCDIST_DATA_DIR"/MNIST/raw/*.gz .gpu-data/MNIST/raw/
-#   run(command="bash bench/gpu-smoke.sh", carry=[".gpu-data", ".venv"], timeout_s=300)
+#   run(command="bash bench/gpu-smoke.sh", carry=[".gpu-data"], timeout_s=300)   # as bench/gpu-lease.sh
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
