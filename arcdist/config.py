@@ -78,6 +78,9 @@ class DataConfig:
     stream: bool | Literal["auto"] = "auto"
     memory_budget_gb: float = 4.0  # GiB of decoded images per node (divided over its ranks) before streaming
     workers: int = 2  # DataLoader processes that decode a folder's images (0: in the training process)
+    # train on these classes only (labels or a folder's class names, e.g. 0,1,2,3,4); the other classes are unseen:
+    # their test images are judged each epoch by retrieval (unseen_* metrics, arcdist/openset.py); () = all classes
+    train_classes: tuple[int | str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
         return value
     if tp is str:
         return text
+    if origin is tuple and _flat(tp):  # a list of plain values: 0,1,2 or cat,dog (quotes optional)
+        return tuple(_scalar(t.strip().strip("'\"")) for t in text.strip("()[] ").split(",") if t.strip())
     if origin is tuple or tp is tuple:
         try:
             value = ast.literal_eval(text)
@@ -215,6 +220,19 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
             raise ConfigError(f"--set {key}={text}: expected a tuple")
         return _tupleize(list(value)) if isinstance(value, list) else value
     raise ConfigError(f"--set {key}: fields of type {tp} cannot be set from the command line")
+
+
+def _flat(tp: Any) -> bool:
+    """tuple[X, ...] of plain values (not of tuples)."""
+    args = typing.get_args(tp)
+    return len(args) == 2 and args[1] is Ellipsis and typing.get_origin(args[0]) is not tuple and args[0] is not tuple
+
+
+def _scalar(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -99,10 +99,13 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
                                      cfg.train.eval_batch_size, pixels)
     # the mean of the features, not of their directions: a view the net is sure of (a long feature) counts more
     for key, feats in (("plain", views[0]), ("averaged", views.mean(0))):
+        # a run trained on some classes (data.train_classes) is judged by them: its head has no row for the others
+        feats, rows = (feats, labels) if trainer.seen is None else trainer.seen.closed_set(feats, labels)
         with torch.no_grad():
             scores = trainer.head_module.predict(feats)
-        metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"), scores=scores)
-        out[key] = {m: metrics[m] for m in REPORTED} | dict(errors=round((1 - metrics["accuracy"]) * len(labels)))
+        metrics = separation_metrics(feats, rows, geometry["W"], geometry.get("b"), scores=scores)
+        out[key] = {m: metrics[m] for m in REPORTED} | dict(errors=round((1 - metrics["accuracy"]) * len(rows)),
+                                                            images=len(rows))
     if pairs:
         i, j, same = verification.make_pairs(labels.numpy(), pairs, pairs_seed)
         scores = verification.cosine_scores(views[0].numpy(), i, j)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         m = result[key]
         what = "plain" if key == "plain" else f"averaged over {result['views']} shifts (up to {result['shift']} px)"
         print(f"epoch {result['epoch']}, {what}: test accuracy {100 * m['accuracy']:.2f} % ({m['errors']} errors in "
-              f"{result['test_images']:,}), intra spread {m['intra_spread_deg']:.2f} deg, closest centres "
+              f"{m['images']:,}), intra spread {m['intra_spread_deg']:.2f} deg, closest centres "
               f"{m['min_centre_angle_deg']:.1f} deg")
     if "verification" in result:
         v = result["verification"]

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.collections import LineCollection, PatchCollection  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
-from arcdist.palette import add_legend, class_colours, scatter_classes  # noqa: E402
+from arcdist.palette import add_legend, class_colours, row_colours, scatter_classes, unseen_classes  # noqa: E402
 
 COLOURS = class_colours(10)  # ten classes' colours (tab10), the same in every run
 _NAME = re.compile(r"(test|train)-epoch-(\d{4})\.npz$")
@@ -52,16 +52,17 @@ def axis_limit(paths: list[Path]) -> float:
 
 def head_geometry(saved) -> dict[str, np.ndarray]:
     """The head's W, b and centers from a features file (older files hold W only)."""
-    return {k: np.asarray(saved[k]) for k in ("W", "b", "centers") if k in saved}
+    return {k: np.asarray(saved[k]) for k in ("W", "b", "centers", "rows") if k in saved}
 
 
-def draw_head(ax, geometry: dict[str, np.ndarray], limit: float) -> None:
+def draw_head(ax, geometry: dict[str, np.ndarray], limit: float, n: int | None = None) -> None:
     """Behind the points: a linear head's decision regions (softmax, center: argmax W x + b) and its centers, or an
-    angular head's class directions W as rays from the origin."""
+    angular head's class directions W as rays from the origin; each in its class's colour among `n` classes (W's
+    `rows` say which class each row is, for a run trained on some classes only)."""
     W = geometry.get("W")
     if W is None or W.shape[1] != 2:
         return
-    colours = class_colours(len(W))
+    colours = row_colours(n or len(W), geometry.get("rows"), len(W))
     if "b" in geometry:
         t = np.linspace(-limit, limit, 300)
         gx, gy = np.meshgrid(t, t)
@@ -76,13 +77,12 @@ def draw_head(ax, geometry: dict[str, np.ndarray], limit: float) -> None:
                    edgecolors="black", linewidths=0.8, zorder=3)
 
 
-def class_count(labels: np.ndarray, weight: np.ndarray | None = None, names: list[str] | None = None) -> int:
-    """The classes a figure draws: W's rows, else the names, else the largest label + 1."""
-    if weight is not None:
-        return len(weight)
-    if names:
-        return len(names)
-    return int(labels.max()) + 1 if len(labels) else 0
+def class_count(labels: np.ndarray, weight: np.ndarray | None = None, names: list[str] | None = None,
+                rows: np.ndarray | None = None) -> int:
+    """The classes a figure draws: the most of the names, the labels (largest + 1) and W's rows (the largest class
+    they stand for + 1, where `rows` says)."""
+    heads = 0 if weight is None else (len(weight) if rows is None else int(np.max(rows)) + 1)
+    return max(len(names or ()), int(labels.max()) + 1 if len(labels) else 0, heads)
 
 
 def draw_rays(ax, weight: np.ndarray, colours: list[str], length: float, **kwargs) -> None:
@@ -97,10 +97,11 @@ def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: st
     """The post's plot: every feature as a point coloured by its class, axes [-limit, limit]^2, with the head's
     decision regions or class directions behind them when `geometry` is given."""
     fig, ax = plt.subplots(figsize=(5.2, 5), dpi=100)
-    n = class_count(labels, (geometry or {}).get("W"), class_names)
+    rows = (geometry or {}).get("rows")
+    n = class_count(labels, (geometry or {}).get("W"), class_names, rows)
     if geometry:
-        draw_head(ax, geometry, limit)
-    scatter_classes(ax, features, labels, n, class_names, s=2)
+        draw_head(ax, geometry, limit, n)
+    scatter_classes(ax, features, labels, n, class_names, unseen_classes(n, rows), s=2)
     ax.set_xlim(-limit, limit)
     ax.set_ylim(-limit, limit)
     ax.set_aspect("equal")
@@ -111,14 +112,15 @@ def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: st
 
 
 def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str,
-                  caption: str = "", class_names: list[str] | None = None) -> Figure:
-    """Features projected onto the unit circle, each class direction W_c and a +-margin wedge around it.
+                  caption: str = "", class_names: list[str] | None = None, rows: np.ndarray | None = None) -> Figure:
+    """Features projected onto the unit circle, each class direction W_c and a +-margin wedge around it (`rows`:
+    the class of each row of W, for a run trained on some classes only; the others are drawn as unseen).
 
     `caption` names the head and its margin (features saved before captions existed: the margin in degrees)."""
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     unit = features / np.maximum(norms, 1e-12)
-    n = len(weight)
-    colours = class_colours(n)
+    n = class_count(labels, weight, class_names, rows)
+    colours = row_colours(n, rows, len(weight))
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.7", lw=0.8))
     if margin > 0:
@@ -126,7 +128,7 @@ def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
         caps = [Wedge((0, 0), 1.25, a - math.degrees(margin), a + math.degrees(margin)) for a in angles]
         ax.add_collection(PatchCollection(caps, facecolors=colours, alpha=0.15, linewidths=0))
     draw_rays(ax, weight, colours, 1.25, lw=1.5)
-    scatter_classes(ax, unit, labels, n, class_names, s=3)
+    scatter_classes(ax, unit, labels, n, class_names, unseen_classes(n, rows), s=3)
     ax.set_xlim(-1.35, 1.35)
     ax.set_ylim(-1.35, 1.35)
     ax.set_aspect("equal")
@@ -185,7 +187,7 @@ def render_3d(run_dir: Path, split: str, epoch: int, limit: float, d, title: str
         f"{split}_raw": _save(sf.raw3d_figure(feats, d["labels"], limit, title, sf.projection_caption(proj, dim),
                                               names), out / f"{split}-raw-epoch-{epoch:04d}.png"),
         f"{split}_sphere": _save(sf.sphere_figure(feats, d["labels"], W, float(d["margin"]), title, caption,
-                                                  class_names=names, caps=proj is None),
+                                                  class_names=names, caps=proj is None, rows=d.get("rows")),
                                  out / f"{split}-sphere-epoch-{epoch:04d}.png"),
     }
 
@@ -204,7 +206,8 @@ def render(run_dir: Path, split: str, epoch: int, limit: float) -> dict[str, Pat
         f"{split}_raw": _save(raw_figure(d["features"], d["labels"], limit, title, names, geometry=head_geometry(d)),
                               out / f"{split}-raw-epoch-{epoch:04d}.png"),
         f"{split}_circle": _save(circle_figure(d["features"], d["labels"], d["W"], float(d["margin"]), title,
-                                               str(d["caption"]) if "caption" in d else "", names),
+                                               str(d["caption"]) if "caption" in d else "", names,
+                                               d.get("rows")),
                                  out / f"{split}-circle-epoch-{epoch:04d}.png"),
     }
 

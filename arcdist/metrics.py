@@ -6,6 +6,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from arcdist.heads import geometry_scores
+
 
 def _angles_deg(cos: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))
@@ -37,8 +39,8 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
     num_classes = weight.shape[0]
     x = F.normalize(features.double(), dim=1)
     w = F.normalize(weight.double(), dim=1)
-    if scores is None:
-        scores = x @ w.t() if bias is None else features.double() @ weight.double().t() + bias.detach().cpu().double()
+    if scores is None:  # the rule from the geometry (arcdist.heads.geometry_scores)
+        scores = geometry_scores(features, dict(W=weight, b=None if bias is None else bias.detach().cpu()))
     scores = scores.detach().cpu()
     right = scores.argmax(1).eq(labels).double()
     accuracy = right.mean().item()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 LEGEND_MAX = 20  # classes named in a legend; above this a figure says "N classes" instead
 
 
@@ -56,15 +58,32 @@ def add_legend(ax, n: int, **kwargs) -> None:
         text(0.99, 0.99, rule.note, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
 
 
+def row_colours(n: int, rows=None, count: int | None = None) -> list[str]:
+    """The colours of a head's W rows among `n` classes: row r is class rows[r] (a run trained on some classes
+    only), else class r of `count` rows."""
+    colours = class_colours(n)
+    return [colours[int(r)] for r in (range(count if count is not None else n) if rows is None else rows)]
+
+
+def unseen_classes(n: int, rows=None) -> set[int]:
+    """The classes of `n` that no W row stands for (never trained on)."""
+    return set() if rows is None else set(range(n)) - {int(r) for r in rows}
+
+
 def scatter_classes(ax, points: np.ndarray, labels: np.ndarray, n: int, names: list[str] | None = None,
-                    **kwargs) -> None:
+                    unseen: set[int] = frozenset(), **kwargs) -> None:
     """Points coloured by class (palette.class_colours): one collection and legend entry per class while the legend
-    rule names classes, else one collection coloured per point. `points` is (N, 2) or (N, 3)."""
+    rule names classes, else one collection coloured per point. Classes in `unseen` (never trained on) are drawn
+    as triangles ("(unseen)" in the legend). `points` is (N, 2) or (N, 3)."""
     colours, names = class_colours(n), class_names(n, names)
     style = dict(linewidths=0, rasterized=True, **kwargs)
     if legend_rule(n).show:
         for c in range(n):
-            ax.scatter(*points[labels == c].T, c=colours[c], label=names[c], **style)
+            mark = dict(marker="^", label=f"{names[c]} (unseen)") if c in unseen else dict(label=names[c])
+            ax.scatter(*points[labels == c].T, c=colours[c], **mark, **style)
     else:
         keep = (labels >= 0) & (labels < n)
-        ax.scatter(*points[keep].T, c=[colours[k] for k in labels[keep]], **style)
+        away = np.isin(labels, sorted(unseen)) & keep
+        ax.scatter(*points[keep & ~away].T, c=[colours[k] for k in labels[keep & ~away]], **style)
+        if away.any():
+            ax.scatter(*points[away].T, c=[colours[k] for k in labels[away]], marker="^", **style)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from arcdist.config import Config, ConfigError
 from arcdist.retrieval import METRICS as RETRIEVAL
+UNSEEN = ("unseen_auroc", *(f"unseen_{k}" for k in RETRIEVAL))  # data.train_classes (arcdist.openset)
 from arcdist.status import RunStatus
 
 CONFIG = "config.json"  # written when a run starts: its presence marks a started run
@@ -179,7 +180,7 @@ def write_summary(run_dir: Path, state: dict, extra: dict | None = None) -> dict
                    best_epoch=state["best_epoch"], diverged=state["status"] == RunStatus.DIVERGED,
                    final_accuracy=final.get("test_accuracy"), intra_spread_deg=final.get("intra_spread_deg"),
                    min_centre_angle_deg=final.get("min_centre_angle_deg"),
-                   **{k: final[k] for k in RETRIEVAL if k in final}, wandb_id=state.get("wandb_id"),
+                   **{k: final[k] for k in (*RETRIEVAL, *UNSEEN) if k in final}, wandb_id=state.get("wandb_id"),
                    wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows), rollbacks=state.get("rollbacks", 0),
                    **(extra or {}))
     if state.get("diverged"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from arcdist import openset
 from arcdist.config import Config, ConfigError
 from arcdist.datasets import dataset_class, run_spec
 from arcdist.model import smallest_image
@@ -42,14 +43,18 @@ def fit_model(cfg: Config, explicit: set[str]) -> Config:
 
 
 def fit_head(cfg: Config, explicit: set[str], own_dataset: str) -> Config:
-    """head.num_classes from the dataset's classes (a --set that differs is refused); head.order kept only on the
-    variant's own dataset (`own_dataset`) with that many classes, or when set."""
+    """head.num_classes from the dataset's classes, or the classes it trains on (data.train_classes, resolved to
+    sorted labels; a --set that differs is refused); head.order kept only on the variant's own dataset
+    (`own_dataset`) with that many classes, or when set."""
     spec = run_spec(cfg.data, cfg.model)
-    n, head = spec.num_classes, cfg.head
+    n, head, data = spec.num_classes, cfg.head, cfg.data
+    what = f"{cfg.data.dataset} in {cfg.data.data_dir} has {n} classes"
+    if data.train_classes:
+        data = replace(data, train_classes=openset.resolve(data.train_classes, spec.classes))
+        n, what = len(data.train_classes), f"data.train_classes lists {len(data.train_classes)} classes"
     if "head.num_classes" in explicit and head.num_classes != n:
-        raise ConfigError(f"--set head.num_classes={head.num_classes}: {cfg.data.dataset} in {cfg.data.data_dir} has "
-                          f"{n} classes; drop the --set")
+        raise ConfigError(f"--set head.num_classes={head.num_classes}: {what}; drop the --set")
     order = head.order
-    if "head.order" not in explicit and (cfg.data.dataset != own_dataset or len(order) != n):
+    if "head.order" not in explicit and (cfg.data.dataset != own_dataset or len(order) != n or data.train_classes):
         order = ()
-    return replace(cfg, head=head.replace(num_classes=n, order=order))
+    return replace(cfg, data=data, head=head.replace(num_classes=n, order=order))

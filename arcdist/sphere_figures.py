@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from arcdist.palette import add_legend, class_colours, scatter_classes
+from arcdist.palette import add_legend, row_colours, scatter_classes, unseen_classes
 
 PROJECTION = "projection.npz"
 VIEWS = ((20.0, 35.0), (-20.0, 215.0))  # (elevation, azimuth) degrees: the front and the back of the sphere
@@ -79,12 +79,14 @@ def cap_circle(w: np.ndarray, radius: float, n: int = 48) -> np.ndarray:
 
 def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str,
                   caption: str = "", colours: list[str] | None = None, class_names: list[str] | None = None,
-                  caps: bool = True) -> Figure:
-    """Normalised 3-D features on the unit sphere in two views, with W directions and margin caps."""
+                  caps: bool = True, rows: np.ndarray | None = None) -> Figure:
+    """Normalised 3-D features on the unit sphere in two views, with W directions and margin caps (`rows`: the
+    class of each row of W, for a run trained on some classes only; the others are drawn as unseen)."""
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    n = len(weight)
-    colours = colours or class_colours(n)
+    n = max(len(class_names or ()), int(np.max(labels)) + 1 if len(labels) else 0,
+            len(weight) if rows is None else int(np.max(rows)) + 1)
+    colours = colours or row_colours(n, rows, len(weight))
     unit = _unit(np.asarray(features, np.float64))
     w = _unit(np.asarray(weight, np.float64))
     fig = Figure(figsize=(10, 5.4), dpi=100)
@@ -93,10 +95,10 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
     for k, (elev, azim) in enumerate(VIEWS):
         ax = fig.add_subplot(1, 2, k + 1, projection="3d")
         ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.4)
-        scatter_classes(ax, unit, labels, n, class_names, s=2, depthshade=False)
+        scatter_classes(ax, unit, labels, n, class_names, unseen_classes(n, rows), s=2, depthshade=False)
         ax.add_collection3d(Line3DCollection(np.stack([np.zeros_like(w), 1.3 * w], axis=1), colors=colours, lw=1.6))
         if caps and margin > 0:
-            rings = [cap_circle(w[c], margin) for c in range(n)]
+            rings = [cap_circle(w[c], margin) for c in range(len(w))]
             ax.add_collection3d(Line3DCollection(rings, colors=colours, lw=1.0))
         ax.view_init(elev=elev, azim=azim)
         ax.set_box_aspect((1, 1, 1))

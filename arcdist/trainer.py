@@ -19,11 +19,12 @@ from tqdm import tqdm
 from arcdist import checkpoint, preempt, runinfo
 from arcdist.config import Config, ConfigError
 from arcdist.data import DeviceData, Order, load_to_device, train_batches
-from arcdist.datasets import sample_indices
+from arcdist.datasets import run_spec, sample_indices
 from arcdist.faults import Faults
 from arcdist.gather import gather_features
 from arcdist.heads import build_head, param_count
 from arcdist.metrics import separation_metrics
+from arcdist.openset import SeenClasses, unseen_metrics
 from arcdist.retrieval import retrieval_metrics
 from arcdist.model import build_backbone, describe
 from arcdist.optim import EMA, build_optimizers, build_schedulers
@@ -103,6 +104,10 @@ class Trainer:
         self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.train_data, self.test_data = load_to_device(cfg.data, accelerator.device, data, cfg.model)
+        # data.train_classes: the head's rows are the seen classes; the test split keeps every class (arcdist.openset)
+        self.seen = SeenClasses.of(cfg.data.train_classes, run_spec(cfg.data, cfg.model).num_classes)
+        if self.seen is not None:
+            self.train_data = self.seen.train_only(self.train_data)
         n = len(self.train_data)
         if cfg.data.batch_size > n:
             raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {n} training images; "
@@ -198,18 +203,26 @@ class Trainer:
 
     def evaluate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """Metrics on the whole gathered test set by the head's prediction rule (computed on every rank; only the
-        main one writes)."""
+        main one writes). With data.train_classes, the closed-set figures are of the seen classes' test images and
+        the unseen ones are judged by arcdist.openset; the features and labels returned hold every class."""
         with self.clock("evaluation"):
             feats, labels = self.features(self.test_data)
+            closed, rows = (feats, labels) if self.seen is None else self.seen.closed_set(feats, labels)
             head = self.head_module
             geometry = head.geometry()
             with torch.no_grad():
-                metrics = separation_metrics(feats, labels, geometry["W"], geometry.get("b"),
-                                             scores=head.predict(feats))
+                metrics = separation_metrics(closed, rows, geometry["W"], geometry.get("b"),
+                                             scores=head.predict(closed))
             metrics["feature_norm_mean"] = feats.norm(dim=1).mean().item()
-        if self.cfg.train.retrieval and self.acc.is_main_process:
+            if self.seen is not None:
+                metrics["worst_class"] = int(self.seen.labels[metrics["worst_class"]])
+        if self.acc.is_main_process and (self.cfg.train.retrieval or self.seen is not None):
             with self.clock("retrieval"):
-                metrics.update(retrieval_metrics(feats, labels, by=head.judged_by))
+                if self.cfg.train.retrieval:
+                    metrics.update(retrieval_metrics(closed, rows, by=head.judged_by))
+                if self.seen is not None:
+                    metrics.update(unseen_metrics(feats, labels, geometry["W"], self.seen, head.judged_by,
+                                                  self.cfg.train.retrieval))
         return metrics, feats, labels
 
 
@@ -302,10 +315,12 @@ class Trainer:
         features = dict(test=(feats, labels))
         if want_plots:
             with self.clock("train_sample"):
-                features["train"] = self.features(self.train_sample)  # a collective: all ranks
+                sample, rows = self.features(self.train_sample)  # a collective: all ranks
+                features["train"] = (sample, rows if self.seen is None else self.seen.labels[rows.cpu()])
         head = self.head_module
+        geometry = head.geometry() if self.seen is None else dict(head.geometry(), rows=self.seen.labels)
         with self.clock("files_plots_wandb"):
-            self.recorder.end_epoch(record, features, head.geometry(), head.wedge(epoch + 1), head.caption(epoch + 1),
+            self.recorder.end_epoch(record, features, geometry, head.wedge(epoch + 1), head.caption(epoch + 1),
                                     self.cfg.train.epochs, plots=bool(want_plots))
         with self.clock("checkpoint"):
             self.checkpoint()

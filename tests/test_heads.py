@@ -542,3 +542,24 @@ def test_config_json_written_before_heads_owned_their_config_still_loads():
 
 def _tuple(v):
     return tuple(v) if isinstance(v, list) else v
+
+
+@pytest.mark.parametrize("kind, changes", [(k, {}) for k in HEADS] + [("subcenter", dict(sub_centers=3))])
+def test_the_saved_geometry_predicts_as_the_live_head(kind, changes):
+    """One prediction rule: what the explorer and `arcdist evaluate` compute from a features file's geometry
+    (arcdist.heads.geometry_scores) picks the class the live head's `predict` picks, for every kind."""
+    from arcdist.heads import geometry_scores, predicted_labels
+
+    torch.manual_seed(0)
+    cfg = head_of_kind(HeadConfig(num_classes=7), kind).replace(**changes) if changes else \
+        head_of_kind(HeadConfig(num_classes=7), kind)
+    head = build_head(cfg, feature_dim=3)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p))
+    x = torch.randn(500, 3) * 3
+    live = head.predict(x).argmax(1)
+    geometry = head.geometry()
+    assert torch.equal(geometry_scores(x, geometry).argmax(1), live)
+    rows = torch.tensor([1, 3, 4, 6, 8, 9, 11])  # a run trained on 7 of 12 classes: rows name them
+    assert torch.equal(predicted_labels(x, dict(geometry, rows=rows)), rows[live])

@@ -78,3 +78,28 @@ def test_sphere_figures_draw_every_class(n):
         assert points(ax) == 3 * n and len(point_colours(ax)) == len(set(palette.class_colours(n)))
     fig = sphere_figures.raw3d_figure(feats, labels, 3.0, "t", "", [str(i) for i in range(n)])
     assert points(fig.axes[0]) == 3 * n and legend_entries(fig.axes[0]) == (n if n <= 20 else 0)
+
+
+@pytest.mark.parametrize("n", [5, 1000])
+def test_a_run_trained_on_some_classes_draws_the_unseen_apart_with_a_direction_per_row(n):
+    """W's rows stand for the seen classes (`rows`): each row's ray and cap in its class's colour, every class's
+    points drawn, the unseen ones as triangles ("(unseen)" in the legend up to 20 classes)."""
+    feats, labels, W = classes(n)
+    rows = np.arange(1, n, 2)  # the odd classes were trained on
+    colours = palette.class_colours(n)
+    fig = figures.circle_figure(feats, labels, W[rows], 0.2, "t", "cap", rows=rows)
+    ax = fig.axes[0]
+    assert points(ax) == 3 * n
+    rays = [c for c in ax.collections if hasattr(c, "get_segments") and type(c).__name__ == "LineCollection"]
+    assert [to_hex(c) for c in rays[0].get_colors()] == [colours[r] for r in rows]
+    triangles = [c for c in scatters(ax) if len(c.get_offsets()) and c.get_paths()[0].vertices.shape[0] == 4]
+    assert sum(len(c.get_offsets()) for c in triangles) == 3 * (n - len(rows))  # the even classes
+    if n <= 20:
+        assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == ["0 (unseen)", "1"]
+    figures.plt.close(fig)
+    fig = figures.raw_figure(feats, labels, 3.0, "t", geometry={"W": W[rows], "rows": rows})
+    assert points(fig.axes[0]) == 3 * n
+    figures.plt.close(fig)
+    fig = sphere_figures.sphere_figure(*classes(n, dim=3)[:2], classes(n, dim=3)[2][rows], 0.2, "t", rows=rows)
+    assert all(points(ax) == 3 * n for ax in fig.axes)
+    figures.plt.close(fig)

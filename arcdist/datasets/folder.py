@@ -54,9 +54,6 @@ def list_split(root: Path, split: str, classes: list[str]) -> Listing:
     split_dir = root / split
     for name in find_classes(split_dir):
         folder = split_dir / name
-        if name not in classes:
-            raise DataError(f"{folder}: class {name!r} is in {split}/ but not in train/; add it to train/ "
-                            f"or remove it from {split}/")
         files = [f for f in sorted(os.listdir(folder)) if not f.startswith(".")]
         if not files:
             raise DataError(f"{folder}: empty class folder; add its images or remove the folder")
@@ -169,7 +166,9 @@ class ImageFolderDataset(Dataset):
             if not (self.root / split).is_dir():
                 raise DataError(f"{self.root}: no {split}/ folder; a folder dataset is DIR/train/<class>/* and "
                                 f"DIR/test/<class>/* (point --data-dir at DIR)")
-        self.classes = find_classes(self.root / "train")
+        # the classes of both splits: a class in test/ only is one the run never trains on (arcdist.openset)
+        self.trained = find_classes(self.root / "train")
+        self.classes = sorted(set(self.trained) | set(find_classes(self.root / "test")))
         self.train, self.test = (list_split(self.root, s, self.classes) for s in SPLITS)
 
     def read(self) -> Splits:
@@ -191,8 +190,9 @@ class ImageFolderDataset(Dataset):
                                                    size=model.image_size),
                               lambda: dict(zip(("mean", "std"), measure_files(ds.train.paths, ds.decode,
                                                                               data.workers))))
-        return dataclasses.replace(data, classes=tuple(ds.classes), mean=tuple(stats["mean"]),
-                                   std=tuple(stats["std"]))
+        unseen = not data.train_classes and len(ds.trained) < len(ds.classes)  # test/ has classes train/ lacks
+        return dataclasses.replace(data, classes=tuple(ds.classes), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
+                                   train_classes=tuple(ds.trained) if unseen else data.train_classes)
 
     @classmethod
     def shape(cls, data, model) -> tuple[int, int]:

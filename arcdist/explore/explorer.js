@@ -33,6 +33,7 @@
     const xs = [], ys = [], zs = [], col = [];
     const push = (p, c) => { xs.push(p ? p[0] : null); ys.push(p ? p[1] : null); zs.push(p ? p[2] : null); col.push(c); };
     W.forEach((w, c) => {
+      if (!w.some((v) => v)) return;  // an unseen class: no direction
       const n = Math.hypot(w[0], w[1], w[2]) || 1, u = w.map((v) => v / n), cc = D.colours[c];
       push([0, 0, 0], cc); push(u.map((v) => r * v), cc); push(null, cc);
       if (!sphere || !(margin > 0)) return;
@@ -87,6 +88,7 @@
           lineIds.push(t.i); lines.x.push(dirs.x); lines.y.push(dirs.y); lines.z.push(dirs.z); lines['line.color'].push(dirs.col);
         }
       } else W.forEach((w, c) => {
+        if (!w.some((v) => v)) return;  // an unseen class: no direction
         const a = Math.atan2(w[1], w[0]), col = D.colours[c];
         if (margin > 0) layout.shapes.push({type: 'path', xref: `x${ax}`, yref: `y${ax}`, path: sector(r, a - margin, a + margin),
           fillcolor: col, opacity: 0.15, line: {width: 0}, layer: 'below'});
@@ -107,8 +109,8 @@
           for (const i of mine) {
             let px = d.x[i], py = d.y[i], pz = solid ? d.z[i] : 0;
             if (circle) { const nrm = Math.hypot(px, py, pz) || 1; px /= nrm; py /= nrm; pz /= nrm; }
-            const wrong = d.pred[i] !== t.cls;
-            xs.push(px); ys.push(py); zs.push(pz); cd.push(i); sym.push(wrong ? 'x' : 'circle');
+            const wrong = d.pred[i] !== t.cls, unseen = (d.ep.unseen || []).includes(t.cls);
+            xs.push(px); ys.push(py); zs.push(pz); cd.push(i); sym.push(unseen ? 'diamond-open' : wrong ? 'x' : 'circle');
             size.push(solid ? (wrong ? 4 : 2) : (wrong ? 7 : 4));
           }
         } else if (t.role === 'centers' && d && d.ep.centers && !circle) {
@@ -179,7 +181,8 @@
     } else img.style.display = 'none';
     const wrong = pred !== label ? ' class="wrong"' : '';
     document.getElementById('tip-text').innerHTML = `${s.name}, test image #${src.index[i]}<br>label ${D.classes[label]}` +
-      `<br><span${wrong}>predicted ${D.classes[pred]}</span><br>${d.ang[i].toFixed(1)}° from W of ${D.classes[label]}`;
+      `<br><span${wrong}>predicted ${D.classes[pred]}</span><br>` + ((d.ep.unseen || []).includes(label) ?
+      'a class unseen in training' : `${d.ang[i].toFixed(1)}° from W of ${D.classes[label]}`);
     const m = ev.event && ev.event.clientX !== undefined ? ev.event : mouse;  // a 3-D scene's event has no position
     tip.style.left = `${m.clientX + 14}px`;
     tip.style.top = `${m.clientY + 14}px`;

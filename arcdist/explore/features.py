@@ -60,7 +60,22 @@ def _load_npz(path: Path) -> dict:
             or W.shape[1] != feats.shape[1]):
         raise ExploreError(f"{path}: expected features (N, D), labels (N,) and W (C, D) with D >= 2, got "
                            f"{feats.shape}, {labels.shape} and {W.shape}")
-    return d
+    return every_class(d) if "rows" in d else d
+
+
+def every_class(d: dict) -> dict:
+    """A run trained on some classes only (its W row r is class rows[r]): the predictions made by its own rows, then
+    W, b and centers spread to one row per class, zero (b: -1e30) for the unseen classes, which `unseen` lists."""
+    rows = np.asarray(d["rows"], np.int64)
+    n = int(max(d["labels"].max(initial=-1), rows.max())) + 1
+    out = dict(d, pred=predictions(d["features"], d), unseen=np.setdiff1d(np.arange(n), rows))
+    for key, fill in (("W", 0.0), ("b", -1e30), ("centers", 0.0)):
+        if key in d:
+            full = np.full((n, *np.shape(d[key])[1:]), fill, dtype=np.float64)
+            full[rows] = d[key]
+            out[key] = full
+    del out["rows"]
+    return out
 
 
 def to_view(d: dict, proj: dict | None) -> dict:
@@ -70,7 +85,8 @@ def to_view(d: dict, proj: dict | None) -> dict:
         return d
     from arcdist.sphere_figures import to_3d
 
-    out = dict(d, ang=angles_to_class(d["features"], d["labels"], d["W"]), pred=predictions(d["features"], d))
+    out = dict(d, ang=angles_to_class(d["features"], d["labels"], d["W"]),
+               pred=d["pred"] if "pred" in d else predictions(d["features"], d))
     out["features"] = to_3d(d["features"], proj)
     out["W"] = to_3d(d["W"], proj, centre=False)
     if "centers" in d:
@@ -126,19 +142,10 @@ def read_series(run_dir: Path, name: str | None = None) -> Series:
 
 
 def predictions(features: np.ndarray, geometry: dict) -> np.ndarray:
-    """The head's prediction rule on saved features: argmax W x + b where the head has b (softmax, center), else the
-    largest cosine to W (the angular heads; SphereFace's |x| cos is the same argmax), in fp32 as the metrics do."""
-    import torch
-    import torch.nn.functional as F
+    """The predicted class of each saved feature by the head's rule (arcdist.heads.predicted_labels)."""
+    from arcdist.heads import predicted_labels
 
-    from arcdist.heads import cosines
-
-    x, W = torch.as_tensor(np.asarray(features, np.float32)), torch.as_tensor(np.asarray(geometry["W"], np.float32))
-    if geometry.get("b") is not None:
-        scores = F.linear(x, W, torch.as_tensor(np.asarray(geometry["b"], np.float32)))
-    else:
-        scores = cosines(x, W)
-    return scores.argmax(1).numpy().astype(np.int64)
+    return predicted_labels(np.asarray(features, np.float32), geometry).numpy().astype(np.int64)
 
 
 def angles_to_class(features: np.ndarray, labels: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -292,15 +299,18 @@ def epoch_payload(d: dict, index: np.ndarray, accuracy: float | None) -> dict:
     """One epoch of one run as the page stores it: coordinates as 16-bit codes, predictions as bytes, geometry."""
     feats = d["features"][index].astype(np.float64)
     codes, lo, hi = zip(*(quantise(feats[:, k]) for k in range(feats.shape[1])))
-    geometry = {k: d[k] for k in ("W", "b", "centers") if k in d}
+    geometry = {k: d[k] for k in ("W", "b", "centers", "sub_centers") if k in d}
     pred = d["pred"] if "pred" in d else predictions(d["features"], geometry)
     out = dict(xy=_b64(np.stack(codes, 1).ravel()), lo=list(lo), hi=list(hi),
                pred=_b64(pred[index].astype(np.uint16)), W=np.asarray(d["W"], float).tolist(),
                margin=float(d.get("margin", 0.0)), caption=str(d.get("caption", "")),
-               acc=float((pred == d["labels"]).mean()), limit=_finite_limit(_extent(d)))
+               acc=float((pred == d["labels"])[~np.isin(d["labels"], d.get("unseen", []))].mean()),
+               limit=_finite_limit(_extent(d)))
     for k in ("b", "centers"):
         if k in d:
             out[k] = np.asarray(d[k], float).tolist()
+    if "unseen" in d:  # classes the run never trained on: drawn in their own marker, no direction
+        out["unseen"] = np.asarray(d["unseen"]).tolist()
     if "ang" in d:  # d > 3: the angles of all d dimensions, in hundredths of a degree
         out["ang"] = _b64(np.rint(np.nan_to_num(d["ang"][index], nan=0.0) * 100).astype(np.uint16))
     if accuracy is not None:

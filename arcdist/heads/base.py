@@ -161,6 +161,29 @@ def cosines(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x @ w.t()).clamp(-1.0, 1.0)
 
 
+def geometry_scores(features: torch.Tensor, geometry: dict) -> torch.Tensor:
+    """The prediction rule from a head's saved geometry (features files, the explorer, `arcdist evaluate`), float32
+    (N, C): argmax W x + b where the head has b (softmax, center loss); the cosine to the nearest sub-centre where it
+    has them (sub-center ArcFace); else the cosine to each row of W (SphereFace's |x| cos has the same argmax).
+    Equal in argmax to the live head's `scores` (tests/test_heads.py)."""
+    x = torch.as_tensor(features).float()
+    W = torch.as_tensor(geometry["W"]).float()
+    if geometry.get("b") is not None:
+        return F.linear(x, W, torch.as_tensor(geometry["b"]).float())
+    if geometry.get("sub_centers") is not None:
+        sub = torch.as_tensor(geometry["sub_centers"]).float()
+        return cosines(x, sub).view(len(x), len(W), -1).amax(dim=2)
+    return cosines(x, W)
+
+
+def predicted_labels(features: torch.Tensor, geometry: dict) -> torch.Tensor:
+    """The dataset label each feature is predicted as: the best row by `geometry_scores`, through the geometry's
+    `rows` (a run trained on some classes only: row r is class rows[r]) where it has them."""
+    best = geometry_scores(features, geometry).argmax(1)
+    rows = geometry.get("rows")
+    return best if rows is None else torch.as_tensor(rows).long()[best]
+
+
 def even_directions(positions: torch.Tensor, slots: int) -> torch.Tensor:
     """Unit 2-D vectors at `positions` x 360/slots degrees."""
     return circle(positions, slots)
