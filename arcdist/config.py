@@ -79,7 +79,7 @@ class DataConfig:
     memory_budget_gb: float = 4.0  # GiB of decoded images per node (divided over its ranks) before streaming
     workers: int = 2  # DataLoader processes that decode a folder's images (0: in the training process)
     # train on these classes only (labels or a folder's class names, e.g. 0,1,2,3,4); the other classes are unseen:
-    # their test images are judged each epoch by retrieval (unseen_* metrics, arcdist/openset.py); () = all classes
+    # their test images are judged each epoch by retrieval (unseen_* metrics, arcdist/evaluation/openset.py); () = all classes
     train_classes: tuple[int | str, ...] = ()
 
 
@@ -124,7 +124,7 @@ class TrainConfig:
     # (torch's clip_grad_norm_; under fp16 of the unscaled gradients); 0 = off. The norm before clipping is logged
     # per epoch as grad_norm_mean / grad_norm_max
     clip_grad_norm: float = 0.0
-    # precision@1, R-precision and MAP@R of the test features each epoch (arcdist.retrieval, on the main process):
+    # precision@1, R-precision and MAP@R of the test features each epoch (arcdist.evaluation.retrieval, on the main process):
     # about 3-14 s an epoch for 10,000 test features on a 2-core CPU (docs/performance.md); False leaves them out
     retrieval: bool = True
 

@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 from arcdist.config import Config, ConfigError
-from arcdist.retrieval import METRICS as RETRIEVAL
-UNSEEN = ("unseen_auroc", *(f"unseen_{k}" for k in RETRIEVAL))  # data.train_classes (arcdist.openset)
+from arcdist.evaluation.retrieval import METRICS as RETRIEVAL
+UNSEEN = ("unseen_auroc", *(f"unseen_{k}" for k in RETRIEVAL))  # data.train_classes (arcdist.evaluation.openset)
 from arcdist.status import RunStatus
 
 CONFIG = "config.json"  # written when a run starts: its presence marks a started run

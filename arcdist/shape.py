@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from arcdist import openset
+from arcdist.evaluation import openset
 from arcdist.config import Config, ConfigError
 from arcdist.datasets import dataset_class, run_spec
 from arcdist.model import smallest_image

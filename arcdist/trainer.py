@@ -21,11 +21,11 @@ from arcdist.config import Config, ConfigError
 from arcdist.data import DeviceData, Order, load_to_device, train_batches
 from arcdist.datasets import run_spec, sample_indices
 from arcdist.faults import Faults
-from arcdist.gather import gather_features
+from arcdist.evaluation.gather import gather_features
 from arcdist.heads import build_head, param_count
-from arcdist.metrics import separation_metrics
-from arcdist.openset import SeenClasses, unseen_metrics
-from arcdist.retrieval import retrieval_metrics
+from arcdist.evaluation.metrics import separation_metrics
+from arcdist.evaluation.openset import SeenClasses, unseen_metrics
+from arcdist.evaluation.retrieval import retrieval_metrics
 from arcdist.model import build_backbone, describe
 from arcdist.optim import EMA, build_optimizers, build_schedulers
 from arcdist.recorder import Recorder
@@ -104,7 +104,7 @@ class Trainer:
         self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.train_data, self.test_data = load_to_device(cfg.data, accelerator.device, data, cfg.model)
-        # data.train_classes: the head's rows are the seen classes; the test split keeps every class (arcdist.openset)
+        # data.train_classes: the head's rows are the seen classes; the test split keeps every class (arcdist.evaluation.openset)
         self.seen = SeenClasses.of(cfg.data.train_classes, run_spec(cfg.data, cfg.model).num_classes)
         if self.seen is not None:
             self.train_data = self.seen.train_only(self.train_data)
@@ -204,7 +204,7 @@ class Trainer:
     def evaluate(self) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """Metrics on the whole gathered test set by the head's prediction rule (computed on every rank; only the
         main one writes). With data.train_classes, the closed-set figures are of the seen classes' test images and
-        the unseen ones are judged by arcdist.openset; the features and labels returned hold every class."""
+        the unseen ones are judged by arcdist.evaluation.openset; the features and labels returned hold every class."""
         with self.clock("evaluation"):
             feats, labels = self.features(self.test_data)
             closed, rows = (feats, labels) if self.seen is None else self.seen.closed_set(feats, labels)

@@ -1,4 +1,4 @@
-"""Seconds per epoch of the retrieval metrics (arcdist.retrieval) on N test features of D dimensions:
+"""Seconds per epoch of the retrieval metrics (arcdist.evaluation.retrieval) on N test features of D dimensions:
 
     python bench/retrieval.py [--n 10000] [--dims 2,3,128] [--repeats 3]
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from arcdist.directions import spread  # noqa: E402
-from arcdist.retrieval import retrieval_metrics  # noqa: E402
+from arcdist.evaluation.retrieval import retrieval_metrics  # noqa: E402
 
 
 def main() -> int:

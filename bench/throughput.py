@@ -137,7 +137,7 @@ def _post_accuracy(args, cfg, net, arc, loader, opt_net, opt_arc, dev) -> float:
     import torch.nn.functional as F
     import torchvision
 
-    from arcdist.metrics import separation_metrics
+    from arcdist.evaluation.metrics import separation_metrics
     from arcdist.heads.arcface import ArcMarginHead
     from arcdist.model import build_backbone
     from arcdist.optim import build_optimizers

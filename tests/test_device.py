@@ -15,7 +15,7 @@ def test_a_cuda_head_predicts_for_the_gathered_host_features(kind, dim):
         with torch.device("cuda"):
             head = build_head(head_of_kind(HeadConfig(num_classes=20), kind), dim, 10)
         assert head.weight.device.type == "cuda"
-        feats = torch.randn(64, dim, device="cpu")  # what arcdist.gather.gather_features hands back on every rank
+        feats = torch.randn(64, dim, device="cpu")  # what arcdist.evaluation.gather.gather_features hands back on every rank
         scores = head.predict(feats)
         assert scores.device.type == "cpu" and scores.dtype == torch.float32 and tuple(scores.shape) == (64, 20)
         on_device = head.predict(torch.randn(8, dim, device="cuda"))  # features already on the head's device stay

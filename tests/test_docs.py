@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from arcdist import embed, evaluate, export, grid, plot, reference, train
+from arcdist import grid, plot, reference, train
+from arcdist.evaluation import embed, evaluate, export
 from arcdist.config import apply_overrides
 from arcdist.explore import cli as explore_cli
 from arcdist.report import cli as report_cli

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from arcdist import embed, export
+from arcdist.evaluation import embed, export
 from helpers import run_train, snapshot, tiny_args
 
 
@@ -96,7 +96,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(run, tmp_path, monkeypatch
 def test_evaluate_pairs_writes_the_pairs_and_the_figures(run, tiny_data, tmp_path, capsys):
     import json
 
-    from arcdist import evaluate
+    from arcdist.evaluation import evaluate
 
     out = tmp_path / "v" / "pairs.npz"
     before = snapshot(run)

@@ -1,4 +1,4 @@
-"""arcdist.evaluate and the shift-averaged features: torchvision's affine as the reference for the shifts, a float64
+"""arcdist.evaluation.evaluate and the shift-averaged features: torchvision's affine as the reference for the shifts, a float64
 mean of the views for the average, and the command on a trained tiny run (its figures, its refusals)."""
 import json
 import subprocess
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from arcdist import evaluate
+from arcdist.evaluation import evaluate
 from arcdist.data import DeviceData, augment, get_spec
-from arcdist.gather import gather_features, shifted_features
+from arcdist.evaluation.gather import gather_features, shifted_features
 from helpers import ROOT, cli_env, make_tiny_mnist, metric_rows, run_train, snapshot, tiny_args
 
 
@@ -56,7 +56,7 @@ def test_shifted_features_are_the_views_and_their_mean_the_average():
 
 
 def evaluate_cli(*args):
-    return subprocess.run([sys.executable, "-m", "arcdist.evaluate", *map(str, args)], cwd=ROOT, env=cli_env(),
+    return subprocess.run([sys.executable, "-m", "arcdist.evaluation.evaluate", *map(str, args)], cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True, timeout=300)
 
 

@@ -113,10 +113,10 @@ def test_evaluate_refuses_other_data(trained, tmp_path):
     shutil.copytree(data, other)
     _swap_in(other, make_tiny_mnist(tmp_path / "second", seed=7))
     before = snapshot(run)
-    proc = subprocess.run([sys.executable, "-m", "arcdist.evaluate", str(run), "--data-dir", str(other)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "arcdist.evaluation.evaluate", str(run), "--data-dir", str(other)], cwd=ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert proc.stderr.startswith("arcdist.evaluate: error: arcdist.evaluate: ") and "other data" in proc.stderr
+    assert proc.stderr.startswith("arcdist evaluate: error: arcdist evaluate: ") and "other data" in proc.stderr
     assert snapshot(run) == before
 
 

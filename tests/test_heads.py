@@ -79,7 +79,7 @@ def test_margin_warmup_is_linear_then_constant():
 
 
 def test_even_init_spaces_class_directions_36_degrees_apart():
-    from arcdist.metrics import separation_metrics
+    from arcdist.evaluation.metrics import separation_metrics
 
     head = ArcMarginHead(HeadConfig(init="even"))
     w = head.weight.detach()

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from arcdist.metrics import separation_metrics
+from arcdist.evaluation.metrics import separation_metrics
 
 
 def polar(deg, r=1.0):
@@ -44,7 +44,7 @@ def test_retrieval_on_a_large_test_set_samples_its_queries_seeded():
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     from pytorch_metric_learning.utils.inference import CustomKNN
 
-    from arcdist.retrieval import METRICS, retrieval_metrics
+    from arcdist.evaluation.retrieval import METRICS, retrieval_metrics
 
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(3000) % 20

@@ -1,4 +1,4 @@
-"""Classes never seen in training (`data.train_classes`, arcdist.openset): the head has a row per seen class, no
+"""Classes never seen in training (`data.train_classes`, arcdist.evaluation.openset): the head has a row per seen class, no
 image of another class reaches a training batch, each epoch judges the unseen classes by retrieval and
 unseen_auroc, the saved features keep every class, and the plots and the explorer draw the unseen ones apart."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from accelerate import Accelerator
 
 from arcdist.config import ConfigError
-from arcdist.openset import SeenClasses, resolve, unseen_metrics
-from arcdist.retrieval import retrieval_metrics
+from arcdist.evaluation.openset import SeenClasses, resolve, unseen_metrics
+from arcdist.evaluation.retrieval import retrieval_metrics
 from arcdist.train import build_config, parse_args
 from arcdist.trainer import Trainer
 from helpers import PLOTS, RETRIEVAL, metric_rows, run_train, snapshot, tiny_args

@@ -267,7 +267,7 @@ def _blobs(spacing: float, sigma: float, seed: int = 0):
 
 
 def _verdict_row(head: str, features, labels) -> dict:
-    from arcdist.metrics import separation_metrics
+    from arcdist.evaluation.metrics import separation_metrics
 
     m = separation_metrics(features, labels, torch.eye(2).repeat(5, 1))
     stat = lambda v: dict(mean=v, std=None, n=1, values=[v])  # noqa: E731
@@ -278,7 +278,7 @@ def _verdict_row(head: str, features, labels) -> dict:
 def test_center_loss_is_judged_by_position_and_the_angular_heads_by_angle():
     """Center loss pulls classes to points: blobs 10 sigma apart are 'separated' whatever the angle between their
     mean directions; blobs 1 sigma apart 'overlap'. An angular head with the same features keeps the angle rule."""
-    from arcdist.metrics import mean_gap
+    from arcdist.evaluation.metrics import mean_gap
 
     apart, labels = _blobs(spacing=10.0, sigma=1.0)
     close, _ = _blobs(spacing=1.0, sigma=1.0)

@@ -1,10 +1,10 @@
-"""Verification figures (arcdist.verification) against brute force on fixed scores; the pairs it draws."""
+"""Verification figures (arcdist.evaluation.verification) against brute force on fixed scores; the pairs it draws."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from arcdist import verification as v
+from arcdist.evaluation import verification as v
 
 
 def brute_auc(scores, same):

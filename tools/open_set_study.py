@@ -1,6 +1,6 @@
 """Where unseen classes land: train on half the classes, judge retrieval on the other half (Musgrave et al. 2020's
 protocol), A8's recipe (6 epochs) with `--set data.train_classes=...`, 3 seeds a row, and three baselines by the
-same retrieval code (arcdist.retrieval): raw pixels, their PCA to the feature size (fitted on the seen classes'
+same retrieval code (arcdist.evaluation.retrieval): raw pixels, their PCA to the feature size (fitted on the seen classes'
 training images) and A8's backbone untrained.
 
     python tools/open_set_study.py --out /tmp/openset [--seeds 0,1,2] [--epochs 6] [--rows ROW,ROW] [--baselines]
@@ -67,7 +67,7 @@ def baselines(out: Path, seeds: list[int]) -> None:
 
     from arcdist.data import load_dataset, resolve_data_dir
     from arcdist.model import build_backbone
-    from arcdist.retrieval import retrieval_metrics
+    from arcdist.evaluation.retrieval import retrieval_metrics
     from arcdist.variants import get_variant
 
     path = out / "baselines.jsonl"

@@ -166,7 +166,7 @@ class ImageFolderDataset(Dataset):
             if not (self.root / split).is_dir():
                 raise DataError(f"{self.root}: no {split}/ folder; a folder dataset is DIR/train/<class>/* and "
                                 f"DIR/test/<class>/* (point --data-dir at DIR)")
-        # the classes of both splits: a class in test/ only is one the run never trains on (arcdist.openset)
+        # the classes of both splits: a class in test/ only is one the run never trains on (arcdist.evaluation.openset)
         self.trained = find_classes(self.root / "train")
         self.classes = sorted(set(self.trained) | set(find_classes(self.root / "test")))
         self.train, self.test = (list_split(self.root, s, self.classes) for s in SPLITS)

@@ -168,7 +168,7 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="arcdist.embed", description=__doc__)
+    p = ArgumentParser(prog="arcdist embed", description=__doc__)
     p.add_argument("run_dir", help="a run folder (config.json, checkpoints/)")
     p.add_argument("--out", required=True, help="the npz to write")
     p.add_argument("--split", choices=("test", "train"), default="test")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         done = embed(Path(args.run_dir), Path(args.out), args.split, args.dataset, args.data_dir,
                      Path(args.images) if args.images else None, args.epoch, not args.no_progress)
     except errors.BadInput as e:
-        print(f"arcdist.embed: error: {e}", file=sys.stderr)
+        print(f"arcdist embed: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
     print(f"{done['images']:,} features of {done['dim']} dimensions by {done['checkpoint']} -> {done['out']}")
     return Exit.OK

@@ -24,7 +24,7 @@ import torch
 from arcdist import errors
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
-from arcdist.embed import load_embedder
+from arcdist.evaluation.embed import load_embedder
 from arcdist.errors import Exit
 
 FORMATS = {"onnx": ("onnx", "onnxscript"), "torchscript": ()}  # format -> the packages it needs
@@ -59,7 +59,7 @@ def export(run_dir: Path, fmt: str, out: Path, epoch: int | None = None) -> dict
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="arcdist.export", description=__doc__)
+    p = ArgumentParser(prog="arcdist export", description=__doc__)
     p.add_argument("run_dir", help="a run folder (config.json, checkpoints/)")
     p.add_argument("--format", choices=tuple(FORMATS), required=True)
     p.add_argument("--out", required=True, help="the file to write")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         done = export(Path(args.run_dir), args.format, Path(args.out), args.epoch)
     except errors.BadInput as e:
-        print(f"arcdist.export: error: {e}", file=sys.stderr)
+        print(f"arcdist export: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
     n, c, h, w = done["input"]
     print(f"{args.format}: images ({n}, {c}, {h}, {w}) in [0, 1] -> features (N, {done['dim']}), "

@@ -5,7 +5,7 @@ image of another class reaches a training batch. Everything outside the training
 the saved test features hold every class, and each epoch is judged both ways:
 
 - closed set: accuracy (and the other separation figures) of the seen classes' test images by the head's rule;
-- open set: retrieval (precision@1, R-precision, MAP@R, arcdist.retrieval) among the unseen classes' test images
+- open set: retrieval (precision@1, R-precision, MAP@R, arcdist.evaluation.retrieval) among the unseen classes' test images
   only, saved as `unseen_precision_at_1`, `unseen_r_precision`, `unseen_mean_average_precision_at_r`; and
   `unseen_auroc`: how well the largest cosine to W's rows tells a seen test image (high) from an unseen one,
   P(seen scores above unseen), ties half.
@@ -19,8 +19,8 @@ import torch
 
 from arcdist.config import ConfigError
 from arcdist.heads import cosines
-from arcdist.retrieval import retrieval_metrics
-from arcdist.verification import roc_auc
+from arcdist.evaluation.retrieval import retrieval_metrics
+from arcdist.evaluation.verification import roc_auc
 
 __all__ = ["SeenClasses", "resolve", "unseen_metrics"]
 

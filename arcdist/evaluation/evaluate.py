@@ -1,7 +1,7 @@
 """Evaluate a run's checkpoint again, plain and averaged over pixel shifts:
 
     arcdist evaluate RUN_DIR [--shift 1] [--checkpoint epoch-0020] [--json FILE]
-    arcdist evaluate RUN_DIR --pairs 6000 [--pairs-out pairs.npz]     # verification (arcdist.verification)
+    arcdist evaluate RUN_DIR --pairs 6000 [--pairs-out pairs.npz]     # verification (arcdist.evaluation.verification)
 
 Loads the newest checkpoint that verifies (or the one named) into the run's own model and precision, embeds the
 whole test set, and prints the metrics of the training's own evaluation (accuracy by the head's prediction rule,
@@ -29,20 +29,21 @@ import numpy as np
 import torch
 from accelerate import PartialState
 
-from arcdist import checkpoint, errors, fingerprint, rundir, runinfo, verification
+from arcdist import checkpoint, errors, fingerprint, rundir, runinfo
+from arcdist.evaluation import verification
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
 from arcdist.errors import Exit
-from arcdist.gather import shifted_features
+from arcdist.evaluation.gather import shifted_features
 from arcdist.hardware import setup_accelerator
-from arcdist.metrics import separation_metrics
+from arcdist.evaluation.metrics import separation_metrics
 from arcdist.trainer import Trainer
 
 REPORTED = ("accuracy", "intra_spread_deg", "min_centre_angle_deg")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = ArgumentParser(prog="arcdist.evaluate", description=__doc__)
+    p = ArgumentParser(prog="arcdist evaluate", description=__doc__)
     p.add_argument("run_dir", help="a run folder (with config.json and checkpoints/)")
     p.add_argument("--shift", type=int, default=1, metavar="PIXELS",
                    help="average each test feature over the image moved by up to PIXELS in each direction "
@@ -89,7 +90,7 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
     path = choose_checkpoint(run_dir, name)
     cfg, acc, _ = setup_accelerator(cfg)
     trainer = Trainer(cfg, run_dir, acc, no_progress=True)
-    fingerprint.check(run_dir, fingerprint.of_splits(trainer.train_data, trainer.test_data), "arcdist.evaluate",
+    fingerprint.check(run_dir, fingerprint.of_splits(trainer.train_data, trainer.test_data), "arcdist evaluate",
                       "pass --data-dir with the data this run was trained on")
     state = checkpoint.load_checkpoint(acc, path)
     geometry = trainer.head_module.geometry()
@@ -130,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             runinfo.atomic_write(Path(args.json), json.dumps(result, indent=1) + "\n")
     except errors.BadInput as e:
-        print(f"arcdist.evaluate: error: {e}", file=sys.stderr)
+        print(f"arcdist evaluate: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
     except OSError as e:
-        print(f"arcdist.evaluate: error: {e}; check the path and that it is writable", file=sys.stderr)
+        print(f"arcdist evaluate: error: {e}; check the path and that it is writable", file=sys.stderr)
         return Exit.BAD_INPUT
     for key in ("plain", "averaged"):
         m = result[key]
