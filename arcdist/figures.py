@@ -62,7 +62,8 @@ def draw_head(ax, geometry: dict[str, np.ndarray], limit: float, n: int | None =
     W = geometry.get("W")
     if W is None or W.shape[1] != 2:
         return
-    colours = row_colours(n or len(W), geometry.get("rows"), len(W))
+    rows = geometry.get("rows")
+    colours = row_colours(n or (len(W) if rows is None else int(np.max(rows)) + 1), rows, len(W))
     if "b" in geometry:
         t = np.linspace(-limit, limit, 300)
         gx, gy = np.meshgrid(t, t)

@@ -84,6 +84,17 @@ def test_a_run_trains_on_the_listed_classes_and_judges_the_others_by_retrieval(t
     train_f = np.load(out / "features" / "train-epoch-0002.npz")
     assert set(np.unique(train_f["labels"])) == {5, 6, 7, 8, 9}  # the train sample in the dataset's labels
 
+    from arcdist.report import build_report
+
+    grid = tmp_path / "grid"  # the report: the open-set columns, each the run's last figure (one seed: "± n/a")
+    grid.mkdir()
+    (grid / "grid.json").write_text(json.dumps(dict(grid_id="g", jobs=[dict(
+        index=0, variant="T0", seed=0, dataset="mnist", run_dir=str(out), status="finished")])))
+    cells = build_report(grid)["variants"][0]["display"]
+    assert cells["unseen AUROC"] == f"{rows[-1]['unseen_auroc']:.4f} ± n/a"
+    assert cells["unseen P@1"] == f"{rows[-1]['unseen_precision_at_1']:.4f} ± n/a"
+    assert "unseen AUROC" in (grid / "report" / "report.md").read_text()
+
     from arcdist.explore.features import _load_npz, epoch_payload
 
     d = _load_npz(out / "features.npz")  # the explorer: W spread to every class, the unseen listed

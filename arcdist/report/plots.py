@@ -9,7 +9,7 @@ from matplotlib.ticker import MaxNLocator
 
 from arcdist import figures, runinfo
 from arcdist.figures import plt
-from arcdist.palette import class_colours, legend_rule, scatter_classes
+from arcdist.palette import class_colours, legend_rule, scatter_classes, unseen_classes
 from arcdist.report.stats import _finite
 
 def curves_figure(rows: list[dict], key: str, ylabel: str, path: Path) -> Path:
@@ -71,10 +71,11 @@ def draw_features(rows: list[dict]):
         finite = np.isfinite(points).all(axis=1)
         span = float(np.abs(points[finite]).max()) if finite.any() else 0.0
         limit = span * 1.05 if span > 0 else 1.0
-        figures.draw_head(ax, figures.head_geometry(f), limit)
+        geometry = figures.head_geometry(f)
         names = figures.class_names(Path(run_dir))
-        n = figures.class_count(f["labels"], f["W"] if "W" in f else None, names)
-        scatter_classes(ax, f["features"][:, :2], f["labels"], n, names, s=2)
+        n = figures.class_count(f["labels"], geometry.get("W"), names, geometry.get("rows"))
+        figures.draw_head(ax, geometry, limit, n)
+        scatter_classes(ax, f["features"][:, :2], f["labels"], n, names, unseen_classes(n, geometry.get("rows")), s=2)
         ax.set_title(f"{row['label']} s{seed}  acc {acc:.4f}" if _finite(acc) else f"{row['label']} s{seed}",
                      fontsize=9)
         ax.set_xlim(-limit, limit)

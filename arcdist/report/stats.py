@@ -13,7 +13,8 @@ from arcdist.heads import head_class
 from arcdist.status import RunStatus
 
 STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "min_mean_gap",
-         "worst_class_accuracy", "wall_time_s", "precision_at_1", "mean_average_precision_at_r")
+         "worst_class_accuracy", "wall_time_s", "precision_at_1", "mean_average_precision_at_r",
+         *runinfo.UNSEEN)  # (runs with data.train_classes)
 STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation is n/a with one seed"
 VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean final test accuracy is at least {acc:g} "
                 "and the classes are apart by the head's own geometry: for the heads that classify by direction "
@@ -87,6 +88,7 @@ def run_stats(run_dir: Path, threshold_acc: float) -> dict | None:
         intra_spread_deg=last.get("intra_spread_deg"), min_centre_angle_deg=last.get("min_centre_angle_deg"),
         min_mean_gap=last.get("min_mean_gap"), precision_at_1=last.get("precision_at_1"),
         mean_average_precision_at_r=last.get("mean_average_precision_at_r"),
+        **{k: last.get(k) for k in runinfo.UNSEEN},
         worst_class=last.get("worst_class"), worst_class_accuracy=last.get("worst_class_accuracy"),
         wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows),
         diverged=any(r.get("status") == RunStatus.DIVERGED for r in rows)
@@ -190,6 +192,13 @@ def display_row(row: dict) -> dict:
             "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}", "epochs to acc threshold": epochs,
             "train time (s)": fmt(row["wall_time_s"], 1), POST: row["post_verdict"],
             "measured verdict": row["measured_verdict"]}
+
+
+def unseen_cells(row: dict) -> dict:
+    """The open-set columns (runs trained on some classes only, arcdist.evaluation.openset)."""
+    return {"unseen P@1": fmt(row["unseen_precision_at_1"], 4),
+            "unseen MAP@R": fmt(row["unseen_mean_average_precision_at_r"], 4),
+            "unseen AUROC": fmt(row["unseen_auroc"], 4)}
 
 
 def loss_row(row: dict, reference: dict | None = None) -> dict:
