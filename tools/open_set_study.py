@@ -4,6 +4,7 @@ same retrieval code (arcdist.evaluation.retrieval): raw pixels, their PCA to the
 training images) and A8's backbone untrained.
 
     python tools/open_set_study.py --out /tmp/openset [--seeds 0,1,2] [--epochs 6] [--rows ROW,ROW] [--baselines]
+    python tools/open_set_study.py --out /tmp/openset --table results/open-set/table.md
 
 A row is DATASET-HEAD-dDIM-SPLIT: SPLIT `lo` trains classes 0-4 and judges 5-9, `hi` the swap. The rows run in
 the order of ROWS (the most asked-for first); each finished run is appended to OUT/rows.jsonl at once, so a study
@@ -105,6 +106,74 @@ def baselines(out: Path, seeds: list[int]) -> None:
             print(f"baselines {dataset} {split}: {len(found)} rows", flush=True)
 
 
+def landing(run: Path) -> tuple[float, dict[int, tuple[int, float]]]:
+    """From a run's last test features: the AUROC of the feature norm telling seen from unseen (a second score
+    beside the cosine's), and for each unseen class the seen class most of its images are predicted as, with the
+    fraction."""
+    import numpy as np
+
+    from arcdist.evaluation.verification import roc_auc
+    from arcdist.heads import predicted_labels
+
+    f = np.load(run / "features.npz")
+    seen = np.isin(f["labels"], f["rows"])
+    norm_auroc = roc_auc(np.linalg.norm(f["features"], axis=1).astype(np.float64), seen)
+    pred = predicted_labels(f["features"], {k: f[k] for k in ("W", "b", "rows", "sub_centers") if k in f}).numpy()
+    lands = {}
+    for c in sorted(set(f["labels"][~seen].tolist())):
+        values, counts = np.unique(pred[f["labels"] == c], return_counts=True)
+        lands[c] = (int(values[counts.argmax()]), float(counts.max() / counts.sum()))
+    return norm_auroc, lands
+
+
+def table(out: Path) -> str:
+    """The study's markdown: one line per row (mean ± sample std over its seeds), the baselines, and where each
+    unseen class lands in the 2-D runs."""
+    import statistics
+
+    def ms(values: list[float], scale: float = 100.0) -> str:
+        v = [scale * x for x in values]
+        return f"{statistics.mean(v):.1f} ± {statistics.stdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+
+    found = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    lines = ["| dataset | head | D | trains | seeds | seen acc % | unseen P@1 % | unseen R-prec % | unseen MAP@R % | "
+             "unseen AUROC (cos) % | AUROC (norm) % |", "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lands: dict[str, list] = {}
+    for row in dict.fromkeys(r["row"] for r in found):
+        rs = [r for r in found if r["row"] == row]
+        norms = []
+        for r in rs:
+            norm_auroc, land = landing(out / "runs" / f"{row}-s{r['seed']}")
+            norms.append(norm_auroc)
+            if r["dim"] == 2:
+                lands.setdefault(row, []).append(land)
+        r0 = rs[0]
+        lines.append(f"| {r0['dataset']} | {r0['head']} | {r0['dim']} | {'0-4' if r0['split'] == 'lo' else '5-9'} | "
+                     f"{len(rs)} | {ms([r['seen_accuracy'] for r in rs])} | {ms([r['unseen_p_at_1'] for r in rs])} | "
+                     f"{ms([r['unseen_r_precision'] for r in rs])} | {ms([r['unseen_map_at_r'] for r in rs])} | "
+                     f"{ms([r['unseen_auroc'] for r in rs])} | {ms(norms)} |")
+    if (out / "baselines.jsonl").exists():
+        base = [json.loads(line) for line in (out / "baselines.jsonl").read_text().splitlines()]
+        lines += ["", "| dataset | baseline | D | judged on | seeds | unseen P@1 % | unseen R-prec % | unseen MAP@R % |",
+                  "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+        keys = dict.fromkeys((b["dataset"], b["baseline"], b["dim"], b["split"]) for b in base)
+        for ds, name, dim, split in keys:
+            bs = [b for b in base if (b["dataset"], b["baseline"], b["dim"], b["split"]) == (ds, name, dim, split)]
+            lines.append(f"| {ds} | {name} | {dim} | {'5-9' if split == 'lo' else '0-4'} | {len(bs)} | "
+                         f"{ms([b['precision_at_1'] for b in bs])} | {ms([b['r_precision'] for b in bs])} | "
+                         f"{ms([b['mean_average_precision_at_r'] for b in bs])} |")
+    if lands:
+        lines += ["", "Where each unseen class lands in 2-D: the seen class most of its test images are predicted as "
+                  "(and that share), per seed.", "", "| run | " + " | ".join(
+                      f"unseen {c}" for c in next(iter(lands.values()))[0]) + " |",
+                  "| --- |" + " --- |" * len(next(iter(lands.values()))[0])]
+        for row, per_seed in lands.items():
+            for seed, land in enumerate(per_seed):
+                lines.append(f"| {row} s{seed} | " + " | ".join(f"{p} ({100 * share:.0f} %)" for p, share in
+                                                                land.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -112,12 +181,18 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--rows", default=",".join(rows()))
     ap.add_argument("--baselines", action="store_true", help="compute the baselines (no training)")
+    ap.add_argument("--table", type=Path, help="write the study's markdown table to this file (no training)")
     a = ap.parse_args()
     if not os.environ.get("ARCDIST_DATA_DIR"):
         print("open_set_study: set ARCDIST_DATA_DIR to a folder holding MNIST/ and FashionMNIST/", file=sys.stderr)
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
     seeds = [int(v) for v in a.seeds.split(",")]
+    if a.table:
+        a.table.parent.mkdir(parents=True, exist_ok=True)
+        a.table.write_text(table(a.out))
+        print(a.table.read_text())
+        return 0
     if a.baselines:
         baselines(a.out, seeds)
         return 0
