@@ -178,3 +178,23 @@ def test_an_image_pil_refuses_is_one_line_naming_it(tmp_path):
 def test_the_folder_spec_needs_its_recorded_classes():
     with pytest.raises(DataError, match="measured when its run starts"):
         ImageFolderDataset.spec_for(DataConfig(dataset="folder"), ModelConfig())
+
+
+def test_a_folder_is_listed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    """A run's start asks for the listing three times (shape, statistics, loading): one listing of each split,
+    and a changed folder (a file added) is listed again."""
+    from PIL import Image
+
+    from arcdist.datasets import folder as folder_module
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("L", (28, 28), 40).save(tmp_path / split / c / "0.png")
+    calls = []
+    real = folder_module.list_split
+    monkeypatch.setattr(folder_module, "list_split", lambda *a: calls.append(a[1]) or real(*a))
+    first = [ImageFolderDataset(tmp_path).train.paths for _ in range(3)]
+    assert calls == ["train", "test"] and first[0] == first[2] and len(first[0]) == 2
+    Image.new("L", (28, 28), 90).save(tmp_path / "train" / "b" / "1.png")
+    assert len(ImageFolderDataset(tmp_path).train.paths) == 3 and calls == ["train", "test"] * 2

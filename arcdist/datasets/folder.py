@@ -14,6 +14,7 @@ train/ lacks, a missing train/ or test/: each one line naming it, exit 2.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -65,6 +66,34 @@ def list_split(root: Path, split: str, classes: list[str]) -> Listing:
     samples = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS,
                            allow_empty=True)
     return Listing(tuple(p for p, _ in samples), torch.tensor([y for _, y in samples], dtype=torch.long))
+
+
+def _stamp(root: Path) -> tuple:
+    """The modification times of the split folders and their class folders: what adding, removing or renaming a
+    file or a class changes."""
+    out = []
+    for split in SPLITS:
+        d = root / split
+        out.append((split, d.stat().st_mtime_ns))
+        out += [(split, e.name, e.stat().st_mtime_ns) for e in sorted(os.scandir(d), key=lambda e: e.name)
+                if e.is_dir()]
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _listing(root: Path, stamp: tuple) -> tuple[list[str], list[str], Listing, Listing]:
+    # the classes of both splits: a class in test/ only is one the run never trains on (arcdist.evaluation.openset)
+    trained = find_classes(root / "train")
+    classes = sorted(set(trained) | set(find_classes(root / "test")))
+    train, test = (list_split(root, s, classes) for s in SPLITS)
+    return trained, classes, train, test
+
+
+def listing(root: Path) -> tuple[list[str], list[str], Listing, Listing]:
+    """(train/'s classes, all classes, the train listing, the test listing), checked file by file: listed once per
+    process while the folder is unchanged (a run's start asks for it three times: shape, statistics, loading)."""
+    root = Path(root).absolute()
+    return _listing(root, _stamp(root))
 
 
 class Decoder:
@@ -166,10 +195,7 @@ class ImageFolderDataset(Dataset):
             if not (self.root / split).is_dir():
                 raise DataError(f"{self.root}: no {split}/ folder; a folder dataset is DIR/train/<class>/* and "
                                 f"DIR/test/<class>/* (point --data-dir at DIR)")
-        # the classes of both splits: a class in test/ only is one the run never trains on (arcdist.evaluation.openset)
-        self.trained = find_classes(self.root / "train")
-        self.classes = sorted(set(self.trained) | set(find_classes(self.root / "test")))
-        self.train, self.test = (list_split(self.root, s, self.classes) for s in SPLITS)
+        self.trained, self.classes, self.train, self.test = listing(self.root)
 
     def read(self) -> Splits:
         return Splits(decode_all(self.train.paths, self.decode, self.workers), self.train.labels,
