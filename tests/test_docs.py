@@ -65,8 +65,6 @@ def _train_args(words: list[str]) -> list[str] | None:
             return words[i + 1:]
     if words[:2] == ["arcdist", "train"]:
         return words[2:]
-    if words[:1] == ["arcdist-train"]:
-        return words[1:]
     return None
 
 
