@@ -13,6 +13,25 @@ import pytest
 
 from helpers import REAL_DATA, make_tiny_mnist
 
+CLUSTER_MODULES = ("test_slurm.py::", "test_multinode.py::")  # each builds a Slurm cluster of its own
+
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # pytest-xdist not installed: the suite runs in one process
+    LoadScopeScheduling = None
+
+if LoadScopeScheduling is not None:
+    class ClusterTestsTogether(LoadScopeScheduling):
+        """`pytest -n 2`: every test is a unit of its own (as `--dist load`), except the cluster tests, which all
+        go to one worker in order: two workers building the Slurm clusters at once would share their daemons'
+        names and ports. Being the largest unit, they are handed out first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return "cluster" if any(m in nodeid for m in CLUSTER_MODULES) else nodeid
+
+    def pytest_xdist_make_scheduler(config, log):
+        return ClusterTestsTogether(config, log)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def probe_cache(tmp_path_factory) -> Path:
