@@ -95,6 +95,19 @@ def test_a_run_trains_on_the_listed_classes_and_judges_the_others_by_retrieval(t
     assert cells["unseen P@1"] == f"{rows[-1]['unseen_precision_at_1']:.4f} ± n/a"
     assert "unseen AUROC" in (grid / "report" / "report.md").read_text()
 
+    from arcdist.evaluation import verification
+    from arcdist.evaluation.evaluate import evaluate
+
+    result = evaluate(out, pixels=0, data_dir=str(tiny_data), pairs=200)  # verification among the unseen classes too, from the same features
+    assert result["plain"]["images"] == int((f["labels"] >= 5).sum())  # closed-set figures of the seen classes
+    away = np.flatnonzero(f["labels"] < 5)
+    i, j, same = verification.make_pairs(f["labels"][away], 200, 0)
+    want = verification.verify(verification.cosine_scores(f["features"], away[i], away[j]), same)
+    got = result["verification_unseen"]
+    assert got["pairs"] == 200 and got["same_pairs"] == 100
+    assert got["roc_auc"] == pytest.approx(want["roc_auc"], abs=1e-6) and got["accuracy"] == pytest.approx(
+        want["accuracy"], abs=1e-6)
+
     from arcdist.explore.features import _load_npz, epoch_payload
 
     d = _load_npz(out / "features.npz")  # the explorer: W spread to every class, the unseen listed

@@ -112,6 +112,11 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
         scores = verification.cosine_scores(views[0].numpy(), i, j)
         out["verification"] = verification.verify(scores, same) | dict(seed=pairs_seed)
         out["pairs"] = dict(i=i, j=j, same=same, score=scores)
+        if trainer.seen is not None:  # the same protocol among the classes the run never trained on
+            away = np.flatnonzero(trainer.seen.rows(labels).numpy() < 0)
+            ui, uj, usame = verification.make_pairs(labels.numpy()[away], pairs, pairs_seed)
+            uscores = verification.cosine_scores(views[0].numpy(), away[ui], away[uj])
+            out["verification_unseen"] = verification.verify(uscores, usame) | dict(seed=pairs_seed)
     return out
 
 
@@ -127,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             np.savez(out.with_name(f".{out.stem}.tmp.npz"), **pairs)
             os.replace(out.with_name(f".{out.stem}.tmp.npz"), out)
-            runinfo.atomic_write(out.with_suffix(".json"), json.dumps(result["verification"], indent=1) + "\n")
+            figures = dict(result["verification"], **({"unseen": result["verification_unseen"]}
+                                                      if "verification_unseen" in result else {}))
+            runinfo.atomic_write(out.with_suffix(".json"), json.dumps(figures, indent=1) + "\n")
         if args.json:
             runinfo.atomic_write(Path(args.json), json.dumps(result, indent=1) + "\n")
     except errors.BadInput as e:
@@ -142,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epoch {result['epoch']}, {what}: test accuracy {100 * m['accuracy']:.2f} % ({m['errors']} errors in "
               f"{m['images']:,}), intra spread {m['intra_spread_deg']:.2f} deg, closest centres "
               f"{m['min_centre_angle_deg']:.1f} deg")
-    if "verification" in result:
-        v = result["verification"]
-        print(f"verification, {v['pairs']:,} pairs: accuracy {100 * v['accuracy']:.2f} ± {100 * v['accuracy_std']:.2f} % "
+    for key, what in (("verification", "verification"), ("verification_unseen", "verification, unseen classes")):
+        if key not in result:
+            continue
+        v = result[key]
+        print(f"{what}, {v['pairs']:,} pairs: accuracy {100 * v['accuracy']:.2f} ± {100 * v['accuracy_std']:.2f} % "
               f"(10 folds), ROC AUC {v['roc_auc']:.4f}, TAR {100 * v['tar_at_far_0.001']:.2f} % at FAR 1e-3, "
               f"{100 * v['tar_at_far_0.01']:.2f} % at FAR 1e-2, threshold {v['threshold']:.4f} (cosine)")
     return Exit.OK
