@@ -163,14 +163,13 @@ def table(out: Path) -> str:
                          f"{ms([b['precision_at_1'] for b in bs])} | {ms([b['r_precision'] for b in bs])} | "
                          f"{ms([b['mean_average_precision_at_r'] for b in bs])} |")
     if lands:
-        lines += ["", "Where each unseen class lands in 2-D: the seen class most of its test images are predicted as "
-                  "(and that share), per seed.", "", "| run | " + " | ".join(
-                      f"unseen {c}" for c in next(iter(lands.values()))[0]) + " |",
-                  "| --- |" + " --- |" * len(next(iter(lands.values()))[0])]
+        lines += ["", "Where each unseen class lands in 2-D: unseen class -> the seen class most of its test images are "
+                  "predicted as (that share), per seed.", "",
+                  "| run | first unseen | second | third | fourth | fifth |", "| --- | --- | --- | --- | --- | --- |"]
         for row, per_seed in lands.items():
             for seed, land in enumerate(per_seed):
-                lines.append(f"| {row} s{seed} | " + " | ".join(f"{p} ({100 * share:.0f} %)" for p, share in
-                                                                land.values()) + " |")
+                lines.append(f"| {row} s{seed} | " + " | ".join(f"{c} -> {p} ({100 * share:.0f} %)"
+                                                                for c, (p, share) in land.items()) + " |")
     return "\n".join(lines) + "\n"
 
 
