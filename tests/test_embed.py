@@ -30,6 +30,16 @@ def test_embed_of_the_test_split_equals_the_saved_features_of_each_epoch(run, ti
     assert not np.allclose(np.load(tmp_path / "e1.npz")["features"], np.load(tmp_path / "e2.npz")["features"])
 
 
+def test_embed_of_a_bf16_channels_last_run_equals_its_saved_features(tiny_data, tmp_path):
+    """A run evaluated under bf16 autocast in NHWC (what `auto` picks on a CPU with fast bf16): embed computes as it
+    did, so the features are the saved ones, not fp32's (which differ by about 1 % of their length)."""
+    out = tmp_path / "run"
+    run_train(tiny_args(tiny_data, out, 1, "--mixed-precision", "bf16", "--set", "train.channels_last=true"))
+    assert embed.main([str(out), "--out", str(tmp_path / "e.npz"), "--data-dir", str(tiny_data), "--no-progress"]) == 0
+    got, saved = np.load(tmp_path / "e.npz")["features"], np.load(out / "features.npz")["features"]
+    np.testing.assert_allclose(got, saved, rtol=0, atol=1e-5)
+
+
 def test_embed_a_folder_with_unknown_and_unlabelled_images(run, tmp_path):
     from PIL import Image
 

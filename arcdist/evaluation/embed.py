@@ -115,13 +115,20 @@ def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
 
 
 @torch.no_grad()
-def embed_pixels(model: Embedder, x: torch.Tensor, device: torch.device, progress: bool = True) -> np.ndarray:
-    """(N, C, H, W) images on the 0..255 scale -> (N, D) float32 features, BATCH at a time."""
+def embed_pixels(model: Embedder, x: torch.Tensor, device: torch.device, progress: bool = True,
+                 precision: str = "no", channels_last: bool = False) -> np.ndarray:
+    """(N, C, H, W) images on the 0..255 scale -> (N, D) float32 features, BATCH at a time, in the run's
+    `precision` (autocast bf16 / fp16, as its evaluation ran) and memory format, so that they equal its saved
+    features (a bf16 run's differ from fp32's by up to ~2 % of a feature's length)."""
     from tqdm import tqdm
 
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model.backbone.to(memory_format=fmt)
     out = []
-    for i in tqdm(range(0, len(x), BATCH), desc="embed", disable=not progress, leave=False):
-        out.append(model.pixels(x[i:i + BATCH].to(device)).float().cpu())
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        for i in tqdm(range(0, len(x), BATCH), desc="embed", disable=not progress, leave=False):
+            out.append(model.pixels(x[i:i + BATCH].to(device).contiguous(memory_format=fmt)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.backbone[-1].out_features), np.float32)
 
 
@@ -157,7 +164,7 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
                                   f"{cfg.model.in_channels}x{cfg.model.image_size}x{cfg.model.image_size}; write "
                                   "them out as a folder (tools/image_folder.py) and pass --images DIR")
             classes = list(dataset_spec(name).classes)
-    feats = embed_pixels(model, x, device, progress)
+    feats = embed_pixels(model, x, device, progress, cfg.train.mixed_precision, cfg.train.channels_last is True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.npz")
