@@ -171,13 +171,7 @@ def test_the_readme_is_short_and_every_docs_page_says_what_a_user_wants():
 NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?!\w)")  # 99.32, 1,500, 2026 (not the 200 of H200 or the 10 of A10)
 # Expected exceptions: figures the linked evidence does not hold as written. Reported, not changed in the README;
 # the set must match exactly, so a row whose evidence is mended fails here until its entry is removed.
-EVIDENCE_GAPS = {
-    # A5 on one H200: results/gpu-mnist-report.md writes A5 as 0.9937 ± 0.0007 (a fraction) and names neither the
-    # date nor the machine; A5F's 92.31 ± 0.14 % is in results/post-variants.md, which the row does not link.
-    "A5 on one H200, 40 epochs": {"99.37", "0.07", "92.31", "0.14", "2026", "11", "99.37 ± 0.07", "92.31 ± 0.14"},
-    # The post's 12 variants: results/post-variants.md names no year (the row says 2026-11).
-    "The post's 12 variants, 3 of 100 epochs": {"2026"},
-}
+EVIDENCE_GAPS: dict[str, set[str]] = {}  # none at present
 
 
 def _results_rows() -> list[tuple[str, list[str], list[str]]]:
