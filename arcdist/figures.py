@@ -23,7 +23,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.collections import LineCollection, PatchCollection  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
-from arcdist.palette import add_legend, class_colours, row_colours, scatter_classes, unseen_classes  # noqa: E402
+from arcdist.palette import (add_legend, class_colours, class_count, row_colours, scatter_classes,  # noqa: E402
+                             unseen_classes)
 
 COLOURS = class_colours(10)  # ten classes' colours (tab10), the same in every run
 _NAME = re.compile(r"(test|train)-epoch-(\d{4})\.npz$")
@@ -63,7 +64,7 @@ def draw_head(ax, geometry: dict[str, np.ndarray], limit: float, n: int | None =
     if W is None or W.shape[1] != 2:
         return
     rows = geometry.get("rows")
-    colours = row_colours(n or (len(W) if rows is None else int(np.max(rows)) + 1), rows, len(W))
+    colours = row_colours(n or class_count(np.empty(0, np.int64), W, rows=rows), rows, len(W))
     if "b" in geometry:
         t = np.linspace(-limit, limit, 300)
         gx, gy = np.meshgrid(t, t)
@@ -76,14 +77,6 @@ def draw_head(ax, geometry: dict[str, np.ndarray], limit: float, n: int | None =
     if "centers" in geometry:
         ax.scatter(geometry["centers"][:, 0], geometry["centers"][:, 1], marker="X", s=60, c=colours,
                    edgecolors="black", linewidths=0.8, zorder=3)
-
-
-def class_count(labels: np.ndarray, weight: np.ndarray | None = None, names: list[str] | None = None,
-                rows: np.ndarray | None = None) -> int:
-    """The classes a figure draws: the most of the names, the labels (largest + 1) and W's rows (the largest class
-    they stand for + 1, where `rows` says)."""
-    heads = 0 if weight is None else (len(weight) if rows is None else int(np.max(rows)) + 1)
-    return max(len(names or ()), int(labels.max()) + 1 if len(labels) else 0, heads)
 
 
 def draw_rays(ax, weight: np.ndarray, colours: list[str], length: float, **kwargs) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from arcdist.palette import add_legend, row_colours, scatter_classes, unseen_classes
+from arcdist.palette import add_legend, class_count, row_colours, scatter_classes, unseen_classes
 
 PROJECTION = "projection.npz"
 VIEWS = ((20.0, 35.0), (-20.0, 215.0))  # (elevation, azimuth) degrees: the front and the back of the sphere
@@ -84,8 +84,7 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
     class of each row of W, for a run trained on some classes only; the others are drawn as unseen)."""
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    n = max(len(class_names or ()), int(np.max(labels)) + 1 if len(labels) else 0,
-            len(weight) if rows is None else int(np.max(rows)) + 1)
+    n = class_count(labels, weight, class_names, rows)
     colours = colours or row_colours(n, rows, len(weight))
     unit = _unit(np.asarray(features, np.float64))
     w = _unit(np.asarray(weight, np.float64))
@@ -119,7 +118,7 @@ def raw3d_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: 
     fig = Figure(figsize=(5.6, 5.4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1, projection="3d")
-    n = len(class_names) if class_names else (int(labels.max()) + 1 if len(labels) else 0)
+    n = class_count(labels, names=class_names)
     scatter_classes(ax, features, labels, n, class_names, s=2, depthshade=False)
     for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         setter(-limit, limit)

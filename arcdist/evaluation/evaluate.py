@@ -30,10 +30,10 @@ import torch
 from accelerate import PartialState
 
 from arcdist import checkpoint, errors, fingerprint, rundir, runinfo
-from arcdist.evaluation import verification
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
 from arcdist.errors import Exit
+from arcdist.evaluation import verification
 from arcdist.evaluation.gather import shifted_features
 from arcdist.hardware import setup_accelerator
 from arcdist.evaluation.metrics import separation_metrics
@@ -108,16 +108,21 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
         out[key] = {m: metrics[m] for m in REPORTED} | dict(errors=round((1 - metrics["accuracy"]) * len(rows)),
                                                             images=len(rows))
     if pairs:
-        i, j, same = verification.make_pairs(labels.numpy(), pairs, pairs_seed)
-        scores = verification.cosine_scores(views[0].numpy(), i, j)
-        out["verification"] = verification.verify(scores, same) | dict(seed=pairs_seed)
-        out["pairs"] = dict(i=i, j=j, same=same, score=scores)
+        out["verification"], out["pairs"] = _verify(views[0].numpy(), labels.numpy(), np.arange(len(labels)), pairs,
+                                                    pairs_seed)
         if trainer.seen is not None:  # the same protocol among the classes the run never trained on
             away = np.flatnonzero(trainer.seen.rows(labels).numpy() < 0)
-            ui, uj, usame = verification.make_pairs(labels.numpy()[away], pairs, pairs_seed)
-            uscores = verification.cosine_scores(views[0].numpy(), away[ui], away[uj])
-            out["verification_unseen"] = verification.verify(uscores, usame) | dict(seed=pairs_seed)
+            out["verification_unseen"], _ = _verify(views[0].numpy(), labels.numpy(), away, pairs, pairs_seed)
     return out
+
+
+def _verify(features: np.ndarray, labels: np.ndarray, among: np.ndarray, n: int, seed: int) -> tuple[dict, dict]:
+    """Verification figures of `n` seeded pairs drawn among the images `among` (indices into the split), and the
+    pairs (`i`, `j` into the split, `same`, `score`)."""
+    i, j, same = verification.make_pairs(labels[among], n, seed)
+    i, j = among[i], among[j]
+    scores = verification.cosine_scores(features, i, j)
+    return verification.verify(scores, same) | dict(seed=seed), dict(i=i, j=j, same=same, score=scores)
 
 
 def main(argv: list[str] | None = None) -> int:
