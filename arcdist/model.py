@@ -18,19 +18,37 @@ from torch import nn
 from arcdist.config import ConfigError, ModelConfig
 
 
-class PReLU(nn.PReLU):
-    """nn.PReLU (same parameter, same state_dict) computed as relu(x) - a * relu(-x).
+class _ScalarPReLU(torch.autograd.Function):
+    """PReLU with one slope by leaky_relu's fused CPU kernels: the slope is read as a number (free on a CPU), and
+    the slope's gradient is sum(grad * min(x, 0))."""
 
-    The forward is bit-identical; the backward differs only at x == 0 exactly (slope 0 there, torch's
-    uses a; with flush_denormal on, denormal inputs count as 0). torch 2.14's fused CPU
-    PReLU backward took 19 % of a bf16 V1.2.2 step here; two ReLUs and a multiply cost a third of that.
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.slope, ctx.weight_dtype = float(weight.to(x.dtype)), weight.dtype
+        ctx.save_for_backward(x)
+        return F.leaky_relu(x, ctx.slope)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.aten.leaky_relu_backward(grad, x, ctx.slope, False)
+        grad_weight = (grad * x.clamp(max=0)).sum().reshape(1).to(ctx.weight_dtype)
+        return grad_x, grad_weight
+
+
+class PReLU(nn.PReLU):
+    """nn.PReLU (same parameter, same state_dict, same values and input gradients) that trains faster on a CPU.
+
+    torch 2.14's fused CPU PReLU backward took 19 % of a bf16 V1.2.2 step here, and relu(x) - a * relu(-x) costs
+    eight passes over the activations; with one slope, training on a CPU goes through leaky_relu's fused forward
+    and backward (results/performance-notes.md). Elsewhere (evaluation, export, compile, CUDA) it is F.prelu.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.weight.to(x.dtype)
-        if a.numel() > 1:
-            a = a.view(1, -1, *([1] * (x.dim() - 2)))
-        return F.relu(x) - a * F.relu(-x)
+        if (self.training and self.weight.numel() == 1 and x.device.type == "cpu" and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):
+            return _ScalarPReLU.apply(x, self.weight)
+        return F.prelu(x, self.weight.to(x.dtype))
 
 
 class Conv2d(nn.Conv2d):
