@@ -320,3 +320,19 @@ def test_run_page_predictions_match_the_logged_accuracy(real_run, tmp_path):
         assert ep["acc"] == pytest.approx(row["test_accuracy"], abs=1e-9)
         assert ep["logged_acc"] == row["test_accuracy"]
     assert [p["view"] for p in data["panels"]] == ["raw", "circle"]
+
+
+def test_wandb_table_holds_the_pages_sample_beyond_its_row_limit():
+    """Above WANDB_TABLE_ROWS test images the table holds the page's seeded sample, in dataset order."""
+    from arcdist.explore.features import feature_rows
+
+    n = explore.WANDB_TABLE_ROWS + 501
+    rng = np.random.default_rng(3)
+    feats, labels = rng.normal(size=(n, 2)).astype(np.float32), rng.integers(0, 10, n)
+    W = rng.normal(size=(10, 2)).astype(np.float32)
+    rows = np.array(feature_rows(feats, labels, dict(W=W), 7), dtype=np.float64)
+    index = explore.sample_points(n, explore.DEFAULT_POINTS)
+    assert explore.WANDB_TABLE_ROWS == explore.DEFAULT_POINTS and rows.shape == (explore.DEFAULT_POINTS, 5)
+    assert np.array_equal(rows[:, :2], feats[index].astype(np.float64))
+    assert np.array_equal(rows[:, 2], labels[index]) and (rows[:, 4] == 7).all()
+    assert np.array_equal(rows[:, 3], explore.predictions(feats, dict(W=W))[index])

@@ -60,6 +60,41 @@ def test_retrieval_on_a_large_test_set_samples_its_queries_seeded():
     assert sampled != exact
 
 
+@pytest.mark.parametrize("n,classes,max_queries", [(4000, 10, 4000), (4000, 10, 1500), (600, 2, 600)])
+def test_circle_knn_finds_pml_custom_knns_neighbours_in_2d(n, classes, max_queries):
+    """2-D by angle: the same neighbours and the same metrics as PML's CustomKNN in float64 (every query, sampled
+    queries, and 2 classes whose k is too large for the window, where it falls back to CustomKNN)."""
+    from pytorch_metric_learning.distances import CosineSimilarity
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    from arcdist.evaluation.retrieval import METRICS, CircleKNN, retrieval_metrics
+
+    g = torch.Generator().manual_seed(n + classes)
+    labels = torch.arange(n) % classes
+    angle = labels * (2 * math.pi / classes) + 0.5 * torch.randn(n, generator=g)  # overlapping classes
+    feats = torch.stack([angle.cos(), angle.sin()], 1) * (0.5 + torch.rand(n, 1, generator=g))
+    reference = CustomKNN(CosineSimilarity(), batch_size=1024)
+    k = int(torch.bincount(labels).max())
+    got_d, got_i = CircleKNN(reference, batch_size=700)(feats[:max_queries], k, feats, True)
+    falls_back = 2 * (k + 1) + 1 > n
+    f64 = feats if falls_back else feats.double()
+    want_d, want_i = reference(f64[:max_queries], k, f64, True)
+    assert got_i.shape == want_i.shape == (max_queries, k)
+    assert torch.equal(got_i, want_i)
+    torch.testing.assert_close(got_d.double(), want_d.double(), atol=1e-6, rtol=0)
+    def reference64(q, k, r, includes):  # get_accuracy hands its knn_func float32
+        return reference(q, k, r, includes) if falls_back else reference(q.double(), k, r.double(), includes)
+
+    pml = AccuracyCalculator(include=METRICS, k="max_bin_count", knn_func=reference64).get_accuracy(
+        feats[:max_queries], labels[:max_queries], feats, labels, True)
+    ours = AccuracyCalculator(include=METRICS, k="max_bin_count", knn_func=CircleKNN(reference)).get_accuracy(
+        feats[:max_queries], labels[:max_queries], feats, labels, True)
+    assert ours == pytest.approx({m: float(v) for m, v in pml.items()}, abs=1e-9)
+    if max_queries == n:
+        assert retrieval_metrics(feats, labels) == pytest.approx(ours, abs=1e-9)
+
+
 def test_many_directions_spread_once_per_node(tmp_path, monkeypatch):
     import math
 
