@@ -66,7 +66,7 @@ def end_process(status: int) -> None:
     end) leaves by os._exit, without the interpreter's teardown: there a gloo thread still alive could drop the
     last reference to a tensor and ask for the GIL of a finalizing interpreter, which ends that thread with
     pthread_exit and the process with "terminate called without an active exception" (SIGABRT) after a run
-    that had finished and written everything (issue 26; torch: pytorch/pytorch#190489, the abandoned atexit fix
+    that had finished and written everything (torch: pytorch/pytorch#190489, the abandoned atexit fix
     pytorch/pytorch#179291). A single process exits normally."""
     if not multi_process():
         sys.exit(status)

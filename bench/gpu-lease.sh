@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The post's whole study on one GPU within one device lease (issue 18): a probe that sizes the run, then the
+# The post's whole study on one GPU within one device lease: a probe that sizes the run, then the
 # post's 12 variants x 100 epochs with the grid runner, the report, and the results and final weights in $OUT.
 #
 #   PROBE=1 bash bench/gpu-lease.sh    # about 3 min: the environment, bench/throughput.py --grid-estimate before
@@ -13,7 +13,7 @@
 #                                      # 1-2 epochs of 512 images), to show the script runs end to end
 #
 # With the device tool (the MNIST files travel in the ignored folder .gpu-data, named in `carry`):
-#   mkdir -p .gpu-data/MNIST/raw && cp ../shared/data/MNIST/raw/*.gz .gpu-data/MNIST/raw/
+#   mkdir -p .gpu-data/MNIST/raw && cp $ARCDIST_DATA_DIR/MNIST/raw/*.gz .gpu-data/MNIST/raw/
 #   run(command="PROBE=1 bash bench/gpu-lease.sh", carry=[".gpu-data"], timeout_s=300)
 #   run(command="MPS=1 SEEDS=0 bash bench/gpu-lease.sh", carry=[".gpu-data"], timeout_s=590)   # as the probe says
 #

@@ -1,6 +1,6 @@
 """Throughput of the post's loop, arcdist's training step and the bare compute bound, side by side.
 
-    python bench/throughput.py --data-dir ../shared/data                     # V1.2.2, batch 256, CPU
+    python bench/throughput.py --data-dir $ARCDIST_DATA_DIR                  # V1.2.2, batch 256, CPU
     python bench/throughput.py --modes bare --set train.mixed_precision=bf16 --set train.channels_last=true
     python bench/throughput.py --accuracy-steps 234                          # + test accuracy after N steps
 
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
         print(json.dumps(dict(result, rank=rank)), flush=True)
         from arcdist.errors import end_process, multi_process
 
-        if multi_process():  # a rank leaves as arcdist's runs do: the group destroyed, then os._exit (issue 26)
+        if multi_process():  # a rank leaves as arcdist's runs do: the group destroyed, then os._exit
             import torch.distributed as dist
 
             if dist.is_initialized():

@@ -1,4 +1,4 @@
-"""Chaos run (issue 26, part 4): a small grid trained while a seeded schedule injects faults; the result must equal
+"""Chaos run: a small grid trained while a seeded schedule injects faults; the result must equal
 an undisturbed run of the same grid exactly.
 
     python tools/faults/chaos.py --faults 100 --out /tmp/chaos          # needs ARCDIST_DATA_DIR (real MNIST) and root

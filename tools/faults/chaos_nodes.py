@@ -1,4 +1,4 @@
-"""Chaos across two nodes (issue 41, part 3): a 2-node training job and a grid array spread over both nodes of the
+"""Chaos across two nodes: a 2-node training job and a grid array spread over both nodes of the
 dev cluster, trained while a seeded schedule injects node-level faults; every run must equal an undisturbed one.
 
     python tools/faults/chaos_nodes.py --faults 50 --out /tmp/chaos-nodes    # root, ARCDIST_DATA_DIR (real MNIST)

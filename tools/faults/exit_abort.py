@@ -1,4 +1,4 @@
-"""Count the aborts at exit of the smallest 2-rank run (issue 26, part 3).
+"""Count the aborts at exit of the smallest 2-rank run.
 
 Runs `accelerate launch --multi_gpu --num_processes 2 arcdist/train.py` (gloo, CPU) on a few hundred MNIST images
 for one epoch, N times in a row, and counts how each run ended: exit 0, "terminate called ..." with SIGABRT, other.

@@ -1,4 +1,4 @@
-"""The abort's mechanism without arcdist (issue 26): a 2-rank gloo program that leaves with work in flight.
+"""The abort's mechanism without arcdist: a 2-rank gloo program that leaves with work in flight.
 
     torchrun --nproc_per_node 2 tools/faults/gloo_exit.py teardown   # returns from main: the interpreter finalizes
     torchrun --nproc_per_node 2 tools/faults/gloo_exit.py arcdist    # the same work, then arcdist's way out
