@@ -46,6 +46,10 @@ def test_unseen_metrics_equal_retrieval_of_the_unseen_and_a_brute_force_auroc():
     pos, neg = best[~away], best[away]
     brute = ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean().item()
     assert got["unseen_auroc"] == pytest.approx(brute, abs=1e-12)
+    length = feats.norm(dim=1).double()
+    pos, neg = length[~away], length[away]
+    brute = ((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean().item()
+    assert got["unseen_auroc_norm"] == pytest.approx(brute, abs=1e-12) and brute != got["unseen_auroc"]
     rows = seen.rows(labels)
     assert rows.tolist() == [0, 1, -1, -1] * 15
     kept, kept_rows = seen.closed_set(feats, labels)
@@ -70,14 +74,14 @@ def test_a_run_trains_on_the_listed_classes_and_judges_the_others_by_retrieval(t
     rows = metric_rows(out)
     for r in rows:
         for key in ("unseen_precision_at_1", "unseen_r_precision", "unseen_mean_average_precision_at_r",
-                    "unseen_auroc", "precision_at_1"):
+                    "unseen_auroc", "unseen_auroc_norm", "precision_at_1"):
             assert 0.0 <= r[key] <= 1.0, (key, r)
         assert 5 <= r["worst_class"] <= 9
     f = np.load(out / "features.npz")
     assert f["W"].shape == (5, 2) and f["rows"].tolist() == [5, 6, 7, 8, 9]
     assert set(np.unique(f["labels"])) == set(range(10)) and len(f["labels"]) == 101
     summary = json.loads((out / "summary.json").read_text())
-    assert all(summary[k] == rows[-1][k] for k in ("unseen_auroc", "unseen_precision_at_1"))
+    assert all(summary[k] == rows[-1][k] for k in ("unseen_auroc", "unseen_auroc_norm", "unseen_precision_at_1"))
     assert sorted(p.name for p in (out / "plots").glob("*epoch-0002.png")) == [
         "test-circle-epoch-0002.png", "test-raw-epoch-0002.png", "train-circle-epoch-0002.png",
         "train-raw-epoch-0002.png"]
