@@ -64,7 +64,7 @@ def draw_head(ax, geometry: dict[str, np.ndarray], limit: float, n: int | None =
     if W is None or W.shape[1] != 2:
         return
     rows = geometry.get("rows")
-    colours = row_colours(n or class_count(np.empty(0, np.int64), W, rows=rows), rows, len(W))
+    colours = row_colours(n or class_count(weight=W, rows=rows), rows, len(W))
     if "b" in geometry:
         t = np.linspace(-limit, limit, 300)
         gx, gy = np.meshgrid(t, t)

@@ -58,12 +58,12 @@ def add_legend(ax, n: int, **kwargs) -> None:
         text(0.99, 0.99, rule.note, transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.3")
 
 
-def class_count(labels: np.ndarray, weight: np.ndarray | None = None, names: list[str] | None = None,
+def class_count(labels: np.ndarray | None = None, weight: np.ndarray | None = None, names: list[str] | None = None,
                 rows: np.ndarray | None = None) -> int:
     """The classes a figure draws: the most of the names, the labels (largest + 1) and W's rows (the largest class
     they stand for + 1, where `rows` says)."""
     heads = 0 if weight is None else (len(weight) if rows is None else int(np.max(rows)) + 1)
-    return max(len(names or ()), int(np.max(labels)) + 1 if len(labels) else 0, heads)
+    return max(len(names or ()), int(np.max(labels)) + 1 if labels is not None and len(labels) else 0, heads)
 
 
 def row_colours(n: int, rows=None, count: int | None = None) -> list[str]:

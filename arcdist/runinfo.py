@@ -17,7 +17,8 @@ from pathlib import Path
 
 from arcdist.config import Config, ConfigError
 from arcdist.evaluation.retrieval import METRICS as RETRIEVAL
-UNSEEN = ("unseen_auroc", "unseen_auroc_norm", *(f"unseen_{k}" for k in RETRIEVAL))  # data.train_classes (arcdist.evaluation.openset)
+# data.train_classes (arcdist.evaluation.openset)
+UNSEEN = ("unseen_auroc", "unseen_auroc_norm", *(f"unseen_{k}" for k in RETRIEVAL))
 from arcdist.status import RunStatus
 
 CONFIG = "config.json"  # written when a run starts: its presence marks a started run

@@ -43,3 +43,18 @@ def test_a_cuda_run_asks_for_deterministic_kernels_and_nccl_blocking_wait(monkey
     own = {"TORCH_NCCL_BLOCKING_WAIT": "0"}
     hardware.configure_cuda(cfg, own)
     assert own["TORCH_NCCL_BLOCKING_WAIT"] == "0"  # a user's own setting stays
+
+
+def test_a_cuda_backbone_trains_without_reading_its_prelu_slope_to_the_host():
+    """On a CPU the PReLU reads its slope as a number (leaky_relu's kernels); on a GPU that would be a host sync
+    every layer and step: a 'cuda' backbone in training mode must take F.prelu (a fake tensor cannot be read)."""
+    from arcdist.model import PReLU, build_backbone
+    from arcdist.variants import get_variant
+
+    cfg = get_variant("A8").config.model
+    with FakeTensorMode():
+        with torch.device("cuda"):
+            net = build_backbone(cfg).train()
+        assert any(isinstance(m, PReLU) for m in net.modules())
+        feats = net(torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size, device="cuda"))
+        assert feats.device.type == "cuda" and tuple(feats.shape) == (4, cfg.feature_dim) and feats.requires_grad

@@ -90,10 +90,10 @@ def unseen_metrics(features: torch.Tensor, labels: torch.Tensor, weight: torch.T
     `retrieval` (train.retrieval) and the unseen images number at least two classes' worth."""
     rows = seen.rows(labels.cpu())
     unseen = rows < 0
-    best = cosines(features.float().cpu(), weight.float().cpu()).amax(1)
-    length = features.float().cpu().norm(dim=1)
-    out = dict(unseen_auroc=roc_auc(best.numpy().astype(np.float64), (~unseen).numpy()),
-               unseen_auroc_norm=roc_auc(length.numpy().astype(np.float64), (~unseen).numpy()))
+    host, seen_mask = features.float().cpu(), (~unseen).numpy()
+    best = cosines(host, weight.float().cpu()).amax(1)
+    out = dict(unseen_auroc=roc_auc(best.numpy().astype(np.float64), seen_mask),
+               unseen_auroc_norm=roc_auc(host.norm(dim=1).numpy().astype(np.float64), seen_mask))
     if retrieval and unseen.sum() > 1:
         figures = retrieval_metrics(features[unseen.to(features.device)], labels[unseen.to(labels.device)], by=by)
         out.update({f"unseen_{k}": v for k, v in figures.items()})

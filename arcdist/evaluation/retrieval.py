@@ -66,7 +66,7 @@ class CircleKNN:
         distances = torch.empty(len(query), k, dtype=torch.float64)
         indices = torch.empty(len(query), k, dtype=torch.long)
         for start in range(0, len(query), self.batch_size):
-            rows = torch.arange(start, min(start + self.batch_size, len(query)))
+            rows = slice(start, min(start + self.batch_size, len(query)))  # ref holds more rows than the queries
             at = place[rows]
             sims = torch.einsum("bd,dbc->bc", ref[rows], points[:, at])
             sims[:, k] = -2.0  # the query itself (a query is the reference row of its index): never a neighbour

@@ -9,7 +9,7 @@ from matplotlib.ticker import MaxNLocator
 
 from arcdist import figures, runinfo
 from arcdist.figures import plt
-from arcdist.palette import class_colours, legend_rule, scatter_classes, unseen_classes
+from arcdist.palette import class_colours, class_count, legend_rule, scatter_classes, unseen_classes
 from arcdist.report.stats import _finite
 
 def curves_figure(rows: list[dict], key: str, ylabel: str, path: Path) -> Path:
@@ -73,7 +73,7 @@ def draw_features(rows: list[dict]):
         limit = span * 1.05 if span > 0 else 1.0
         geometry = figures.head_geometry(f)
         names = figures.class_names(Path(run_dir))
-        n = figures.class_count(f["labels"], geometry.get("W"), names, geometry.get("rows"))
+        n = class_count(f["labels"], geometry.get("W"), names, geometry.get("rows"))
         figures.draw_head(ax, geometry, limit, n)
         scatter_classes(ax, f["features"][:, :2], f["labels"], n, names, unseen_classes(n, geometry.get("rows")), s=2)
         ax.set_title(f"{row['label']} s{seed}  acc {acc:.4f}" if _finite(acc) else f"{row['label']} s{seed}",
