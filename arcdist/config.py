@@ -36,6 +36,9 @@ class ModelConfig:
     image_size: int = 28  # pixels, square; from the dataset unless set
     arch: Literal["layers", "resnet18"] = "layers"  # "layers": the list above; "resnet18": torchvision's, for photos
     weights: str = ""  # resnet18: a local state dict to start from (torchvision's file; its fc is left out)
+    # where a larger image's map is pooled to the written size: "layout" before the layer that takes it to 1x1 (it
+    # keeps the image's layout), "end" at the fc (a mean of local windows; arcdist 0.1's, results/folders)
+    pool: Literal["layout", "end"] = "layout"
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,11 @@ class DataConfig:
     # train on these classes only (labels or a folder's class names, e.g. 0,1,2,3,4); the other classes are unseen:
     # their test images are judged each epoch by retrieval (unseen_* metrics, arcdist/evaluation/openset.py); () = all classes
     train_classes: tuple[int | str, ...] = ()
+    # "dataset": (x - mean) / std with the dataset's per-channel figures; "image": then each image's own per-channel
+    # mean removed and its std (over its pixels and channels) scaled to 1, for images whose colour, brightness and
+    # contrast vary from image to image (results/folders: tinted digits from chance to 71 %); "auto": "image" for a
+    # folder, "dataset" for the built-in datasets, resolved at start (config.json stores the resolved value)
+    normalize: Literal["auto", "dataset", "image"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -164,6 +172,10 @@ def from_dict(d: dict) -> Config:
             continue
         cls = typing.get_type_hints(Config)[f.name]
         raw = {k: _tupleize(v) for k, v in d.get(f.name, {}).items()}
+        if f.name == "model" and "model" in d:
+            raw.setdefault("pool", "end")  # a config.json from before model.pool was trained with "end"
+        if f.name == "data" and "data" in d:
+            raw.setdefault("normalize", "dataset")  # and one from before data.normalize with the dataset's figures
         sections[f.name] = HeadConfig.from_dict(raw) if cls is HeadConfig else cls(**raw)
     return Config(variant=d.get("variant", ""), **sections)
 

@@ -37,6 +37,17 @@ def resolve_data_dir(flag: str | None) -> str:
     return flag or os.environ.get("ARCDIST_DATA_DIR") or "./data"
 
 
+def normalise(x: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, per_image: bool) -> torch.Tensor:
+    """Pixels (N, C, H, W) on the 0..255 scale -> the model's input, in float32: (x - mean) * inv_std with the
+    dataset's per-channel figures, then with `per_image` (data.normalize=image) each image's per-channel mean
+    removed and its standard deviation over all its values scaled to 1 (a flat image gives zeros)."""
+    out = (x.float() - mean) * inv_std
+    if per_image:
+        out = out - out.mean((2, 3), keepdim=True)
+        out = out / (out.std((1, 2, 3), keepdim=True) + 1e-3)
+    return out
+
+
 class DeviceData:
     """A split resident on `device` as uint8, served as normalised float batches."""
 
@@ -57,7 +68,7 @@ class DeviceData:
     channels_last = False  # hand out NHWC batches (set by the trainer with train.channels_last)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        out = (x.float() - self.mean) * self.inv_std
+        out = normalise(x, self.mean, self.inv_std, self.spec.per_image)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,12 @@
 """The backbone: ConvLayer blocks built from a layer list, its FLOPs and shapes. The heads are in arcdist.heads.
 
 A layer list is written for one image size and colour (the post's: 28 px grey), but it takes any: the first
-ConvLayer takes `model.in_channels` channels, and the map before the fc is average-pooled to the size the fc was
-written for (an image of the written size passes unpooled, so MNIST runs are what they were; a larger one is
-pooled, ResNet's global pooling in spirit). An image whose map comes out smaller than the fc's is refused.
+ConvLayer takes `model.in_channels` channels, and a larger image's map is average-pooled to the size the list was
+written for (an image of the written size passes unpooled, so MNIST runs are what they were). Where it is pooled
+is `model.pool`: "layout" (default) just before the layer that takes the written map to 1x1 (A6-A10's 3x3 conv on
+a 3x3 map), so that layer still sees the image's layout, a third of the image per cell, at any size; "end" at the
+fc, after that layer (a mean of 3x3 windows over the larger map: a bag of local parts). An image whose map comes
+out smaller than the list needs is refused.
 """
 from __future__ import annotations
 
@@ -53,26 +56,53 @@ class PReLU(nn.PReLU):
 
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (same parameters, same state_dict) that computes as a matrix product when its kernel covers the
-    whole unpadded input (a 1x1 output: the light nets' 3x3 map -> 256x1x1 and the 1x1 layer after it).
+    whole unpadded input (a 1x1 output: the light nets' 3x3 map -> 256x1x1 and the 1x1 layer after it), and that
+    first pools its input to `fit` x `fit` when `fit` is set (`model.pool=layout`).
 
     The same sum; oneDNN's convolution backward for that shape does not use a second core (bf16 here: 10.9 ms
     per batch of 256 with 2 threads, 7.4 ms with 1; as a matrix product 2.1 ms).
     """
 
+    def __init__(self, *args, fit: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fit = fit
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fit:
+            x = fit_map(x, self.fit)
         if (tuple(x.shape[-2:]) == self.kernel_size and self.padding == (0, 0) and self.dilation == (1, 1)
                 and self.groups == 1):
-            y = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
+            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+                # NHWC (train.channels_last): flatten both in (H, W, C) order, views of NHWC tensors, so the
+                # weight's gradient has the weight's strides (DDP warns of, and copies, a gradient that has not)
+                y = F.linear(x.permute(0, 2, 3, 1).flatten(1), self.weight.permute(0, 2, 3, 1).flatten(1), self.bias)
+            else:
+                y = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
             return y[:, :, None, None]
         return super().forward(x)
 
 
+def _bins(n: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """(size, n): row i averages adaptive_avg_pool's bin i of n positions (floor(i n / size) .. ceil((i+1) n / size))."""
+    i = torch.arange(size, device=like.device)[:, None]
+    j = torch.arange(n, device=like.device)[None, :]
+    inside = (j >= (i * n) // size) & (j < -((-(i + 1) * n) // size))
+    weights = inside.to(like.dtype)
+    return weights / weights.sum(1, keepdim=True)
+
+
 def fit_map(x: torch.Tensor, size: int) -> torch.Tensor:
-    """`x` average-pooled to `size` x `size` when its map is of another size (unchanged, not copied, when not).
-    To 1x1 as a mean: adaptive_avg_pool2d's CUDA backward has no deterministic kernel (train.deterministic)."""
-    if tuple(x.shape[-2:]) == (size, size):
+    """`x` average-pooled to `size` x `size` as adaptive_avg_pool2d does, when its map is of another size
+    (unchanged, not copied, when not). Never by adaptive_avg_pool2d itself: its CUDA backward has no deterministic
+    kernel (train.deterministic); a mean (1x1), avg_pool2d (a whole multiple) or two small matrix products."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
         return x
-    return x.mean((2, 3), keepdim=True) if size == 1 else F.adaptive_avg_pool2d(x, size)
+    if size == 1:
+        return x.mean((2, 3), keepdim=True)
+    if h % size == 0 and w % size == 0:
+        return F.avg_pool2d(x, (h // size, w // size))
+    return torch.einsum("ih,nchw,jw->ncij", _bins(h, size, x), x, _bins(w, size, x))
 
 
 class GlobalMean(nn.Module):
@@ -107,8 +137,9 @@ class PooledConv2d(nn.Conv2d):
 class ConvLayer(nn.Sequential):
     """The post's undefined block, read as Conv2d(bias=False) -> BatchNorm2d -> PReLU."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int):
-        super().__init__(Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), PReLU())
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, padding: int, fit: int = 0):
+        super().__init__(Conv2d(cin, cout, kernel, stride, padding, bias=False, fit=fit), nn.BatchNorm2d(cout),
+                         PReLU())
 
 
 def layers_for(cfg: ModelConfig) -> tuple:
@@ -118,6 +149,23 @@ def layers_for(cfg: ModelConfig) -> tuple:
     if first is not None:
         layers[first] = ("conv", cfg.in_channels, *layers[first][2:])
     return tuple(layers)
+
+
+def collapse_fit(cfg: ModelConfig) -> tuple[int, int]:
+    """(index in the layer list, map size) of the layer that takes the written map to 1x1 and the size it was
+    written for, walking back from the fc's map size; (-1, 0) when no layer does (the map is pooled at the fc)."""
+    if cfg.pool != "layout" or cfg.arch != "layers":
+        return -1, 0
+    channels = next((e[2] for e in reversed(cfg.layers) if e[0] == "conv"), cfg.in_channels)
+    size = fc_map_size(cfg, channels)
+    for i in range(len(cfg.layers) - 1, -1, -1):
+        kind, *a = cfg.layers[i]
+        k, s, p = a[2:5] if kind == "conv" else (a[0], a[1], 0)
+        before = (size - 1) * s + k - 2 * p
+        if kind == "conv" and size == 1 and before > 1:
+            return i, before
+        size = before
+    return -1, 0
 
 
 def fc_map_size(cfg: ModelConfig, channels: int) -> int:
@@ -163,10 +211,11 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
         return build_resnet18(cfg)
     modules: list[nn.Module] = []
     channels = cfg.in_channels
-    for entry in layers_for(cfg):
+    fit_at, fit = collapse_fit(cfg)
+    for i, entry in enumerate(layers_for(cfg)):
         kind, *args = entry
         if kind == "conv":
-            modules.append(ConvLayer(*args))
+            modules.append(ConvLayer(*args, fit=fit if i == fit_at else 0))
             channels = args[1]
         elif kind == "pool":
             modules.append(nn.MaxPool2d(*args))
@@ -218,11 +267,14 @@ def describe(cfg: ModelConfig) -> dict:
         return _describe_resnet(cfg.in_channels, cfg.image_size, cfg.feature_dim)
     c, h = cfg.in_channels, cfg.image_size
     params = flops = 0
-    for kind, *a in layers_for(cfg):
+    fit_at, fit = collapse_fit(cfg)
+    for i, (kind, *a) in enumerate(layers_for(cfg)):
         if kind == "conv":
             cin, cout, k, s, p = a
             if cin != c:
                 raise ConfigError(f"layer {('conv', *a)} expects {cin} input channels but gets {c}")
+            if i == fit_at and h >= fit:
+                h = fit  # pooled to the written size (model.pool=layout)
             h = _out(h, k, s, p)
             params += cout * cin * k * k + 2 * cout + 1  # conv weight, BN affine, PReLU
             flops += 2 * cout * cin * k * k * h * h

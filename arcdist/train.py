@@ -19,7 +19,7 @@ from arcdist import checkpoint, cluster, errors, fingerprint, preempt, rundir, r
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError, apply_overrides, validate
 from arcdist.data import resolve_data_dir
-from arcdist.datasets import dataset_class
+from arcdist.datasets import dataset_class, normalization
 from arcdist.errors import Exit
 from arcdist.faults import Faults
 from arcdist.hardware import configure_cpu, setup_accelerator
@@ -100,13 +100,15 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
     cfg = replace(cfg, data=replace(cfg.data, data_dir=data_dir))
     if saved is not None:
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
-        if changed or cfg.data.dataset != saved.data.dataset or cfg.train.seed != saved.train.seed:
+        if (changed or cfg.train.seed != saved.train.seed
+                or any(getattr(cfg.data, k) != getattr(saved.data, k) for k in ("dataset", "normalize"))):
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
     if saved is None:  # the data's files are checked, and what a run records of them measured (a folder's classes,
         # mean, std), before the precision probe and before anything is written; the data decides the shape
         explicit = shape.explicit_keys(overrides)
         cfg = shape.fit_model(cfg, explicit)
         cfg = replace(cfg, data=dataset_class(cfg.data.dataset).settle(cfg.data, cfg.model))
+        cfg = replace(cfg, data=replace(cfg.data, normalize=normalization(cfg.data)))
         cfg = shape.fit_head(cfg, explicit, get_variant(cfg.variant).config.data.dataset)
     elif cfg.data.dataset != "folder":  # (a folder is checked file by file when the run loads it)
         dataset_class(cfg.data.dataset)(cfg.data.data_dir, download=False).check()

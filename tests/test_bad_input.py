@@ -68,6 +68,8 @@ CASES = {
                                                      "ended diverged without a complete checkpoint"),
     "resume a non-run folder": (lambda w: ["--resume", str(w["root"] / "data")], "not an arcdist run folder"),
     "resume another variant": (lambda w: ["--resume", str(w["run"]), "--variant", "V0"], "is variant T0, not V0"),
+    "resume with another normalisation": (lambda w: ["--resume", str(w["run"]), "--set", "data.normalize=image"],
+                                          "only --epochs and --data-dir may change on resume"),
 }  # a truncated checkpoint is moved aside, not refused as it stands: tests/test_torn_files.py
 
 

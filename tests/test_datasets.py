@@ -2,6 +2,7 @@
 the ranks' chunks of it, and augmentation draws that belong to images, not to batches or ranks."""
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,26 @@ def test_augmentation_draws_belong_to_images_whatever_the_batch_size_and_ranks()
     other_epoch = {int(y): x for xb, yb in train_batches(data, Order(n, 7, augment=augment), epoch=2)
                    for x, y in zip(xb, yb)}
     assert sum(not torch.equal(other_epoch[i], reference[i]) for i in range(n)) > n * 0.9
+
+
+def test_per_image_normalisation_equals_its_formula_and_removes_tint_and_contrast():
+    from arcdist.data import normalise
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (5, 3, 8, 8)).astype(np.float64)
+    x[4] = 77.0  # a flat image
+    mean, std = np.array([0.5, 0.4, 0.3]) * 255, np.array([0.2, 0.25, 0.3]) * 255
+    ref = (x - mean[:, None, None]) / std[:, None, None]
+    ref = ref - ref.mean((2, 3), keepdims=True)
+    ref = ref / (ref.reshape(5, -1).std(1, ddof=1)[:, None, None, None] + 1e-3)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    inv = 1 / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    got = normalise(torch.tensor(x, dtype=torch.uint8), m, inv, per_image=True)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-4)
+    assert got[4].abs().max() < 0.1  # about zero (float32 rounding of the mean, over the 1e-3), not NaN
+    # a colour offset per channel and a common gain (a tinted, dimmer copy) give the same input, but for the 1e-3
+    tinted = torch.tensor(x[:4] * 0.5 + np.array([40.0, 10.0, 90.0])[:, None, None])
+    torch.testing.assert_close(normalise(tinted, m, inv, True), got[:4], rtol=0, atol=5e-3)
+    plain = normalise(torch.tensor(x, dtype=torch.uint8), m, inv, per_image=False)
+    np.testing.assert_allclose(plain.numpy(), (x - mean[:, None, None]) / std[:, None, None], rtol=0, atol=1e-4)

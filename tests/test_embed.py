@@ -18,7 +18,20 @@ def run(tiny_data, tmp_path_factory):
     return out
 
 
-def test_embed_of_the_test_split_equals_the_saved_features_of_each_epoch(run, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def image_run(tiny_data, tmp_path_factory):
+    """The same with data.normalize=image: each image's own mean and std, in training, embed and export alike."""
+    out = tmp_path_factory.mktemp("embed-image") / "run"
+    run_train(tiny_args(tiny_data, out, 2, "--set", "train.keep_checkpoints=2", "--set", "data.normalize=image"))
+    return out
+
+
+BOTH = pytest.mark.parametrize("which", ["run", "image_run"])
+
+
+@BOTH
+def test_embed_of_the_test_split_equals_the_saved_features_of_each_epoch(which, request, tiny_data, tmp_path):
+    run = request.getfixturevalue(which)
     for epoch in (1, 2):
         out = tmp_path / f"e{epoch}.npz"
         assert embed.main([str(run), "--out", str(out), "--data-dir", str(tiny_data), "--epoch", str(epoch),
@@ -55,11 +68,14 @@ def test_embed_a_folder_with_unknown_and_unlabelled_images(run, tmp_path):
     assert list(f["labels"]) == [-1, -1, -1, 0, 0, 0, 1, 1, 1] and len(f["paths"]) == 9
 
 
+@BOTH
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_the_exported_model_equals_embed_at_any_batch_size(run, tiny_data, tmp_path, fmt):
+def test_the_exported_model_equals_embed_at_any_batch_size(which, request, tmp_path, fmt):
+    run = request.getfixturevalue(which)
     path = tmp_path / f"model.{fmt}"
     assert export.main([str(run), "--format", fmt, "--out", str(path)]) == 0
     _, model, _ = embed.load_embedder(run)
+    assert model.per_image == (which == "image_run")
     for n in (1, 7, 64):
         x = torch.rand(n, 1, 28, 28)
         with torch.no_grad():

@@ -54,6 +54,7 @@ def test_a_folder_trains_with_the_shape_of_its_data(folders, tmp_path, name, cla
     assert list(cfg["data"]["classes"]) == sorted(classes)
     assert (cfg["model"]["in_channels"], cfg["model"]["image_size"]) == (channels, size)
     assert len(cfg["data"]["mean"]) == channels
+    assert (cfg["data"]["normalize"], cfg["model"]["pool"]) == ("image", "layout")  # "auto" resolved for a folder
     f = np.load(out / "features.npz")
     assert f["W"].shape == (len(classes), 2) and set(np.unique(f["labels"])) == set(range(len(classes)))
     plots = sorted(p.name for p in (out / "plots").iterdir())

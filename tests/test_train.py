@@ -28,6 +28,7 @@ def test_run_folder_holds_config_metrics_features(tiny_run):
     doc = json.loads((tiny_run / "config.json").read_text())
     cfg = from_dict(doc["config"])
     assert cfg.variant == "T0" and cfg.train.epochs == 3 and cfg.data.batch_size == 64 and cfg.train.seed == 1
+    assert doc["config"]["data"]["normalize"] == "dataset"  # "auto" resolved for a built-in dataset
     assert doc["versions"]["torch"] == torch.__version__.split("+")[0] or doc["versions"]["torch"] == torch.__version__
     assert doc["world_size"] == 1 and "git_sha" in doc
     f = np.load(tiny_run / "features.npz")

@@ -14,7 +14,8 @@ import pkgutil
 
 from arcdist.datasets.augment import AUGMENTATIONS, Augmentation
 from arcdist.datasets.base import (DATASETS, DataError, Dataset, DatasetSpec, Splits, TorchvisionFiles, dataset_class,
-                                   dataset_spec, load_dataset, register_dataset, run_spec)
+                                   dataset_spec, load_dataset, normalization, register_dataset,
+                                   run_spec)
 from arcdist.datasets.order import Order, epoch_permutation, sample_indices
 
 for _module in ("mnist", "cifar", "folder", *sorted(m.name for m in pkgutil.iter_modules(__path__))):
@@ -22,4 +23,4 @@ for _module in ("mnist", "cifar", "folder", *sorted(m.name for m in pkgutil.iter
 
 __all__ = ["AUGMENTATIONS", "Augmentation", "DATASETS", "DataError", "Dataset", "DatasetSpec", "Order", "Splits",
            "TorchvisionFiles", "dataset_class", "dataset_spec", "epoch_permutation", "load_dataset",
-           "register_dataset", "run_spec", "sample_indices"]
+           "normalization", "register_dataset", "run_spec", "sample_indices"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -33,6 +33,7 @@ class DatasetSpec:
     mean: tuple[float, ...]  # per channel, on the 0..1 scale
     std: tuple[float, ...]
     classes: tuple[str, ...]  # the class names, by label
+    per_image: bool = False  # data.normalize=image: each image's own mean and std too (arcdist.data.normalise)
 
     @property
     def num_classes(self) -> int:
@@ -111,7 +112,16 @@ def dataset_spec(name: str) -> DatasetSpec:
 
 def run_spec(data: "DataConfig", model: "ModelConfig") -> DatasetSpec:
     """The spec of a run's images: the dataset's, or what a folder dataset recorded in config.json."""
-    return dataset_class(data.dataset).spec_for(data, model)
+    spec = dataset_class(data.dataset).spec_for(data, model)
+    return replace(spec, per_image=normalization(data) == "image")
+
+
+def normalization(data: "DataConfig") -> str:
+    """data.normalize resolved: "auto" is "image" for a folder (its images' colour and contrast may vary from
+    image to image), "dataset" for a built-in dataset."""
+    if data.normalize != "auto":
+        return data.normalize
+    return "image" if data.dataset == "folder" else "dataset"
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike, download: bool = True) -> Splits:

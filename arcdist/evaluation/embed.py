@@ -36,9 +36,9 @@ BATCH = 256  # images per forward pass
 class Embedder(nn.Module):
     """Float images in [0, 1], (N, C, H, W) -> (N, D) features: the run's normalisation, then its backbone."""
 
-    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], per_image: bool = False):
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.per_image = backbone, per_image
         # on the 0..255 scale, as the training computes it (arcdist.data.DeviceData.normalise)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
         self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * 255.0))
@@ -48,7 +48,9 @@ class Embedder(nn.Module):
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Features of images on the 0..255 scale (uint8 or float): the training's own arithmetic."""
-        return self.backbone((x.float() - self.mean) * self.inv_std)
+        from arcdist.data import normalise
+
+        return self.backbone(normalise(x, self.mean, self.inv_std, self.per_image))
 
 
 def checkpoint_of(run_dir: Path, epoch: int | None) -> Path:
@@ -91,7 +93,7 @@ def load_embedder(run_dir: Path, epoch: int | None = None) -> tuple[Config, Embe
     else:
         raise ConfigError(f"checkpoint {path} holds no backbone of this run's shape; is {run_dir} an arcdist run?")
     spec = run_spec(cfg.data, cfg.model)
-    return cfg, Embedder(backbone, spec.mean, spec.std).eval(), path
+    return cfg, Embedder(backbone, spec.mean, spec.std, spec.per_image).eval(), path
 
 
 def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:

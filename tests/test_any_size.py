@@ -1,0 +1,81 @@
+"""A layer list written for 28 px at other sizes: where its map is pooled (model.pool), with values equal to
+torch's adaptive average pooling and no op that a deterministic CUDA run refuses."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from arcdist.config import from_dict, to_dict
+from arcdist.model import build_backbone, collapse_fit, describe, fit_map
+from arcdist.variants import VARIANTS
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("h, w, size", [(6, 6, 3), (8, 8, 3), (7, 5, 3), (13, 9, 5), (12, 12, 1), (4, 4, 3)])
+def test_fit_map_equals_adaptive_avg_pool_without_calling_it(h, w, size):
+    x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    with _Ops() as ops:
+        got = fit_map(x, size)
+        grad, = torch.autograd.grad(got, x, torch.ones_like(got) + torch.arange(size * size).view(size, size))
+    want = F.adaptive_avg_pool2d(x, size)
+    ref, = torch.autograd.grad(want, x, torch.ones_like(want) + torch.arange(size * size).view(size, size))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+    torch.testing.assert_close(grad, ref, rtol=0, atol=1e-14)
+    # adaptive_avg_pool2d's CUDA backward has no deterministic kernel: train.deterministic would refuse it
+    assert not {n for n in ops.names if "adaptive" in n}
+
+
+def _collapse_shapes(net: torch.nn.Module, x: torch.Tensor) -> tuple[tuple, tuple]:
+    """The map sizes into and out of the collapsing layer's convolution (index 6 of A8's list)."""
+    seen = []
+    handle = net[6][0].register_forward_hook(lambda m, a, out: seen.append((a[0].shape[-2:], out.shape[-2:])))
+    net(x)
+    handle.remove()
+    return tuple(seen[0][0]), tuple(seen[0][1])
+
+
+@pytest.mark.parametrize("size", [28, 48, 96])
+def test_the_cpu_recipe_keeps_the_image_layout_at_any_size(size):
+    model = replace(VARIANTS["A8"].config.model, in_channels=3, image_size=size)
+    assert collapse_fit(model) == (6, 3)  # the 3x3 conv that takes the 28-px list's 3x3 map to 1x1
+    layout, end = build_backbone(model).eval(), build_backbone(replace(model, pool="end")).eval()
+    end.load_state_dict(layout.state_dict())  # the same keys: a checkpoint loads into either
+    x = torch.randn(2, 3, size, size)
+    side = size // 8  # after three 2x2 pools
+    assert _collapse_shapes(layout, x) == ((side, side), (1, 1))  # pooled to 3x3 inside the layer, then 1x1
+    assert _collapse_shapes(end, x) == ((side, side), (side - 2, side - 2))  # "end": a map of local windows
+    same = torch.allclose(layout(x), end(x), atol=1e-6)
+    assert same == (size == 28)  # at the written size the two are one net: MNIST runs are unchanged
+    with FlopCounterMode(display=False) as counter:
+        layout(x[:1])
+    assert describe(model)["flops"] == counter.get_total_flops()
+
+
+def test_lists_without_a_collapsing_layer_and_resnet_pool_at_the_fc():
+    for name in ("V0", "C1", "T0", "R18"):
+        assert collapse_fit(VARIANTS[name].config.model) == (-1, 0), name
+    v0 = replace(VARIANTS["V0"].config.model, image_size=48)
+    assert build_backbone(v0)(torch.randn(2, 1, 48, 48)).shape == (2, 2)
+
+
+def test_a_config_from_before_model_pool_keeps_the_pooling_it_was_trained_with():
+    cfg = VARIANTS["A8"].config
+    assert cfg.model.pool == "layout"
+    assert from_dict(to_dict(cfg)) == cfg
+    old = to_dict(cfg)
+    del old["model"]["pool"]
+    assert from_dict(old).model.pool == "end"
