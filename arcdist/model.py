@@ -72,9 +72,10 @@ class Conv2d(nn.Conv2d):
             x = fit_map(x, self.fit)
         if (tuple(x.shape[-2:]) == self.kernel_size and self.padding == (0, 0) and self.dilation == (1, 1)
                 and self.groups == 1):
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-                # NHWC (train.channels_last): flatten both in (H, W, C) order, views of NHWC tensors, so the
-                # weight's gradient has the weight's strides (DDP warns of, and copies, a gradient that has not)
+            o, i, h, w = self.weight.shape
+            if self.weight.stride() == (h * w * i, 1, w * i, i) != (i * h * w, h * w, w, 1):
+                # an NHWC weight (train.channels_last): both flattened in (H, W, C) order, a view of it, so its
+                # gradient has its strides (DDP warns of, and copies, a gradient that has not)
                 y = F.linear(x.permute(0, 2, 3, 1).flatten(1), self.weight.permute(0, 2, 3, 1).flatten(1), self.bias)
             else:
                 y = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
