@@ -25,6 +25,7 @@ from matplotlib.patches import Wedge  # noqa: E402
 
 from arcdist.palette import (add_legend, class_colours, class_count, row_colours, scatter_classes,  # noqa: E402
                              unseen_classes)
+from arcdist.palette import dense  # noqa: E402
 
 COLOURS = class_colours(10)  # ten classes' colours (tab10), the same in every run
 _NAME = re.compile(r"(test|train)-epoch-(\d{4})\.npz$")
@@ -72,17 +73,17 @@ def draw_head(ax, geometry: dict[str, np.ndarray], limit: float, n: int | None =
         ax.imshow(region, extent=(-limit, limit, -limit, limit), origin="lower", alpha=0.13, zorder=0,
                   cmap=matplotlib.colors.ListedColormap(colours), vmin=-0.5, vmax=len(W) - 0.5,
                   interpolation="nearest", aspect="auto")
-    else:
+    elif not dense(len(W)):
         draw_rays(ax, W, colours, limit * 1.5, lw=0.8, ls="--", zorder=0)
     if "centers" in geometry:
         ax.scatter(geometry["centers"][:, 0], geometry["centers"][:, 1], marker="X", s=60, c=colours,
                    edgecolors="black", linewidths=0.8, zorder=3)
 
 
-def draw_rays(ax, weight: np.ndarray, colours: list[str], length: float, **kwargs) -> None:
-    """Each row of W as a ray from the origin, `length` long, in its class's colour (one collection)."""
+def draw_rays(ax, weight: np.ndarray, colours: list[str], length: float, start: float = 0.0, **kwargs) -> None:
+    """Each row of W as a ray from `start` to `length` from the origin, in its class's colour (one collection)."""
     u = weight / np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12)
-    segments = np.stack([np.zeros_like(u), length * u], axis=1)
+    segments = np.stack([start * u, length * u], axis=1)
     ax.add_collection(LineCollection(segments, colors=colours, **kwargs))
 
 
@@ -108,7 +109,8 @@ def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: st
 def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str,
                   caption: str = "", class_names: list[str] | None = None, rows: np.ndarray | None = None) -> Figure:
     """Features projected onto the unit circle, each class direction W_c and a +-margin wedge around it (`rows`:
-    the class of each row of W, for a run trained on some classes only; the others are drawn as unseen).
+    the class of each row of W, for a run trained on some classes only; the others are drawn as unseen). Above
+    20 rows W is a ring of ticks outside the circle, without wedges (`palette.dense`).
 
     `caption` names the head and its margin (features saved before captions existed: the margin in degrees)."""
     norms = np.linalg.norm(features, axis=1, keepdims=True)
@@ -117,11 +119,14 @@ def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
     colours = row_colours(n, rows, len(weight))
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.7", lw=0.8))
-    if margin > 0:
-        angles = np.degrees(np.arctan2(weight[:, 1], weight[:, 0]))
-        caps = [Wedge((0, 0), 1.25, a - math.degrees(margin), a + math.degrees(margin)) for a in angles]
-        ax.add_collection(PatchCollection(caps, facecolors=colours, alpha=0.15, linewidths=0))
-    draw_rays(ax, weight, colours, 1.25, lw=1.5)
+    if dense(len(weight)):
+        draw_rays(ax, weight, colours, 1.25, start=1.08, lw=1.0)
+    else:
+        if margin > 0:
+            angles = np.degrees(np.arctan2(weight[:, 1], weight[:, 0]))
+            caps = [Wedge((0, 0), 1.25, a - math.degrees(margin), a + math.degrees(margin)) for a in angles]
+            ax.add_collection(PatchCollection(caps, facecolors=colours, alpha=0.15, linewidths=0))
+        draw_rays(ax, weight, colours, 1.25, lw=1.5)
     scatter_classes(ax, unit, labels, n, class_names, unseen_classes(n, rows), s=3)
     ax.set_xlim(-1.35, 1.35)
     ax.set_ylim(-1.35, 1.35)

@@ -42,6 +42,13 @@ class Legend:
     note: str  # in place of the legend (empty when it is shown)
 
 
+def dense(rows: int) -> bool:
+    """More rows of W than a legend names: rays from the origin would cover the disc (1,000 of them fill it), so
+    the circle and sphere draw W as ticks outside the unit circle or sphere, without margin caps, and the raw plot
+    leaves W out (its points are coloured by class already)."""
+    return rows > LEGEND_MAX
+
+
 def legend_rule(n: int) -> Legend:
     if n <= LEGEND_MAX:
         return Legend(True, 1 if n <= 10 else 2, "")

@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from arcdist.palette import add_legend, class_count, row_colours, scatter_classes, unseen_classes
+from arcdist.palette import add_legend, class_count, dense, row_colours, scatter_classes, unseen_classes
 
 PROJECTION = "projection.npz"
 VIEWS = ((20.0, 35.0), (-20.0, 215.0))  # (elevation, azimuth) degrees: the front and the back of the sphere
@@ -95,8 +95,9 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
         ax = fig.add_subplot(1, 2, k + 1, projection="3d")
         ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.4)
         scatter_classes(ax, unit, labels, n, class_names, unseen_classes(n, rows), s=2, depthshade=False)
-        ax.add_collection3d(Line3DCollection(np.stack([np.zeros_like(w), 1.3 * w], axis=1), colors=colours, lw=1.6))
-        if caps and margin > 0:
+        start = 1.05 if dense(len(w)) else 0.0
+        ax.add_collection3d(Line3DCollection(np.stack([start * w, 1.3 * w], axis=1), colors=colours, lw=1.6))
+        if caps and margin > 0 and not dense(len(w)):
             rings = [cap_circle(w[c], margin) for c in range(len(w))]
             ax.add_collection3d(Line3DCollection(rings, colors=colours, lw=1.0))
         ax.view_init(elev=elev, azim=azim)

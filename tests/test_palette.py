@@ -58,14 +58,20 @@ def test_raw_and_circle_figures_draw_every_class_and_every_w(n):
         assert points(ax) == 3 * n and len(point_colours(ax)) == len(set(palette.class_colours(n)))
         assert legend_entries(ax) == (n if n <= 20 else 0)
         assert n <= 20 or note(ax).startswith(f"{n} classes")
+        rays = sum(len(c.get_segments()) for c in ax.collections if type(c).__name__ == "LineCollection")
+        assert rays == (n if n <= 20 and "b" not in geometry else 0)  # above 20 the points alone
         figures.plt.close(fig)
     fig = figures.circle_figure(feats, labels, W, 0.2, "t", "cap", names)
     ax = fig.axes[0]
     assert points(ax) == 3 * n and len(point_colours(ax)) == len(set(palette.class_colours(n)))
-    rays = sum(len(c.get_segments()) for c in ax.collections if hasattr(c, "get_segments")) + len(ax.lines)
+    segments = [s for c in ax.collections if hasattr(c, "get_segments") for s in c.get_segments()]
     wedges = sum(len(c.get_paths()) for c in ax.collections if type(c).__name__ == "PatchCollection") + \
         sum(type(p).__name__ == "Wedge" for p in ax.patches)
-    assert rays == n and wedges == n  # W's direction and margin cap of every class
+    assert len(segments) + len(ax.lines) == n  # W's direction of every class
+    # up to 20 a ray from the origin and a margin cap each; above, a tick outside the unit circle and no cap (1,000
+    # rays from the origin fill the disc and hide the points)
+    inner = {round(float(np.linalg.norm(s[0])), 6) for s in segments}
+    assert (inner, wedges) == (({0.0}, n) if n <= 20 else ({1.08}, 0))
     assert legend_entries(ax) == (n if n <= 20 else 0)
     figures.plt.close(fig)
 
