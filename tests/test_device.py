@@ -58,3 +58,24 @@ def test_a_cuda_backbone_trains_without_reading_its_prelu_slope_to_the_host():
         assert any(isinstance(m, PReLU) for m in net.modules())
         feats = net(torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size, device="cuda"))
         assert feats.device.type == "cuda" and tuple(feats.shape) == (4, cfg.feature_dim) and feats.requires_grad
+
+
+@pytest.mark.parametrize("size", [48, 64])
+def test_a_cuda_backbone_at_another_size_and_per_image_normalisation_stay_on_the_device(size):
+    """A larger image's map is pooled inside the net (48 px: a whole multiple; 64 px: the matrix form) and each
+    image normalised by its own mean and std: all on the images' device, no host read (a fake tensor has none)."""
+    from dataclasses import replace
+
+    from arcdist.data import normalise
+    from arcdist.model import build_backbone
+    from arcdist.variants import get_variant
+
+    cfg = replace(get_variant("A8").config.model, in_channels=3, image_size=size)
+    with FakeTensorMode():
+        with torch.device("cuda"):
+            net = build_backbone(cfg).train()
+            mean, inv_std = torch.full((1, 3, 1, 1), 120.0), torch.full((1, 3, 1, 1), 1 / 60.0)
+        pixels = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8, device="cuda")
+        x = normalise(pixels, mean, inv_std, per_image=True)
+        feats = net(x)  # (a fake CUDA backward needs a real CUDA context: forward only, as above)
+        assert x.device.type == feats.device.type == "cuda" and tuple(feats.shape) == (4, 2) and feats.requires_grad
