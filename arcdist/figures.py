@@ -23,9 +23,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.collections import LineCollection, PatchCollection  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
-from arcdist.palette import (add_legend, class_colours, class_count, row_colours, scatter_classes,  # noqa: E402
-                             unseen_classes)
-from arcdist.palette import dense  # noqa: E402
+from arcdist.palette import (add_legend, class_colours, class_count, dense, row_colours,  # noqa: E402
+                             scatter_classes, unseen_classes)
 
 COLOURS = class_colours(10)  # ten classes' colours (tab10), the same in every run
 _NAME = re.compile(r"(test|train)-epoch-(\d{4})\.npz$")

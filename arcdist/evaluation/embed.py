@@ -28,6 +28,7 @@ from torch import nn
 from arcdist import checkpoint, errors, rundir
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError
+from arcdist.data import normalise
 from arcdist.errors import DataError, Exit
 
 BATCH = 256  # images per forward pass
@@ -48,8 +49,6 @@ class Embedder(nn.Module):
 
     def pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Features of images on the 0..255 scale (uint8 or float): the training's own arithmetic."""
-        from arcdist.data import normalise
-
         return self.backbone(normalise(x, self.mean, self.inv_std, self.per_image))
 
 
