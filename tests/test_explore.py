@@ -336,3 +336,35 @@ def test_wandb_table_holds_the_pages_sample_beyond_its_row_limit():
     assert np.array_equal(rows[:, :2], feats[index].astype(np.float64))
     assert np.array_equal(rows[:, 2], labels[index]) and (rows[:, 4] == 7).all()
     assert np.array_equal(rows[:, 3], explore.predictions(feats, dict(W=W))[index])
+
+
+def test_above_20_classes_w_is_a_ring_of_ticks_without_caps_and_absent_behind_raw_points(browser, tmp_path):
+    """The figures' rule (arcdist.palette.dense) on the page: 25 directions with a margin are 25 ticks outside the
+    unit circle, no sectors, and nothing behind the raw panel's points (1,000 rays and caps filled the disc)."""
+    from accelerate import Accelerator
+
+    from arcdist.recorder import Recorder
+
+    n, per = 25, 4
+    labels = np.repeat(np.arange(n), per)
+    angle = 2 * np.pi * labels / n
+    feats = np.stack([np.cos(angle), np.sin(angle)], 1).astype(np.float32) * 2
+    W = torch.tensor(np.stack([np.cos(2 * np.pi * np.arange(n) / n), np.sin(2 * np.pi * np.arange(n) / n)], 1),
+                     dtype=torch.float32)
+    run = tmp_path / "dense-s0"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(dict(config=dict(data=dict(dataset="folder", classes=[
+        f"c{k}" for k in range(n)])))))
+    Recorder(run, Accelerator(cpu=True)).save_features(1, "test", torch.from_numpy(feats), torch.from_numpy(labels),
+                                                       dict(W=W), 0.2, "arcface caption")
+    explore.build_page(run, tmp_path / "dense.html", points=0)
+    pg = browser.new_page(viewport=dict(width=1400, height=800))
+    pg.goto((tmp_path / "dense.html").as_uri())
+    pg.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    shapes = pg.evaluate("() => document.getElementById('explorer').layout.shapes")
+    pg.close()
+    lines = [s for s in shapes if s["type"] == "line"]
+    assert not [s for s in shapes if s["type"] == "path"]  # no margin sectors
+    assert len(lines) == n and {s["xref"] for s in lines} == {"x2"}  # the circle panel only
+    assert all(np.hypot(s["x0"], s["y0"]) == pytest.approx(1.08) and np.hypot(s["x1"], s["y1"]) == pytest.approx(1.25)
+               for s in lines)

@@ -35,8 +35,8 @@
     W.forEach((w, c) => {
       if (!w.some((v) => v)) return;  // an unseen class: no direction
       const n = Math.hypot(w[0], w[1], w[2]) || 1, u = w.map((v) => v / n), cc = D.colours[c];
-      push([0, 0, 0], cc); push(u.map((v) => r * v), cc); push(null, cc);
-      if (!sphere || !(margin > 0)) return;
+      push(u.map((v) => (D.dense ? 1.05 : 0) * v), cc); push(u.map((v) => r * v), cc); push(null, cc);
+      if (!sphere || !(margin > 0) || D.dense) return;
       const t = Math.abs(u[0]) < 0.9 ? [1, 0, 0] : [0, 1, 0];
       let a = [u[1] * t[2] - u[2] * t[1], u[2] * t[0] - u[0] * t[2], u[0] * t[1] - u[1] * t[0]];
       const na = Math.hypot(...a); a = a.map((v) => v / na);
@@ -83,13 +83,18 @@
       const W = d ? d.ep.W : [], margin = d ? d.ep.margin : 0, linear = d && d.ep.b;
       const r = circle ? 1.25 : lim * 1.5;
       if (solid) {
-        const dirs = directions(W, circle ? 1.3 : lim, margin, circle);
+        const dirs = directions(D.dense && !circle ? [] : W, circle ? 1.3 : lim, margin, circle);
         for (const t of traces.filter((t) => t.panel === pi && t.role === 'directions')) {
           lineIds.push(t.i); lines.x.push(dirs.x); lines.y.push(dirs.y); lines.z.push(dirs.z); lines['line.color'].push(dirs.col);
         }
       } else W.forEach((w, c) => {
         if (!w.some((v) => v)) return;  // an unseen class: no direction
         const a = Math.atan2(w[1], w[0]), col = D.colours[c];
+        if (D.dense) {  // more classes than a legend names: ticks outside the circle, nothing behind raw points
+          if (circle) layout.shapes.push({type: 'line', xref: `x${ax}`, yref: `y${ax}`, x0: 1.08 * Math.cos(a),
+            y0: 1.08 * Math.sin(a), x1: r * Math.cos(a), y1: r * Math.sin(a), line: {color: col, width: 1}, layer: 'below'});
+          return;
+        }
         if (margin > 0) layout.shapes.push({type: 'path', xref: `x${ax}`, yref: `y${ax}`, path: sector(r, a - margin, a + margin),
           fillcolor: col, opacity: 0.15, line: {width: 0}, layer: 'below'});
         if (!linear || circle) layout.shapes.push({type: 'line', xref: `x${ax}`, yref: `y${ax}`, x0: 0, y0: 0,

@@ -23,7 +23,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
     import plotly.graph_objects as go
 
     from arcdist.data import DATASETS
-    from arcdist.palette import class_colours
+    from arcdist.palette import class_colours, dense
 
     folder = Path(folder)
     series, panels, title = find_panels(folder)
@@ -71,6 +71,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
     colours = class_colours(n_classes)
     data = dict(
         title=title, epochs=chosen, all_epochs=len(all_epochs), every=every, classes=classes, colours=colours,
+        dense=dense(n_classes),  # W as ticks outside the circle, no caps, none behind raw points (arcdist.figures)
         sources=[dict(index=_b64(src["index"].astype(np.uint32)), labels=_b64(src["labels"].astype(np.uint16)),
                       n=src["n"], sprite=sprites[k], cols=SPRITE_COLS,
                       size=(list(src["images"].shape[2:]) if src["images"] is not None else [28, 28]))
