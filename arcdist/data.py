@@ -37,6 +37,14 @@ def resolve_data_dir(flag: str | None) -> str:
     return flag or os.environ.get("ARCDIST_DATA_DIR") or "./data"
 
 
+def pixel_scale(mean: tuple[float, ...], std: tuple[float, ...],
+                device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dataset's per-channel mean and 1/std (0..1 scale) as `normalise` takes them: on the 0..255 scale,
+    shaped (1, C, 1, 1)."""
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
+    return m, 1.0 / (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0)
+
+
 def normalise(x: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, per_image: bool) -> torch.Tensor:
     """Pixels (N, C, H, W) on the 0..255 scale -> the model's input, in float32: (x - mean) * inv_std with the
     dataset's per-channel figures, then with `per_image` (data.normalize=image) each image's per-channel mean
@@ -59,8 +67,7 @@ class DeviceData:
     def _place(self, spec: DatasetSpec, device: torch.device) -> None:
         """The spec, the device and the normalisation of uint8 pixels (mean and 1/std, per channel, on 0..255)."""
         self.device, self.spec = device, spec
-        self.mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1) * 255.0
-        self.inv_std = 1.0 / (torch.tensor(spec.std, device=device).view(1, -1, 1, 1) * 255.0)
+        self.mean, self.inv_std = pixel_scale(spec.mean, spec.std, device)
 
     def __len__(self) -> int:
         return self.x.shape[0]

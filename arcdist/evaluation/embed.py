@@ -28,7 +28,7 @@ from torch import nn
 from arcdist import checkpoint, errors, rundir
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError
-from arcdist.data import normalise
+from arcdist.data import normalise, pixel_scale
 from arcdist.errors import DataError, Exit
 
 BATCH = 256  # images per forward pass
@@ -40,9 +40,9 @@ class Embedder(nn.Module):
     def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], per_image: bool = False):
         super().__init__()
         self.backbone, self.per_image = backbone, per_image
-        # on the 0..255 scale, as the training computes it (arcdist.data.DeviceData.normalise)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(std).view(1, -1, 1, 1) * 255.0))
+        scale = pixel_scale(mean, std)  # as the training computes it (arcdist.data.DeviceData.normalise)
+        self.register_buffer("mean", scale[0])
+        self.register_buffer("inv_std", scale[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.pixels(images * 255.0)
