@@ -39,6 +39,11 @@ class ModelConfig:
     # where a larger image's map is pooled to the written size: "layout" before the layer that takes it to 1x1 (it
     # keeps the image's layout), "end" at the fc (a mean of local windows; arcdist 0.1's, results/folders)
     pool: Literal["layout", "end"] = "layout"
+    # the size the layer list computes at: a larger image is average-pooled to net_size x net_size before the first
+    # ConvLayer (the list then runs at the scale it was written for); 0: the image's own size. Unless given, a folder
+    # of images larger than the list takes unpooled gets the size it was written for (28 px for the post's and
+    # A6-A10's lists; arcdist.shape.auto_net_size; results/folders), the built-in datasets 0
+    net_size: int = 0
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,7 @@ def build_backbone(cfg: ModelConfig) -> nn.Module:
     for i, entry in enumerate(layers_for(cfg)):
         kind, *args = entry
         if kind == "conv":
-            modules.append(ConvLayer(*args, fit=fit if i == fit_at else 0))
+            modules.append(ConvLayer(*args, fit=fit if i == fit_at else cfg.net_size if i == 0 else 0))
             channels = args[1]
         elif kind == "pool":
             modules.append(nn.MaxPool2d(*args))
@@ -262,10 +262,34 @@ def smallest_image(cfg: ModelConfig) -> int:
     return next((s for s in range(1, 4097) if _map_size(cfg.layers, s) >= need), 4096)
 
 
+def written_size(cfg: ModelConfig) -> int:
+    """The largest image size (pixels) the layer list takes to the fc's map without pooling: the top of the range
+    it was written for (A6-A10's list: 24-31 px, the post's 28 inside)."""
+    channels = next((e[2] for e in reversed(cfg.layers) if e[0] == "conv"), cfg.in_channels)
+    need, size = fc_map_size(cfg, channels), smallest_image(cfg)
+    while size < 4096 and _map_size(cfg.layers, size + 1) == need:
+        size += 1
+    return size
+
+
+def _check_net_size(cfg: ModelConfig) -> None:
+    if not cfg.net_size:
+        return
+    if cfg.arch != "layers" or not cfg.layers or cfg.layers[0][0] != "conv":
+        raise ConfigError(f"model.net_size={cfg.net_size} pools the image before a layer list's first ConvLayer; "
+                          "this model has none there: drop the --set (or --set model.net_size=0)")
+    if not smallest_image(cfg) <= cfg.net_size <= cfg.image_size:
+        raise ConfigError(f"model.net_size={cfg.net_size} must be from {smallest_image(cfg)} (this layer list's "
+                          f"smallest) to {cfg.image_size} (the image size), or 0 for the image size; try --set "
+                          f"model.net_size={min(written_size(cfg), cfg.image_size)}")
+
+
 def describe(cfg: ModelConfig) -> dict:
     """Parameters, forward FLOPs per image (2 x multiply-adds of conv/linear) and shapes, from the layer list."""
     if cfg.arch == "resnet18":
+        _check_net_size(cfg)
         return _describe_resnet(cfg.in_channels, cfg.image_size, cfg.feature_dim)
+    _check_net_size(cfg)
     c, h = cfg.in_channels, cfg.image_size
     params = flops = 0
     fit_at, fit = collapse_fit(cfg)
@@ -274,6 +298,8 @@ def describe(cfg: ModelConfig) -> dict:
             cin, cout, k, s, p = a
             if cin != c:
                 raise ConfigError(f"layer {('conv', *a)} expects {cin} input channels but gets {c}")
+            if i == 0 and cfg.net_size:
+                h = cfg.net_size  # pooled to the size the list computes at (model.net_size)
             if i == fit_at and h >= fit:
                 h = fit  # pooled to the written size (model.pool=layout)
             h = _out(h, k, s, p)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from arcdist.evaluation import openset
-from arcdist.config import Config, ConfigError
-from arcdist.datasets import dataset_class, run_spec
-from arcdist.model import smallest_image
+from arcdist.config import Config, ConfigError, ModelConfig
+from arcdist.datasets import dataset_class, dataset_spec, run_spec
+from arcdist.model import smallest_image, written_size
+from arcdist.variants import get_variant
 
 
 def explicit_keys(overrides: list[str]) -> set[str]:
@@ -24,7 +25,7 @@ def explicit_keys(overrides: list[str]) -> set[str]:
 
 def fit_model(cfg: Config, explicit: set[str]) -> Config:
     """model.in_channels and model.image_size from the dataset's images unless set (a folder: at least the layer
-    list's smallest size, smaller images are enlarged)."""
+    list's smallest size, smaller images are enlarged), and a folder's model.net_size (`auto_net_size`)."""
     cls = dataset_class(cfg.data.dataset)
     channels, size = cls.shape(cfg.data, cfg.model)
     model = cfg.model
@@ -32,6 +33,10 @@ def fit_model(cfg: Config, explicit: set[str]) -> Config:
         size = max(size, smallest_image(replace(model, in_channels=channels)))
         model = replace(model, in_channels=model.in_channels if "model.in_channels" in explicit else channels,
                         image_size=model.image_size if "model.image_size" in explicit else size)
+        if "model.net_size" not in explicit:
+            own = get_variant(cfg.variant).config.data.dataset
+            written_for = dataset_spec(own).image_size if own != "folder" else 0
+            model = replace(model, net_size=auto_net_size(model, written_for or written_size(model)))
     else:  # a fixed dataset's loader neither converts nor resizes
         for key, have, want in (("model.in_channels", model.in_channels, channels),
                                 ("model.image_size", model.image_size, size)):
@@ -40,6 +45,26 @@ def fit_model(cfg: Config, explicit: set[str]) -> Config:
                                   f"(or write the images out as a folder: tools/image_folder.py)")
         model = replace(model, in_channels=channels, image_size=size)
     return replace(cfg, model=model)
+
+
+def auto_net_size(model: ModelConfig, written_for: int) -> int:
+    """A folder's model.net_size unless set: a layer list computes at the size it was written for (`written_for`,
+    its variant's own dataset's: 28 px for the post's and A6-A10's lists; kept inside the sizes the list takes to
+    its fc's map unpooled, `smallest_image`..`written_size`) when the images are larger than it takes unpooled,
+    else at the image size (0). A8's list on 96-px images: 60.7 % at 96 px, 80.3 % at 28 (results/folders)."""
+    if model.arch != "layers" or not model.layers or model.layers[0][0] != "conv":
+        return 0
+    top = written_size(model)
+    return min(max(written_for, smallest_image(model)), top) if model.image_size > top else 0
+
+
+def net_size_note(cfg: Config) -> str | None:
+    """The line a run prints when its layer list computes at a smaller size than the images'."""
+    m = cfg.model
+    if not m.net_size or m.net_size >= m.image_size:
+        return None
+    return (f"arcdist: {m.image_size}-px images, pooled to {m.net_size} px for {cfg.variant}'s layer list "
+            f"(model.net_size={m.net_size}; --set model.net_size=0 for the full size, or --variant R18)")
 
 
 def fit_head(cfg: Config, explicit: set[str], own_dataset: str) -> Config:

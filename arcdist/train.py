@@ -129,8 +129,9 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
     where.run_dir, where.timeout = run_dir, cfg.train.collective_timeout_s
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
-    if getattr(args, "default_note", None):
-        accelerator.print(args.default_note)
+    for note in (getattr(args, "default_note", None), shape.net_size_note(cfg)):
+        if note:
+            accelerator.print(note)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     try:  # from here on every way out destroys the process group (errors.end_process)
         trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything

@@ -1,5 +1,6 @@
 """A layer list written for 28 px at other sizes: where its map is pooled (model.pool), with values equal to
-torch's adaptive average pooling and no op that a deterministic CUDA run refuses."""
+torch's adaptive average pooling and no op that a deterministic CUDA run refuses, and the size it computes at
+(model.net_size)."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -10,8 +11,9 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from arcdist.config import from_dict, to_dict
-from arcdist.model import build_backbone, collapse_fit, describe, fit_map
+from arcdist.config import ConfigError, from_dict, to_dict
+from arcdist.model import build_backbone, collapse_fit, describe, fit_map, smallest_image, written_size
+from arcdist.shape import auto_net_size
 from arcdist.variants import VARIANTS
 
 
@@ -79,3 +81,54 @@ def test_a_config_from_before_model_pool_keeps_the_pooling_it_was_trained_with()
     old = to_dict(cfg)
     del old["model"]["pool"]
     assert from_dict(old).model.pool == "end"
+
+
+def test_the_size_a_layer_list_was_written_for():
+    a8 = VARIANTS["A8"].config.model
+    assert (smallest_image(a8), written_size(a8)) == (24, 31)  # 24..31 px end on A8's 3x3 map, 32 on 4x4
+    assert written_size(VARIANTS["T0"].config.model) == 30
+    assert written_size(VARIANTS["C1"].config.model) == 47  # CIFAR's list, written for 32 px
+
+
+@pytest.mark.parametrize("size, net", [(28, 0), (31, 0), (32, 28), (48, 28), (96, 28), (1000, 28)])
+def test_a_folder_of_larger_images_runs_the_list_at_its_written_size(size, net):
+    model = replace(VARIANTS["A8"].config.model, in_channels=3, image_size=size)
+    assert auto_net_size(model, 28) == net  # 24..31 px run unpooled; larger images at MNIST's 28
+    assert auto_net_size(model, 20) == (24 if net else 0)  # never below the list's smallest,
+    assert auto_net_size(model, 40) == (31 if net else 0)  # nor above what it takes unpooled
+    assert auto_net_size(replace(VARIANTS["R18"].config.model, image_size=size), 96) == 0  # any size: global pool
+
+
+@pytest.mark.parametrize("size, net_size", [(48, 28), (96, 28), (96, 24)])
+def test_net_size_is_the_same_net_on_the_image_pooled_first(size, net_size):
+    model = replace(VARIANTS["A8"].config.model, in_channels=3, image_size=size, net_size=net_size)
+    net = build_backbone(model).eval()
+    small = build_backbone(replace(model, image_size=net_size, net_size=0)).eval()
+    small.load_state_dict(net.state_dict())  # the same keys: no module added
+    x = torch.randn(3, 3, size, size)
+    torch.testing.assert_close(net(x), small(F.adaptive_avg_pool2d(x, net_size)), rtol=1e-5, atol=1e-5)
+    assert describe(model) == describe(replace(model, image_size=net_size, net_size=0))
+    if size % net_size == 0:  # avg_pool2d: no FLOPs counted (the matrix form's two products are, and not described)
+        with FlopCounterMode(display=False) as counter:
+            net(x[:1])
+        assert describe(model)["flops"] == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("model, fix", [
+    (dict(image_size=96, net_size=20), "net_size=31"),  # below the list's smallest (24)
+    (dict(image_size=48, net_size=64), "net_size=31"),  # above the image
+    (dict(image_size=28, net_size=29), "net_size=28"),
+])
+def test_a_net_size_the_list_cannot_take_is_one_line_naming_the_range(model, fix):
+    cfg = replace(VARIANTS["A8"].config.model, **model)
+    with pytest.raises(ConfigError, match=r"from 24 \(this layer list's smallest\) to") as e:
+        describe(cfg)
+    assert fix in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="no.* there|has none there"):
+        describe(replace(VARIANTS["R18"].config.model, net_size=32))
+
+
+def test_a_config_from_before_model_net_size_runs_at_the_image_size():
+    old = to_dict(VARIANTS["A8"].config)
+    del old["model"]["net_size"]
+    assert from_dict(old).model.net_size == 0

@@ -60,17 +60,18 @@ def test_a_cuda_backbone_trains_without_reading_its_prelu_slope_to_the_host():
         assert feats.device.type == "cuda" and tuple(feats.shape) == (4, cfg.feature_dim) and feats.requires_grad
 
 
-@pytest.mark.parametrize("size", [48, 64])
-def test_a_cuda_backbone_at_another_size_and_per_image_normalisation_stay_on_the_device(size):
-    """A larger image's map is pooled inside the net (48 px: a whole multiple; 64 px: the matrix form) and each
-    image normalised by its own mean and std: all on the images' device, no host read (a fake tensor has none)."""
+@pytest.mark.parametrize("size, net_size", [(48, 0), (64, 0), (96, 31)])
+def test_a_cuda_backbone_at_another_size_and_per_image_normalisation_stay_on_the_device(size, net_size):
+    """A larger image's map is pooled inside the net (48 px: a whole multiple; 64 px: the matrix form; 96 px: the
+    image itself to 31 px first, model.net_size) and each image normalised by its own mean and std: all on the
+    images' device, no host read (a fake tensor has none)."""
     from dataclasses import replace
 
     from arcdist.data import normalise
     from arcdist.model import build_backbone
     from arcdist.variants import get_variant
 
-    cfg = replace(get_variant("A8").config.model, in_channels=3, image_size=size)
+    cfg = replace(get_variant("A8").config.model, in_channels=3, image_size=size, net_size=net_size)
     with FakeTensorMode():
         with torch.device("cuda"):
             net = build_backbone(cfg).train()

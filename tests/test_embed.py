@@ -26,6 +26,25 @@ def image_run(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def large_run(tmp_path_factory):
+    """A 1-epoch T0 run on a folder of 40-px colour images: its list computes at 28 px (model.net_size), the
+    image pooled inside the exported model (the matrix form: 40 is no multiple of 28)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("embed-large")
+    gen = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 3)):
+        for c in ("a", "b", "c"):
+            (root / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(gen.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                    root / "data" / split / c / f"{i}.png")
+    run_train(tiny_args(root / "data", root / "run", 1, "--dataset", "folder", "--set", "data.workers=0",
+                        batch=8))
+    return root / "run"
+
+
 BOTH = pytest.mark.parametrize("which", ["run", "image_run"])
 
 
@@ -68,16 +87,18 @@ def test_embed_a_folder_with_unknown_and_unlabelled_images(run, tmp_path):
     assert list(f["labels"]) == [-1, -1, -1, 0, 0, 0, 1, 1, 1] and len(f["paths"]) == 9
 
 
-@BOTH
+@pytest.mark.parametrize("which", ["run", "image_run", "large_run"])
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_the_exported_model_equals_embed_at_any_batch_size(which, request, tmp_path, fmt):
     run = request.getfixturevalue(which)
     path = tmp_path / f"model.{fmt}"
     assert export.main([str(run), "--format", fmt, "--out", str(path)]) == 0
-    _, model, _ = embed.load_embedder(run)
-    assert model.per_image == (which == "image_run")
+    cfg, model, _ = embed.load_embedder(run)
+    assert model.per_image == (which != "run")
+    shape = (3, 40, 28) if which == "large_run" else (1, 28, 0)
+    assert (cfg.model.in_channels, cfg.model.image_size, cfg.model.net_size) == shape
     for n in (1, 7, 64):
-        x = torch.rand(n, 1, 28, 28)
+        x = torch.rand(n, *shape[:1], shape[1], shape[1])
         with torch.no_grad():
             want = model(x).numpy()
         if fmt == "onnx":

@@ -55,6 +55,7 @@ def test_a_folder_trains_with_the_shape_of_its_data(folders, tmp_path, name, cla
     assert (cfg["model"]["in_channels"], cfg["model"]["image_size"]) == (channels, size)
     assert len(cfg["data"]["mean"]) == channels
     assert (cfg["data"]["normalize"], cfg["model"]["pool"]) == ("image", "layout")  # "auto" resolved for a folder
+    assert cfg["model"]["net_size"] == (28 if size > 30 else 0)  # T0's list: MNIST's 28 px, 27-30 unpooled
     f = np.load(out / "features.npz")
     assert f["W"].shape == (len(classes), 2) and set(np.unique(f["labels"])) == set(range(len(classes)))
     plots = sorted(p.name for p in (out / "plots").iterdir())
@@ -68,6 +69,7 @@ def test_colour_read_as_grey_when_asked_and_a_class_count_against_the_data_refus
                         "--set", "model.in_channels=1", "--set", "model.image_size=28", batch=16))
     cfg = config_of(out)
     assert (cfg["model"]["in_channels"], cfg["model"]["image_size"], len(cfg["data"]["mean"])) == (1, 28, 1)
+    assert cfg["model"]["net_size"] == 0
     before = snapshot(tmp_path)
     proc = run_train(tiny_args(folders["five"], tmp_path / "refused", 1, "--dataset", "folder",
                                "--set", "head.num_classes=10"), check=False)
