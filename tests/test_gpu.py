@@ -1,16 +1,18 @@
 """The GPU path on a real CUDA device (marked `gpu`, skipped without one): bf16 and fp16 to a finished run with
-plots, exact resume with deterministic kernels, the explorer and report of a GPU run, two processes on one GPU.
+plots, exact resume with deterministic kernels, a 96-px colour folder (its image pooled inside the model) run
+twice to the same figures, the explorer and report of a GPU run, two processes on one GPU.
 bench/gpu-smoke.sh runs these first on a lent GPU; on a CPU they are skipped (the device rule itself is checked
 on the CPU: tests/test_device.py)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import PLOTS, metric_rows, run_train, summary
+from helpers import PLOTS, ROOT, metric_rows, run_train, summary
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 GPU = ["--variant", "A8", "--no-progress", "--wandb", "disabled", "--limit-train", "4096", "--limit-test", "1000"]
@@ -38,6 +40,26 @@ def test_resume_equals_the_uninterrupted_run_with_deterministic_kernels(real_dat
     run_train(["--resume", str(part), "--epochs", "2", "--no-progress", "--wandb", "disabled",
                "--data-dir", str(real_data)])
     assert metric_rows(part) == metric_rows(whole)
+
+
+def test_a_large_colour_folder_runs_twice_to_the_same_figures(real_data, tmp_path):
+    """96-px tinted digits: the image pooled to 28 px inside the model (model.net_size, the matrix form: 96 is no
+    multiple of 28) and per image normalised, under train.deterministic (the default) on CUDA."""
+    spec = importlib.util.spec_from_file_location("image_folder", ROOT / "tools" / "image_folder.py")
+    image_folder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(image_folder)
+    folder = tmp_path / "colour96"
+    image_folder.write_mixed(folder, names=["mnist"], data_dir=str(real_data), per_class=(100, 20), tinted=True,
+                             size=96, fmt="jpg")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        run_train(["--variant", "A8", "--no-progress", "--wandb", "disabled", "--dataset", "folder", "--data-dir",
+                   str(folder), "--epochs", "2", "--output-dir", str(out), "--mixed-precision", "no"])
+    config = json.loads((runs[0] / "config.json").read_text())
+    model = config["config"]["model"]
+    assert config["device"].startswith("cuda") and config["config"]["train"]["deterministic"] is True
+    assert (model["in_channels"], model["image_size"], model["net_size"]) == (3, 96, 28)
+    assert summary(runs[0])["status"] == "finished" and metric_rows(runs[0]) == metric_rows(runs[1])
 
 
 def test_explorer_and_report_read_a_gpu_run(real_data, tmp_path):

@@ -77,7 +77,7 @@ def test_gpu_smoke_dry_run_on_the_cpu(tmp_path, real_data):
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     suite = ET.parse(out / "gpu-tests.xml").getroot().find("testsuite")
-    assert (int(suite.get("tests")), int(suite.get("skipped")), int(suite.get("failures"))) == (5, 5, 0)
+    assert (int(suite.get("tests")), int(suite.get("skipped")), int(suite.get("failures"))) == (6, 6, 0)
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
     log = (out / "smoke.log").read_text()
     assert "== " in log and "main command:" in log and "done (status 0)" in log
