@@ -77,6 +77,13 @@ def fit_head(cfg: Config, explicit: set[str], own_dataset: str) -> Config:
     if data.train_classes:
         data = replace(data, train_classes=openset.resolve(data.train_classes, spec.classes))
         n, what = len(data.train_classes), f"data.train_classes lists {len(data.train_classes)} classes"
+    if n < 2:
+        names = ", ".join(str(spec.classes[i]) for i in data.train_classes) if data.train_classes else \
+            ", ".join(map(str, spec.classes)) or "none"
+        more = "list 2 or more in data.train_classes" if "data.train_classes" in explicit else \
+            "add a class (a folder of its images under train/ and test/)"
+        raise ConfigError(f"{cfg.data.dataset} in {cfg.data.data_dir}: {n} class to train on ({names}); a "
+                          f"classifier needs at least 2: {more}")
     if "head.num_classes" in explicit and head.num_classes != n:
         raise ConfigError(f"--set head.num_classes={head.num_classes}: {what}; drop the --set")
     order = head.order

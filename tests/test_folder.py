@@ -198,3 +198,27 @@ def test_a_folder_is_listed_once_per_process_until_it_changes(tmp_path, monkeypa
     assert calls == ["train", "test"] and first[0] == first[2] and len(first[0]) == 2
     Image.new("L", (28, 28), 90).save(tmp_path / "train" / "b" / "1.png")
     assert len(ImageFolderDataset(tmp_path).train.paths) == 3 and calls == ["train", "test"] * 2
+
+
+@pytest.mark.parametrize("case", ["one class folder", "one class in train/ only", "data.train_classes of one"])
+def test_one_class_to_train_on_is_one_line_exit_2_nothing_written(tmp_path, case):
+    """A classifier of one class learns nothing (its accuracy is 1.0 by construction): refused before anything is
+    written, whether the folder has one class, train/ has one (test/'s others are unseen), or --set lists one."""
+    from PIL import Image
+
+    layout = {"one class folder": {"train": "a", "test": "a"}, "one class in train/ only": {"train": "a", "test": "az"},
+              "data.train_classes of one": {"train": "ab", "test": "ab"}}[case]
+    for split, classes in layout.items():
+        for c in classes:
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("L", (28, 28), 40 * i).save(tmp_path / "d" / split / c / f"{i}.png")
+    extra = ["--set", "data.train_classes=a"] if case == "data.train_classes of one" else []
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    proc = run_train(tiny_args(tmp_path / "d", tmp_path / "run", 1, "--dataset", "folder", "--set", "data.workers=0",
+                               *extra, batch=2), check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "1 class to train on (a); a classifier needs at least 2" in lines[0]
+    assert ("data.train_classes" in lines[0]) == bool(extra)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no run folder
