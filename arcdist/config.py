@@ -94,6 +94,9 @@ class DataConfig:
     # contrast vary from image to image (results/folders: tinted digits from chance to 71 %); "auto": "image" for a
     # folder, "dataset" for the built-in datasets, resolved at start (config.json stores the resolved value)
     normalize: Literal["auto", "dataset", "image"] = "auto"
+    # a folder of classes without train/ and test/ (DIR/<class>/*): this fraction of each class's images is its test
+    # split, picked by a hash of "<class>/<file name>" (the same split on any machine; arcdist/datasets/folder.py)
+    test_fraction: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,8 @@ def validate(cfg: Config) -> None:
         (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
         (0 <= cfg.data.shift < cfg.model.image_size // 2,
          f"data.shift must be 0..{cfg.model.image_size // 2 - 1} pixels (got {cfg.data.shift}); try --set data.shift=2"),
+        (0 < cfg.data.test_fraction < 1, f"data.test_fraction must be between 0 and 1 (got {cfg.data.test_fraction}); "
+                                          "try --set data.test_fraction=0.2"),
         (0 <= cfg.data.rotate <= 180, f"data.rotate must be 0..180 degrees (got {cfg.data.rotate}); try --set data.rotate=10"),
         (not cfg.head.order or sorted(cfg.head.order) == list(range(cfg.head.num_classes)),
          f"head.order must list each class 0..{cfg.head.num_classes - 1} once (got {cfg.head.order}); "

@@ -138,7 +138,7 @@ def load_to_device(cfg: "DataConfig", device: torch.device, splits: Splits | Non
     lt, le = cfg.limit_train or None, cfg.limit_test or None
     if cfg.dataset == "folder" and splits is None:
         folder = ImageFolderDataset(cfg.data_dir, channels=model.in_channels, image_size=model.image_size,
-                                    workers=cfg.workers)
+                                    workers=cfg.workers, test_fraction=cfg.test_fraction)
         if streams(cfg, folder.nbytes(), cluster.current().launcher.local_world_size):
             return (StreamData(folder.train.paths[:lt], folder.train.labels[:lt], spec, device, folder.decode,
                                cfg.workers),

@@ -10,10 +10,12 @@ other data, or another class count, the natural order is used unless set.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from arcdist.evaluation import openset
 from arcdist.config import Config, ConfigError, ModelConfig
 from arcdist.datasets import dataset_class, dataset_spec, run_spec
+from arcdist.datasets.folder import is_split
 from arcdist.model import smallest_image, written_size
 from arcdist.variants import get_variant
 
@@ -58,13 +60,18 @@ def auto_net_size(model: ModelConfig, written_for: int) -> int:
     return min(max(written_for, smallest_image(model)), top) if model.image_size > top else 0
 
 
-def net_size_note(cfg: Config) -> str | None:
-    """The line a run prints when its layer list computes at a smaller size than the images'."""
-    m = cfg.model
-    if not m.net_size or m.net_size >= m.image_size:
-        return None
-    return (f"arcdist: {m.image_size}-px images, pooled to {m.net_size} px for {cfg.variant}'s layer list "
-            f"(model.net_size={m.net_size}; --set model.net_size=0 for the full size, or --variant R18)")
+def notes(cfg: Config) -> list[str]:
+    """The lines a run prints about choices the data made: a layer list computing at a smaller size than the
+    images', a folder of classes split by `data.test_fraction`."""
+    out, m = [], cfg.model
+    if m.net_size and m.net_size < m.image_size:
+        out.append(f"arcdist: {m.image_size}-px images, pooled to {m.net_size} px for {cfg.variant}'s layer list "
+                   f"(model.net_size={m.net_size}; --set model.net_size=0 for the full size, or --variant R18)")
+    if cfg.data.dataset == "folder" and not is_split(Path(cfg.data.data_dir)):
+        out.append(f"arcdist: {cfg.data.data_dir} has no train/ and test/: {cfg.data.test_fraction:.0%} of each "
+                   f"class's images are the test split, chosen by file name (data.test_fraction="
+                   f"{cfg.data.test_fraction})")
+    return out
 
 
 def fit_head(cfg: Config, explicit: set[str], own_dataset: str) -> Config:

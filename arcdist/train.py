@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default=None,
                    help="autocast (default: the variant's, auto = chosen for this machine)")
     p.add_argument("--dataset", default=None, help="mnist (default), fashion-mnist, cifar10, or folder: your own "
-                   "images in DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/*")
+                   "images in DATA_DIR/train/<class>/* and DATA_DIR/test/<class>/*, or DATA_DIR/<class>/* (a "
+                   "share of each class held out: data.test_fraction)")
     p.add_argument("--data-dir", default=None, help="folder holding MNIST/raw/ (default $ARCDIST_DATA_DIR or ./data); "
                    "with --dataset folder, the folder holding train/ and test/")
     p.add_argument("--output-dir", default=None, help="run folder (default runs/<variant>-s<seed>)")
@@ -101,7 +102,7 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
     if saved is not None:
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
         if (changed or cfg.train.seed != saved.train.seed
-                or any(getattr(cfg.data, k) != getattr(saved.data, k) for k in ("dataset", "normalize"))):
+                or any(getattr(cfg.data, k) != getattr(saved.data, k) for k in ("dataset", "normalize", "test_fraction"))):
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
     if saved is None:  # the data's files are checked, and what a run records of them measured (a folder's classes,
         # mean, std), before the precision probe and before anything is written; the data decides the shape
@@ -129,7 +130,7 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
     where.run_dir, where.timeout = run_dir, cfg.train.collective_timeout_s
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
-    for note in (getattr(args, "default_note", None), shape.net_size_note(cfg)):
+    for note in [getattr(args, "default_note", None), *shape.notes(cfg)]:
         if note:
             accelerator.print(note)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files

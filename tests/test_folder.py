@@ -222,3 +222,72 @@ def test_one_class_to_train_on_is_one_line_exit_2_nothing_written(tmp_path, case
     assert "1 class to train on (a); a classifier needs at least 2" in lines[0]
     assert ("data.train_classes" in lines[0]) == bool(extra)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # no run folder
+
+
+def _class_folders(root: Path, counts: dict[str, int]) -> None:
+    from PIL import Image
+
+    for c, n in counts.items():
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (28, 28), (7 * i + 11 * len(c)) % 256).save(root / c / f"img{i:02d}.png")
+
+
+def test_a_folder_of_classes_holds_out_a_fraction_of_each_class_by_file_name(tmp_path):
+    import hashlib
+
+    from arcdist.datasets.folder import listing
+
+    counts = {"ant": 10, "bee": 5, "cat": 1, "dog": 2}
+    _class_folders(tmp_path / "here", counts)
+    classes, all_classes, train, test = listing(tmp_path / "here", 0.2)
+    assert classes == all_classes == sorted(counts)
+    want_k = {"ant": 2, "bee": 1, "cat": 0, "dog": 1}  # round(0.2 n), at least 1 while one stays for training
+    for label, c in enumerate(classes):
+        names = sorted(f"img{i:02d}.png" for i in range(counts[c]))
+        first = sorted(names, key=lambda f: hashlib.sha256(f"{c}/{f}".encode()).hexdigest())[:want_k[c]]
+        got_test = sorted(Path(p).name for p, y in zip(test.paths, test.labels.tolist()) if y == label)
+        got_train = sorted(Path(p).name for p, y in zip(train.paths, train.labels.tolist()) if y == label)
+        assert got_test == sorted(first) and sorted(got_test + got_train) == names
+    assert list(train.paths) == sorted(train.paths) and list(test.paths) == sorted(test.paths)  # ImageFolder's order
+    shutil.copytree(tmp_path / "here", tmp_path / "elsewhere")
+    moved = listing(tmp_path / "elsewhere", 0.2)[3]
+    assert [Path(p).relative_to(tmp_path / "elsewhere") for p in moved.paths] == \
+        [Path(p).relative_to(tmp_path / "here") for p in test.paths]  # the same split in any place
+    assert len(listing(tmp_path / "here", 0.5)[3].paths) == 5 + 2 + 0 + 1
+
+
+def test_a_folder_of_classes_trains_and_embeds_its_held_out_split(tmp_path):
+    import json
+
+    import numpy as np
+
+    from arcdist.evaluation import embed
+
+    _class_folders(tmp_path / "d", {"ant": 10, "bee": 10, "cat": 5})
+    run_train(tiny_args(tmp_path / "d", tmp_path / "run", 1, "--dataset", "folder", "--set", "data.workers=0",
+                        batch=4))
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["data"]
+    assert (data["classes"], data["test_fraction"]) == (["ant", "bee", "cat"], 0.2)
+    saved = np.load(tmp_path / "run" / "features" / "test-epoch-0001.npz")
+    assert np.bincount(saved["labels"]).tolist() == [2, 2, 1]
+    out = tmp_path / "e.npz"
+    assert embed.main([str(tmp_path / "run"), "--out", str(out), "--no-progress"]) == 0
+    np.testing.assert_allclose(np.load(out)["features"], saved["features"], rtol=0, atol=1e-5)
+    assert len(np.load(out)["paths"]) == 5
+
+
+@pytest.mark.parametrize("case", ["train/ without test/", "test_fraction 1", "no such folder"])
+def test_a_split_that_cannot_be_made_is_one_line_exit_2_nothing_written(tmp_path, case):
+    _class_folders(tmp_path / "d" / ("train" if case == "train/ without test/" else ""), {"ant": 4, "bee": 4})
+    extra = ["--set", "data.test_fraction=1"] if case == "test_fraction 1" else []
+    data = tmp_path / ("nowhere" if case == "no such folder" else "d")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    proc = run_train(tiny_args(data, tmp_path / "run", 1, "--dataset", "folder", *extra, batch=2), check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    want = {"train/ without test/": "no test/ folder", "test_fraction 1": "data.test_fraction=1.0: the share",
+            "no such folder": "nowhere: no such folder"}[case]
+    assert want in lines[0]
+    assert ("try --set data.test_fraction=0.2" if case == "test_fraction 1" else "or DIR/<class>/*") in lines[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before

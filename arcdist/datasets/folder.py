@@ -1,4 +1,5 @@
-"""Your own images: `--dataset folder --data-dir DIR` with DIR/train/<class>/* and DIR/test/<class>/*.
+"""Your own images: `--dataset folder --data-dir DIR` with DIR/train/<class>/* and DIR/test/<class>/*, or
+DIR/<class>/* with `data.test_fraction` of each class held out as the test split (`held_out`).
 
 torchvision's `ImageFolder` layout, read by torchvision (`ImageFolder`, its loader and transforms): the class
 names are train/'s sub-folders in sorted order (label = index), test/ may hold a subset of them. Each image is
@@ -8,8 +9,8 @@ is kept as it is). The per-channel mean and std are measured on the decoded trai
 and recorded in config.json (`data.mean`, `data.std`, `data.classes`), so a resume does not measure again.
 
 Every file is checked before anything is written: a file that is not an image (by torchvision's extensions;
-names starting with "." are skipped), an image that does not decode, an empty class folder, a test class that
-train/ lacks, a missing train/ or test/: each one line naming it, exit 2.
+names starting with "." are skipped), an image that does not decode, an empty class folder, one of train/ and test/
+without the other: each one line naming it, exit 2.
 """
 from __future__ import annotations
 
@@ -45,14 +46,18 @@ def find_classes(split_dir: Path) -> list[str]:
         return tv_find_classes(str(split_dir))[0]
     except (FileNotFoundError, NotADirectoryError) as e:
         raise DataError(f"{split_dir}: {first_line(e)}; the folder needs one sub-folder per class "
-                        f"(DIR/train/<class>/*, DIR/test/<class>/*)") from None
+                        f"(DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/*)") from None
 
 
 def list_split(root: Path, split: str, classes: list[str]) -> Listing:
     """The split's images by torchvision's `make_dataset`, after checking every file in it (the module docstring)."""
+    return list_classes(root / split, classes)
+
+
+def list_classes(split_dir: Path, classes: list[str]) -> Listing:
+    """The images of `split_dir`/<class>/*, checked file by file, labelled by their index in `classes`."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
-    split_dir = root / split
     for name in find_classes(split_dir):
         folder = split_dir / name
         files = [f for f in sorted(os.listdir(folder)) if not f.startswith(".")]
@@ -68,11 +73,25 @@ def list_split(root: Path, split: str, classes: list[str]) -> Listing:
     return Listing(tuple(p for p, _ in samples), torch.tensor([y for _, y in samples], dtype=torch.long))
 
 
+def is_split(root: Path) -> bool:
+    """True for DIR/train/ and DIR/test/, False for DIR/<class>/* (split by `held_out`); a DataError for neither,
+    or for one of train/ and test/ without the other."""
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder; a folder dataset is DIR/train/<class>/* and DIR/test/<class>/*, "
+                        "or DIR/<class>/* (point --data-dir at DIR)")
+    have = [s for s in SPLITS if (root / s).is_dir()]
+    if len(have) == 1:
+        missing = next(s for s in SPLITS if s not in have)
+        raise DataError(f"{root}: no {missing}/ folder; a folder dataset is DIR/train/<class>/* and "
+                        f"DIR/test/<class>/*, or DIR/<class>/* (point --data-dir at DIR)")
+    return bool(have)
+
+
 def _stamp(root: Path) -> tuple:
     """The modification times of the split folders and their class folders: what adding, removing or renaming a
     file or a class changes."""
     out = []
-    for split in SPLITS:
+    for split in (SPLITS if is_split(root) else ("",)):
         d = root / split
         out.append((split, d.stat().st_mtime_ns))
         out += [(split, e.name, e.stat().st_mtime_ns) for e in sorted(os.scandir(d), key=lambda e: e.name)
@@ -80,8 +99,25 @@ def _stamp(root: Path) -> tuple:
     return tuple(out)
 
 
+def held_out(listing: Listing, classes: list[str], fraction: float) -> tuple[Listing, Listing]:
+    """(train, test) of one folder of classes: round(fraction x n) of each class's n images (at least 1 while the
+    class keeps one for training) are the test split, those first in the order of SHA-256 of "<class>/<file name>"
+    (the same split on any machine, whatever the folder's path); each split in ImageFolder's order."""
+    test = torch.zeros(len(listing.paths), dtype=torch.bool)
+    for label, name in enumerate(classes):
+        rows = (listing.labels == label).nonzero().flatten().tolist()
+        k = min(max(round(fraction * len(rows)), 1), len(rows) - 1) if len(rows) > 1 else 0
+        key = {i: hashlib.sha256(f"{name}/{os.path.basename(listing.paths[i])}".encode()).hexdigest() for i in rows}
+        test[sorted(rows, key=key.__getitem__)[:k]] = True
+    pick = lambda mask: Listing(tuple(p for p, m in zip(listing.paths, mask.tolist()) if m), listing.labels[mask])
+    return pick(~test), pick(test)
+
+
 @functools.lru_cache(maxsize=4)
-def _listing(root: Path, stamp: tuple) -> tuple[list[str], list[str], Listing, Listing]:
+def _listing(root: Path, stamp: tuple, fraction: float) -> tuple[list[str], list[str], Listing, Listing]:
+    if not is_split(root):
+        classes = find_classes(root)
+        return classes, classes, *held_out(list_classes(root, classes), classes, fraction)
     # the classes of both splits: a class in test/ only is one the run never trains on (arcdist.evaluation.openset)
     trained = find_classes(root / "train")
     classes = sorted(set(trained) | set(find_classes(root / "test")))
@@ -89,11 +125,12 @@ def _listing(root: Path, stamp: tuple) -> tuple[list[str], list[str], Listing, L
     return trained, classes, train, test
 
 
-def listing(root: Path) -> tuple[list[str], list[str], Listing, Listing]:
+def listing(root: Path, fraction: float = 0.2) -> tuple[list[str], list[str], Listing, Listing]:
     """(train/'s classes, all classes, the train listing, the test listing), checked file by file: listed once per
-    process while the folder is unchanged (a run's start asks for it three times: shape, statistics, loading)."""
+    process while the folder is unchanged (a run's start asks for it three times: shape, statistics, loading).
+    A folder of classes without train/ and test/ holds out `fraction` of each class as its test split."""
     root = Path(root).absolute()
-    return _listing(root, _stamp(root))
+    return _listing(root, _stamp(root), fraction)
 
 
 class Decoder:
@@ -188,14 +225,13 @@ class ImageFolderDataset(Dataset):
     spec = DatasetSpec("folder", channels=0, image_size=0, mean=(), std=(), classes=())
 
     def __init__(self, root: str | os.PathLike, download: bool = True, channels: int = 1, image_size: int = 28,
-                 workers: int = 0):
+                 workers: int = 0, test_fraction: float = 0.2):
         super().__init__(root, download)
+        if not 0 < test_fraction < 1:
+            raise DataError(f"data.test_fraction={test_fraction}: the share of each class held out for testing must "
+                            "be between 0 and 1; try --set data.test_fraction=0.2")
         self.decode, self.workers = Decoder(channels, image_size), workers
-        for split in SPLITS:
-            if not (self.root / split).is_dir():
-                raise DataError(f"{self.root}: no {split}/ folder; a folder dataset is DIR/train/<class>/* and "
-                                f"DIR/test/<class>/* (point --data-dir at DIR)")
-        self.trained, self.classes, self.train, self.test = listing(self.root)
+        self.trained, self.classes, self.train, self.test = listing(self.root, test_fraction)
 
     def read(self) -> Splits:
         return Splits(decode_all(self.train.paths, self.decode, self.workers), self.train.labels,
@@ -211,7 +247,8 @@ class ImageFolderDataset(Dataset):
         """Class names and the train split's mean and std, measured once (a resume keeps the recorded ones)."""
         if data.classes:
             return data
-        ds = cls(data.data_dir, channels=model.in_channels, image_size=model.image_size, workers=data.workers)
+        ds = cls(data.data_dir, channels=model.in_channels, image_size=model.image_size, workers=data.workers,
+                 test_fraction=data.test_fraction)
         stats = once_per_node("folder-stats", dict(files=listing_id(ds.train.paths), channels=model.in_channels,
                                                    size=model.image_size),
                               lambda: dict(zip(("mean", "std"), measure_files(ds.train.paths, ds.decode,
@@ -224,7 +261,7 @@ class ImageFolderDataset(Dataset):
     def shape(cls, data, model) -> tuple[int, int]:
         """(channels, size) of the folder's images: 3 when a sample of its train images holds colour, else 1; the
         median shorter side of the sample (images are resized to it and centre-cropped)."""
-        ds = cls(data.data_dir, channels=1, image_size=28)
+        ds = cls(data.data_dir, channels=1, image_size=28, test_fraction=data.test_fraction)
         return tuple(once_per_node("folder-shape", dict(files=listing_id(ds.train.paths)),
                                    lambda: list(image_shape(ds.train.paths))))
 

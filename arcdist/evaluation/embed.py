@@ -137,7 +137,7 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
           images: Path | None = None, epoch: int | None = None, progress: bool = True) -> dict:
     """Write the npz (module docstring); returns what it holds (counts, the checkpoint)."""
     from arcdist.datasets import dataset_spec, load_dataset
-    from arcdist.datasets.folder import Decoder, decode_all
+    from arcdist.datasets.folder import SPLITS, Decoder, decode_all, is_split, listing
 
     cfg, model, path = load_embedder(run_dir, epoch)
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
@@ -150,8 +150,13 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
     else:
         name = dataset or cfg.data.dataset
         if name == "folder":  # labelled by the run's own classes (a split may lack some; -1: not one of them)
-            root = Path(data_dir or cfg.data.data_dir) / split
-            paths, labels, found = image_files(root)
+            root = Path(data_dir or cfg.data.data_dir)
+            if is_split(root):
+                paths, labels, found = image_files(root / split)
+            else:  # one folder of classes: the run's held-out split of it
+                _, found, *splits = listing(root, cfg.data.test_fraction)
+                chosen = splits[SPLITS.index(split)]
+                paths, labels = list(chosen.paths), chosen.labels.tolist()
             classes = list(cfg.data.classes)
             labels = [classes.index(found[k]) if k >= 0 and found[k] in classes else -1 for k in labels]
             x = decode_all(tuple(paths), Decoder(cfg.model.in_channels, cfg.model.image_size), cfg.data.workers)
