@@ -70,6 +70,9 @@ CASES = {
     "resume another variant": (lambda w: ["--resume", str(w["run"]), "--variant", "V0"], "is variant T0, not V0"),
     "resume with another normalisation": (lambda w: ["--resume", str(w["run"]), "--set", "data.normalize=image"],
                                           "only --epochs and --data-dir may change on resume"),
+    "resume with another held-out share": (lambda w: ["--resume", str(w["run"]), "--set", "data.test_fraction=0.3"],
+                                           "only --epochs and --data-dir may change on resume"),
+    "held-out share of 0": (lambda w: ["--set", "data.test_fraction=0"], "data.test_fraction must be between 0 and 1"),
 }  # a truncated checkpoint is moved aside, not refused as it stands: tests/test_torn_files.py
 
 
