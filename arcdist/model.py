@@ -286,10 +286,9 @@ def _check_net_size(cfg: ModelConfig) -> None:
 
 def describe(cfg: ModelConfig) -> dict:
     """Parameters, forward FLOPs per image (2 x multiply-adds of conv/linear) and shapes, from the layer list."""
-    if cfg.arch == "resnet18":
-        _check_net_size(cfg)
-        return _describe_resnet(cfg.in_channels, cfg.image_size, cfg.feature_dim)
     _check_net_size(cfg)
+    if cfg.arch == "resnet18":
+        return _describe_resnet(cfg.in_channels, cfg.image_size, cfg.feature_dim)
     c, h = cfg.in_channels, cfg.image_size
     params = flops = 0
     fit_at, fit = collapse_fit(cfg)

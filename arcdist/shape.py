@@ -88,7 +88,7 @@ def fit_head(cfg: Config, explicit: set[str], own_dataset: str) -> Config:
         names = ", ".join(str(spec.classes[i]) for i in data.train_classes) if data.train_classes else \
             ", ".join(map(str, spec.classes)) or "none"
         more = "list 2 or more in data.train_classes" if "data.train_classes" in explicit else \
-            "add a class (a folder of its images under train/ and test/)"
+            "add a class (a sub-folder of its images)"
         raise ConfigError(f"{cfg.data.dataset} in {cfg.data.data_dir}: {n} class to train on ({names}); a "
                           f"classifier needs at least 2: {more}")
     if "head.num_classes" in explicit and head.num_classes != n:

@@ -102,7 +102,8 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
     if saved is not None:
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
         if (changed or cfg.train.seed != saved.train.seed
-                or any(getattr(cfg.data, k) != getattr(saved.data, k) for k in ("dataset", "normalize", "test_fraction"))):
+                or any(getattr(cfg.data, k) != getattr(saved.data, k)
+                       for k in ("dataset", "normalize", "test_fraction"))):
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
     if saved is None:  # the data's files are checked, and what a run records of them measured (a folder's classes,
         # mean, std), before the precision probe and before anything is written; the data decides the shape
