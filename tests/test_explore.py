@@ -368,3 +368,36 @@ def test_above_20_classes_w_is_a_ring_of_ticks_without_caps_and_absent_behind_ra
     assert len(lines) == n and {s["xref"] for s in lines} == {"x2"}  # the circle panel only
     assert all(np.hypot(s["x0"], s["y0"]) == pytest.approx(1.08) and np.hypot(s["x1"], s["y1"]) == pytest.approx(1.25)
                for s in lines)
+
+
+def test_a_colour_folder_runs_tooltip_images_are_its_held_out_images_in_colour(tmp_path):
+    """The tooltips show the run's own test images as it read them: its channels (colour here, not grey), its
+    held-out split of a folder of classes (data.test_fraction), at most THUMB px; another split is named, no image."""
+    from accelerate import Accelerator
+    from PIL import Image
+
+    from arcdist.datasets.folder import Decoder, ImageFolderDataset, decode_all
+    from arcdist.recorder import Recorder
+
+    rng = np.random.default_rng(0)
+    for c in "abc":
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "d" / c / f"{i}.png")
+    held = ImageFolderDataset(tmp_path / "d", channels=3, image_size=96, test_fraction=0.4).test
+    assert len(held.paths) == 6
+    run = tmp_path / "colour-s0"
+    run.mkdir()
+    config = dict(data=dict(dataset="folder", data_dir=str(tmp_path / "d"), classes=list("abc"), test_fraction=0.4),
+                  model=dict(in_channels=3, image_size=96))
+    (run / "config.json").write_text(json.dumps(dict(config=config)))
+    W = torch.eye(3, 2)
+    Recorder(run, Accelerator(cpu=True)).save_features(1, "test", torch.randn(6, 2), held.labels, dict(W=W), 0.2, "c")
+    series = explore.find_panels(run)[0][0]
+    images, why = explore.load_images(series, None, np.array([5, 0, 3]))
+    assert why == "" and images.shape == (3, 3, explore.THUMB, explore.THUMB)
+    want = decode_all(tuple(held.paths[i] for i in (5, 0, 3)), Decoder(3, explore.THUMB)).numpy()
+    assert np.array_equal(images, want)
+    series.test_fraction = 0.2  # another split of the folder: 3 test images, not the features' 6
+    images, why = explore.load_images(series, None, np.array([0]))
+    assert images is None and "do not match" in why

@@ -12,14 +12,14 @@ network): features are stored per epoch as 16-bit codes over that epoch's range,
 images once as a PNG sprite, so that a 12-run grid of 100 epochs fits the default 20 MB (`--max-mb`).
 """
 from arcdist.explore.cli import main, parse_args
-from arcdist.explore.features import (DEFAULT_POINTS, DEFAULT_MAX_MB, SPRITE_COLS, MISSING, SAMPLE_SEED,
+from arcdist.explore.features import (DEFAULT_POINTS, DEFAULT_MAX_MB, SPRITE_COLS, THUMB, MISSING, SAMPLE_SEED,
                                       WANDB_TABLE_ROWS, ExploreError, Series, read_series, predictions,
                                       angles_to_class, feature_rows, wandb_table, TABLE_COLUMNS, sample_points,
                                       pick_epochs, quantise, dequantise, sprite, load_images, Panel, find_panels,
                                       epoch_payload, estimate_bytes)
 from arcdist.explore.page import build_page
 
-__all__ = ["build_page", "main", "parse_args", "DEFAULT_POINTS", "DEFAULT_MAX_MB", "SPRITE_COLS", "MISSING",
+__all__ = ["build_page", "main", "parse_args", "DEFAULT_POINTS", "DEFAULT_MAX_MB", "SPRITE_COLS", "THUMB", "MISSING",
            "SAMPLE_SEED", "WANDB_TABLE_ROWS", "ExploreError", "Series", "read_series", "predictions",
            "angles_to_class", "feature_rows", "wandb_table", "TABLE_COLUMNS", "sample_points", "pick_epochs",
            "quantise", "dequantise", "sprite", "load_images", "Panel", "find_panels", "epoch_payload",

@@ -178,7 +178,7 @@
     const i = pt.customdata, label = src.labels[i], pred = d.pred[i];
     const img = document.getElementById('tip-img');
     if (src.sprite) {
-      const [h, w] = src.size, k = 2, col = i % src.cols, row = Math.floor(i / src.cols);
+      const [h, w] = src.size, k = 56 / w, col = i % src.cols, row = Math.floor(i / src.cols);  // the 56-px box
       img.style.display = 'block';
       img.style.backgroundImage = `url(${src.sprite})`;
       img.style.backgroundSize = `${src.cols * w * k}px auto`;

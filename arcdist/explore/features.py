@@ -18,6 +18,7 @@ from arcdist import runinfo
 DEFAULT_POINTS = 2000
 DEFAULT_MAX_MB = 20.0
 SPRITE_COLS = 100
+THUMB = 32  # pixels: a tooltip image larger than this is decoded at this size (the sprite stays small)
 MISSING = 65535  # 16-bit code of a non-finite coordinate (plotly skips the NaN it decodes to)
 SAMPLE_SEED = 0  # the same points in every panel and every build
 WANDB_TABLE_ROWS = DEFAULT_POINTS  # the page's sample of each epoch (10,000 rows cost 0.7 s an epoch to build and log)
@@ -37,6 +38,9 @@ class Series:
     dataset: str = "mnist"
     data_dir: str | None = None
     classes: tuple[str, ...] = ()  # a folder dataset's recorded class names
+    channels: int = 1  # a folder run's images as it read them: channels, size, and how its test split was held out
+    image_size: int = 28
+    test_fraction: float = 0.2
     dim: int = 2  # the feature size (above 3: drawn through a projection)
     projection: str = ""  # its caption
     epochs: dict[int, dict] = field(default_factory=dict)  # epoch -> features, labels, W, b, centers, margin, caption
@@ -117,9 +121,11 @@ def read_series(run_dir: Path, name: str | None = None) -> Series:
             config = json.loads((run_dir / runinfo.CONFIG).read_text()).get("config", {})
         except json.JSONDecodeError:
             config = {}
-    data_cfg = config.get("data", {})
+    data_cfg, model_cfg = config.get("data", {}), config.get("model", {})
     series = Series(name or run_dir.name, run_dir, data_cfg.get("dataset", "mnist"), data_cfg.get("data_dir"),
-                    classes=tuple(data_cfg.get("classes") or ()), accuracy=accuracy)
+                    classes=tuple(data_cfg.get("classes") or ()), channels=model_cfg.get("in_channels", 1),
+                    image_size=model_cfg.get("image_size", 28), test_fraction=data_cfg.get("test_fraction", 0.2),
+                    accuracy=accuracy)
     first, proj = None, None
     for epoch, path in files.items():
         d = _load_npz(path)
@@ -249,14 +255,23 @@ def load_images(series: Series, data_dir: str | None, index: np.ndarray) -> tupl
     from arcdist.data import load_dataset, resolve_data_dir
 
     folder = data_dir or series.data_dir or resolve_data_dir(None)
+    labels = next(iter(series.epochs.values()))["labels"]
     try:
-        splits = load_dataset(series.dataset, folder, download=False)
+        if series.dataset == "folder":  # as the run read it (channels, split), at most THUMB px: the sample only
+            from arcdist.datasets.folder import ImageFolderDataset, decode_all
+
+            ds = ImageFolderDataset(folder, channels=series.channels, image_size=min(series.image_size, THUMB),
+                                    test_fraction=series.test_fraction)
+            test_y = ds.test.labels
+            images = lambda: decode_all(tuple(ds.test.paths[i] for i in index.tolist()), ds.decode)
+        else:
+            splits = load_dataset(series.dataset, folder, download=False)
+            test_y, images = splits.test_y, lambda: splits.test_x[:len(labels)][index]
+        if len(test_y) < len(labels) or not np.array_equal(test_y[:len(labels)].numpy(), labels):
+            return None, f"the {series.dataset} test labels in {folder} do not match {series.name}'s features"
+        return images().numpy(), ""
     except Exception as e:  # noqa: BLE001 - any reason: the page is still useful without images
         return None, f"no test images for {series.dataset} in {folder} ({str(e).splitlines()[0]})"
-    labels = next(iter(series.epochs.values()))["labels"]
-    if len(splits.test_y) < len(labels) or not np.array_equal(splits.test_y[:len(labels)].numpy(), labels):
-        return None, f"the {series.dataset} test labels in {folder} do not match {series.name}'s features"
-    return splits.test_x[:len(labels)][index].numpy(), ""
 
 
 # --- the page -----------------------------------------------------------------------------------------
