@@ -60,6 +60,21 @@ def test_retrieval_on_a_large_test_set_samples_its_queries_seeded():
     assert sampled != exact
 
 
+def test_retrieval_leaves_out_lone_queries_and_gives_no_figure_when_every_class_is_alone():
+    """A test split of one image per class has nothing to retrieve: no figure (it was NaN, written into the JSON
+    files as a bare NaN); with some classes of one image, the figures are over the other classes' queries."""
+    from arcdist.evaluation.retrieval import retrieval_metrics
+
+    g = torch.Generator().manual_seed(1)
+    assert retrieval_metrics(torch.randn(50, 8, generator=g), torch.arange(50)) == {}
+    assert retrieval_metrics(torch.randn(0, 2), torch.zeros(0, dtype=torch.long)) == {}
+    pairs = torch.arange(40) // 2  # 20 classes of two images
+    feats = torch.nn.functional.one_hot(pairs, 30).float() + 0.05 * torch.randn(40, 30, generator=g)
+    lone = torch.nn.functional.one_hot(torch.arange(20, 30), 30).float()  # 10 classes of one image
+    both = retrieval_metrics(torch.cat([feats, lone]), torch.cat([pairs, torch.arange(20, 30)]))
+    assert both == pytest.approx(retrieval_metrics(feats, pairs)) and both["precision_at_1"] == 1.0
+
+
 @pytest.mark.parametrize("n,classes,max_queries", [(4000, 10, 4000), (4000, 10, 1500), (600, 2, 600)])
 def test_circle_knn_finds_pml_custom_knns_neighbours_in_2d(n, classes, max_queries):
     """2-D by angle: the same neighbours and the same metrics as PML's CustomKNN in float64 (every query, sampled

@@ -24,7 +24,9 @@ MAX_QUERIES = 10_000
 
 def retrieval_metrics(features: torch.Tensor, labels: torch.Tensor, by: str = "angle",
                       batch_size: int = 1024, max_queries: int = MAX_QUERIES) -> dict[str, float]:
-    """{"precision_at_1", "r_precision", "mean_average_precision_at_r"} of `features` (N, D) against themselves."""
+    """{"precision_at_1", "r_precision", "mean_average_precision_at_r"} of `features` (N, D) against themselves,
+    over the queries whose class has another image here (PML leaves out the rest); {} when no class has two (a
+    test split of one image per class: nothing to retrieve, no figure rather than NaN)."""
     from pytorch_metric_learning.distances import CosineSimilarity, LpDistance
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
     from pytorch_metric_learning.utils.inference import CustomKNN
@@ -36,6 +38,8 @@ def retrieval_metrics(features: torch.Tensor, labels: torch.Tensor, by: str = "a
         knn = CircleKNN(knn, batch_size)
     calc = AccuracyCalculator(include=METRICS, k="max_bin_count", device=torch.device("cpu"), knn_func=knn)
     y = labels.detach().cpu()
+    if len(y) == 0 or torch.unique(y, return_counts=True)[1].max() < 2:
+        return {}
     if len(x) <= max_queries:
         return {k: float(v) for k, v in calc.get_accuracy(x, y).items()}
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # the sampled queries first: PML's
