@@ -68,7 +68,9 @@ class OptimConfig:
 class DataConfig:
     dataset: str = "mnist"  # mnist, fashion-mnist, cifar10 or folder (--dataset)
     data_dir: str = "./data"  # where the dataset is (--data-dir; $ARCDIST_DATA_DIR)
-    batch_size: int = 256  # global batch (images per step, summed over ranks)
+    # global batch (images per step, summed over ranks); a folder's, unless set: halved from the variant's while an
+    # epoch would take fewer than 32 steps, not below 16 (arcdist.shape.auto_batch; results/folders)
+    batch_size: int = 256
     limit_train: int = 0  # use only the first N training images (0 = all)
     limit_test: int = 0  # use only the first N test images (0 = all)
     download: bool = True  # try torchvision's download when files are missing

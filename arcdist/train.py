@@ -112,6 +112,7 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         cfg = replace(cfg, data=dataset_class(cfg.data.dataset).settle(cfg.data, cfg.model))
         cfg = replace(cfg, data=replace(cfg.data, normalize=normalization(cfg.data)))
         cfg = shape.fit_head(cfg, explicit, get_variant(cfg.variant).config.data.dataset)
+        cfg = shape.fit_batch(cfg, explicit)
     elif cfg.data.dataset != "folder":  # (a folder is checked file by file when the run loads it)
         dataset_class(cfg.data.dataset)(cfg.data.data_dir, download=False).check()
     describe(cfg.model)  # shape check of the layer list

@@ -291,3 +291,31 @@ def test_a_split_that_cannot_be_made_is_one_line_exit_2_nothing_written(tmp_path
     assert want in lines[0]
     assert ("try --set data.test_fraction=0.2" if case == "test_fraction 1" else "or DIR/<class>/*") in lines[0]
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("n, batch", [(60_000, 256), (7_500, 128), (3_000, 64), (1_500, 32), (1_000, 16),
+                                      (200, 16), (10, 16)])
+def test_a_folder_batch_leaves_an_epoch_at_least_32_steps(n, batch):
+    from arcdist.shape import MIN_STEPS, auto_batch
+
+    assert auto_batch(n, 256) == batch
+    assert n // batch >= MIN_STEPS or batch == 16  # the floor
+    assert auto_batch(n, 64) == min(batch, 64)  # never above the variant's
+
+
+def test_a_small_folder_trains_at_the_batch_its_size_allows_and_says_so(tmp_path):
+    import json
+
+    from helpers import TINY
+
+    _class_folders(tmp_path / "d", {"ant": 30, "bee": 30})  # 48 train images: 256 would be refused
+    proc = run_train([*TINY, "--epochs", "1", "--data-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "run"),
+                      "--dataset", "folder", "--set", "data.workers=0"])
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["data"]
+    assert data["batch_size"] == 16
+    assert "48 training images: batch 16, 3 steps an epoch (T0's 256 would take 0" in proc.stdout
+    kept = run_train([*TINY, "--epochs", "1", "--data-dir", str(tmp_path / "d"), "--output-dir",
+                      str(tmp_path / "set"), "--dataset", "folder", "--set", "data.workers=0",
+                      "--set", "data.batch_size=32"])
+    assert json.loads((tmp_path / "set" / "config.json").read_text())["config"]["data"]["batch_size"] == 32
+    assert "training images: batch" in kept.stdout  # a set batch below the variant's is named too

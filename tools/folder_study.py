@@ -7,7 +7,8 @@ MAP@R; the table goes to results/folders/README.md's data file (rows.json) and i
 The folders (tools/image_folder.py): `twenty` (the ten digits and the ten clothes), `five` (digits 0-4),
 `colour48` (the digits tinted on a random background, 48 px JPEG) and the same images read as grey
 (`--set model.in_channels=1`); `colour96` likewise at 96 px. Rows `twenty-3d` train the twenty classes in 3-D, `r18-colour96` torchvision's
-ResNet-18 (`--variant R18`) on the 96 px colour digits, `colour48-30ep` the 48 px ones for 30 epochs, `plain48` the digits at 48 px untinted (grey), `ten` the ten digits at 28 px (the same images' own size).
+ResNet-18 (`--variant R18`) on the 96 px colour digits, `colour48-30ep` the 48 px ones for 30 epochs, `plain48` the digits at 48 px untinted (grey), `ten` the ten digits at 28 px (the same images' own size),
+`small10` and `mid10` the ten digits with 20 and 100 train images per class (--per-class does not apply to them).
 """
 from __future__ import annotations
 
@@ -30,12 +31,14 @@ FOLDERS = {"twenty": dict(names=["mnist", "fashion-mnist"]),
            "colour48": dict(names=["mnist"], tinted=True, size=48, fmt="jpg"),
            "colour96": dict(names=["mnist"], tinted=True, size=96, fmt="jpg"),
            "plain48": dict(names=["mnist"], size=48, fmt="jpg"),
-           "ten": dict(names=["mnist"])}
+           "ten": dict(names=["mnist"]),
+           "small10": dict(names=["mnist"], per_class=(20, 100)),  # 200 train images
+           "mid10": dict(names=["mnist"], per_class=(100, 100))}  # 1,000
 ROWS = [("twenty", "twenty", []), ("twenty-3d", "twenty", ["--set", "model.feature_dim=3"]), ("five", "five", []),
         ("colour48", "colour48", []), ("grey48", "colour48", ["--set", "model.in_channels=1"]),
         ("colour96", "colour96", []), ("grey96", "colour96", ["--set", "model.in_channels=1"]),
         ("r18-colour96", "colour96", ["--variant", "R18"]), ("colour48-30ep", "colour48", ["--epochs", "30"]),
-        ("plain48", "plain48", []), ("ten", "ten", [])]
+        ("plain48", "plain48", []), ("ten", "ten", []), ("small10", "small10", []), ("mid10", "mid10", [])]
 
 
 def main() -> int:
@@ -59,7 +62,7 @@ def main() -> int:
     for row, folder, extra in ((r + a.tag, f, [*e, *sets]) for r, f, e in ROWS if r in wanted):
         d = a.out / "data" / folder
         if not d.exists():
-            image_folder.write_mixed(d, data_dir=data, per_class=per, **FOLDERS[folder])
+            image_folder.write_mixed(d, data_dir=data, **{"per_class": per, **FOLDERS[folder]})
         for seed in map(int, a.seeds.split(",")):
             run = a.out / "runs" / f"{row}-s{seed}"
             cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), "--dataset", "folder", "--data-dir", str(d),
