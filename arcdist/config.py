@@ -300,6 +300,12 @@ def _set_head(head: HeadConfig, name: str, text: str, key: str) -> HeadConfig:
     return head.replace(**{name: _coerce(text, shared.get(name) or own[name], key)})
 
 
+def test_fraction_problem(value: float) -> str:
+    """The one line for a data.test_fraction outside (0, 1): checked by `validate`, and by a folder dataset, which
+    a run lists before `validate` and the explorer and embed build from a recorded config."""
+    return f"data.test_fraction must be between 0 and 1 (got {value}); try --set data.test_fraction=0.2"
+
+
 def validate(cfg: Config) -> None:
     """Reject values that cannot train; each message says how to fix it."""
     checks = [
@@ -315,8 +321,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
         (0 <= cfg.data.shift < cfg.model.image_size // 2,
          f"data.shift must be 0..{cfg.model.image_size // 2 - 1} pixels (got {cfg.data.shift}); try --set data.shift=2"),
-        (0 < cfg.data.test_fraction < 1, f"data.test_fraction must be between 0 and 1 (got {cfg.data.test_fraction}); "
-                                          "try --set data.test_fraction=0.2"),
+        (0 < cfg.data.test_fraction < 1, test_fraction_problem(cfg.data.test_fraction)),
         (0 <= cfg.data.rotate <= 180, f"data.rotate must be 0..180 degrees (got {cfg.data.rotate}); try --set data.rotate=10"),
         (not cfg.head.order or sorted(cfg.head.order) == list(range(cfg.head.num_classes)),
          f"head.order must list each class 0..{cfg.head.num_classes - 1} once (got {cfg.head.order}); "

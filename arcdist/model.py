@@ -272,10 +272,15 @@ def written_size(cfg: ModelConfig) -> int:
     return size
 
 
+def takes_net_size(cfg: ModelConfig) -> bool:
+    """Whether model.net_size can apply: a layer list whose first entry is a ConvLayer (its Conv2d pools)."""
+    return cfg.arch == "layers" and bool(cfg.layers) and cfg.layers[0][0] == "conv"
+
+
 def _check_net_size(cfg: ModelConfig) -> None:
     if not cfg.net_size:
         return
-    if cfg.arch != "layers" or not cfg.layers or cfg.layers[0][0] != "conv":
+    if not takes_net_size(cfg):
         raise ConfigError(f"model.net_size={cfg.net_size} pools the image before a layer list's first ConvLayer; "
                           "this model has none there: drop the --set (or --set model.net_size=0)")
     if not smallest_image(cfg) <= cfg.net_size <= cfg.image_size:

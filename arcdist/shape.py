@@ -18,7 +18,7 @@ from arcdist.evaluation import openset
 from arcdist.config import Config, ConfigError, ModelConfig
 from arcdist.datasets import dataset_class, dataset_spec, run_spec
 from arcdist.datasets.folder import is_split, listing
-from arcdist.model import smallest_image, written_size
+from arcdist.model import smallest_image, takes_net_size, written_size
 from arcdist.variants import get_variant
 
 
@@ -56,7 +56,7 @@ def auto_net_size(model: ModelConfig, written_for: int) -> int:
     its variant's own dataset's: 28 px for the post's and A6-A10's lists; kept inside the sizes the list takes to
     its fc's map unpooled, `smallest_image`..`written_size`) when the images are larger than it takes unpooled,
     else at the image size (0). A8's list on 96-px images: 60.7 % at 96 px, 80.3 % at 28 (results/folders)."""
-    if model.arch != "layers" or not model.layers or model.layers[0][0] != "conv":
+    if not takes_net_size(model):
         return 0
     top = written_size(model)
     return min(max(written_for, smallest_image(model)), top) if model.image_size > top else 0

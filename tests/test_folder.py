@@ -286,7 +286,7 @@ def test_a_split_that_cannot_be_made_is_one_line_exit_2_nothing_written(tmp_path
     proc = run_train(tiny_args(data, tmp_path / "run", 1, "--dataset", "folder", *extra, batch=2), check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    want = {"train/ without test/": "no test/ folder", "test_fraction 1": "data.test_fraction=1.0: the share",
+    want = {"train/ without test/": "no test/ folder", "test_fraction 1": "data.test_fraction must be between 0 and 1 (got 1.0)",
             "no such folder": "nowhere: no such folder"}[case]
     assert want in lines[0]
     assert ("try --set data.test_fraction=0.2" if case == "test_fraction 1" else "or DIR/<class>/*") in lines[0]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from arcdist.config import test_fraction_problem
 from arcdist.datasets.base import DataError, Dataset, DatasetSpec, Splits, register_dataset
 from arcdist.errors import first_line
 from arcdist.nodecache import once_per_node
@@ -228,8 +229,7 @@ class ImageFolderDataset(Dataset):
                  workers: int = 0, test_fraction: float = 0.2):
         super().__init__(root, download)
         if not 0 < test_fraction < 1:
-            raise DataError(f"data.test_fraction={test_fraction}: the share of each class held out for testing must "
-                            "be between 0 and 1; try --set data.test_fraction=0.2")
+            raise DataError(test_fraction_problem(test_fraction))
         self.decode, self.workers = Decoder(channels, image_size), workers
         self.trained, self.classes, self.train, self.test = listing(self.root, test_fraction)
 
