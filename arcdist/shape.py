@@ -83,25 +83,44 @@ def train_images(cfg: Config) -> int:
     return len(labels)
 
 
-def fit_batch(cfg: Config, explicit: set[str]) -> Config:
-    """A folder's data.batch_size from its size unless set (`auto_batch`)."""
-    if cfg.data.dataset != "folder" or "data.batch_size" in explicit:
+def split_batch(batch: int, world: int) -> int:
+    """`batch` rounded down to a multiple of the process count, at least one image a process (256 on 3: 255)."""
+    return max(world, batch // world * world)
+
+
+def single_batch(cfg: Config) -> int:
+    """The batch of one process with data.batch_size unset: the variant's; a folder's from its size (`auto_batch`)."""
+    own = get_variant(cfg.variant).config.data.batch_size
+    return auto_batch(train_images(cfg), own) if cfg.data.dataset == "folder" else own
+
+
+def fit_batch(cfg: Config, explicit: set[str], world: int = 1) -> Config:
+    """data.batch_size unless set: a folder's from its size (`auto_batch`), split evenly over `world` processes
+    (`split_batch`). A batch given with --set is kept; one that does not split is refused by the trainer."""
+    if "data.batch_size" in explicit:
         return cfg
-    return replace(cfg, data=replace(cfg.data, batch_size=auto_batch(train_images(cfg), cfg.data.batch_size)))
+    batch = auto_batch(train_images(cfg), cfg.data.batch_size) if cfg.data.dataset == "folder" else cfg.data.batch_size
+    return replace(cfg, data=replace(cfg.data, batch_size=split_batch(batch, world)))
 
 
-def notes(cfg: Config) -> list[str]:
-    """The lines a run prints about choices the data made: a layer list computing at a smaller size than the
-    images', a folder's smaller batch, a folder of classes split by `data.test_fraction`."""
+def notes(cfg: Config, world: int = 1) -> list[str]:
+    """The lines a run prints about choices the data and the launch made: a layer list computing at a smaller size
+    than the images', a folder's smaller batch, a batch rounded to split over `world` processes, a folder of classes
+    split by `data.test_fraction`."""
     out, m = [], cfg.model
     if m.net_size and m.net_size < m.image_size:
         out.append(f"arcdist: {m.image_size}-px images, pooled to {m.net_size} px for {cfg.variant}'s layer list "
                    f"(model.net_size={m.net_size}; --set model.net_size=0 for the full size, or --variant R18)")
+    single = single_batch(cfg)
     own = get_variant(cfg.variant).config.data.batch_size if cfg.data.dataset == "folder" else 0
-    if cfg.data.batch_size < own:
+    if cfg.data.batch_size < own and single < own:
         n = train_images(cfg)
         out.append(f"arcdist: {n:,} training images: batch {cfg.data.batch_size}, {n // cfg.data.batch_size} steps an "
                    f"epoch ({cfg.variant}'s {own} would take {n // own}; --set data.batch_size={own} keeps it)")
+    if world > 1 and single % world and cfg.data.batch_size == split_batch(single, world):
+        out.append(f"arcdist: batch {cfg.data.batch_size} ({cfg.data.batch_size // world} on each of {world} "
+                   f"processes): {single} does not split over {world}; --set data.batch_size=N, a multiple of "
+                   f"{world}, sets it")
     if cfg.data.dataset == "folder" and not is_split(Path(cfg.data.data_dir)):
         out.append(f"arcdist: {cfg.data.data_dir} has no train/ and test/: {cfg.data.test_fraction:.0%} of each "
                    f"class's images are the test split, chosen by file name (data.test_fraction="

@@ -112,7 +112,7 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         cfg = replace(cfg, data=dataset_class(cfg.data.dataset).settle(cfg.data, cfg.model))
         cfg = replace(cfg, data=replace(cfg.data, normalize=normalization(cfg.data)))
         cfg = shape.fit_head(cfg, explicit, get_variant(cfg.variant).config.data.dataset)
-        cfg = shape.fit_batch(cfg, explicit)
+        cfg = shape.fit_batch(cfg, explicit, cluster.current().world_size)
     elif cfg.data.dataset != "folder":  # (a folder is checked file by file when the run loads it)
         dataset_class(cfg.data.dataset)(cfg.data.data_dir, download=False).check()
     describe(cfg.model)  # shape check of the layer list
@@ -132,7 +132,7 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
     where.run_dir, where.timeout = run_dir, cfg.train.collective_timeout_s
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
-    for note in [getattr(args, "default_note", None), *shape.notes(cfg)]:
+    for note in [getattr(args, "default_note", None), *shape.notes(cfg, accelerator.num_processes)]:
         if note:
             accelerator.print(note)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files

@@ -113,8 +113,10 @@ class Trainer:
             raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {n} training images; "
                               "lower --set data.batch_size or raise --limit-train")
         if cfg.data.batch_size % self.world:
+            lo = cfg.data.batch_size // self.world * self.world
             raise ConfigError(f"batch size {cfg.data.batch_size} does not split over {self.world} processes; "
-                              "use a multiple of the process count")
+                              f"use a multiple of {self.world} ({lo or self.world} or {lo + self.world}), "
+                              f"or leave data.batch_size unset")
         self.train_sample = self.train_data.select(sample_indices(n, cfg.train.seed, TRAIN_SAMPLE_SIZE))
         self.order = Order.of(cfg, self.rank, self.world)
         self.steps_per_epoch = self.order.steps(n)

@@ -67,12 +67,19 @@ def test_augmentation_reaches_training_and_is_recorded(tiny_run, tiny_data, tmp_
 
 
 @pytest.mark.slow
-def test_two_rank_ddp_gathers_every_test_row_once(tmp_path):
-    data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=1001, seed=5)
+@pytest.mark.parametrize("world", [2, 3])
+def test_ddp_gathers_every_test_row_once(tmp_path, world):
+    data = make_tiny_mnist(tmp_path / "data", n_train=520, n_test=1001, seed=5)  # 1001 splits evenly over neither
     out = tmp_path / "ddp"
-    run_train(tiny_args(data, out, 1, *EXACT), world=2)  # fp32: compared with an fp32 forward below
+    # T0's batch of 256 is rounded down to split over 3 ranks (255: 2 steps of 85 images a rank); fp32: compared
+    # with an fp32 forward below
+    proc = run_train([*TINY, "--epochs", "1", "--data-dir", str(data), "--output-dir", str(out)], world=world)
     doc = json.loads((out / "config.json").read_text())
-    assert doc["world_size"] == 2 and "MULTI_CPU" in doc["distributed_type"]
+    assert doc["world_size"] == world and "MULTI_CPU" in doc["distributed_type"]
+    assert doc["config"]["data"]["batch_size"] == {2: 256, 3: 255}[world]
+    assert ("batch 255 (85 on each of 3 processes): 256 does not split over 3" in proc.stdout) == (world == 3)
+    optimizer = torch.load(out / "checkpoints" / "epoch-0001" / "optimizer.bin", weights_only=False)
+    assert int(optimizer["state"][0]["step"]) == 520 // doc["config"]["data"]["batch_size"] == 2
     f = np.load(out / "features.npz")
     assert f["features"].shape == (1001, 2)
     splits = load_dataset("mnist", data, download=False)
@@ -86,6 +93,26 @@ def test_two_rank_ddp_gathers_every_test_row_once(tmp_path):
     with torch.no_grad():
         single = net(dev.normalise(dev.x)).numpy()
     np.testing.assert_allclose(f["features"], single, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch, world, split", [(256, 2, 256), (256, 3, 255), (256, 6, 252), (255, 5, 255),
+                                                (16, 32, 32), (256, 1, 256)])
+def test_an_unset_batch_is_rounded_down_to_split_over_the_processes(batch, world, split):
+    from arcdist.shape import split_batch
+
+    assert split_batch(batch, world) == split
+
+
+def test_a_set_batch_that_does_not_split_over_three_ranks_is_one_line_exit_2(tmp_path):
+    data = make_tiny_mnist(tmp_path / "data", n_train=300, n_test=30)
+    proc = run_train([*TINY, "--epochs", "1", "--data-dir", str(data), "--output-dir", str(tmp_path / "run"),
+                      "--set", "data.batch_size=256"], world=3, check=False)
+    assert proc.returncode == 2
+    # each rank says it, in the same words
+    assert set(proc.stderr.strip().splitlines()) == {
+        "arcdist: error: batch size 256 does not split over 3 processes; use a multiple of 3 (255 or 258), or leave "
+        "data.batch_size unset"}
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
