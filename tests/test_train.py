@@ -103,6 +103,14 @@ def test_an_unset_batch_is_rounded_down_to_split_over_the_processes(batch, world
     assert split_batch(batch, world) == split
 
 
+@pytest.mark.parametrize("n, drawn", [(60_000, 5_000), (50_000, 5_000), (30_000, 3_000), (10_000, 1_000),
+                                      (3_000, 1_000), (1_000, 1_000), (512, 512), (2, 2)])
+def test_the_plotted_training_sample_is_a_tenth_of_a_small_training_set_at_least_1000(n, drawn):
+    from arcdist.trainer import train_sample_size
+
+    assert train_sample_size(n) == drawn
+
+
 def test_a_set_batch_that_does_not_split_over_three_ranks_is_one_line_exit_2(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=300, n_test=30)
     proc = run_train([*TINY, "--epochs", "1", "--data-dir", str(data), "--output-dir", str(tmp_path / "run"),
