@@ -51,8 +51,10 @@ class Recorder:
                      dict(features=features["test"], geometry=geometry) if plots else None)
             self.acc.print(f"epoch {epoch}/{epochs}  loss {record['train_loss']:.4f}  "
                            f"grad norm {record['grad_norm_mean']:.3g} (max {record['grad_norm_max']:.3g})  "
-                           f"test acc {record['test_accuracy']:.4f}  spread {record['intra_spread_deg']:.1f} deg  "
-                           f"min centre angle {record['min_centre_angle_deg']:.1f} deg  "
+                           f"test acc {record['test_accuracy']:.4f}  "
+                           + "".join(f"{name} {record[key]:.1f} deg  " for key, name in
+                                     (("intra_spread_deg", "spread"), ("min_centre_angle_deg", "min centre angle"))
+                                     if key in record)
                            + (f"P@1 {record['precision_at_1']:.4f}  MAP@R {record['mean_average_precision_at_r']:.4f}  "
                               if "precision_at_1" in record else "") +
                            f"{record['images_per_s']:.0f} img/s")

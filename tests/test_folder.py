@@ -319,3 +319,28 @@ def test_a_small_folder_trains_at_the_batch_its_size_allows_and_says_so(tmp_path
                       "--set", "data.batch_size=32"])
     assert json.loads((tmp_path / "set" / "config.json").read_text())["config"]["data"]["batch_size"] == 32
     assert "training images: batch" in kept.stdout  # a set batch below the variant's is named too
+
+
+def test_one_test_image_a_class_writes_no_spread_gap_or_nan_and_prints_none(tmp_path):
+    """A test split of one image per class (a 1,000-class folder of 4 images each) defines no spread, mean gap or
+    retrieval figure: absent from the epoch line and the JSON files, which stay strict JSON (no bare NaN)."""
+    import json
+
+    classes = {"ant": 20, "bee": 20, "cat": 20}
+    _class_folders(tmp_path / "d" / "train", classes)
+    _class_folders(tmp_path / "d" / "test", dict.fromkeys(classes, 1))
+    out = tmp_path / "run"
+    proc = run_train(tiny_args(tmp_path / "d", out, 1, "--dataset", "folder", "--set", "data.workers=0",
+                               "--set", "train.retrieval=true", batch=16))
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+
+    rows = [strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    summary = strict((out / "summary.json").read_text())
+    assert len(rows) == 1 and rows[0]["test_accuracy"] in (0, 1 / 3, 2 / 3, 1)
+    for absent in ("intra_spread_deg", "min_mean_gap", "precision_at_1"):
+        assert absent not in rows[0] and summary.get(absent) is None
+    assert "min_centre_angle_deg" in rows[0]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("epoch 1/1"))
+    assert "spread" not in line and "min centre angle" in line and "P@1" not in line

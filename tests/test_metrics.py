@@ -39,6 +39,25 @@ def test_worst_class_ignores_absent_classes():
     assert m["worst_class"] == 2 and m["worst_class_accuracy"] == 0.5 and m["accuracy"] == 0.8
 
 
+def test_a_class_of_one_test_image_has_no_spread_and_no_radius():
+    """One image is its own centre: a spread of 0 and a mean gap of |mu_i - mu_j| / 0 said nothing (a 1,000-class
+    folder with one test image a class printed "spread 0.0 deg" and a gap of 3.5e9). Such classes are left out;
+    with none of two images, the figures are absent (never NaN)."""
+    w = torch.tensor([polar(36 * c) for c in range(10)])
+    pairs = [polar(a) for c in range(3) for a in (36 * c - 4, 36 * c + 4)]  # classes 0-2: two images 4 deg apart
+    singles = [polar(36 * c + 10) for c in range(3, 10)]  # classes 3-9: one image each, 10 deg off
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, *range(3, 10)])
+    m = separation_metrics(torch.tensor(pairs + singles), labels, w)
+    only_pairs = separation_metrics(torch.tensor(pairs), labels[:6], w)
+    assert m["intra_spread_deg"] == pytest.approx(4.0, abs=1e-4) == only_pairs["intra_spread_deg"]
+    assert m["min_mean_gap"] == pytest.approx(only_pairs["min_mean_gap"])
+    assert m["min_centre_angle_deg"] == pytest.approx(26.0, abs=1e-4)  # a lone image still has a direction
+    alone = separation_metrics(torch.tensor(singles), torch.arange(3, 10), w)
+    assert alone["accuracy"] == 1.0 and alone["min_centre_angle_deg"] == pytest.approx(36.0, abs=1e-4)
+    assert "intra_spread_deg" not in alone and "min_mean_gap" not in alone
+    assert all(not math.isnan(v) for v in alone.values())
+
+
 def test_retrieval_on_a_large_test_set_samples_its_queries_seeded():
     from pytorch_metric_learning.distances import CosineSimilarity
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator

@@ -105,8 +105,8 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
         with torch.no_grad():
             scores = trainer.head_module.predict(feats)
         metrics = separation_metrics(feats, rows, geometry["W"], geometry.get("b"), scores=scores)
-        out[key] = {m: metrics[m] for m in REPORTED} | dict(errors=round((1 - metrics["accuracy"]) * len(rows)),
-                                                            images=len(rows))
+        kept = {m: metrics[m] for m in REPORTED if m in metrics}
+        out[key] = kept | dict(errors=round((1 - metrics["accuracy"]) * len(rows)), images=len(rows))
     if pairs:
         out["verification"], out["pairs"] = _verify(views[0].numpy(), labels.numpy(), np.arange(len(labels)), pairs,
                                                     pairs_seed)
@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         m = result[key]
         what = "plain" if key == "plain" else f"averaged over {result['views']} shifts (up to {result['shift']} px)"
         print(f"epoch {result['epoch']}, {what}: test accuracy {100 * m['accuracy']:.2f} % ({m['errors']} errors in "
-              f"{m['images']:,}), intra spread {m['intra_spread_deg']:.2f} deg, closest centres "
-              f"{m['min_centre_angle_deg']:.1f} deg")
+              f"{m['images']:,})" + "".join(f", {name} {m[key]:{form}} deg" for key, name, form in
+                                            (("intra_spread_deg", "intra spread", ".2f"),
+                                             ("min_centre_angle_deg", "closest centres", ".1f")) if key in m))
     for key, what in (("verification", "verification"), ("verification_unseen", "verification, unseen classes")):
         if key not in result:
             continue

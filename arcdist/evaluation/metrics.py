@@ -27,13 +27,17 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
     - accuracy: fraction whose highest cosine to the rows of W is their own class (the angular heads), or, with a
       `bias` (softmax, center loss), whose highest W x + b is; or, given the head's own `scores` (N, C), their argmax;
     - intra_spread_deg: mean over classes of the mean angle between a feature and its class centre (angles are of
-      the feature directions, for every head);
+      the feature directions, for every head), over the classes with at least two images (one image is its own
+      centre: a spread of 0 that says nothing);
     - min_centre_angle_deg: smallest angle between two class centres (the centre is the mean direction);
     - min_weight_angle_deg: smallest angle between two rows of W;
     - worst_class, worst_class_accuracy: the class with the lowest accuracy among those present, and that accuracy;
     - min_mean_gap: separation by position, for heads that pull classes to points (center loss): the smallest
       distance between two class means over the sum of their RMS radii (the RMS distance of a class's features
-      to its mean); above 1 the two classes' RMS discs do not touch.
+      to its mean); above 1 the two classes' RMS discs do not touch. Classes with one image have no radius and
+      are left out.
+    A value with too few classes to define it (a spread with no class of two images, an angle with one class) is
+    absent, as the retrieval metrics are: no NaN reaches metrics.jsonl.
     """
     features, labels, weight = features.detach().cpu(), labels.detach().cpu().long(), weight.detach().cpu()
     num_classes = weight.shape[0]
@@ -48,27 +52,30 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
     counts = torch.bincount(labels, minlength=num_classes)
     present = counts > 0
     own = _angles_deg((x * centres[labels]).sum(1))
+    several = counts > 1
     per_class = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, own)
-    per_class = per_class[present] / counts[present]
+    per_class = per_class[several] / counts[several]
     class_acc = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, right) / counts.clamp_min(1)
     class_acc[~present] = math.inf
     worst = int(class_acc.argmin())
-    return dict(
+    out = dict(
         worst_class=worst,
         worst_class_accuracy=class_acc[worst].item(),
         accuracy=accuracy,
-        intra_spread_deg=per_class.mean().item(),
+        intra_spread_deg=per_class.mean().item() if len(per_class) else math.nan,
         min_centre_angle_deg=_min_pairwise_angle(centres[present]),
         min_weight_angle_deg=_min_pairwise_angle(w),
         min_mean_gap=mean_gap(features, labels, num_classes),
     )
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
 def mean_gap(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """min over class pairs of |mu_i - mu_j| / (r_i + r_j), r the RMS distance to the class mean (nan: < 2 classes)."""
+    """min over class pairs of |mu_i - mu_j| / (r_i + r_j), r the RMS distance to the class mean, over the classes
+    with at least two images (nan: fewer than 2 such classes)."""
     x = features.detach().cpu().double()
     counts = torch.bincount(labels, minlength=num_classes)
-    present = counts > 0
+    present = counts > 1
     means = torch.zeros(num_classes, x.shape[1], dtype=x.dtype).index_add_(0, labels, x) / counts.clamp_min(1)[:, None]
     sq = torch.zeros(num_classes, dtype=x.dtype).index_add_(0, labels, (x - means[labels]).pow(2).sum(1))
     radius = (sq / counts.clamp_min(1)).sqrt()[present]
