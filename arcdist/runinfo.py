@@ -6,6 +6,7 @@ readers skip it, and resume moves it to metrics.jsonl.torn beside the file with 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import secrets
@@ -87,9 +88,22 @@ def update_config(run_dir: Path, **fields) -> None:
     atomic_write(path, json.dumps(doc, indent=1, default=str))
 
 
+def strict(obj):
+    """`obj` with every non-finite float as None: Python writes NaN and Infinity as bare words that no strict JSON
+    reader (jq, a browser's JSON.parse) accepts."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def append_metrics(run_dir: Path, record: dict) -> None:
-    """One JSON line, written whole or not at all (a failed write is cut back off: no partial line)."""
-    line = (json.dumps(record) + "\n").encode()
+    """One JSON line, written whole or not at all (a failed write is cut back off: no partial line); non-finite
+    floats as null (`strict`)."""
+    line = (json.dumps(strict(record)) + "\n").encode()
     fd = os.open(run_dir / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         start = os.fstat(fd).st_size
@@ -186,7 +200,7 @@ def write_summary(run_dir: Path, state: dict, extra: dict | None = None) -> dict
                    **(extra or {}))
     if state.get("diverged"):
         summary["diverged_at"] = state["diverged"]
-    atomic_write(run_dir / SUMMARY, json.dumps(summary, indent=1))
+    atomic_write(run_dir / SUMMARY, json.dumps(strict(summary), indent=1))
     return summary
 
 

@@ -143,3 +143,21 @@ def test_many_directions_spread_once_per_node(tmp_path, monkeypatch):
     assert (tmp_path / "directions" / f"{n}x{dim}.pt").is_file()
     assert torch.equal(directions._large(n, dim), u)  # the second process reads the node's copy
     assert math.isclose(directions.min_angle_deg(directions.spread(10, 3)), 66.12, abs_tol=0.05)  # small: as before
+
+
+def test_metric_rows_and_the_summary_are_strict_json(tmp_path):
+    """A non-finite figure (a grad norm with no finite step) is written as null: Python's bare NaN is not JSON to jq
+    or a browser."""
+    import json
+
+    from arcdist import runinfo
+
+    runinfo.append_metrics(tmp_path, dict(epoch=1, test_accuracy=0.5, grad_norm_mean=math.nan,
+                                          grad_norm_max=math.inf, curve=[1.0, -math.inf]))
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(c)) == dict(
+        epoch=1, test_accuracy=0.5, grad_norm_mean=None, grad_norm_max=None, curve=[1.0, None])
+    state = dict(status="finished", epoch=1, best_accuracy=math.nan, best_epoch=1)
+    summary = json.loads((tmp_path / "summary.json").read_text() if runinfo.write_summary(tmp_path, state) else "",
+                         parse_constant=lambda c: pytest.fail(c))
+    assert summary["best_accuracy"] is None and summary["final_accuracy"] == 0.5
