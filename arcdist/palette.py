@@ -8,9 +8,14 @@
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+# a class name in a script the installed fonts lack (CJK, say) draws as boxes; matplotlib would warn twice per
+# figure per glyph, every epoch (the explorer's page shows the names in the browser's fonts)
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
 
 LEGEND_MAX = 20  # classes named in a legend; above this a figure says "N classes" instead
 

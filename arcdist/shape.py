@@ -115,8 +115,10 @@ def notes(cfg: Config, world: int = 1) -> list[str]:
     own = get_variant(cfg.variant).config.data.batch_size if cfg.data.dataset == "folder" else 0
     if cfg.data.batch_size < own and single < own:
         n = train_images(cfg)
+        theirs = f"would take {n // own}; --set data.batch_size={own} keeps it" if n >= own else \
+            f"is more than the {n:,} images"
         out.append(f"arcdist: {n:,} training images: batch {cfg.data.batch_size}, {n // cfg.data.batch_size} steps an "
-                   f"epoch ({cfg.variant}'s {own} would take {n // own}; --set data.batch_size={own} keeps it)")
+                   f"epoch ({cfg.variant}'s {own} {theirs})")
     if world > 1 and single % world and cfg.data.batch_size == split_batch(single, world):
         out.append(f"arcdist: batch {cfg.data.batch_size} ({cfg.data.batch_size // world} on each of {world} "
                    f"processes): {single} does not split over {world}; --set data.batch_size=N, a multiple of "

@@ -313,7 +313,7 @@ def test_a_small_folder_trains_at_the_batch_its_size_allows_and_says_so(tmp_path
                       "--dataset", "folder", "--set", "data.workers=0"])
     data = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["data"]
     assert data["batch_size"] == 16
-    assert "48 training images: batch 16, 3 steps an epoch (T0's 256 would take 0" in proc.stdout
+    assert "48 training images: batch 16, 3 steps an epoch (T0's 256 is more than the 48 images)" in proc.stdout
     kept = run_train([*TINY, "--epochs", "1", "--data-dir", str(tmp_path / "d"), "--output-dir",
                       str(tmp_path / "set"), "--dataset", "folder", "--set", "data.workers=0",
                       "--set", "data.batch_size=32"])
