@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from arcdist.evaluation import embed, export
-from helpers import run_train, snapshot, tiny_args
+from arcdist.heads import geometry_scores, predicted_labels
+from helpers import metric_rows, run_train, snapshot, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,13 @@ def test_embed_of_the_test_split_equals_the_saved_features_of_each_epoch(which, 
         assert got["features"].dtype == np.float32 and got["features"].shape == saved["features"].shape == (101, 2)
         np.testing.assert_allclose(got["features"], saved["features"], rtol=0, atol=1e-5)
         assert np.array_equal(got["labels"], saved["labels"]) and list(got["classes"]) == [str(d) for d in range(10)]
+        # the run's own predictions: the rule of its saved geometry, and the accuracy its metrics row recorded
+        assert np.array_equal(got["predicted"], predicted_labels(saved["features"], dict(saved)).numpy())
+        assert list(got["run_classes"]) == list(got["classes"]) and got["score"].shape == (101,)
+        row = metric_rows(run)[epoch - 1]
+        assert (got["predicted"] == got["labels"]).sum() == round(row["test_accuracy"] * 101)
+        np.testing.assert_allclose(got["score"], geometry_scores(got["features"], dict(saved)).amax(1).numpy(),
+                                   rtol=0, atol=1e-6)
     assert not np.allclose(np.load(tmp_path / "e1.npz")["features"], np.load(tmp_path / "e2.npz")["features"])
 
 
@@ -85,6 +93,30 @@ def test_embed_a_folder_with_unknown_and_unlabelled_images(run, tmp_path):
     f = np.load(out)
     assert f["features"].shape == (9, 2) and list(f["classes"]) == ["cats", "dogs"]
     assert list(f["labels"]) == [-1, -1, -1, 0, 0, 0, 1, 1, 1] and len(f["paths"]) == 9
+    assert list(f["run_classes"]) == [str(d) for d in range(10)]  # predicted as one of the run's classes all the same
+    assert f["predicted"].shape == (9,) and set(f["predicted"]) <= set(range(10))
+
+
+@pytest.mark.parametrize("kind", ["softmax", "subcenter", "center"])
+def test_embed_predicts_as_the_run_did_for_heads_with_more_than_w(kind, tiny_data, tmp_path):
+    """A bias (softmax), K sub-centres a class, learned centres: the head is loaded whole from the checkpoint."""
+    out = tmp_path / "run"
+    run_train(tiny_args(tiny_data, out, 1, "--set", f"head.kind={kind}"))
+    assert embed.main([str(out), "--out", str(tmp_path / "e.npz"), "--data-dir", str(tiny_data), "--no-progress"]) == 0
+    f = np.load(tmp_path / "e.npz")
+    assert (f["predicted"] == f["labels"]).sum() == round(metric_rows(out)[0]["test_accuracy"] * 101)
+
+
+def test_embed_of_a_run_trained_on_some_classes_predicts_only_those(tiny_data, tmp_path, capsys):
+    """data.train_classes: the head's rows are the seen classes; a prediction is a dataset label among them, and
+    the printed count is over every labelled image, the unseen ones counted wrong."""
+    out = tmp_path / "run"
+    run_train(tiny_args(tiny_data, out, 1, "--set", "data.train_classes=[1,3,5,7]"))
+    assert embed.main([str(out), "--out", str(tmp_path / "e.npz"), "--data-dir", str(tiny_data), "--no-progress"]) == 0
+    f = np.load(tmp_path / "e.npz")
+    assert set(f["predicted"]) <= {1, 3, 5, 7} and len(f["run_classes"]) == 10
+    right = int((f["predicted"] == f["labels"]).sum())
+    assert f"predicted: {right:,} of the 101 images of the run's classes right" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("which", ["run", "image_run", "large_run"])

@@ -8,8 +8,11 @@
 The run's last checkpoint (or --epoch N's; the averaged backbone of a train.ema run) embeds the images converted
 as the run converts its data (its channels, size and normalisation), in batches, on the GPU when one is visible.
 The npz holds `features` (N, D) float32, `labels` (N,) int64 (the index into `classes`; -1 where an image has no
-class folder), `classes`, and for files `paths`. On the run's own test split the features equal the run's saved
-features of that epoch (tests/test_embed.py). `Embedder` is the model `arcdist export` writes.
+class folder), `classes`, and for files `paths`; and the run's prediction for each image: `predicted` (N,) int64,
+the index into `run_classes` (the classes the run was trained to tell apart) of its head's best score, and
+`score` (N,) float32, that score (the cosine to the class's direction for the angular heads, W x + b for softmax
+and center loss). On the run's own test split the features equal the run's saved features of that epoch and
+the predictions its own (tests/test_embed.py). `Embedder` is the model `arcdist export` writes.
 """
 from __future__ import annotations
 
@@ -95,6 +98,37 @@ def load_embedder(run_dir: Path, epoch: int | None = None) -> tuple[Config, Embe
     return cfg, Embedder(backbone, spec.mean, spec.std, spec.per_image).eval(), path
 
 
+def load_head(run_dir: Path, cfg: Config, path: Path):
+    """The run's head with checkpoint `path`'s weights (eval mode, CPU) and the dataset label of each of its rows
+    (None: row r is label r; a run trained on some classes only has its seen classes' rows)."""
+    from safetensors.torch import load_file
+
+    from arcdist.datasets import run_spec
+    from arcdist.evaluation.openset import SeenClasses
+    from arcdist.heads import build_head
+
+    head = build_head(cfg.head, cfg.model.feature_dim)
+    want = set(head.state_dict())
+    for f in sorted(path.glob("model*.safetensors")):
+        state = load_file(str(f))
+        if set(state) == want:
+            head.load_state_dict(state)
+            break
+    else:
+        raise ConfigError(f"checkpoint {path} holds no head of this run's shape; is {run_dir} an arcdist run?")
+    seen = SeenClasses.of(cfg.data.train_classes, run_spec(cfg.data, cfg.model).num_classes)
+    return head.eval(), None if seen is None else seen.labels
+
+
+@torch.no_grad()
+def predict(head, rows: torch.Tensor | None, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted label, its score) of each feature by the head's prediction rule (`Head.predict`), in float32."""
+    scores = head.predict(torch.from_numpy(features).float())
+    score, best = scores.max(dim=1)
+    label = best if rows is None else rows[best]
+    return label.numpy().astype(np.int64), score.numpy().astype(np.float32)
+
+
 def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
     """Every image under `root`, sorted: (paths, labels, classes); a file in `root` itself has label -1, one in
     root/<class>/ the index of <class> among the sub-folders (sorted)."""
@@ -136,7 +170,7 @@ def embed_pixels(model: Embedder, x: torch.Tensor, device: torch.device, progres
 def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = None, data_dir: str | None = None,
           images: Path | None = None, epoch: int | None = None, progress: bool = True) -> dict:
     """Write the npz (module docstring); returns what it holds (counts, the checkpoint)."""
-    from arcdist.datasets import dataset_spec, load_dataset
+    from arcdist.datasets import dataset_spec, load_dataset, run_spec
     from arcdist.datasets.folder import SPLITS, Decoder, decode_all, is_split, listing
 
     cfg, model, path = load_embedder(run_dir, epoch)
@@ -170,14 +204,27 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
                                   f"{cfg.model.in_channels}x{cfg.model.image_size}x{cfg.model.image_size}; write "
                                   "them out as a folder (tools/image_folder.py) and pass --images DIR")
             classes = list(dataset_spec(name).classes)
+    head, rows = load_head(run_dir, cfg, path)
     feats = embed_pixels(model, x, device, progress, cfg.train.mixed_precision, cfg.train.channels_last is True)
+    predicted, score = predict(head, rows, feats)
+    run_classes = list(run_spec(cfg.data, cfg.model).classes)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.npz")
     np.savez(tmp, features=feats.astype(np.float32), labels=y.numpy().astype(np.int64), classes=np.array(classes),
-             **extra)
+             predicted=predicted, score=score, run_classes=np.array(run_classes), **extra)
     os.replace(tmp, out)
-    return dict(out=str(out), images=len(feats), dim=feats.shape[1], checkpoint=str(path))
+    return dict(out=str(out), images=len(feats), dim=feats.shape[1], checkpoint=str(path),
+                **agreement(y.numpy(), classes, predicted, run_classes))
+
+
+def agreement(labels: np.ndarray, classes: list[str], predicted: np.ndarray, run_classes: list[str]) -> dict:
+    """How many images carry the name of one of the run's classes (by their class folder or split) and how many
+    of those the run predicts as that class."""
+    named = {i: run_classes.index(c) for i, c in enumerate(classes) if c in run_classes}
+    truth = np.array([named.get(int(k), -1) for k in labels], dtype=np.int64)
+    known = truth >= 0
+    return dict(known=int(known.sum()), right=int((predicted[known] == truth[known]).sum()))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arcdist embed: error: {e}", file=sys.stderr)
         return Exit.BAD_INPUT
     print(f"{done['images']:,} features of {done['dim']} dimensions by {done['checkpoint']} -> {done['out']}")
+    if done["known"]:
+        print(f"predicted: {done['right']:,} of the {done['known']:,} images of the run's classes right "
+              f"({100 * done['right'] / done['known']:.2f} %)")
     return Exit.OK
 
 
