@@ -98,25 +98,74 @@ def test_embed_a_folder_with_unknown_and_unlabelled_images(run, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["softmax", "subcenter", "center"])
-def test_embed_predicts_as_the_run_did_for_heads_with_more_than_w(kind, tiny_data, tmp_path):
+def test_embed_predicts_as_the_run_did_for_heads_with_more_than_w(kind, request, tiny_data, tmp_path):
     """A bias (softmax), K sub-centres a class, learned centres: the head is loaded whole from the checkpoint."""
     out = tmp_path / "run"
-    run_train(tiny_args(tiny_data, out, 1, "--set", f"head.kind={kind}"))
+    if kind == "subcenter":
+        out = request.getfixturevalue("subcenter_run")
+    else:
+        run_train(tiny_args(tiny_data, out, 1, "--set", f"head.kind={kind}"))
     assert embed.main([str(out), "--out", str(tmp_path / "e.npz"), "--data-dir", str(tiny_data), "--no-progress"]) == 0
     f = np.load(tmp_path / "e.npz")
     assert (f["predicted"] == f["labels"]).sum() == round(metric_rows(out)[0]["test_accuracy"] * 101)
 
 
-def test_embed_of_a_run_trained_on_some_classes_predicts_only_those(tiny_data, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def some_classes_run(tiny_data, tmp_path_factory):
+    """A 1-epoch T0 run trained on 4 of the 10 digits (data.train_classes): its head has 4 rows."""
+    out = tmp_path_factory.mktemp("embed-some") / "run"
+    run_train(tiny_args(tiny_data, out, 1, "--set", "data.train_classes=[1,3,5,7]"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def subcenter_run(tiny_data, tmp_path_factory):
+    """A 1-epoch T0 run with sub-center ArcFace: 3 rows of W a class, the best of them scores."""
+    out = tmp_path_factory.mktemp("embed-subcenter") / "run"
+    run_train(tiny_args(tiny_data, out, 1, "--set", "head.kind=subcenter"))
+    return out
+
+
+def test_embed_of_a_run_trained_on_some_classes_predicts_only_those(some_classes_run, tiny_data, tmp_path, capsys):
     """data.train_classes: the head's rows are the seen classes; a prediction is a dataset label among them, and
     the printed count is over every labelled image, the unseen ones counted wrong."""
-    out = tmp_path / "run"
-    run_train(tiny_args(tiny_data, out, 1, "--set", "data.train_classes=[1,3,5,7]"))
+    out = some_classes_run
     assert embed.main([str(out), "--out", str(tmp_path / "e.npz"), "--data-dir", str(tiny_data), "--no-progress"]) == 0
     f = np.load(tmp_path / "e.npz")
     assert set(f["predicted"]) <= {1, 3, 5, 7} and len(f["run_classes"]) == 10
     right = int((f["predicted"] == f["labels"]).sum())
     assert f"predicted: {right:,} of the 101 images of the run's classes right" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("which", ["subcenter_run", "some_classes_run"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_scores_predict_as_embed_does(which, request, tiny_data, tmp_path, fmt):
+    """--scores: a second output whose argmax is embed's `predicted` and whose max is its `score`, at batch sizes 1
+    and 7 (sub-centres taken per class without fixing the batch); a class the run never trained on scores -inf."""
+    from arcdist.data import load_dataset
+
+    run = request.getfixturevalue(which)
+    path = tmp_path / f"model.{fmt}"
+    assert export.main([str(run), "--format", fmt, "--out", str(path), "--scores"]) == 0
+    assert embed.main([str(run), "--out", str(tmp_path / "e.npz"), "--data-dir", str(tiny_data), "--no-progress"]) == 0
+    want = np.load(tmp_path / "e.npz")
+    images = load_dataset("mnist", tiny_data, download=False).test_x.float() / 255
+    for n in (1, 7):
+        x = images[:n]
+        if fmt == "onnx":
+            import onnxruntime
+
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            features, scores = session.run(["features", "scores"], {"images": x.numpy()})
+        else:
+            with torch.no_grad():
+                features, scores = (t.numpy() for t in torch.jit.load(str(path))(x))
+        assert scores.shape == (n, 10)
+        np.testing.assert_allclose(features, want["features"][:n], rtol=0, atol=1e-4)
+        assert np.array_equal(scores.argmax(1), want["predicted"][:n])
+        np.testing.assert_allclose(scores.max(1), want["score"][:n], rtol=0, atol=1e-4)
+        unseen = [c for c in range(10) if c not in (1, 3, 5, 7)] if which == "some_classes_run" else []
+        assert np.isneginf(scores[:, unseen]).all() and np.isfinite(np.delete(scores, unseen, axis=1)).all()
 
 
 @pytest.mark.parametrize("which", ["run", "image_run", "large_run"])

@@ -17,6 +17,7 @@ the predictions its own (tests/test_embed.py). `Embedder` is the model `arcdist 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -98,15 +99,50 @@ def load_embedder(run_dir: Path, epoch: int | None = None) -> tuple[Config, Embe
     return cfg, Embedder(backbone, spec.mean, spec.std, spec.per_image).eval(), path
 
 
-def load_head(run_dir: Path, cfg: Config, path: Path):
-    """The run's head with checkpoint `path`'s weights (eval mode, CPU) and the dataset label of each of its rows
-    (None: row r is label r; a run trained on some classes only has its seen classes' rows)."""
+SCORED = ("W", "b", "sub_centers")  # the saved geometry the prediction rule reads (arcdist.heads.geometry_scores)
+
+
+class Classifier(nn.Module):
+    """Images in [0, 1] -> (features, scores): the Embedder, then the head's prediction rule on its geometry
+    (`geometry_scores`: the cosine to each class's direction, or W x + b for softmax and center loss), one column
+    per run class, so argmax is the predicted class; a class a `data.train_classes` run never saw scores -inf."""
+
+    def __init__(self, embedder: Embedder, geometry: dict[str, torch.Tensor], rows: torch.Tensor | None,
+                 num_classes: int):
+        super().__init__()
+        self.embedder, self.num_classes = embedder, num_classes
+        self.names = [k for k in SCORED if geometry.get(k) is not None]
+        for k in self.names:
+            self.register_buffer(k, geometry[k].detach().float())
+        place = unseen = None
+        if rows is not None:  # head row r -> column rows[r]
+            place = torch.zeros(len(rows), num_classes)
+            place[torch.arange(len(rows)), rows] = 1.0
+            unseen = torch.full((num_classes,), -math.inf)
+            unseen[rows] = 0.0
+        self.register_buffer("place", place)
+        self.register_buffer("unseen", unseen)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.embedder(images)
+        return features, self.scores(features)
+
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        from arcdist.heads import geometry_scores
+
+        s = geometry_scores(features, {k: getattr(self, k) for k in self.names})
+        return s if self.place is None else s @ self.place + self.unseen
+
+
+def load_classifier(run_dir: Path, epoch: int | None = None) -> tuple[Config, Classifier, Path]:
+    """`load_embedder`'s, with the checkpoint's head read into its prediction rule (`Classifier`)."""
     from safetensors.torch import load_file
 
     from arcdist.datasets import run_spec
     from arcdist.evaluation.openset import SeenClasses
     from arcdist.heads import build_head
 
+    cfg, embedder, path = load_embedder(run_dir, epoch)
     head = build_head(cfg.head, cfg.model.feature_dim)
     want = set(head.state_dict())
     for f in sorted(path.glob("model*.safetensors")):
@@ -116,17 +152,17 @@ def load_head(run_dir: Path, cfg: Config, path: Path):
             break
     else:
         raise ConfigError(f"checkpoint {path} holds no head of this run's shape; is {run_dir} an arcdist run?")
-    seen = SeenClasses.of(cfg.data.train_classes, run_spec(cfg.data, cfg.model).num_classes)
-    return head.eval(), None if seen is None else seen.labels
+    num_classes = run_spec(cfg.data, cfg.model).num_classes
+    seen = SeenClasses.of(cfg.data.train_classes, num_classes)
+    rows = None if seen is None else seen.labels
+    return cfg, Classifier(embedder, head.geometry(), rows, num_classes).eval(), path
 
 
 @torch.no_grad()
-def predict(head, rows: torch.Tensor | None, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted label, its score) of each feature by the head's prediction rule (`Head.predict`), in float32."""
-    scores = head.predict(torch.from_numpy(features).float())
-    score, best = scores.max(dim=1)
-    label = best if rows is None else rows[best]
-    return label.numpy().astype(np.int64), score.numpy().astype(np.float32)
+def predict(model: Classifier, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted class, its score) of each feature, in float32."""
+    score, best = model.scores(torch.from_numpy(features).float()).max(dim=1)
+    return best.numpy().astype(np.int64), score.numpy().astype(np.float32)
 
 
 def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
@@ -173,7 +209,8 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
     from arcdist.datasets import dataset_spec, load_dataset, run_spec
     from arcdist.datasets.folder import SPLITS, Decoder, decode_all, is_split, listing
 
-    cfg, model, path = load_embedder(run_dir, epoch)
+    cfg, classifier, path = load_classifier(run_dir, epoch)
+    model = classifier.embedder
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
     model.to(device)
     extra = {}
@@ -204,9 +241,8 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
                                   f"{cfg.model.in_channels}x{cfg.model.image_size}x{cfg.model.image_size}; write "
                                   "them out as a folder (tools/image_folder.py) and pass --images DIR")
             classes = list(dataset_spec(name).classes)
-    head, rows = load_head(run_dir, cfg, path)
     feats = embed_pixels(model, x, device, progress, cfg.train.mixed_precision, cfg.train.channels_last is True)
-    predicted, score = predict(head, rows, feats)
+    predicted, score = predict(classifier.cpu(), feats)
     run_classes = list(run_spec(cfg.data, cfg.model).classes)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

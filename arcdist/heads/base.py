@@ -172,7 +172,7 @@ def geometry_scores(features: torch.Tensor, geometry: dict) -> torch.Tensor:
         return F.linear(x, W, torch.as_tensor(geometry["b"]).float())
     if geometry.get("sub_centers") is not None:
         sub = torch.as_tensor(geometry["sub_centers"]).float()
-        return cosines(x, sub).view(len(x), len(W), -1).amax(dim=2)
+        return cosines(x, sub).unflatten(1, (W.shape[0], -1)).amax(dim=2)  # (no batch size: export keeps it free)
     return cosines(x, W)
 
 
