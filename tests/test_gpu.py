@@ -1,6 +1,7 @@
 """The GPU path on a real CUDA device (marked `gpu`, skipped without one): bf16 and fp16 to a finished run with
 plots, exact resume with deterministic kernels, a 96-px colour folder (its image pooled inside the model) run
-twice to the same figures, the explorer and report of a GPU run, two processes on one GPU.
+twice to the same figures, the explorer, report and embed (features and predictions) of a GPU run, two processes
+on one GPU.
 bench/gpu-smoke.sh runs these first on a lent GPU; on a CPU they are skipped (the device rule itself is checked
 on the CPU: tests/test_device.py)."""
 from __future__ import annotations
@@ -62,8 +63,9 @@ def test_a_large_colour_folder_runs_twice_to_the_same_figures(real_data, tmp_pat
     assert summary(runs[0])["status"] == "finished" and metric_rows(runs[0]) == metric_rows(runs[1])
 
 
-def test_explorer_and_report_read_a_gpu_run(real_data, tmp_path):
+def test_explorer_report_and_embed_read_a_gpu_run(real_data, tmp_path):
     from arcdist import explore, report
+    from arcdist.evaluation import embed
 
     grid = tmp_path / "g"
     run = grid / "A8-s0"
@@ -74,6 +76,14 @@ def test_explorer_and_report_read_a_gpu_run(real_data, tmp_path):
     assert page["panels"] >= 1 and page["path"].is_file()
     built = report.build_report(grid)
     assert [r["variant"] for r in built["variants"]] == ["A8"]
+    # embed on the GPU in the run's precision: its saved features and its accuracy (a kernel's order may move one
+    # borderline image)
+    assert embed.main([str(run), "--out", str(tmp_path / "e.npz"), "--data-dir", str(real_data), "--no-progress",
+                       ]) == 0
+    got, saved = np.load(tmp_path / "e.npz"), np.load(run / "features.npz")
+    np.testing.assert_allclose(got["features"][:1000], saved["features"], rtol=0, atol=1e-2)
+    right = int((got["predicted"][:1000] == got["labels"][:1000]).sum())
+    assert abs(right - round(summary(run)["final_accuracy"] * 1000)) <= 1
 
 
 def test_two_processes_share_one_gpu(real_data, tmp_path):
