@@ -193,7 +193,8 @@ def write_summary(run_dir: Path, state: dict, extra: dict | None = None) -> dict
     final = rows[-1] if rows else {}
     summary = dict(status=state["status"], epochs=state["epoch"], best_accuracy=state["best_accuracy"],
                    best_epoch=state["best_epoch"], diverged=state["status"] == RunStatus.DIVERGED,
-                   final_accuracy=final.get("test_accuracy"), intra_spread_deg=final.get("intra_spread_deg"),
+                   final_accuracy=final.get("test_accuracy"), balanced_accuracy=final.get("balanced_accuracy"),
+                   intra_spread_deg=final.get("intra_spread_deg"),
                    min_centre_angle_deg=final.get("min_centre_angle_deg"),
                    **{k: final[k] for k in (*RETRIEVAL, *UNSEEN) if k in final}, wandb_id=state.get("wandb_id"),
                    wall_time_s=sum(r.get("epoch_time_s", 0.0) for r in rows), rollbacks=state.get("rollbacks", 0),

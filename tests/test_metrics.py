@@ -161,3 +161,20 @@ def test_metric_rows_and_the_summary_are_strict_json(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text() if runinfo.write_summary(tmp_path, state) else "",
                          parse_constant=lambda c: pytest.fail(c))
     assert summary["best_accuracy"] is None and summary["final_accuracy"] == 0.5
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # class 4, predicted, never present
+def test_balanced_accuracy_equals_scikit_learns_on_unequal_classes():
+    """A folder's test split holds a share of each class, so its classes are as unequal as the folder's: the mean
+    of the classes' accuracies, as scikit-learn computes it (classes absent from the split left out)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    g = torch.Generator().manual_seed(3)
+    counts = [400, 100, 20, 3, 0, 1]  # class 4 absent from the test split
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    w = torch.tensor([polar(60 * c) for c in range(6)])
+    feats = w[labels] + 0.9 * torch.randn(len(labels), 2, generator=g)
+    m = separation_metrics(feats, labels, w)
+    predicted = (torch.nn.functional.normalize(feats, dim=1) @ torch.nn.functional.normalize(w, dim=1).T).argmax(1)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels.numpy(), predicted.numpy()))
+    assert abs(m["balanced_accuracy"] - m["accuracy"]) > 0.02  # unequal classes: the two differ here

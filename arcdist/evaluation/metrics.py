@@ -32,6 +32,8 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
     - min_centre_angle_deg: smallest angle between two class centres (the centre is the mean direction);
     - min_weight_angle_deg: smallest angle between two rows of W;
     - worst_class, worst_class_accuracy: the class with the lowest accuracy among those present, and that accuracy;
+    - balanced_accuracy: the mean of the present classes' accuracies (scikit-learn's balanced_accuracy_score): what
+      accuracy says on a test split of unequal classes, a folder's (held out by a share of each class);
     - min_mean_gap: separation by position, for heads that pull classes to points (center loss): the smallest
       distance between two class means over the sum of their RMS radii (the RMS distance of a class's features
       to its mean); above 1 the two classes' RMS discs do not touch. Classes with one image have no radius and
@@ -62,6 +64,7 @@ def separation_metrics(features: torch.Tensor, labels: torch.Tensor, weight: tor
         worst_class=worst,
         worst_class_accuracy=class_acc[worst].item(),
         accuracy=accuracy,
+        balanced_accuracy=class_acc[present].mean().item(),
         intra_spread_deg=per_class.mean().item() if len(per_class) else math.nan,
         min_centre_angle_deg=_min_pairwise_angle(centres[present]),
         min_weight_angle_deg=_min_pairwise_angle(w),
