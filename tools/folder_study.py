@@ -8,7 +8,8 @@ The folders (tools/image_folder.py): `twenty` (the ten digits and the ten clothe
 `colour48` (the digits tinted on a random background, 48 px JPEG) and the same images read as grey
 (`--set model.in_channels=1`); `colour96` likewise at 96 px. Rows `twenty-3d` train the twenty classes in 3-D, `r18-colour96` torchvision's
 ResNet-18 (`--variant R18`) on the 96 px colour digits, `colour48-30ep` the 48 px ones for 30 epochs, `plain48` the digits at 48 px untinted (grey), `ten` the ten digits at 28 px (the same images' own size),
-`small10` and `mid10` the ten digits with 20 and 100 train images per class (--per-class does not apply to them).
+`small10` and `mid10` the ten digits with 20 and 100 train images per class (--per-class does not apply to them);
+`fashion` and `fashion96` the ten Fashion-MNIST classes at 28 px and tinted at 96 px (the rules' second dataset).
 """
 from __future__ import annotations
 
@@ -33,12 +34,15 @@ FOLDERS = {"twenty": dict(names=["mnist", "fashion-mnist"]),
            "plain48": dict(names=["mnist"], size=48, fmt="jpg"),
            "ten": dict(names=["mnist"]),
            "small10": dict(names=["mnist"], per_class=(20, 100)),  # 200 train images
-           "mid10": dict(names=["mnist"], per_class=(100, 100))}  # 1,000
+           "mid10": dict(names=["mnist"], per_class=(100, 100)),  # 1,000
+           "fashion": dict(names=["fashion-mnist"]),  # a second dataset for the batch and net-size rules
+           "fashion96": dict(names=["fashion-mnist"], tinted=True, size=96, fmt="jpg")}
 ROWS = [("twenty", "twenty", []), ("twenty-3d", "twenty", ["--set", "model.feature_dim=3"]), ("five", "five", []),
         ("colour48", "colour48", []), ("grey48", "colour48", ["--set", "model.in_channels=1"]),
         ("colour96", "colour96", []), ("grey96", "colour96", ["--set", "model.in_channels=1"]),
         ("r18-colour96", "colour96", ["--variant", "R18"]), ("colour48-30ep", "colour48", ["--epochs", "30"]),
-        ("plain48", "plain48", []), ("ten", "ten", []), ("small10", "small10", []), ("mid10", "mid10", [])]
+        ("plain48", "plain48", []), ("ten", "ten", []), ("small10", "small10", []), ("mid10", "mid10", []),
+        ("fashion", "fashion", []), ("fashion96", "fashion96", [])]
 
 
 def main() -> int:
