@@ -69,7 +69,7 @@ class DataConfig:
     dataset: str = "mnist"  # mnist, fashion-mnist, cifar10 or folder (--dataset)
     data_dir: str = "./data"  # where the dataset is (--data-dir; $ARCDIST_DATA_DIR)
     # global batch (images per step, summed over ranks); a folder's, unless set: halved from the variant's while an
-    # epoch would take fewer than 32 steps, not below 16 (arcdist.shape.auto_batch; results/folders); unset, rounded
+    # epoch would take fewer than 128 steps, not below 16 (arcdist.shape.auto_batch; results/folders); unset, rounded
     # down to a multiple of the process count (256 on 3 ranks: 255)
     batch_size: int = 256
     limit_train: int = 0  # use only the first N training images (0 = all)

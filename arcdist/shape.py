@@ -62,13 +62,14 @@ def auto_net_size(model: ModelConfig, written_for: int) -> int:
     return min(max(written_for, smallest_image(model)), top) if model.image_size > top else 0
 
 
-MIN_STEPS = 32  # a folder run's epoch takes at least this many steps unless its batch is set (results/folders)
+MIN_STEPS = 128  # a folder run's epoch takes at least this many steps unless its batch is set (results/folders)
 
 
 def auto_batch(n: int, batch: int) -> int:
     """A folder's data.batch_size unless set: the variant's, halved while an epoch of `n` training images would take
-    fewer than MIN_STEPS steps, not below 16. A8's 256 is MNIST's (234 steps an epoch); a folder of 3,000 images
-    took 11 (results/folders: 76.7 % at 256, 88.6 % at 64)."""
+    fewer than MIN_STEPS steps, not below 16: about the steps an epoch the variant's recipe was written for (A8's
+    256 is MNIST's 234 steps an epoch). A folder of 3,000 images took 11 at 256 (results/folders: tinted 48-px
+    digits 76.7 % at 256, 88.6 % at 64 (46 steps), 93.5 % at 16 (187), as at 64 for twice the epochs)."""
     while batch // 2 >= 16 and n // batch < MIN_STEPS:
         batch //= 2
     return batch

@@ -293,9 +293,9 @@ def test_a_split_that_cannot_be_made_is_one_line_exit_2_nothing_written(tmp_path
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("n, batch", [(60_000, 256), (7_500, 128), (3_000, 64), (1_500, 32), (1_000, 16),
-                                      (200, 16), (10, 16)])
-def test_a_folder_batch_leaves_an_epoch_at_least_32_steps(n, batch):
+@pytest.mark.parametrize("n, batch", [(60_000, 256), (30_000, 128), (7_500, 32), (6_000, 32), (3_000, 16),
+                                      (1_500, 16), (200, 16), (10, 16)])
+def test_a_folder_batch_leaves_an_epoch_at_least_128_steps(n, batch):
     from arcdist.shape import MIN_STEPS, auto_batch
 
     assert auto_batch(n, 256) == batch
