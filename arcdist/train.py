@@ -42,7 +42,8 @@ class Where:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog="arcdist.train", description=__doc__, name="arcdist")
     p.add_argument("--variant", default=None, help=f"variant name (default {MAIN_VARIANT}, the main job); see python -m arcdist.variants")
-    p.add_argument("--epochs", type=int, default=None, help="epochs to train (default: the variant's, 100)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs to train (default: the variant's: A8 6, the post's V0-V2.1 100)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mixed-precision", choices=("auto", "no", "fp16", "bf16"), default=None,
                    help="autocast (default: the variant's, auto = chosen for this machine)")

@@ -40,6 +40,7 @@ from arcdist.evaluation.metrics import separation_metrics
 from arcdist.trainer import Trainer
 
 REPORTED = ("accuracy", "intra_spread_deg", "min_centre_angle_deg")
+SHOWN = (("intra_spread_deg", "intra spread", ".2f"), ("min_centre_angle_deg", "closest centres", ".1f"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         m = result[key]
         what = "plain" if key == "plain" else f"averaged over {result['views']} shifts (up to {result['shift']} px)"
         print(f"epoch {result['epoch']}, {what}: test accuracy {100 * m['accuracy']:.2f} % ({m['errors']} errors in "
-              f"{m['images']:,})" + "".join(f", {name} {m[key]:{form}} deg" for key, name, form in
-                                            (("intra_spread_deg", "intra spread", ".2f"),
-                                             ("min_centre_angle_deg", "closest centres", ".1f")) if key in m))
+              f"{m['images']:,})" + "".join(f", {name} {m[key]:{form}} deg" for key, name, form in SHOWN if key in m))
     for key, what in (("verification", "verification"), ("verification_unseen", "verification, unseen classes")):
         if key not in result:
             continue
