@@ -186,6 +186,17 @@ def test_bad_input_is_one_line_exit_2(tmp_path, case, monkeypatch, capsys):
             "wandb-group-offline": "W&B credentials"}[case] in lines[0]
 
 
+def test_a_folder_grid_shows_balanced_accuracy_after_the_final_accuracy():
+    from arcdist.report.stats import balanced_cells, mean_std
+
+    cells = {"variant": "A8", "final acc": "0.9000 ± 0.0000", "best acc": "0.9500 ± 0.0000"}
+    row = dict(balanced_accuracy=mean_std([0.84, 0.86]))
+    out = balanced_cells(cells, row)
+    assert list(out) == ["variant", "final acc", "balanced acc", "best acc"]
+    assert out["balanced acc"] == "0.8500 ± 0.0141"
+    assert balanced_cells(cells, dict(balanced_accuracy=mean_std([None, None])))["balanced acc"] == "n/a"
+
+
 def test_std_is_sample_std_and_na_with_one_seed():
     assert report.fmt(report.mean_std([0.5, 0.7, 0.9]), 3) == f"0.700 ± {statistics.stdev([0.5, 0.7, 0.9]):.3f}"
     assert report.fmt(report.mean_std([0.5, float("nan")]), 2) == "0.50 ± n/a"  # one finite value

@@ -9,8 +9,8 @@ from pathlib import Path
 from arcdist import runinfo
 from arcdist.heads import head_class
 from arcdist.report.plots import curves_figure, features_figure
-from arcdist.report.stats import (STD_NOTE, VERDICT_RULE, ReportError, display_row, load_grid, loss_row, summarise,
-                                  unseen_cells)
+from arcdist.report.stats import (STD_NOTE, VERDICT_RULE, ReportError, balanced_cells, display_row, load_grid, loss_row,
+                                  summarise, unseen_cells)
 from arcdist.wandb_report import wandb_report_spec
 
 LOSSES = ("Losses side by side: one head per row on the same backbone, recipe and seeds; accuracy by each head's "
@@ -94,6 +94,8 @@ def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float =
               curves_figure(rows, "train_loss", "train loss", out / IMAGES[1]),
               features_figure(rows, out / IMAGES[2])]
     cells = [display_row(r) for r in rows]
+    if any(r["dataset"] == "folder" for r in rows):  # a folder's test split is as unequal as its classes
+        cells = [balanced_cells(c, r) for r, c in zip(rows, cells)]
     if any(r["unseen_auroc"]["mean"] is not None for r in rows):  # some runs trained on some classes only
         for r, c in zip(rows, cells):
             c.update(unseen_cells(r))

@@ -12,7 +12,7 @@ from arcdist.figures import class_names
 from arcdist.heads import head_class
 from arcdist.status import RunStatus
 
-STATS = ("final_accuracy", "best_accuracy", "intra_spread_deg", "min_centre_angle_deg", "min_mean_gap",
+STATS = ("final_accuracy", "best_accuracy", "balanced_accuracy", "intra_spread_deg", "min_centre_angle_deg", "min_mean_gap",
          "worst_class_accuracy", "wall_time_s", "precision_at_1", "mean_average_precision_at_r",
          *runinfo.UNSEEN)  # (runs with data.train_classes)
 STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation is n/a with one seed"
@@ -85,6 +85,7 @@ def run_stats(run_dir: Path, threshold_acc: float) -> dict | None:
     return dict(
         final_accuracy=last.get("test_accuracy"),
         best_accuracy=max((r["test_accuracy"] for r in evals), default=None),
+        balanced_accuracy=last.get("balanced_accuracy"),
         intra_spread_deg=last.get("intra_spread_deg"), min_centre_angle_deg=last.get("min_centre_angle_deg"),
         min_mean_gap=last.get("min_mean_gap"), precision_at_1=last.get("precision_at_1"),
         mean_average_precision_at_r=last.get("mean_average_precision_at_r"),
@@ -192,6 +193,17 @@ def display_row(row: dict) -> dict:
             "diverged": f"{row['diverged_seeds']}/{len(row['seeds'])}", "epochs to acc threshold": epochs,
             "train time (s)": fmt(row["wall_time_s"], 1), POST: row["post_verdict"],
             "measured verdict": row["measured_verdict"]}
+
+
+def balanced_cells(cells: dict, row: dict) -> dict:
+    """`cells` with a balanced accuracy column after the final accuracy (a grid on folders, whose classes may be
+    unequal)."""
+    out = {}
+    for name, cell in cells.items():
+        out[name] = cell
+        if name == "final acc":
+            out["balanced acc"] = fmt(row["balanced_accuracy"], 4)
+    return out
 
 
 def unseen_cells(row: dict) -> dict:
