@@ -80,6 +80,17 @@ def test_embed_of_a_bf16_channels_last_run_equals_its_saved_features(tiny_data, 
     np.testing.assert_allclose(got, saved, rtol=0, atol=1e-5)
 
 
+def test_a_folder_embeds_a_few_files_at_a_time_to_the_saved_features(large_run, tmp_path, monkeypatch):
+    """Files are decoded DECODED at a time (memory of a chunk, not of the folder): 2 at a time, the 9 test images
+    of a 40-px colour folder run give its saved features and its predictions."""
+    monkeypatch.setattr(embed, "DECODED", 2)
+    assert embed.main([str(large_run), "--out", str(tmp_path / "e.npz"), "--no-progress"]) == 0
+    got, saved = np.load(tmp_path / "e.npz"), np.load(large_run / "features.npz")
+    np.testing.assert_allclose(got["features"], saved["features"], rtol=0, atol=1e-5)
+    assert np.array_equal(got["labels"], saved["labels"]) and len(got["paths"]) == 9
+    assert np.array_equal(got["predicted"], predicted_labels(saved["features"], dict(saved)).numpy())
+
+
 def test_embed_a_folder_with_unknown_and_unlabelled_images(run, tmp_path):
     from PIL import Image
 

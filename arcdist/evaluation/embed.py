@@ -36,6 +36,7 @@ from arcdist.data import normalise, pixel_scale
 from arcdist.errors import DataError, Exit
 
 BATCH = 256  # images per forward pass
+DECODED = 4096  # files decoded at a time: a folder of any size embeds in the memory of these, not of all its images
 
 
 class Embedder(nn.Module):
@@ -207,16 +208,15 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
           images: Path | None = None, epoch: int | None = None, progress: bool = True) -> dict:
     """Write the npz (module docstring); returns what it holds (counts, the checkpoint)."""
     from arcdist.datasets import dataset_spec, load_dataset, run_spec
-    from arcdist.datasets.folder import SPLITS, Decoder, decode_all, is_split, listing
+    from arcdist.datasets.folder import SPLITS, Decoder, file_loader, is_split, listing
 
     cfg, classifier, path = load_classifier(run_dir, epoch)
     model = classifier.embedder
     device = torch.device("cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu")
     model.to(device)
-    extra = {}
+    extra, x, paths = {}, None, None
     if images is not None:
         paths, labels, classes = image_files(Path(images))
-        x = decode_all(tuple(paths), Decoder(cfg.model.in_channels, cfg.model.image_size), cfg.data.workers)
         y, extra = torch.tensor(labels), dict(paths=np.array(paths))
     else:
         name = dataset or cfg.data.dataset
@@ -230,7 +230,6 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
                 paths, labels = list(chosen.paths), chosen.labels.tolist()
             classes = list(cfg.data.classes)
             labels = [classes.index(found[k]) if k >= 0 and found[k] in classes else -1 for k in labels]
-            x = decode_all(tuple(paths), Decoder(cfg.model.in_channels, cfg.model.image_size), cfg.data.workers)
             y, extra = torch.tensor(labels), dict(paths=np.array(paths))
         else:
             data_dir = data_dir or os.environ.get("ARCDIST_DATA_DIR") or cfg.data.data_dir
@@ -241,7 +240,18 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
                                   f"{cfg.model.in_channels}x{cfg.model.image_size}x{cfg.model.image_size}; write "
                                   "them out as a folder (tools/image_folder.py) and pass --images DIR")
             classes = list(dataset_spec(name).classes)
-    feats = embed_pixels(model, x, device, progress, cfg.train.mixed_precision, cfg.train.channels_last is True)
+    precision, channels_last = cfg.train.mixed_precision, cfg.train.channels_last is True
+    if paths is None:
+        feats = embed_pixels(model, x, device, progress, precision, channels_last)
+    else:  # decoded DECODED files at a time
+        from tqdm import tqdm
+
+        decode = Decoder(cfg.model.in_channels, cfg.model.image_size)
+        chunks = file_loader(tuple(paths), decode, cfg.data.workers, batch_size=DECODED)
+        parts = [embed_pixels(model, chunk, device, False, precision, channels_last)
+                 for chunk in tqdm(chunks, desc="embed", total=-(-len(paths) // DECODED), disable=not progress,
+                                   leave=False)]
+        feats = np.concatenate(parts) if parts else np.zeros((0, cfg.model.feature_dim), np.float32)
     predicted, score = predict(classifier.cpu(), feats)
     run_classes = list(run_spec(cfg.data, cfg.model).classes)
     out = Path(out)
