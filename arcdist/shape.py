@@ -100,8 +100,7 @@ def fit_batch(cfg: Config, explicit: set[str], world: int = 1) -> Config:
     (`split_batch`). A batch given with --set is kept; one that does not split is refused by the trainer."""
     if "data.batch_size" in explicit:
         return cfg
-    batch = auto_batch(train_images(cfg), cfg.data.batch_size) if cfg.data.dataset == "folder" else cfg.data.batch_size
-    return replace(cfg, data=replace(cfg.data, batch_size=split_batch(batch, world)))
+    return replace(cfg, data=replace(cfg.data, batch_size=split_batch(single_batch(cfg), world)))
 
 
 def notes(cfg: Config, world: int = 1) -> list[str]:

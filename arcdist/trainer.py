@@ -122,9 +122,9 @@ class Trainer:
                               "lower --set data.batch_size or raise --limit-train")
         if cfg.data.batch_size % self.world:
             lo = cfg.data.batch_size // self.world * self.world
+            near = " or ".join(str(b) for b in sorted({max(lo, self.world), lo + self.world}))
             raise ConfigError(f"batch size {cfg.data.batch_size} does not split over {self.world} processes; "
-                              f"use a multiple of {self.world} ({lo or self.world} or {lo + self.world}), "
-                              f"or leave data.batch_size unset")
+                              f"use a multiple of {self.world} ({near}), or leave data.batch_size unset")
         self.train_sample = self.train_data.select(sample_indices(n, cfg.train.seed, train_sample_size(n)))
         self.order = Order.of(cfg, self.rank, self.world)
         self.steps_per_epoch = self.order.steps(n)

@@ -12,8 +12,8 @@ from arcdist.figures import class_names
 from arcdist.heads import head_class
 from arcdist.status import RunStatus
 
-STATS = ("final_accuracy", "best_accuracy", "balanced_accuracy", "intra_spread_deg", "min_centre_angle_deg", "min_mean_gap",
-         "worst_class_accuracy", "wall_time_s", "precision_at_1", "mean_average_precision_at_r",
+STATS = ("final_accuracy", "best_accuracy", "balanced_accuracy", "intra_spread_deg", "min_centre_angle_deg",
+         "min_mean_gap", "worst_class_accuracy", "wall_time_s", "precision_at_1", "mean_average_precision_at_r",
          *runinfo.UNSEEN)  # (runs with data.train_classes)
 STD_NOTE = "mean ± sample standard deviation over seeds (ddof=1); the deviation is n/a with one seed"
 VERDICT_RULE = ("diverged if any seed diverged; else separated if the mean final test accuracy is at least {acc:g} "
