@@ -11,20 +11,24 @@ from arcdist.heads import geometry_scores, predicted_labels
 from helpers import metric_rows, run_train, snapshot, tiny_args
 
 
+def trained(tmp_path_factory, data, name: str, epochs: int, *extra: str):
+    """A tiny T0 run (fp32, so its saved features are the eager model's) in a folder of its own."""
+    out = tmp_path_factory.mktemp(name) / "run"
+    run_train(tiny_args(data, out, epochs, *extra))
+    return out
+
+
 @pytest.fixture(scope="module")
 def run(tiny_data, tmp_path_factory):
-    """A 2-epoch T0 run (fp32, so its saved features are the eager model's)."""
-    out = tmp_path_factory.mktemp("embed") / "run"
-    run_train(tiny_args(tiny_data, out, 2, "--set", "train.keep_checkpoints=2"))
-    return out
+    """A 2-epoch T0 run."""
+    return trained(tmp_path_factory, tiny_data, "embed", 2, "--set", "train.keep_checkpoints=2")
 
 
 @pytest.fixture(scope="module")
 def image_run(tiny_data, tmp_path_factory):
     """The same with data.normalize=image: each image's own mean and std, in training, embed and export alike."""
-    out = tmp_path_factory.mktemp("embed-image") / "run"
-    run_train(tiny_args(tiny_data, out, 2, "--set", "train.keep_checkpoints=2", "--set", "data.normalize=image"))
-    return out
+    return trained(tmp_path_factory, tiny_data, "embed-image", 2, "--set", "train.keep_checkpoints=2",
+                   "--set", "data.normalize=image")
 
 
 @pytest.fixture(scope="module")
@@ -124,17 +128,13 @@ def test_embed_predicts_as_the_run_did_for_heads_with_more_than_w(kind, request,
 @pytest.fixture(scope="module")
 def some_classes_run(tiny_data, tmp_path_factory):
     """A 1-epoch T0 run trained on 4 of the 10 digits (data.train_classes): its head has 4 rows."""
-    out = tmp_path_factory.mktemp("embed-some") / "run"
-    run_train(tiny_args(tiny_data, out, 1, "--set", "data.train_classes=[1,3,5,7]"))
-    return out
+    return trained(tmp_path_factory, tiny_data, "embed-some", 1, "--set", "data.train_classes=[1,3,5,7]")
 
 
 @pytest.fixture(scope="module")
 def subcenter_run(tiny_data, tmp_path_factory):
     """A 1-epoch T0 run with sub-center ArcFace: 3 rows of W a class, the best of them scores."""
-    out = tmp_path_factory.mktemp("embed-subcenter") / "run"
-    run_train(tiny_args(tiny_data, out, 1, "--set", "head.kind=subcenter"))
-    return out
+    return trained(tmp_path_factory, tiny_data, "embed-subcenter", 1, "--set", "head.kind=subcenter")
 
 
 def test_embed_of_a_run_trained_on_some_classes_predicts_only_those(some_classes_run, tiny_data, tmp_path, capsys):

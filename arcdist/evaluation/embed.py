@@ -73,10 +73,26 @@ def checkpoint_of(run_dir: Path, epoch: int | None) -> Path:
     return found[-1]
 
 
-def load_embedder(run_dir: Path, epoch: int | None = None) -> tuple[Config, Embedder, Path]:
-    """The run's config, its backbone with the checkpoint's weights (eval mode, CPU), and the checkpoint."""
+def load_weights(module: nn.Module, path: Path, what: str, run_dir: Path, averaged: bool = False) -> None:
+    """Load into `module` the file of checkpoint `path` whose tensors are the module's own (with `averaged`, the
+    averaged backbone of a train.ema run: AveragedModel's module.*); ConfigError when no file fits."""
     from safetensors.torch import load_file
 
+    want = set(module.state_dict())
+    for f in sorted(path.glob("model*.safetensors")):
+        state = load_file(str(f))
+        if averaged:
+            if "n_averaged" not in state:
+                continue
+            state = {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
+        if set(state) == want:
+            module.load_state_dict(state)
+            return
+    raise ConfigError(f"checkpoint {path} holds no {what} of this run's shape; is {run_dir} an arcdist run?")
+
+
+def load_embedder(run_dir: Path, epoch: int | None = None) -> tuple[Config, Embedder, Path]:
+    """The run's config, its backbone with the checkpoint's weights (eval mode, CPU), and the checkpoint."""
     from arcdist.datasets import run_spec
     from arcdist.model import build_backbone
 
@@ -84,18 +100,7 @@ def load_embedder(run_dir: Path, epoch: int | None = None) -> tuple[Config, Embe
     cfg = rundir.load_saved_config(run_dir, flag="")
     path = checkpoint_of(run_dir, epoch)
     backbone = build_backbone(cfg.model)
-    want = set(backbone.state_dict())
-    for f in sorted(path.glob("model*.safetensors")):
-        state = load_file(str(f))
-        if cfg.train.ema and "n_averaged" in state:  # the averaged backbone (AveragedModel: module.*)
-            state = {k.removeprefix("module."): v for k, v in state.items() if k.startswith("module.")}
-        elif cfg.train.ema:
-            continue
-        if set(state) == want:
-            backbone.load_state_dict(state)
-            break
-    else:
-        raise ConfigError(f"checkpoint {path} holds no backbone of this run's shape; is {run_dir} an arcdist run?")
+    load_weights(backbone, path, "backbone", run_dir, averaged=bool(cfg.train.ema))
     spec = run_spec(cfg.data, cfg.model)
     return cfg, Embedder(backbone, spec.mean, spec.std, spec.per_image).eval(), path
 
@@ -137,22 +142,13 @@ class Classifier(nn.Module):
 
 def load_classifier(run_dir: Path, epoch: int | None = None) -> tuple[Config, Classifier, Path]:
     """`load_embedder`'s, with the checkpoint's head read into its prediction rule (`Classifier`)."""
-    from safetensors.torch import load_file
-
     from arcdist.datasets import run_spec
     from arcdist.evaluation.openset import SeenClasses
     from arcdist.heads import build_head
 
     cfg, embedder, path = load_embedder(run_dir, epoch)
     head = build_head(cfg.head, cfg.model.feature_dim)
-    want = set(head.state_dict())
-    for f in sorted(path.glob("model*.safetensors")):
-        state = load_file(str(f))
-        if set(state) == want:
-            head.load_state_dict(state)
-            break
-    else:
-        raise ConfigError(f"checkpoint {path} holds no head of this run's shape; is {run_dir} an arcdist run?")
+    load_weights(head, path, "head", run_dir)
     num_classes = run_spec(cfg.data, cfg.model).num_classes
     seen = SeenClasses.of(cfg.data.train_classes, num_classes)
     rows = None if seen is None else seen.labels
