@@ -17,7 +17,7 @@ import torch
 from arcdist.evaluation import openset
 from arcdist.config import Config, ConfigError, ModelConfig
 from arcdist.datasets import dataset_class, dataset_spec, run_spec
-from arcdist.datasets.folder import is_split, listing
+from arcdist.datasets.folder import listing, test_dir
 from arcdist.model import smallest_image, takes_net_size, written_size
 from arcdist.variants import get_variant
 
@@ -123,7 +123,10 @@ def notes(cfg: Config, world: int = 1) -> list[str]:
         out.append(f"arcdist: batch {cfg.data.batch_size} ({cfg.data.batch_size // world} on each of {world} "
                    f"processes): {single} does not split over {world}; --set data.batch_size=N, a multiple of "
                    f"{world}, sets it")
-    if cfg.data.dataset == "folder" and not is_split(Path(cfg.data.data_dir)):
+    test = test_dir(Path(cfg.data.data_dir)) if cfg.data.dataset == "folder" else "test"
+    if test not in (None, "test"):
+        out.append(f"arcdist: {cfg.data.data_dir} has no test/: its {test}/ is the test split")
+    if test is None:
         out.append(f"arcdist: {cfg.data.data_dir} has no train/ and test/: {cfg.data.test_fraction:.0%} of each "
                    f"class's images are the test split, chosen by file name (data.test_fraction="
                    f"{cfg.data.test_fraction})")

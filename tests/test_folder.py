@@ -88,7 +88,7 @@ def _bad(tmp_path: Path, pngs: Path, how: str) -> tuple[Path, str]:
         return d, str(d / "train" / "5" / "notes.txt")
     if how == "no-test-folder":
         shutil.rmtree(d / "test")
-        return d, "no test/ folder"
+        return d, "no test/ (or val/) folder"
     raise ValueError(how)
 
 
@@ -277,6 +277,56 @@ def test_a_folder_of_classes_trains_and_embeds_its_held_out_split(tmp_path):
     assert len(np.load(out)["paths"]) == 5
 
 
+def test_train_beside_val_trains_judges_and_embeds_val(tmp_path):
+    """ImageNet's layout: train/ and val/ (no test/) is a split dataset whose test split is val/."""
+    import numpy as np
+
+    from arcdist.evaluation import embed
+
+    _class_folders(tmp_path / "d" / "train", {"ant": 8, "bee": 8})
+    _class_folders(tmp_path / "d" / "val", {"ant": 2, "bee": 3})
+    proc = run_train(tiny_args(tmp_path / "d", tmp_path / "run", 1, "--dataset", "folder", "--set",
+                               "data.workers=0", batch=4))
+    assert f"{tmp_path / 'd'} has no test/: its val/ is the test split" in proc.stdout
+    saved = np.load(tmp_path / "run" / "features" / "test-epoch-0001.npz")
+    assert np.bincount(saved["labels"]).tolist() == [2, 3]
+    out = tmp_path / "e.npz"
+    assert embed.main([str(tmp_path / "run"), "--out", str(out), "--no-progress"]) == 0
+    assert [Path(p).parent.parent.name for p in np.load(out)["paths"]] == ["val"] * 5
+    np.testing.assert_allclose(np.load(out)["features"], saved["features"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout, test", [(("train", "test"), "test"), (("train", "val"), "val"),
+                                          (("train", "valid"), "valid"), (("train", "validation"), "validation"),
+                                          (("train", "val", "test"), "test"), (("valid", "invalid"), None),
+                                          (("val", "cat"), None)])
+def test_the_test_split_is_test_then_val_and_a_class_named_val_stays_a_class(tmp_path, layout, test):
+    from arcdist.datasets.folder import listing, test_dir
+
+    for name in layout:
+        _class_folders(tmp_path / name, {"ant": 2, "bee": 2}) if test else _class_folders(tmp_path, {name: 3})
+    assert test_dir(tmp_path) == test
+    trained, classes, train, held = listing(tmp_path)
+    if test:
+        assert (trained, len(train.paths), {Path(p).parts[-3] for p in held.paths}) == (["ant", "bee"], 4, {test})
+    else:  # DIR/<class>/*: "val" and "valid" are class names here
+        assert classes == sorted(layout) and len(held.paths) == 2  # round(0.2 x 3) = 1 of each
+
+
+def test_a_test_folder_of_loose_files_is_one_line_naming_the_fix(tmp_path):
+    from arcdist.datasets.base import DataError
+    from arcdist.datasets.folder import listing
+
+    _class_folders(tmp_path / "train", {"ant": 3, "bee": 3})
+    _class_folders(tmp_path / "x", {"test": 4})  # Kaggle's layout: test/ holds unlabelled images
+    (tmp_path / "x" / "test").rename(tmp_path / "test")
+    with pytest.raises(DataError) as e:
+        listing(tmp_path)
+    assert str(e.value) == (f"{tmp_path / 'test'}: 4 files but no class folders, so no labels to judge by; put them "
+                            f"in {tmp_path / 'test'}/<class>/*, or move test/ away to hold out part of train/ "
+                            f"(--data-dir {tmp_path / 'train'})")
+
+
 @pytest.mark.parametrize("case", ["train/ without test/", "test_fraction 1", "no such folder"])
 def test_a_split_that_cannot_be_made_is_one_line_exit_2_nothing_written(tmp_path, case):
     _class_folders(tmp_path / "d" / ("train" if case == "train/ without test/" else ""), {"ant": 4, "bee": 4})
@@ -286,7 +336,7 @@ def test_a_split_that_cannot_be_made_is_one_line_exit_2_nothing_written(tmp_path
     proc = run_train(tiny_args(data, tmp_path / "run", 1, "--dataset", "folder", *extra, batch=2), check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    want = {"train/ without test/": "no test/ folder", "test_fraction 1": "data.test_fraction must be between 0 and 1 (got 1.0)",
+    want = {"train/ without test/": "no test/ (or val/) folder", "test_fraction 1": "data.test_fraction must be between 0 and 1 (got 1.0)",
             "no such folder": "nowhere: no such folder"}[case]
     assert want in lines[0]
     assert ("try --set data.test_fraction=0.2" if case == "test_fraction 1" else "or DIR/<class>/*") in lines[0]

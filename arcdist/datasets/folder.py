@@ -1,5 +1,6 @@
-"""Your own images: `--dataset folder --data-dir DIR` with DIR/train/<class>/* and DIR/test/<class>/*, or
-DIR/<class>/* with `data.test_fraction` of each class held out as the test split (`held_out`).
+"""Your own images: `--dataset folder --data-dir DIR` with DIR/train/<class>/* and DIR/test/<class>/* (or, with
+no test/, DIR/val/, valid/ or validation/: `test_dir`), or DIR/<class>/* with `data.test_fraction` of each class
+held out as the test split (`held_out`).
 
 torchvision's `ImageFolder` layout, read by torchvision (`ImageFolder`, its loader and transforms): the class
 names are train/'s sub-folders in sorted order (label = index), test/ may hold a subset of them. Each image is
@@ -30,6 +31,7 @@ from arcdist.errors import first_line
 from arcdist.nodecache import once_per_node
 
 SPLITS = ("train", "test")
+VALIDATION = ("val", "valid", "validation")  # the test split's folder where there is no test/ (ImageNet's layout)
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,16 @@ def find_classes(split_dir: Path) -> list[str]:
 
     try:
         return tv_find_classes(str(split_dir))[0]
-    except (FileNotFoundError, NotADirectoryError) as e:
-        raise DataError(f"{split_dir}: {first_line(e)}; the folder needs one sub-folder per class "
-                        f"(DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/*)") from None
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    images = sum(1 for e in os.scandir(split_dir) if e.is_file() and not e.name.startswith(".")) \
+        if split_dir.is_dir() else 0
+    if images and split_dir.name in SPLITS[1:] + VALIDATION:
+        raise DataError(f"{split_dir}: {images:,} files but no class folders, so no labels to judge by; put them "
+                        f"in {split_dir}/<class>/*, or move {split_dir.name}/ away to hold out part of train/ "
+                        f"(--data-dir {split_dir.parent / 'train'})")
+    raise DataError(f"{split_dir}: no class folders; the folder needs one sub-folder per class "
+                    f"(DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/*)")
 
 
 def list_split(root: Path, split: str, classes: list[str]) -> Listing:
@@ -74,25 +83,37 @@ def list_classes(split_dir: Path, classes: list[str]) -> Listing:
     return Listing(tuple(p for p, _ in samples), torch.tensor([y for _, y in samples], dtype=torch.long))
 
 
-def is_split(root: Path) -> bool:
-    """True for DIR/train/ and DIR/test/, False for DIR/<class>/* (split by `held_out`); a DataError for neither,
-    or for one of train/ and test/ without the other."""
+def test_dir(root: Path) -> str | None:
+    """The name of the test split's folder beside DIR/train/: "test", or where there is none "val", "valid" or
+    "validation"; None for DIR/<class>/* (split by `held_out`). A DataError for no such folder, or for train/
+    without a test split (or test/ without train/)."""
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; a folder dataset is DIR/train/<class>/* and DIR/test/<class>/*, "
                         "or DIR/<class>/* (point --data-dir at DIR)")
-    have = [s for s in SPLITS if (root / s).is_dir()]
-    if len(have) == 1:
-        missing = next(s for s in SPLITS if s not in have)
-        raise DataError(f"{root}: no {missing}/ folder; a folder dataset is DIR/train/<class>/* and "
+    train, test = ((root / s).is_dir() for s in SPLITS)
+    if train and not test:
+        test = next((v for v in VALIDATION if (root / v).is_dir()), None)
+        if test is None:
+            raise DataError(f"{root}: no test/ (or val/) folder beside train/; a folder dataset is DIR/train/<class>/* "
+                            f"and DIR/test/<class>/*, or DIR/<class>/* (--data-dir {root / 'train'} holds out "
+                            "data.test_fraction of it)")
+        return test
+    if test and not train:
+        raise DataError(f"{root}: no train/ folder; a folder dataset is DIR/train/<class>/* and "
                         f"DIR/test/<class>/*, or DIR/<class>/* (point --data-dir at DIR)")
-    return bool(have)
+    return SPLITS[1] if train else None
+
+
+def is_split(root: Path) -> bool:
+    """True for DIR/train/ beside a test split (`test_dir`), False for DIR/<class>/*."""
+    return test_dir(root) is not None
 
 
 def _stamp(root: Path) -> tuple:
     """The modification times of the split folders and their class folders: what adding, removing or renaming a
     file or a class changes."""
-    out = []
-    for split in (SPLITS if is_split(root) else ("",)):
+    out, test = [], test_dir(root)
+    for split in (("train", test) if test else ("",)):
         d = root / split
         out.append((split, d.stat().st_mtime_ns))
         out += [(split, e.name, e.stat().st_mtime_ns) for e in sorted(os.scandir(d), key=lambda e: e.name)
@@ -116,13 +137,14 @@ def held_out(listing: Listing, classes: list[str], fraction: float) -> tuple[Lis
 
 @functools.lru_cache(maxsize=4)
 def _listing(root: Path, stamp: tuple, fraction: float) -> tuple[list[str], list[str], Listing, Listing]:
-    if not is_split(root):
+    test = test_dir(root)
+    if test is None:
         classes = find_classes(root)
         return classes, classes, *held_out(list_classes(root, classes), classes, fraction)
     # the classes of both splits: a class in test/ only is one the run never trains on (arcdist.evaluation.openset)
     trained = find_classes(root / "train")
-    classes = sorted(set(trained) | set(find_classes(root / "test")))
-    train, test = (list_split(root, s, classes) for s in SPLITS)
+    classes = sorted(set(trained) | set(find_classes(root / test)))
+    train, test = (list_split(root, s, classes) for s in ("train", test))
     return trained, classes, train, test
 
 

@@ -204,7 +204,7 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
           images: Path | None = None, epoch: int | None = None, progress: bool = True) -> dict:
     """Write the npz (module docstring); returns what it holds (counts, the checkpoint)."""
     from arcdist.datasets import dataset_spec, load_dataset, run_spec
-    from arcdist.datasets.folder import SPLITS, Decoder, file_loader, is_split, listing
+    from arcdist.datasets.folder import SPLITS, Decoder, file_loader, listing, test_dir
 
     cfg, classifier, path = load_classifier(run_dir, epoch)
     model = classifier.embedder
@@ -218,8 +218,9 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
         name = dataset or cfg.data.dataset
         if name == "folder":  # labelled by the run's own classes (a split may lack some; -1: not one of them)
             root = Path(data_dir or cfg.data.data_dir)
-            if is_split(root):
-                paths, labels, found = image_files(root / split)
+            test = test_dir(root)
+            if test:
+                paths, labels, found = image_files(root / (test if split == "test" else split))
             else:  # one folder of classes: the run's held-out split of it
                 _, found, *splits = listing(root, cfg.data.test_fraction)
                 chosen = splits[SPLITS.index(split)]
