@@ -277,6 +277,28 @@ def test_a_folder_of_classes_trains_and_embeds_its_held_out_split(tmp_path):
     assert len(np.load(out)["paths"]) == 5
 
 
+def test_hidden_files_and_folders_are_skipped_and_sub_folders_are_read(tmp_path):
+    """A folder as macOS, Jupyter and photo libraries leave it: ._ twins that do not decode, __MACOSX,
+    .ipynb_checkpoints (as a class and inside one), a class's images in sub-folders of it (as torchvision reads)."""
+    from arcdist.datasets.folder import listing
+    from arcdist.evaluation.embed import image_files
+
+    _class_folders(tmp_path / "d", {"ant": 3, "bee": 3})
+    _class_folders(tmp_path / "d" / "bee", {"2019": 2, "2020": 2})  # bee/2019/img00.png and bee/2020/img00.png
+    for junk in ("ant/._img00.png", "__MACOSX/ant/._img00.png", ".ipynb_checkpoints/x.png",
+                 "bee/.ipynb_checkpoints/y.png", "ant/.DS_Store"):
+        (tmp_path / "d" / junk).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "d" / junk).write_bytes(b"\x00\x05\x16\x07 not an image")
+    trained, classes, train, test = listing(tmp_path / "d", 0.5)
+    names = sorted(str(Path(p).relative_to(tmp_path / "d")) for p in train.paths + test.paths)
+    assert classes == ["ant", "bee"] and names == sorted(
+        [f"ant/img0{i}.png" for i in range(3)] + [f"bee/img0{i}.png" for i in range(3)] +
+        [f"bee/{y}/img0{i}.png" for y in (2019, 2020) for i in range(2)])
+    assert (len(test.paths), test.labels.tolist().count(1)) == (2 + 4, 4)  # round(0.5 x 3) of ant, of bee's 7: 4
+    paths, labels, found = image_files(tmp_path / "d")
+    assert (found, len(paths), labels.count(1)) == (["ant", "bee"], 10, 7)
+
+
 def test_train_beside_val_trains_judges_and_embeds_val(tmp_path):
     """ImageNet's layout: train/ and val/ (no test/) is a split dataset whose test split is val/."""
     import numpy as np

@@ -10,7 +10,7 @@ is kept as it is). The per-channel mean and std are measured on the decoded trai
 and recorded in config.json (`data.mean`, `data.std`, `data.classes`), so a resume does not measure again.
 
 Every file is checked before anything is written: a file that is not an image (by torchvision's extensions;
-names starting with "." are skipped), an image that does not decode, an empty class folder, one of train/ and test/
+names starting with "." and __MACOSX are skipped; a class folder's sub-folders are read, as torchvision does), an image that does not decode, an empty class folder, one of train/ and test/
 without the other: each one line naming it, exit 2.
 """
 from __future__ import annotations
@@ -42,15 +42,26 @@ class Listing:
     labels: torch.Tensor
 
 
-def find_classes(split_dir: Path) -> list[str]:
-    from torchvision.datasets.folder import find_classes as tv_find_classes
+SKIPPED = ("__MACOSX",)  # a macOS zip's resource forks: never a class
 
+
+def visible(name: str) -> bool:
+    """False for what no dataset means to hold: names starting with "." (.DS_Store, macOS's ._ twins,
+    .ipynb_checkpoints) and __MACOSX."""
+    return not name.startswith(".") and name not in SKIPPED
+
+
+def find_classes(split_dir: Path) -> list[str]:
+    """The class folders of `split_dir` in sorted order (torchvision's `find_classes`, hidden names skipped)."""
     try:
-        return tv_find_classes(str(split_dir))[0]
-    except (FileNotFoundError, NotADirectoryError):
-        pass
-    images = sum(1 for e in os.scandir(split_dir) if e.is_file() and not e.name.startswith(".")) \
-        if split_dir.is_dir() else 0
+        entries = list(os.scandir(split_dir))
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise DataError(f"{split_dir}: {first_line(e)}; the folder needs one sub-folder per class "
+                        f"(DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/*)") from None
+    classes = sorted(e.name for e in entries if e.is_dir() and visible(e.name))
+    if classes:
+        return classes
+    images = sum(1 for e in entries if e.is_file() and visible(e.name))
     if images and split_dir.name in SPLITS[1:] + VALIDATION:
         raise DataError(f"{split_dir}: {images:,} files but no class folders, so no labels to judge by; put them "
                         f"in {split_dir}/<class>/*, or move {split_dir.name}/ away to hold out part of train/ "
@@ -59,26 +70,38 @@ def find_classes(split_dir: Path) -> list[str]:
                     f"(DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/*)")
 
 
+def walk_files(folder: Path) -> Iterator[Path]:
+    """Every visible file under `folder`, sub-folders included, in torchvision's `make_dataset` order (sorted
+    walk, then sorted names); hidden folders are not entered."""
+    for root, dirs, files in sorted(os.walk(folder, followlinks=True)):
+        dirs[:] = [d for d in dirs if visible(d)]
+        if all(visible(part) for part in Path(root).relative_to(folder).parts):
+            yield from (Path(root) / f for f in sorted(files) if visible(f))
+
+
 def list_split(root: Path, split: str, classes: list[str]) -> Listing:
     """The split's images by torchvision's `make_dataset`, after checking every file in it (the module docstring)."""
     return list_classes(root / split, classes)
 
 
 def list_classes(split_dir: Path, classes: list[str]) -> Listing:
-    """The images of `split_dir`/<class>/*, checked file by file, labelled by their index in `classes`."""
+    """The images of `split_dir`/<class>/** (sub-folders included, as torchvision reads them), checked file by file,
+    labelled by their index in `classes`."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
     for name in find_classes(split_dir):
         folder = split_dir / name
-        files = [f for f in sorted(os.listdir(folder)) if not f.startswith(".")]
+        files = list(walk_files(folder))
         if not files:
             raise DataError(f"{folder}: empty class folder; add its images or remove the folder")
-        for f in files:
-            path = folder / f
-            if path.is_dir() or not has_file_allowed_extension(f, IMG_EXTENSIONS):
+        for path in files:
+            if not has_file_allowed_extension(path.name, IMG_EXTENSIONS):
                 raise DataError(f"{path}: not an image file (images end in {', '.join(IMG_EXTENSIONS)}); "
                                 "move it out of the dataset folder")
-    samples = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, IMG_EXTENSIONS,
+    # hidden files and folders are skipped here too: torchvision would list macOS's ._name.jpg twins
+    shown = lambda p: all(visible(part) for part in Path(p).relative_to(split_dir).parts) and \
+        has_file_allowed_extension(p, IMG_EXTENSIONS)
+    samples = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, is_valid_file=shown,
                            allow_empty=True)
     return Listing(tuple(p for p, _ in samples), torch.tensor([y for _, y in samples], dtype=torch.long))
 
@@ -117,19 +140,21 @@ def _stamp(root: Path) -> tuple:
         d = root / split
         out.append((split, d.stat().st_mtime_ns))
         out += [(split, e.name, e.stat().st_mtime_ns) for e in sorted(os.scandir(d), key=lambda e: e.name)
-                if e.is_dir()]
+                if e.is_dir()]  # (a change deeper in a class folder is seen by a new process, not this one)
     return tuple(out)
 
 
-def held_out(listing: Listing, classes: list[str], fraction: float) -> tuple[Listing, Listing]:
-    """(train, test) of one folder of classes: round(fraction x n) of each class's n images (at least 1 while the
-    class keeps one for training) are the test split, those first in the order of SHA-256 of "<class>/<file name>"
-    (the same split on any machine, whatever the folder's path); each split in ImageFolder's order."""
+def held_out(listing: Listing, classes: list[str], fraction: float, root: Path) -> tuple[Listing, Listing]:
+    """(train, test) of the folder of classes `root`: round(fraction x n) of each class's n images (at least 1 while
+    the class keeps one for training) are the test split, those first in the order of SHA-256 of "<class>/<path in
+    the class folder>" (the same split on any machine, whatever the folder's path); each split in ImageFolder's
+    order."""
     test = torch.zeros(len(listing.paths), dtype=torch.bool)
     for label, name in enumerate(classes):
         rows = (listing.labels == label).nonzero().flatten().tolist()
         k = min(max(round(fraction * len(rows)), 1), len(rows) - 1) if len(rows) > 1 else 0
-        key = {i: hashlib.sha256(f"{name}/{os.path.basename(listing.paths[i])}".encode()).hexdigest() for i in rows}
+        key = {i: hashlib.sha256(f"{name}/{Path(listing.paths[i]).relative_to(root / name).as_posix()}".encode())
+               .hexdigest() for i in rows}
         test[sorted(rows, key=key.__getitem__)[:k]] = True
     pick = lambda mask: Listing(tuple(p for p, m in zip(listing.paths, mask.tolist()) if m), listing.labels[mask])
     return pick(~test), pick(test)
@@ -140,7 +165,7 @@ def _listing(root: Path, stamp: tuple, fraction: float) -> tuple[list[str], list
     test = test_dir(root)
     if test is None:
         classes = find_classes(root)
-        return classes, classes, *held_out(list_classes(root, classes), classes, fraction)
+        return classes, classes, *held_out(list_classes(root, classes), classes, fraction, root)
     # the classes of both splits: a class in test/ only is one the run never trains on (arcdist.evaluation.openset)
     trained = find_classes(root / "train")
     classes = sorted(set(trained) | set(find_classes(root / test)))

@@ -163,17 +163,21 @@ def predict(model: Classifier, features: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
-    """Every image under `root`, sorted: (paths, labels, classes); a file in `root` itself has label -1, one in
-    root/<class>/ the index of <class> among the sub-folders (sorted)."""
+    """Every image under `root`, sub-folders included, sorted: (paths, labels, classes); a file in `root` itself has
+    label -1, one under root/<class>/ the index of <class> among the sub-folders (sorted); hidden names are
+    skipped (`folder.visible`)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    from arcdist.datasets.folder import visible, walk_files
 
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; pass --images DIR with image files (or DIR/<class>/ folders)")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and visible(d.name))
+    loose = [f for f in sorted(root.iterdir()) if f.is_file() and visible(f.name)]
     paths, labels = [], []
-    for label, folder in [(-1, root), *((i, root / c) for i, c in enumerate(classes))]:
-        for f in sorted(folder.iterdir()):
-            if f.is_file() and not f.name.startswith(".") and has_file_allowed_extension(f.name, IMG_EXTENSIONS):
+    for label, files in [(-1, loose), *((i, walk_files(root / c)) for i, c in enumerate(classes))]:
+        for f in files:
+            if has_file_allowed_extension(f.name, IMG_EXTENSIONS):
                 paths.append(str(f))
                 labels.append(label)
     if not paths:
