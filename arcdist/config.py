@@ -35,7 +35,9 @@ class ModelConfig:
     in_channels: int = 1  # image channels (1 grey, 3 colour); from the dataset unless set
     image_size: int = 28  # pixels, square; from the dataset unless set
     arch: Literal["layers", "resnet18"] = "layers"  # "layers": the list above; "resnet18": torchvision's, for photos
-    weights: str = ""  # resnet18: a local state dict to start from (torchvision's file; its fc is left out)
+    # resnet18, a new run: the weights to start from, a torchvision state dict file or "imagenet" (torchvision's
+    # IMAGENET1K_V1, downloaded once into torch.hub's cache); the fc is left out, a grey run sums conv1's filters
+    weights: str = ""
     # where a larger image's map is pooled to the written size: "layout" before the layer that takes it to 1x1 (it
     # keeps the image's layout), "end" at the fc (a mean of local windows; arcdist 0.1's, results/folders)
     pool: Literal["layout", "end"] = "layout"
@@ -318,6 +320,8 @@ def validate(cfg: Config) -> None:
         (cfg.model.feature_dim >= 2, f"model.feature_dim must be >= 2 (got {cfg.model.feature_dim}); "
          "try --set model.feature_dim=3"),
         *_head_checks(cfg.head),
+        (not cfg.model.weights or cfg.model.arch == "resnet18", f"model.weights={cfg.model.weights}: only "
+         "model.arch=resnet18 (--variant R18) starts from weights; drop the --set or use --variant R18"),
         (cfg.optim.step_size > 0, "optim.step_size must be > 0; pass --set optim.step_size=20"),
         (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
         (0 <= cfg.data.shift < cfg.model.image_size // 2,

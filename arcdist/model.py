@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import pickle
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -185,25 +186,65 @@ def fc_map_size(cfg: ModelConfig, channels: int) -> int:
 
 
 def build_resnet18(cfg: ModelConfig) -> nn.Module:
-    """torchvision's ResNet-18 (random init, or `cfg.weights`' state dict without its fc) with a feature_dim fc and a
-    first convolution for `cfg.in_channels`; its global average pool takes any image size."""
+    """torchvision's ResNet-18, randomly initialised, with a feature_dim fc and a first convolution for
+    `cfg.in_channels`; its global average pool takes any image size. `start_weights` loads `cfg.weights`."""
     from torchvision.models import resnet18
 
     net = resnet18(weights=None, num_classes=cfg.feature_dim)
-    if cfg.weights:
-        try:
-            state = torch.load(cfg.weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
-            raise ConfigError(f"model.weights={cfg.weights}: cannot load it ({str(e).splitlines()[0]}); pass a "
-                              "torchvision ResNet-18 state dict file") from None
-        missing = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
-        if set(missing.missing_keys) - {"fc.weight", "fc.bias"}:
-            raise ConfigError(f"model.weights={cfg.weights} is not a ResNet-18 state dict (missing "
-                              f"{sorted(missing.missing_keys)[0]}, ...)")
     if cfg.in_channels != 3:
         net.conv1 = nn.Conv2d(cfg.in_channels, 64, 7, 2, 3, bias=False)
     net.avgpool = GlobalMean()
     return net
+
+
+IMAGENET = "imagenet"  # model.weights: torchvision's ResNet18_Weights.IMAGENET1K_V1, by torch.hub's cache
+
+
+def start_weights(backbone: nn.Module, cfg: ModelConfig) -> None:
+    """Load `cfg.weights` into a fresh `build_backbone(cfg)` (a new run only: a resume, embed and export read the
+    checkpoint): a torchvision ResNet-18 state dict file, or "imagenet". Its fc is left out (the feature layer
+    stays random); for a grey run the first convolution's three colour filters are summed (timm's way), so a
+    grey image x gives what the RGB image (x, x, x) gave. A ConfigError for a file that is not one."""
+    if not cfg.weights:
+        return
+    state = imagenet_state() if cfg.weights == IMAGENET else load_state(cfg.weights)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if "conv1.weight" in state and state["conv1.weight"].shape[1] != cfg.in_channels:
+        if cfg.in_channels != 1:
+            raise ConfigError(f"model.weights={cfg.weights}: its first convolution takes "
+                              f"{state['conv1.weight'].shape[1]} channels, the run {cfg.in_channels}")
+        state["conv1.weight"] = state["conv1.weight"].sum(1, keepdim=True)
+    missing = backbone.load_state_dict(state, strict=False)
+    if set(missing.missing_keys) - {"fc.weight", "fc.bias"}:
+        raise ConfigError(f"model.weights={cfg.weights} is not a ResNet-18 state dict (missing "
+                          f"{sorted(missing.missing_keys)[0]}, ...)")
+
+
+def load_state(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
+        raise ConfigError(f"model.weights={path}: cannot load it ({str(e).splitlines()[0]}); pass a "
+                          "torchvision ResNet-18 state dict file") from None
+
+
+def imagenet_state() -> dict:
+    """torchvision's ImageNet ResNet-18 weights from torch.hub's cache, downloaded once per node where missing."""
+    import os
+
+    from torchvision.models import ResNet18_Weights
+
+    from arcdist.nodecache import node_lock
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    hub = os.path.join(torch.hub.get_dir(), "checkpoints")
+    with node_lock(Path(hub) / ".arcdist-download.lock"):
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:  # urllib's URLError, an HTTP error, a hash mismatch, a full disk: all the same fix
+            name = weights.url.rsplit("/", 1)[-1]
+            raise ConfigError(f"model.weights=imagenet: cannot fetch {weights.url} ({str(e).splitlines()[0]}); "
+                              f"offline, copy {name} into {hub}/ or pass model.weights=PATH") from None
 
 
 def build_backbone(cfg: ModelConfig) -> nn.Module:

@@ -92,8 +92,11 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
              "train.cpu": True if args.cpu else None}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     cfg = apply_overrides(cfg, overrides)
-    if saved is not None and not (args.data_dir or os.environ.get("ARCDIST_DATA_DIR")):
-        data_dir = saved.data.data_dir  # resume reads the folder the run recorded
+    if saved is not None and not args.data_dir and (Path(saved.data.data_dir).is_dir()
+                                                    or not os.environ.get("ARCDIST_DATA_DIR")):
+        # resume reads the folder the run recorded: ARCDIST_DATA_DIR, a machine's default for where the built-in
+        # datasets live, is for a recorded folder that is gone (a folder run's images are not there)
+        data_dir = saved.data.data_dir
         if not Path(data_dir).is_dir():
             raise ConfigError(f"--resume: the run's data folder {data_dir} is gone; pass --data-dir DIR "
                               f"(or set ARCDIST_DATA_DIR) with the dataset's files")
@@ -138,7 +141,9 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
             accelerator.print(note)
     no_progress = args.no_progress or not sys.stderr.isatty()  # no bar in log files
     try:  # from here on every way out destroys the process group (errors.end_process)
-        trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress)  # checks data before writing anything
+        new_run = saved is None or checkpoint.latest_checkpoint(run_dir) is None  # (claim decides it under the lock)
+        trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress,  # checks data before writing anything
+                          new_run=new_run)
         data_id = fingerprint.of_splits(trainer.train_data, trainer.test_data)
         recorded = saved is not None and fingerprint.check(
             run_dir, data_id, "--resume", "point --data-dir at the data this run was trained on, or start a new "

@@ -26,7 +26,7 @@ from arcdist.heads import build_head, param_count
 from arcdist.evaluation.metrics import separation_metrics
 from arcdist.evaluation.openset import SeenClasses, unseen_metrics
 from arcdist.evaluation.retrieval import retrieval_metrics
-from arcdist.model import build_backbone, describe
+from arcdist.model import build_backbone, describe, start_weights
 from arcdist.optim import EMA, build_optimizers, build_schedulers
 from arcdist.recorder import Recorder
 from arcdist.status import RunStatus
@@ -105,7 +105,7 @@ class Trainer:
     """Builds models, optimizers and data; trains: train_epoch / evaluate / fit, rollback, resume."""
 
     def __init__(self, cfg: Config, run_dir: Path, accelerator: Accelerator, data=None, no_progress: bool = False,
-                 faults: Faults | None = None):
+                 faults: Faults | None = None, new_run: bool = False):
         if "auto" in (cfg.train.mixed_precision, cfg.train.channels_last):  # resolved once, by setup_accelerator
             raise ValueError("Trainer needs train.mixed_precision and train.channels_last resolved: build the config "
                              "and the Accelerator with arcdist.hardware.setup_accelerator, or set both")
@@ -131,6 +131,8 @@ class Trainer:
 
         set_seed(cfg.train.seed)
         backbone = build_backbone(cfg.model)
+        if new_run:  # model.weights: what a new run starts from (a resume's checkpoint holds its own)
+            start_weights(backbone, cfg.model)
         if cfg.train.channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)
             for d in (self.train_data, self.test_data, self.train_sample):

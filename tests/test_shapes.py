@@ -86,7 +86,7 @@ def test_resnet18_takes_any_channels_and_size_and_loads_local_weights(tmp_path):
     from torchvision.models import resnet18
 
     from arcdist.config import ConfigError
-    from arcdist.model import build_backbone, describe
+    from arcdist.model import build_backbone, describe, start_weights
     from arcdist.variants import VARIANTS
 
     cfg = VARIANTS["R18"].config.model
@@ -97,9 +97,83 @@ def test_resnet18_takes_any_channels_and_size_and_loads_local_weights(tmp_path):
     assert describe(cfg)["params"] == sum(p.numel() for p in build_backbone(cfg).parameters())
     ref = resnet18(weights=None)  # a torchvision state dict as a user would have it, 1,000-class fc included
     torch.save(ref.state_dict(), tmp_path / "r18.pt")
-    loaded = build_backbone(replace(cfg, weights=str(tmp_path / "r18.pt"))).state_dict()
+    with_weights = replace(cfg, weights=str(tmp_path / "r18.pt"))
+    assert not torch.equal(build_backbone(with_weights).conv1.weight, ref.conv1.weight)  # building never loads
+    net = build_backbone(with_weights)
+    start_weights(net, with_weights)
+    loaded = net.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in ref.state_dict().items() if not k.startswith("fc."))
     assert loaded["fc.weight"].shape == (2, 512)
     (tmp_path / "bad.pt").write_bytes(b"not a state dict")
     with pytest.raises(ConfigError, match="model.weights=.*bad.pt: cannot load it"):
-        build_backbone(replace(cfg, weights=str(tmp_path / "bad.pt")))
+        start_weights(build_backbone(cfg), replace(cfg, weights=str(tmp_path / "bad.pt")))
+
+
+def test_imagenet_weights_come_from_torch_hubs_cache_and_a_grey_run_sums_the_first_filters(tmp_path, monkeypatch):
+    """model.weights=imagenet: torchvision's file in torch.hub's cache (a stand-in here: no network), loaded; a grey
+    run's conv1 is the sum of the colour filters, so grey x answers as (x, x, x) did; offline without the file, one
+    line naming where it goes."""
+    from dataclasses import replace
+    from urllib.error import URLError
+
+    import torch
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    from arcdist.config import ConfigError
+    from arcdist.model import build_backbone, start_weights
+    from arcdist.variants import VARIANTS
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    cfg = replace(VARIANTS["R18"].config.model, weights="imagenet")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(URLError("offline")))
+    with pytest.raises(ConfigError) as e:
+        start_weights(build_backbone(cfg), cfg)
+    assert str(e.value) == (f"model.weights=imagenet: cannot fetch {ResNet18_Weights.IMAGENET1K_V1.url} (<urlopen "
+                            f"error offline>); offline, copy {cached.name} into {cached.parent}/ or pass "
+                            "model.weights=PATH")
+    ref = resnet18(weights=None).eval()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ref.state_dict(), cached)
+    colour, grey = build_backbone(cfg).eval(), build_backbone(replace(cfg, in_channels=1)).eval()
+    start_weights(colour, cfg)
+    start_weights(grey, replace(cfg, in_channels=1))
+    assert torch.equal(colour.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    assert grey.conv1.weight.shape == (64, 1, 7, 7)
+    x = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(grey.conv1(x), ref.conv1(x.expand(-1, 3, -1, -1)), rtol=1e-5, atol=1e-5)
+
+
+def test_weights_on_a_layer_list_are_one_line():
+    from dataclasses import replace
+
+    from arcdist.config import ConfigError, validate
+    from arcdist.variants import VARIANTS
+
+    cfg = VARIANTS["A8"].config
+    with pytest.raises(ConfigError, match=r"model.weights=imagenet: only model.arch=resnet18 \(--variant R18\)"):
+        validate(replace(cfg, model=replace(cfg.model, weights="imagenet")))
+
+
+def test_a_run_starts_from_model_weights_and_no_longer_needs_the_file(folders, tmp_path):
+    """A new R18 run loads model.weights; its checkpoints hold the weights after that: embed and a resume work with
+    the file gone (they read it on every build before)."""
+    import torch
+    from torchvision.models import resnet18
+
+    from arcdist.evaluation import embed
+
+    ref = resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "start.pt")
+    out = tmp_path / "run"
+    args = ["--variant", "R18", "--set", "model.feature_dim=2", "--set", "model.image_size=28",
+            "--set", "optim.lr=1e-12", "--set", f"model.weights={tmp_path / 'start.pt'}", *IN_PROCESS]
+    run_train(tiny_args(folders["two"], out, 1, "--dataset", "folder", *args, batch=8))
+    (tmp_path / "start.pt").unlink()
+    saved = embed.load_embedder(out)[1].backbone  # the epoch-1 checkpoint's, built and loaded without the file
+    torch.testing.assert_close(saved.conv1.weight, ref.conv1.weight.sum(1, keepdim=True), rtol=0, atol=1e-6)  # grey
+    torch.testing.assert_close(saved.layer4[1].conv2.weight, ref.layer4[1].conv2.weight, rtol=0, atol=1e-6)
+    assert embed.main([str(out), "--out", str(tmp_path / "e.npz"), "--no-progress"]) == 0
+    assert np.load(tmp_path / "e.npz")["features"].shape == (12, 2)
+    run_train(["--resume", str(out), "--epochs", "2", "--no-progress", "--wandb", "disabled"])
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -217,11 +217,16 @@ def test_resume_reads_the_data_folder_the_run_recorded(tiny_data, tmp_path):
     env = {k: v for k, v in cli_env().items() if k != "ARCDIST_DATA_DIR"}
     common = [*TINY, "--set", "data.batch_size=64", "--plot-every", "0", "--mixed-precision", "no"]
     run_train([*common, "--data-dir", str(data), "--epochs", "1", "--output-dir", str(out)], env=env)
-    run_train([*TINY, "--resume", str(out), "--epochs", "2", "--plot-every", "0"], env=env)  # no --data-dir
+    # no --data-dir; ARCDIST_DATA_DIR (the machine's built-in datasets) does not override a recorded folder
+    run_train([*TINY, "--resume", str(out), "--epochs", "2", "--plot-every", "0"],
+              env=dict(env, ARCDIST_DATA_DIR=str(tmp_path / "unrelated")))
     assert [r["epoch"] for r in metric_rows(out)] == [1, 2]
-    shutil.rmtree(data)
+    shutil.move(data, tmp_path / "moved")
     before = sorted(p.name for p in out.rglob("*"))
     proc = run_train([*TINY, "--resume", str(out), "--epochs", "3", "--plot-every", "0"], env=env, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert str(data) in proc.stderr and "--data-dir" in proc.stderr
     assert sorted(p.name for p in out.rglob("*")) == before
+    run_train([*TINY, "--resume", str(out), "--epochs", "3", "--plot-every", "0"],  # the recorded one gone: the variable
+              env=dict(env, ARCDIST_DATA_DIR=str(tmp_path / "moved")))
+    assert [r["epoch"] for r in metric_rows(out)] == [1, 2, 3]
