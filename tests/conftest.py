@@ -7,6 +7,7 @@ test_multinode.py) and `slow` (a test that trains for more than a few seconds); 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,10 @@ def probe_cache(tmp_path_factory) -> Path:
     """One precision-probe cache for the session (train.mixed_precision=auto), not the user's ~/.cache."""
     path = tmp_path_factory.mktemp("cache")
     os.environ["ARCDIST_CACHE_DIR"] = str(path)
+    # what the launchers leave in the temporary folder (torch's elastic agent: a torchelastic_* folder per launch)
+    # goes with the session's other files, not into /tmp for good
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("t"))
+    tempfile.tempdir = None  # (tempfile read TMPDIR once, at its first use)
     os.environ["ARCDIST_STRICT_PLOTS"] = "1"  # in-process runs too: a plot that fails fails the test
     return path
 
