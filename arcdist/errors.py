@@ -61,6 +61,23 @@ def multi_process() -> bool:
     return cluster.current().multi_process
 
 
+OTHER_RANKS_WAIT_S = 5.0  # how long a node's other ranks leave the launcher to stop them before saying it too
+
+
+def say_bad_input(line: str) -> None:
+    """Print a bad-input `line` once per node rather than once per rank: the node's first rank says it; the
+    others wait up to OTHER_RANKS_WAIT_S for the launcher, which stops every rank when the first exits (SIGTERM:
+    here a quiet exit 2), and say it themselves only if still running then (the first rank met no such error)."""
+    env = cluster.current()
+    if env.multi_process and env.launcher.local_rank > 0:
+        import signal
+        import time
+
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(Exit.BAD_INPUT))
+        time.sleep(OTHER_RANKS_WAIT_S)
+    print(line, file=sys.stderr, flush=True)
+
+
 def end_process(status: int) -> None:
     """Exit with `status`. A rank of a multi-process run (the group destroyed, W&B finished, files closed: run()'s
     end) leaves by os._exit, without the interpreter's teardown: there a gloo thread still alive could drop the

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv, where)
     except errors.BadInput as e:
-        print(f"arcdist: error: {e}", file=sys.stderr)
+        errors.say_bad_input(f"arcdist: error: {e}")
         return Exit.BAD_INPUT
     except errors.WriteError as e:
         print(f"arcdist: error: {e}", file=sys.stderr)

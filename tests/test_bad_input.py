@@ -102,3 +102,31 @@ def test_real_cli_exit_status_and_stderr(world):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("arcdist: error: unknown variant 'nope'")
 
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_later_rank_leaves_the_line_to_the_first_unless_it_is_still_running(tmp_path, stopped):
+    """errors.say_bad_input on local rank 1 of 2: stopped by the launcher (SIGTERM) while it waits, it exits 2 and
+    says nothing (rank 0 said it); not stopped, it says the line itself once the wait is over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT
+
+    code = ("import sys; from arcdist import errors; errors.OTHER_RANKS_WAIT_S = %s; "
+            "errors.say_bad_input('arcdist: error: the line'); sys.exit(2)" % (60 if stopped else 0.2))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    if stopped:  # once its SIGTERM handler is in place (/proc's SigCgt), as a launcher stops it
+        caught = lambda: int(next(line.split()[1] for line in open(f"/proc/{proc.pid}/status")  # noqa: E731
+                                  if line.startswith("SigCgt:")), 16) >> (signal.SIGTERM - 1) & 1
+        while not caught() and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err == ("" if stopped else "arcdist: error: the line\n"), err
