@@ -74,6 +74,10 @@ class DataConfig:
     # epoch would take fewer than 128 steps, not below 16 (arcdist.shape.auto_batch; results/folders); unset, rounded
     # down to a multiple of the process count (256 on 3 ranks: 255)
     batch_size: int = 256
+    # passes over the training images an epoch; 0: one for the built-in datasets, and for a folder as many as give
+    # an epoch at least 128 steps at its batch (arcdist.shape.auto_repeats: a folder under 2,048 images; 200 images
+    # at 16: 11 passes, 132 steps), recorded at start; a resume of a run without it makes one pass
+    repeats: int = 0
     limit_train: int = 0  # use only the first N training images (0 = all)
     limit_test: int = 0  # use only the first N test images (0 = all)
     download: bool = True  # try torchvision's download when files are missing
@@ -316,6 +320,7 @@ def validate(cfg: Config) -> None:
         (cfg.optim.lr > 0, f"optim.lr must be > 0 (got {cfg.optim.lr}); pass --set optim.lr=0.001"),
         (cfg.optim.head_lr > 0, f"optim.head_lr must be > 0 (got {cfg.optim.head_lr}); pass --set optim.head_lr=0.5"),
         (cfg.data.batch_size > 0, f"batch size must be > 0 (got {cfg.data.batch_size}); pass --set data.batch_size=256"),
+        (cfg.data.repeats >= 0, f"data.repeats must be >= 0 (got {cfg.data.repeats}); pass --set data.repeats=1"),
         (cfg.train.eval_batch_size > 0, "train.eval_batch_size must be > 0; pass --set train.eval_batch_size=256"),
         (cfg.model.feature_dim >= 2, f"model.feature_dim must be >= 2 (got {cfg.model.feature_dim}); "
          "try --set model.feature_dim=3"),

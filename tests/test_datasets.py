@@ -81,6 +81,34 @@ def test_same_seed_and_epoch_same_permutation_and_the_rank_chunks_partition_it(n
     assert taken == list(range(steps * batch))  # every position of the full batches once, in order, rank by rank
 
 
+def test_an_epoch_of_several_passes_shows_each_image_once_a_pass_with_its_own_draws():
+    """data.repeats: an epoch of 3 passes is 3 permutations one after another (the first the one-pass epoch's),
+    3n positions in full batches, each position its own augmentation draw (an image's copies move differently)."""
+    n, passes = 20, 3
+    one, three = Order(4, seed=5), Order(4, seed=5, repeats=passes, augment=dict(shift=2))
+    perm = three.permutation(n, 1)
+    assert len(perm) == passes * n and torch.equal(perm[:n], one.permutation(n, 1))
+    assert all(sorted(perm[p * n:(p + 1) * n].tolist()) == list(range(n)) for p in range(passes))
+    assert three.steps(n) == 15 and one.steps(n) == 5 and Order(8, 5, repeats=3).steps(n) == 7  # 60 // 8
+    (_, _, moves), = three.draws(n, 1)
+    assert moves.shape == (passes * n, 2)
+    data = DeviceData(torch.randint(0, 256, (n, 1, 9, 9), dtype=torch.uint8), torch.arange(n), dataset_spec("mnist"),
+                      torch.device("cpu"))
+    seen = [(int(y), x) for xb, yb in train_batches(data, three, epoch=1) for x, y in zip(xb, yb)]
+    assert len(seen) == passes * n and sorted(y for y, _ in seen) == sorted(list(range(n)) * passes)
+    copies = [[x for y, x in seen if y == i] for i in range(n)]
+    assert sum(not torch.equal(c[0], c[1]) or not torch.equal(c[1], c[2]) for c in copies) >= n * 0.9
+
+
+@pytest.mark.parametrize("n, batch, repeats", [(200, 16, 11), (1_000, 16, 3), (2_000, 16, 2), (2_048, 16, 1),
+                                               (60_000, 256, 1), (16, 16, 128), (3_000, 16, 1)])
+def test_a_small_folder_repeats_its_images_to_128_steps_an_epoch(n, batch, repeats):
+    from arcdist.shape import MIN_STEPS, auto_repeats
+
+    assert auto_repeats(n, batch) == repeats
+    assert n // batch * repeats >= MIN_STEPS and (repeats == 1 or n // batch * (repeats - 1) < MIN_STEPS)
+
+
 def test_shift_after_flip_is_the_single_move():
     x = torch.randint(0, 256, (5, 2, 6, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     moves = torch.tensor([[1, -2], [0, 0], [-2, 2], [2, 1], [0, -1]])

@@ -415,8 +415,9 @@ def test_a_small_folder_trains_at_the_batch_its_size_allows_and_says_so(tmp_path
     proc = run_train([*TINY, "--epochs", "1", "--data-dir", str(tmp_path / "d"), "--output-dir", str(tmp_path / "run"),
                       "--dataset", "folder", "--set", "data.workers=0"])
     data = json.loads((tmp_path / "run" / "config.json").read_text())["config"]["data"]
-    assert data["batch_size"] == 16
-    assert "48 training images: batch 16, 3 steps an epoch (T0's 256 is more than the 48 images)" in proc.stdout
+    assert (data["batch_size"], data["repeats"]) == (16, 43)  # 3 steps a pass: 43 passes, 129 steps an epoch
+    assert ("48 training images: batch 16 (T0's 256 is more than the 48 images), 43 passes an epoch, 129 steps "
+            "(--set data.repeats=1 for one)") in proc.stdout
     kept = run_train([*TINY, "--epochs", "1", "--data-dir", str(tmp_path / "d"), "--output-dir",
                       str(tmp_path / "set"), "--dataset", "folder", "--set", "data.workers=0",
                       "--set", "data.batch_size=32"])

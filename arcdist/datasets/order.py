@@ -3,7 +3,8 @@
 Every dataset's batches follow it; everything in it is a pure function of (seed, epoch), so a resumed epoch
 replays its steps exactly and a run gives the same batches for any world size:
 
-- each epoch draws a permutation of the N training images (the "order" stream);
+- each epoch draws a permutation of the N training images (the "order" stream), or `repeats` of them one after
+  another (an epoch of several passes over a small folder: N x repeats positions, each image once in each pass);
 - global batch i is positions [i*B, (i+1)*B) of it (the last partial batch is dropped);
 - rank r of W takes the r-th contiguous chunk of B/W positions of each global batch;
 - each augmentation draws its parameters for all N positions at once from its own stream, so a position, hence the
@@ -76,6 +77,7 @@ class Order:
     rank: int = 0
     world: int = 1
     augment: dict[str, Any] = field(default_factory=dict)  # e.g. {"shift": 2, "flip": True}; absent or false: off
+    repeats: int = 1  # passes over the images an epoch (data.repeats)
 
     def __post_init__(self):
         unknown = set(self.augment) - set(AUGMENTATIONS)
@@ -86,18 +88,21 @@ class Order:
     def of(cls, cfg: "Config", rank: int = 0, world: int = 1) -> "Order":
         """The order a run's config asks for (data.batch_size, train.seed, each augmentation's data.<field>)."""
         return cls(cfg.data.batch_size, cfg.train.seed, rank, world,
-                   {name: getattr(cfg.data, name) for name in AUGMENTATIONS})
+                   {name: getattr(cfg.data, name) for name in AUGMENTATIONS}, max(1, cfg.data.repeats))
 
     @property
     def per_rank(self) -> int:
         return self.batch_size // self.world
 
     def steps(self, n: int) -> int:
-        """Steps of an epoch over n images."""
-        return n // self.batch_size
+        """Steps of an epoch over n images (`repeats` passes)."""
+        return n * self.repeats // self.batch_size
 
     def permutation(self, n: int, epoch: int) -> torch.Tensor:
-        return epoch_permutation(n, self.seed, epoch)
+        """The epoch's order: `repeats` permutations of the n images from the epoch's order stream, one after
+        another (the first is `epoch_permutation`'s)."""
+        g = stream(self.seed, epoch, "order")
+        return torch.cat([torch.randperm(n, generator=g) for _ in range(self.repeats)])
 
     def positions(self, step: int) -> slice:
         """This rank's positions of the epoch's order at `step`."""
@@ -106,5 +111,5 @@ class Order:
 
     def draws(self, n: int, epoch: int) -> list[tuple[Augmentation, Any, torch.Tensor]]:
         """The augmentations that are on, in the order they apply: (augmentation, value, draws per position)."""
-        drawn = augmentation_draws(n, self.seed, epoch, self.augment)
+        drawn = augmentation_draws(n * self.repeats, self.seed, epoch, self.augment)  # a draw per position
         return [(a, self.augment[name], drawn[name]) for name, a in AUGMENTATIONS.items() if name in drawn]
