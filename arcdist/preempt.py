@@ -115,6 +115,14 @@ def requeue_self(run_dir: Path) -> bool:
     return result.returncode == 0
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that continues `run_dir`, in the form this process was started by: the `arcdist` command (or
+    `python -m arcdist`), else python and the script."""
+    if Path(sys.argv[0]).name in ("arcdist", "__main__.py"):
+        return f"arcdist train --resume {run_dir}"
+    return f"{Path(sys.executable).name} {sys.argv[0]} --resume {run_dir}"
+
+
 def after_stop(run_dir: Path, state: dict) -> int:
     """What a stopped run does last: requeue itself (signals, stop file) or print how to resume (Ctrl-C).
 
@@ -122,7 +130,7 @@ def after_stop(run_dir: Path, state: dict) -> int:
     """
     if interrupted():
         print(f"interrupted: checkpoint saved at epoch {state['epoch'] + 1}, step {state['step']}; resume with:\n"
-              f"  {Path(sys.executable).name} {sys.argv[0]} --resume {run_dir}", flush=True)
+              f"  {resume_command(run_dir)}", flush=True)
         return Exit.INTERRUPTED
     requeue_self(run_dir)
     return Exit.OK

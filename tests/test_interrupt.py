@@ -135,3 +135,17 @@ def test_ranks_die_with_their_launcher_and_the_run_resumes(data, tmp_path):
     release([run])
     run_train(["--resume", str(run), "--data-dir", str(data), "--no-progress"], world=2)  # not busy: resumes
     assert [r["epoch"] for r in rows(run)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("argv0, says", [("/venv/bin/arcdist", "arcdist train --resume RUN"),
+                                         ("/src/arcdist/__main__.py", "arcdist train --resume RUN"),
+                                         ("arcdist/train.py", "NAME arcdist/train.py --resume RUN")])
+def test_the_resume_command_is_the_one_the_run_was_started_with(monkeypatch, argv0, says):
+    """`arcdist train` was told to resume with `python3 .../bin/arcdist --resume RUN`, which the arcdist command
+    refuses (no such command)."""
+    from pathlib import Path
+
+    from arcdist.preempt import resume_command
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert resume_command(Path("RUN")) == says.replace("NAME", Path(sys.executable).name)
