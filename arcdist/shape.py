@@ -117,8 +117,8 @@ def fit_batch(cfg: Config, explicit: set[str], world: int = 1) -> Config:
 
 def notes(cfg: Config, world: int = 1) -> list[str]:
     """The lines a run prints about choices the data and the launch made: a layer list computing at a smaller size
-    than the images', a folder's smaller batch and its passes an epoch, a batch rounded to split over `world` processes, a folder of classes
-    split by `data.test_fraction`."""
+    than the images', a folder's smaller batch and its passes an epoch, a batch rounded to split over `world`
+    processes, a folder's test split (val/, or held out by `data.test_fraction`)."""
     out, m = [], cfg.model
     if m.net_size and m.net_size < m.image_size:
         out.append(f"arcdist: {m.image_size}-px images, pooled to {m.net_size} px for {cfg.variant}'s layer list "

@@ -208,8 +208,8 @@ C3 = (conv(3, 64, 3, 1, 1), conv(64, 64, 3, 1, 1), M, conv(64, 128, 3, 1, 1), co
 _add("C1", "A1", "CIFAR-10: 3x32x32 input, VGG-style 3x3 blocks to 256x2x2, 30 epochs", "",
      _from("A1", model=ModelConfig(layers=C3, fc=("linear", 256 * 2 * 2), in_channels=3, image_size=32),
            data=DataConfig(dataset="cifar10"), train=TrainConfig(epochs=30)))
-_add("R18", "A8", "photos: torchvision's ResNet-18 (random init; model.weights=imagenet or a state dict file to start from), "
-     "global pooling, any size from 32 px", "", _from("A8", model=ModelConfig(arch="resnet18", in_channels=3,
+_add("R18", "A8", "photos: torchvision's ResNet-18 (random init; model.weights=imagenet or a state dict file to "
+     "start from), global pooling, any size from 32 px", "", _from("A8", model=ModelConfig(arch="resnet18", in_channels=3,
                                                                             image_size=96)))
 MAIN_VARIANT = "A8"  # the README's main command
 

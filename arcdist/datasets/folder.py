@@ -10,8 +10,9 @@ is kept as it is). The per-channel mean and std are measured on the decoded trai
 and recorded in config.json (`data.mean`, `data.std`, `data.classes`), so a resume does not measure again.
 
 Every file is checked before anything is written: a file that is not an image (by torchvision's extensions;
-names starting with "." and __MACOSX are skipped; a class folder's sub-folders are read, as torchvision does), an image that does not decode, an empty class folder, one of train/ and test/
-without the other: each one line naming it, exit 2.
+names starting with "." and __MACOSX are skipped; a class folder's sub-folders are read, as torchvision does),
+an image that does not decode, an empty class folder, one of train/ and test/ without the other: each one line
+naming it, exit 2.
 """
 from __future__ import annotations
 
@@ -125,11 +126,6 @@ def test_dir(root: Path) -> str | None:
         raise DataError(f"{root}: no train/ folder; a folder dataset is DIR/train/<class>/* and "
                         f"DIR/test/<class>/*, or DIR/<class>/* (point --data-dir at DIR)")
     return SPLITS[1] if train else None
-
-
-def is_split(root: Path) -> bool:
-    """True for DIR/train/ beside a test split (`test_dir`), False for DIR/<class>/*."""
-    return test_dir(root) is not None
 
 
 def _stamp(root: Path) -> tuple:
