@@ -105,9 +105,9 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
     cfg = replace(cfg, data=replace(cfg.data, data_dir=data_dir))
     if saved is not None:
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
-        if (changed or cfg.train.seed != saved.train.seed
+        if (changed or cfg.train.seed != saved.train.seed or max(1, cfg.data.repeats) != max(1, saved.data.repeats)
                 or any(getattr(cfg.data, k) != getattr(saved.data, k)
-                       for k in ("dataset", "normalize", "test_fraction"))):
+                       for k in ("dataset", "normalize", "test_fraction", "batch_size"))):
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
     if saved is None:  # the data's files are checked, and what a run records of them measured (a folder's classes,
         # mean, std), before the precision probe and before anything is written; the data decides the shape

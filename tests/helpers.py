@@ -160,11 +160,12 @@ def run_train(args: list[str], world: int = 1, timeout: int = 600, env: dict | N
 
 EXACT = ["--mixed-precision", "no", "--set", "train.channels_last=false"]  # no machine-dependent "auto" choice
 # tests compare runs exactly, so they pin fp32 / NCHW: "auto" rests on a timing probe (tests/test_hardware.py)
-# the suite's runs train T0, the test backbone (arcdist.variants: ~7,500 multiply-adds per image), without plots
-# or retrieval metrics: they check files, statuses and equality; a test about plots adds PLOTS, one about the
-# retrieval metrics RETRIEVAL, one about what a net learns names a real variant
+# the suite's runs train T0, the test backbone (arcdist.variants: ~7,500 multiply-adds per image), one pass an epoch,
+# without plots or retrieval metrics: they check files, statuses and equality; a test about plots adds PLOTS, one
+# about the retrieval metrics RETRIEVAL, one about what a net learns names a real variant
+ONE_PASS = ["--set", "data.repeats=1"]  # a small test folder would make up to 128 passes an epoch (data.repeats)
 TINY_AUTO = ["--variant", "T0", "--no-progress", "--wandb", "disabled", "--plot-every", "0",
-             "--set", "train.retrieval=false"]
+             "--set", "train.retrieval=false", *ONE_PASS]
 TINY = [*TINY_AUTO, *EXACT]
 PLOTS = ["--plot-every", "1"]
 RETRIEVAL = ["--set", "train.retrieval=true"]

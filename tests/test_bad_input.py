@@ -72,6 +72,10 @@ CASES = {
                                           "only --epochs and --data-dir may change on resume"),
     "resume with another held-out share": (lambda w: ["--resume", str(w["run"]), "--set", "data.test_fraction=0.3"],
                                            "only --epochs and --data-dir may change on resume"),
+    "resume with another batch": (lambda w: ["--resume", str(w["run"]), "--set", "data.batch_size=16"],
+                                  "only --epochs and --data-dir may change on resume"),
+    "resume with more passes an epoch": (lambda w: ["--resume", str(w["run"]), "--set", "data.repeats=2"],
+                                         "only --epochs and --data-dir may change on resume"),
     "held-out share of 0": (lambda w: ["--set", "data.test_fraction=0"], "data.test_fraction must be between 0 and 1"),
 }  # a truncated checkpoint is moved aside, not refused as it stands: tests/test_torn_files.py
 
