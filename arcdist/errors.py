@@ -67,13 +67,18 @@ OTHER_RANKS_WAIT_S = 5.0  # how long a node's other ranks leave the launcher to 
 def say_bad_input(line: str) -> None:
     """Print a bad-input `line` once per node rather than once per rank: the node's first rank says it; the
     others wait up to OTHER_RANKS_WAIT_S for the launcher, which stops every rank when the first exits (SIGTERM:
-    here a quiet exit 2), and say it themselves only if still running then (the first rank met no such error)."""
+    here a quiet exit 2, also when it came before, while the rank was still on its way to the error), and say it
+    themselves only if still running then (the first rank met no such error)."""
     env = cluster.current()
     if env.multi_process and env.launcher.local_rank > 0:
         import signal
         import time
 
+        from arcdist import preempt
+
         signal.signal(signal.SIGTERM, lambda *_: os._exit(Exit.BAD_INPUT))
+        if preempt.requested():  # the launcher's SIGTERM came before this rank met the error (taken for a stop)
+            os._exit(Exit.BAD_INPUT)
         time.sleep(OTHER_RANKS_WAIT_S)
     print(line, file=sys.stderr, flush=True)
 

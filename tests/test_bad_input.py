@@ -108,10 +108,11 @@ def test_real_cli_exit_status_and_stderr(world):
 
 
 
-@pytest.mark.parametrize("stopped", [True, False])
+@pytest.mark.parametrize("stopped", [True, "before", False])
 def test_a_later_rank_leaves_the_line_to_the_first_unless_it_is_still_running(tmp_path, stopped):
-    """errors.say_bad_input on local rank 1 of 2: stopped by the launcher (SIGTERM) while it waits, it exits 2 and
-    says nothing (rank 0 said it); not stopped, it says the line itself once the wait is over."""
+    """errors.say_bad_input on local rank 1 of 2: stopped by the launcher (SIGTERM) while it waits, or before, on
+    its way to the error (arcdist's handler takes it for a stop request), it exits 2 and says nothing (rank 0 said
+    it); not stopped, it says the line itself once the wait is over."""
     import os
     import signal
     import subprocess
@@ -120,17 +121,19 @@ def test_a_later_rank_leaves_the_line_to_the_first_unless_it_is_still_running(tm
 
     from helpers import ROOT
 
-    code = ("import sys; from arcdist import errors; errors.OTHER_RANKS_WAIT_S = %s; "
+    before = ("import os, signal; from arcdist import preempt; preempt.install_handlers(); "
+              "os.kill(os.getpid(), signal.SIGTERM); " if stopped == "before" else "")
+    code = (before + "import sys; from arcdist import errors; errors.OTHER_RANKS_WAIT_S = %s; "
             "errors.say_bad_input('arcdist: error: the line'); sys.exit(2)" % (60 if stopped else 0.2))
     env = dict(os.environ, PYTHONPATH=str(ROOT), RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    if stopped:  # once its SIGTERM handler is in place (/proc's SigCgt), as a launcher stops it
+    if stopped is True:  # once its SIGTERM handler is in place (/proc's SigCgt), as a launcher stops it
         caught = lambda: int(next(line.split()[1] for line in open(f"/proc/{proc.pid}/status")  # noqa: E731
                                   if line.startswith("SigCgt:")), 16) >> (signal.SIGTERM - 1) & 1
         while not caught() and proc.poll() is None:
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=30)  # (a rank that waited out its 60 s would fail here)
     assert proc.returncode == 2
     assert err == ("" if stopped else "arcdist: error: the line\n"), err
