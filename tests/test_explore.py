@@ -340,7 +340,8 @@ def test_wandb_table_holds_the_pages_sample_beyond_its_row_limit():
 
 def test_above_20_classes_w_is_a_ring_of_ticks_without_caps_and_absent_behind_raw_points(browser, tmp_path):
     """The figures' rule (arcdist.palette.dense) on the page: 25 directions with a margin are 25 ticks outside the
-    unit circle, no sectors, and nothing behind the raw panel's points (1,000 rays and caps filled the disc)."""
+    unit circle, no sectors, and nothing behind the raw panel's points (1,000 rays and caps filled the disc); no
+    legend of 25 entries (1,000 scrolled), the class count said instead (arcdist.palette.legend_rule)."""
     from accelerate import Accelerator
 
     from arcdist.recorder import Recorder
@@ -362,7 +363,10 @@ def test_above_20_classes_w_is_a_ring_of_ticks_without_caps_and_absent_behind_ra
     pg.goto((tmp_path / "dense.html").as_uri())
     pg.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
     shapes = pg.evaluate("() => document.getElementById('explorer').layout.shapes")
+    entries = pg.evaluate("() => document.querySelectorAll('.legend .traces').length")
+    note = pg.inner_text("p.note")
     pg.close()
+    assert entries == 0 and "25 classes (colours by label, cyclic): hover a point for its class" in note  # no legend
     lines = [s for s in shapes if s["type"] == "line"]
     assert not [s for s in shapes if s["type"] == "path"]  # no margin sectors
     assert len(lines) == n and {s["xref"] for s in lines} == {"x2"}  # the circle panel only

@@ -23,7 +23,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
     import plotly.graph_objects as go
 
     from arcdist.data import DATASETS
-    from arcdist.palette import class_colours, dense
+    from arcdist.palette import class_colours, dense, legend_rule
 
     folder = Path(folder)
     series, panels, title = find_panels(folder)
@@ -69,6 +69,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
     n_classes = max(len(s.epochs[max(s.epochs)]["W"]) for s in series)
     classes += [str(c) for c in range(len(classes), n_classes)]
     colours = class_colours(n_classes)
+    legend = legend_rule(n_classes)  # above 20 classes no per-class legend (the figures' rule): a note instead
     data = dict(
         title=title, epochs=chosen, all_epochs=len(all_epochs), every=every, classes=classes, colours=colours,
         dense=dense(n_classes),  # W as ticks outside the circle, no caps, none behind raw points (arcdist.figures)
@@ -94,7 +95,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
             data["panels"][i].update(kind="scene", ax="" if n_scene == 1 else str(n_scene))
             for k in range(n_classes):
                 fig.add_trace(go.Scatter3d(x=[], y=[], z=[], mode="markers", name=classes[k], legendgroup=str(k),
-                                           showlegend=i == 0, hoverinfo="none", marker=dict(color=colours[k], size=3, line=dict(width=0)),
+                                           showlegend=i == 0 and legend.show, hoverinfo="none", marker=dict(color=colours[k], size=3, line=dict(width=0)),
                                            meta=dict(panel=i, role="class", cls=k)), row=r + 1, col=c + 1)
             fig.add_trace(go.Scatter3d(x=[], y=[], z=[], mode="lines", showlegend=False, hoverinfo="skip",
                                        line=dict(width=4), meta=dict(panel=i, role="directions")),
@@ -113,7 +114,7 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
                       row=r + 1, col=c + 1)
         for k in range(n_classes):
             fig.add_trace(go.Scattergl(x=[], y=[], mode="markers", name=classes[k], legendgroup=str(k),
-                                       showlegend=i == 0, hoverinfo="none", marker=dict(color=colours[k], size=4),
+                                       showlegend=i == 0 and legend.show, hoverinfo="none", marker=dict(color=colours[k], size=4),
                                        meta=dict(panel=i, role="class", cls=k)), row=r + 1, col=c + 1)
         fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="centers", showlegend=False, hoverinfo="skip",
                                  marker=dict(symbol="x", size=11, color=colours, line=dict(color="black", width=1)),
@@ -132,7 +133,9 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
     blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
     head = (f"<title>arcdist explorer: {_esc(title)}</title><style>{CSS}</style>")
     page = page.replace("<head>", "<head>" + head, 1)
-    controls = CONTROLS.format(title=_esc(title), n=len(chosen), every=every, total=len(all_epochs),
+    hide = ("click a class in the legend to hide it in every panel" if legend.show else
+            f"{legend.note}: hover a point for its class")
+    controls = CONTROLS.format(title=_esc(title), n=len(chosen), every=every, total=len(all_epochs), hide=_esc(hide),
                                points=n_points, warnings="".join(f"<p class=warn>{_esc(w)}</p>" for w in warnings))
     page = page.replace("<body>", "<body>" + controls, 1)
     page = page.replace("</body>", f'<script type="application/json" id="arcdist-data">{blob}</script>'
@@ -165,7 +168,7 @@ padding:6px;font-size:12px;box-shadow:0 2px 6px rgba(0,0,0,.25);z-index:10;displ
 
 CONTROLS = """<h2 style="margin:4px 0">arcdist explorer: {title}</h2>
 <p class="note">{points:,} test points per panel; {n} of {total} epochs (every {every}, first and last kept).
-Hover a point for its image; crosses are misclassified; click a class in the legend to hide it in every panel;
+Hover a point for its image; crosses are misclassified; {hide};
 each panel has its own axes.</p>{warnings}
 <div id="bar"><button id="play" type="button">&#9654; play</button>
 <input id="epoch" type="range" min="0" max="0" step="1" value="0" aria-label="epoch">
