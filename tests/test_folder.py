@@ -409,9 +409,7 @@ def test_a_folder_batch_leaves_an_epoch_at_least_128_steps(n, batch):
 def test_a_small_folder_trains_at_the_batch_its_size_allows_and_says_so(tmp_path):
     import json
 
-    from helpers import TINY
-
-    from helpers import ONE_PASS
+    from helpers import ONE_PASS, TINY
 
     _class_folders(tmp_path / "d", {"ant": 30, "bee": 30})  # 48 train images: 256 would be refused
     at = next(i for i in range(len(TINY)) if TINY[i:i + 2] == ONE_PASS)
@@ -422,7 +420,7 @@ def test_a_small_folder_trains_at_the_batch_its_size_allows_and_says_so(tmp_path
     assert (data["batch_size"], data["repeats"]) == (16, 43)  # 3 steps a pass: 43 passes, 129 steps an epoch
     assert ("48 training images: batch 16 (T0's 256 is more than the 48 images), 43 passes an epoch, 129 steps "
             "(--set data.repeats=1 for one)") in proc.stdout
-    kept = run_train([*auto, "--epochs", "1", "--data-dir", str(tmp_path / "d"), "--output-dir",
+    kept = run_train([*TINY, "--epochs", "1", "--data-dir", str(tmp_path / "d"), "--output-dir",
                       str(tmp_path / "set"), "--dataset", "folder", "--set", "data.workers=0",
                       "--set", "data.batch_size=32"])
     assert json.loads((tmp_path / "set" / "config.json").read_text())["config"]["data"]["batch_size"] == 32
