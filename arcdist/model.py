@@ -230,15 +230,13 @@ def load_state(path: str) -> dict:
 
 def imagenet_state() -> dict:
     """torchvision's ImageNet ResNet-18 weights from torch.hub's cache, downloaded once per node where missing."""
-    import os
-
     from torchvision.models import ResNet18_Weights
 
     from arcdist.nodecache import node_lock
 
     weights = ResNet18_Weights.IMAGENET1K_V1
-    hub = os.path.join(torch.hub.get_dir(), "checkpoints")
-    with node_lock(Path(hub) / ".arcdist-download.lock"):
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    with node_lock(hub / ".arcdist-download.lock"):
         try:
             return weights.get_state_dict(progress=False, check_hash=True)
         except Exception as e:  # urllib's URLError, an HTTP error, a hash mismatch, a full disk: all the same fix

@@ -16,8 +16,8 @@ import torch
 
 from arcdist.evaluation import openset
 from arcdist.config import Config, ConfigError, ModelConfig
-from arcdist.datasets import dataset_class, dataset_spec, run_spec
-from arcdist.datasets.folder import listing, test_dir
+from arcdist.datasets import Order, dataset_class, dataset_spec, run_spec
+from arcdist.datasets.folder import SPLITS, listing, test_dir
 from arcdist.model import smallest_image, takes_net_size, written_size
 from arcdist.variants import get_variant
 
@@ -62,7 +62,8 @@ def auto_net_size(model: ModelConfig, written_for: int) -> int:
     return min(max(written_for, smallest_image(model)), top) if model.image_size > top else 0
 
 
-MIN_STEPS = 128  # a folder run's epoch takes at least this many steps unless its batch is set (results/folders)
+MIN_STEPS = 128  # a folder run's epoch takes at least this many steps unless its batch or passes are set
+# (auto_batch, auto_repeats; results/folders)
 
 
 def auto_batch(n: int, batch: int) -> int:
@@ -130,7 +131,7 @@ def notes(cfg: Config, world: int = 1) -> list[str]:
         n = train_images(cfg)
         theirs = f"would take {n // own}; --set data.batch_size={own} keeps it" if n >= own else \
             f"is more than the {n:,} images"
-        steps = n * repeats // cfg.data.batch_size
+        steps = Order.of(cfg).steps(n)
         epoch = f"{repeats} passes an epoch, {steps} steps (--set data.repeats=1 for one)" if repeats > 1 else \
             f"{steps} steps an epoch"
         why = f" ({cfg.variant}'s {own} {theirs})" if smaller else ""
@@ -139,13 +140,13 @@ def notes(cfg: Config, world: int = 1) -> list[str]:
         out.append(f"arcdist: batch {cfg.data.batch_size} ({cfg.data.batch_size // world} on each of {world} "
                    f"processes): {single} does not split over {world}; --set data.batch_size=N, a multiple of "
                    f"{world}, sets it")
-    test = test_dir(Path(cfg.data.data_dir)) if cfg.data.dataset == "folder" else "test"
-    if test not in (None, "test"):
-        out.append(f"arcdist: {cfg.data.data_dir} has no test/: its {test}/ is the test split")
+    test = test_dir(Path(cfg.data.data_dir)) if cfg.data.dataset == "folder" else SPLITS[1]
     if test is None:
         out.append(f"arcdist: {cfg.data.data_dir} has no train/ and test/: {cfg.data.test_fraction:.0%} of each "
                    f"class's images are the test split, chosen by file name (data.test_fraction="
                    f"{cfg.data.test_fraction})")
+    elif test != SPLITS[1]:
+        out.append(f"arcdist: {cfg.data.data_dir} has no test/: its {test}/ is the test split")
     return out
 
 

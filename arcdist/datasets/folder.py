@@ -71,13 +71,14 @@ def find_classes(split_dir: Path) -> list[str]:
                     f"(DIR/train/<class>/* and DIR/test/<class>/*, or DIR/<class>/*)")
 
 
-def walk_files(folder: Path) -> Iterator[Path]:
-    """Every visible file under `folder`, sub-folders included, in torchvision's `make_dataset` order (sorted
-    walk, then sorted names); hidden folders are not entered."""
-    for root, dirs, files in sorted(os.walk(folder, followlinks=True)):
-        dirs[:] = [d for d in dirs if visible(d)]
-        if all(visible(part) for part in Path(root).relative_to(folder).parts):
-            yield from (Path(root) / f for f in sorted(files) if visible(f))
+def walk_files(folder: Path) -> list[Path]:
+    """Every visible file under `folder`, sub-folders included, in torchvision's `make_dataset` order (the walk's
+    folders sorted, then each one's names); hidden folders are not entered."""
+    found = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if visible(d)]  # (top-down: the walk does not enter what is removed here)
+        found.append((root, sorted(f for f in files if visible(f))))
+    return [Path(root) / f for root, files in sorted(found) for f in files]
 
 
 def list_split(root: Path, split: str, classes: list[str]) -> Listing:
@@ -92,7 +93,7 @@ def list_classes(split_dir: Path, classes: list[str]) -> Listing:
 
     for name in find_classes(split_dir):
         folder = split_dir / name
-        files = list(walk_files(folder))
+        files = walk_files(folder)
         if not files:
             raise DataError(f"{folder}: empty class folder; add its images or remove the folder")
         for path in files:
