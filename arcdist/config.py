@@ -85,6 +85,10 @@ class DataConfig:
     shift: int = 0  # augmentation: random translation of each training image by up to this many pixels (x and y)
     flip: bool = False  # augmentation: random horizontal flip of training images (Fashion-MNIST, CIFAR-10; not digits)
     rotate: float = 0.0  # augmentation: random rotation of each training image by up to this many degrees (+-)
+    # augmentation: random resized crop, a box of this fraction of the image's area up to all of it (aspect 3:4 to
+    # 4:3, anywhere inside) resized back to the whole image; torchvision's RandomResizedCrop, whose ImageNet
+    # default is 0.08; 0: off
+    crop: float = 0.0
     # a folder dataset (--dataset folder): what was measured of it when the run started (class names from the
     # folder names; mean and std per channel of the decoded train split, 0..1 scale); empty: the dataset's own
     classes: tuple = ()  # class names, by label
@@ -332,6 +336,8 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.data.shift < cfg.model.image_size // 2,
          f"data.shift must be 0..{cfg.model.image_size // 2 - 1} pixels (got {cfg.data.shift}); try --set data.shift=2"),
         (0 < cfg.data.test_fraction < 1, test_fraction_problem(cfg.data.test_fraction)),
+        (0 <= cfg.data.crop <= 1, f"data.crop must be 0 (off) or the smallest area fraction of a crop, at most 1 "
+         f"(got {cfg.data.crop}); try --set data.crop=0.35"),
         (0 <= cfg.data.rotate <= 180, f"data.rotate must be 0..180 degrees (got {cfg.data.rotate}); try --set data.rotate=10"),
         (not cfg.head.order or sorted(cfg.head.order) == list(range(cfg.head.num_classes)),
          f"head.order must list each class 0..{cfg.head.num_classes - 1} once (got {cfg.head.order}); "

@@ -54,6 +54,7 @@ CASES = {
     "shift too large": (lambda w: ["--set", "data.shift=14"], "data.shift must be 0..13 pixels"),
     "ema of one": (lambda w: ["--set", "train.ema=1"], "train.ema must be in [0, 1)"),
     "rotation too large": (lambda w: ["--set", "data.rotate=200"], "data.rotate must be 0..180 degrees"),
+    "crop above the whole image": (lambda w: ["--set", "data.crop=1.5"], "data.crop must be 0 (off) or the smallest"),
     "order not a permutation": (lambda w: ["--set", "head.init=even", "--set", "head.order=(0,1,2,3,4,5,6,7,8,8)"],
                                 "head.order must list each class 0..9 once"),
     "order without even init": (lambda w: ["--set", "head.init=xavier", "--set", "head.order=(9,8,7,6,5,4,3,2,1,0)"],

@@ -10,7 +10,7 @@ from arcdist.config import Config, ConfigError, DataConfig
 from arcdist.data import DATASETS as SPECS, DeviceData, train_batches
 from arcdist.datasets import (AUGMENTATIONS, DATASETS, DatasetSpec, Order, dataset_class, dataset_spec,
                               epoch_permutation, register_dataset, sample_indices)
-from arcdist.datasets.augment import flip, move, shift
+from arcdist.datasets.augment import CROP_ASPECT, crop, crop_boxes, flip, move, shift
 from arcdist.datasets.order import STREAMS, augmentation_draws
 
 
@@ -43,14 +43,14 @@ def test_a_registration_must_match_its_spec():
 
 def test_every_augmentation_has_a_config_field_and_one_stream():
     fields = {f.name for f in dataclasses.fields(DataConfig)}
-    assert list(AUGMENTATIONS) == ["flip", "shift", "rotate"] and set(AUGMENTATIONS) <= fields
+    assert list(AUGMENTATIONS) == ["flip", "shift", "crop", "rotate"] and set(AUGMENTATIONS) <= fields
     drawn = [a for _, names in STREAMS.values() for a in names]
     assert sorted(drawn) == sorted(AUGMENTATIONS)
     offsets = [offset for offset, _ in STREAMS.values()]
     assert len(set(offsets)) == len(offsets)
     cfg = Config(data=DataConfig(batch_size=32, shift=2, flip=True, rotate=5.0))
     order = Order.of(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=4)), rank=1, world=2)
-    assert order == Order(32, 4, 1, 2, dict(flip=True, shift=2, rotate=5.0))
+    assert order == Order(32, 4, 1, 2, dict(flip=True, shift=2, crop=0.0, rotate=5.0))
     with pytest.raises(ValueError, match="unknown augmentation blur"):
         Order(8, 0, augment=dict(blur=1))
 
@@ -64,7 +64,10 @@ def test_the_random_streams_are_the_ones_runs_were_trained_with():
     assert augmentation_draws(6, 5, 3, dict(flip=True))["flip"].tolist() == [1, 1, 0, 0, 1, 0]
     assert d["rotate"][:4].tolist() == [-0.07283570188393725, 0.048095196116187885, -0.13254846301369022,
                                         -0.012669132977271024]
-    assert augmentation_draws(6, 5, 3, dict(shift=0, flip=False, rotate=0.0)) == {}
+    assert augmentation_draws(6, 5, 3, dict(shift=0, flip=False, crop=0.0, rotate=0.0)) == {}
+    # a crop draws from a stream of its own: turning it on leaves the others' draws as they were
+    with_crop = augmentation_draws(6, 5, 3, dict(shift=2, flip=True, rotate=10.0, crop=0.5))
+    assert all(torch.equal(with_crop[k], d[k]) for k in d)
     assert sample_indices(12, 5, 5).tolist() == [0, 1, 4, 9, 11]
 
 
@@ -116,12 +119,47 @@ def test_shift_after_flip_is_the_single_move():
     assert torch.equal(shift(flip(x, flips), moves, 2), move(x, torch.cat([moves, flips[:, None]], 1), 2))
 
 
+def test_a_crop_box_is_inside_the_image_with_its_area_and_aspect_in_range():
+    boxes = crop_boxes(torch.Generator().manual_seed(0), 20_000, 0.25)
+    w, h, x0, y0 = boxes.T
+    assert boxes.dtype == torch.float64 and boxes.shape == (20_000, 4)
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 1).all() and (y0 + h <= 1).all()
+    area, aspect = w * h, w / h
+    assert area.min() >= 0.25 - 1e-12 and area.max() <= 1 and abs(float(area.mean()) - 0.625) < 0.01  # uniform
+    assert aspect.min() >= CROP_ASPECT[0] - 1e-12 and aspect.max() <= CROP_ASPECT[1] + 1e-12
+    assert abs(float(aspect.log().mean())) < 0.01  # as wide as tall, on average in log
+    assert float((aspect > 1.2).float().mean()) > 0.1 and float((aspect < 1 / 1.2).float().mean()) > 0.1
+    assert abs(float(x0.div(1 - w).mean()) - 0.5) < 0.01  # placed uniformly
+    whole = crop_boxes(torch.Generator().manual_seed(0), 5, 1.0)
+    assert torch.allclose(whole, torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64).expand(5, 4))
+
+
+def test_a_crop_equals_torchvisions_resized_crop_inside_the_box():
+    """Boxes on whole pixels against torchvision's resized_crop (bilinear, antialias off): equal but for the output
+    pixels that sample outside the box's outer pixel centres (the first and last ceil(S/2w - 1/2) columns, and rows
+    likewise), where torchvision clamps to the box's edge and the crop reads the pixel beyond it."""
+    import math
+
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    pixel_boxes = [(8, 12, 3, 5), (20, 16, 12, 0), (32, 32, 0, 0)]  # (width, height, left, top) in pixels
+    boxes = torch.tensor([[w / 32, h / 32, left / 32, top / 32] for w, h, left, top in pixel_boxes], dtype=torch.float64)
+    out = crop(x, boxes)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    for i, (w, h, left, top) in enumerate(pixel_boxes):
+        ref = TF.resized_crop(x[i].float(), top, left, h, w, [32, 32], antialias=False)
+        rx, ry = math.ceil(16 / w - 0.5), math.ceil(16 / h - 0.5)  # 2 and 1, 1 and 1, 0 and 0
+        torch.testing.assert_close(out[i, :, ry:32 - ry, rx:32 - rx], ref[:, ry:32 - ry, rx:32 - rx], atol=1e-3, rtol=0)
+    assert torch.equal(out[2], x[2].float())  # the whole image: itself
+
+
 def test_augmentation_draws_belong_to_images_whatever_the_batch_size_and_ranks():
     torch.manual_seed(0)
     n = 48
     data = DeviceData(torch.randint(0, 256, (n, 1, 9, 9), dtype=torch.uint8), torch.arange(n),
                       dataset_spec("mnist"), torch.device("cpu"))
-    augment = dict(shift=2, flip=True, rotate=20.0)
+    augment = dict(shift=2, flip=True, crop=0.5, rotate=20.0)
 
     def per_image(batch: int, world: int) -> dict[int, torch.Tensor]:
         seen = {}

@@ -83,14 +83,15 @@ def test_a_cuda_backbone_at_another_size_and_per_image_normalisation_stay_on_the
 
 
 def test_a_cuda_epoch_of_several_passes_serves_its_batches_on_the_device():
-    """data.repeats: the epoch's order (3 permutations) and each position's augmentation draw are made on the host
-    and moved once an epoch; the batches of images and labels are the device's (a fake tensor has no host copy)."""
+    """data.repeats: the epoch's order (3 permutations) and each position's augmentation draws (shift, crop, rotate)
+    are made on the host and moved once an epoch; the batches of images and labels are the device's (a fake tensor
+    has no host copy)."""
     from arcdist.data import DeviceData, train_batches
     from arcdist.datasets import Order, dataset_spec
 
     with FakeTensorMode():
         x = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8, device="cuda")
         data = DeviceData(x, torch.arange(20, device="cuda"), dataset_spec("mnist"), torch.device("cuda"))
-        batches = list(train_batches(data, Order(8, seed=1, repeats=3, augment=dict(shift=2, rotate=10.0)), epoch=1))
+        batches = list(train_batches(data, Order(8, seed=1, repeats=3, augment=dict(shift=2, crop=0.5, rotate=10.0)), epoch=1))
     assert len(batches) == 7  # 60 positions // 8
     assert all(xb.device.type == yb.device.type == "cuda" and tuple(xb.shape) == (8, 1, 28, 28) for xb, yb in batches)

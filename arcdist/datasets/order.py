@@ -32,6 +32,7 @@ STREAMS: dict[str, tuple[int, tuple[str, ...]]] = {
     "order": (0, ()),
     "move": (7_919, ("shift", "flip")),
     "rotate": (15_485_863, ("rotate",)),
+    "crop": (32_452_843, ("crop",)),
 }
 SAMPLE_EPOCH = -1  # the order stream's "epoch" of the fixed training sample (no training epoch is negative)
 
