@@ -309,15 +309,17 @@ def test_a_folder_of_classes_trains_and_embeds_its_held_out_split(tmp_path):
 
 
 def test_hidden_files_and_folders_are_skipped_and_sub_folders_are_read(tmp_path):
-    """A folder as macOS, Jupyter and photo libraries leave it: ._ twins that do not decode, __MACOSX,
-    .ipynb_checkpoints (as a class and inside one), a class's images in sub-folders of it (as torchvision reads)."""
+    """A folder as macOS, Windows, Jupyter and photo libraries leave it: ._ twins that do not decode, __MACOSX,
+    Thumbs.db and desktop.ini, .ipynb_checkpoints (as a class and inside one), a class's images in sub-folders of it
+    (as torchvision reads)."""
     from arcdist.datasets.folder import listing
     from arcdist.evaluation.embed import image_files
 
     _class_folders(tmp_path / "d", {"ant": 3, "bee": 3})
     _class_folders(tmp_path / "d" / "bee", {"2019": 2, "2020": 2})  # bee/2019/img00.png and bee/2020/img00.png
     for junk in ("ant/._img00.png", "__MACOSX/ant/._img00.png", ".ipynb_checkpoints/x.png",
-                 "bee/.ipynb_checkpoints/y.png", "ant/.DS_Store"):
+                 "bee/.ipynb_checkpoints/y.png", "ant/.DS_Store", "ant/Thumbs.db", "bee/2019/thumbs.db",
+                 "bee/desktop.ini"):
         (tmp_path / "d" / junk).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "d" / junk).write_bytes(b"\x00\x05\x16\x07 not an image")
     trained, classes, train, test = listing(tmp_path / "d", 0.5)

@@ -10,7 +10,7 @@ is kept as it is). The per-channel mean and std are measured on the decoded trai
 and recorded in config.json (`data.mean`, `data.std`, `data.classes`), so a resume does not measure again.
 
 Every file is checked before anything is written: a file that is not an image (by torchvision's extensions;
-names starting with "." and __MACOSX are skipped; a class folder's sub-folders are read, as torchvision does),
+names starting with ".", __MACOSX, Thumbs.db and desktop.ini are skipped; a class folder's sub-folders are read, as torchvision does),
 an image that does not decode, an empty class folder, one of train/ and test/ without the other: each one line
 naming it, exit 2.
 """
@@ -43,13 +43,15 @@ class Listing:
     labels: torch.Tensor
 
 
-SKIPPED = ("__MACOSX",)  # a macOS zip's resource forks: never a class
+# a macOS zip's resource forks (never a class); Windows Explorer's thumbnail caches and folder settings, which it
+# writes into any folder of pictures (compared without case, as Windows names them)
+SKIPPED = ("__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini")
 
 
 def visible(name: str) -> bool:
     """False for what no dataset means to hold: names starting with "." (.DS_Store, macOS's ._ twins,
-    .ipynb_checkpoints) and __MACOSX."""
-    return not name.startswith(".") and name not in SKIPPED
+    .ipynb_checkpoints), __MACOSX, and Windows's Thumbs.db, ehthumbs.db and desktop.ini."""
+    return not name.startswith(".") and name.lower() not in SKIPPED
 
 
 def find_classes(split_dir: Path) -> list[str]:
