@@ -15,6 +15,10 @@ import pytest
 from helpers import REAL_DATA, make_tiny_mnist
 
 CLUSTER_MODULES = ("test_slurm.py::", "test_multinode.py::")  # each builds a Slurm cluster of its own
+# modules whose module-scoped fixtures train runs or start a browser (3-12 s each): one worker runs each module,
+# so that a fixture is built once, not once per worker
+FIXTURE_MODULES = ("test_report.py::", "test_explore.py::", "test_features_3d.py::", "test_plots_wandb.py::",
+                   "test_grid.py::", "test_bad_input.py::", "test_embed.py::", "test_evaluate.py::")
 
 try:
     from xdist.scheduler import LoadScopeScheduling
@@ -25,10 +29,12 @@ if LoadScopeScheduling is not None:
     class ClusterTestsTogether(LoadScopeScheduling):
         """`pytest -n 2`: every test is a unit of its own (as `--dist load`), except the cluster tests, which all
         go to one worker in order: two workers building the Slurm clusters at once would share their daemons'
-        names and ports. Being the largest unit, they are handed out first."""
+        names and ports. Being the largest unit, they are handed out first. Each of FIXTURE_MODULES is a unit too."""
 
         def _split_scope(self, nodeid: str) -> str:
-            return "cluster" if any(m in nodeid for m in CLUSTER_MODULES) else nodeid
+            if any(m in nodeid for m in CLUSTER_MODULES):
+                return "cluster"
+            return next((m for m in FIXTURE_MODULES if m in nodeid), nodeid)
 
     def pytest_xdist_make_scheduler(config, log):
         return ClusterTestsTogether(config, log)
