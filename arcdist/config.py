@@ -76,7 +76,7 @@ class DataConfig:
     batch_size: int = 256
     # passes over the training images an epoch; 0: one for the built-in datasets, and for a folder as many as give
     # an epoch at least 128 steps at its batch (arcdist.shape.auto_repeats: a folder under 2,048 images; 200 images
-    # at 16: 11 passes, 132 steps), recorded at start; a resume of a run without it makes one pass
+    # at 16: 11 passes, 137 steps), recorded at start; a resume of a run without it makes one pass
     repeats: int = 0
     limit_train: int = 0  # use only the first N training images (0 = all)
     limit_test: int = 0  # use only the first N test images (0 = all)
