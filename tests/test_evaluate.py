@@ -55,6 +55,32 @@ def test_shifted_features_are_the_views_and_their_mean_the_average():
     assert (averaged - plain).abs().max() > 1e-3  # the views differ: the average is not the plain feature
 
 
+def test_the_shifted_views_of_a_streamed_split_are_those_of_the_same_images_in_memory(tmp_path):
+    """A folder that streams (StreamData: images decoded per batch) is decoded once for the moved views; it failed
+    ("property 'x' of 'StreamData' object has no setter") before."""
+    from accelerate import Accelerator
+    from PIL import Image
+
+    from arcdist.data import StreamData
+    from arcdist.datasets.folder import Decoder
+
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.randint(0, 256, (11, 28, 28), dtype=torch.uint8, generator=g)
+    paths = []
+    for i, img in enumerate(pixels):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(img.numpy(), "L").save(paths[-1])
+    y = torch.arange(11) % 3
+    spec, cpu = get_spec("mnist"), torch.device("cpu")
+    streamed = StreamData(tuple(paths), y, spec, cpu, Decoder(1, 28), workers=0)
+    in_memory = DeviceData(pixels[:, None], y, spec, cpu)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2))
+    acc = Accelerator(cpu=True)
+    views, labels = shifted_features(acc, model, streamed, 2, 4, 1)
+    expected, expected_labels = shifted_features(acc, model, in_memory, 2, 4, 1)
+    assert views.shape == (9, 11, 2) and torch.equal(views, expected) and torch.equal(labels, expected_labels)
+
+
 def evaluate_cli(*args):
     return subprocess.run([sys.executable, "-m", "arcdist.evaluation.evaluate", *map(str, args)], cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True, timeout=300)
