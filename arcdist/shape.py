@@ -117,10 +117,16 @@ def fit_batch(cfg: Config, explicit: set[str], world: int = 1) -> Config:
 
 
 def notes(cfg: Config, world: int = 1) -> list[str]:
-    """The lines a run prints about choices the data and the launch made: a layer list computing at a smaller size
-    than the images', a folder's smaller batch and its passes an epoch, a batch rounded to split over `world`
+    """The lines a run prints about choices the data and the launch made: a folder's images enlarged to the smallest
+    size the net takes, a layer list computing at a smaller size than the images', a folder's smaller batch and its passes an epoch, a batch rounded to split over `world`
     processes, a folder's test split (val/, or held out by `data.test_fraction`)."""
     out, m = [], cfg.model
+    if cfg.data.dataset == "folder" and m.image_size == smallest_image(m):  # (the images' own size: node-cached)
+        own = dataset_class("folder").shape(cfg.data, m)[1]
+        if own < m.image_size:
+            other = "ResNet-18's" if m.arch == "resnet18" else f"{cfg.variant}'s layer list"
+            out.append(f"arcdist: {own}-px images, enlarged to {m.image_size} px when decoded, the smallest "
+                       f"{other} takes")
     if m.net_size and m.net_size < m.image_size:
         out.append(f"arcdist: {m.image_size}-px images, pooled to {m.net_size} px for {cfg.variant}'s layer list "
                    f"(model.net_size={m.net_size}; --set model.net_size=0 for the full size, or --variant R18)")

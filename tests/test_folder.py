@@ -264,6 +264,26 @@ def _class_folders(root: Path, counts: dict[str, int]) -> None:
             Image.new("L", (28, 28), (7 * i + 11 * len(c)) % 256).save(root / c / f"img{i:02d}.png")
 
 
+@pytest.mark.parametrize("variant, side, size, said", [("A8", 12, 24, "A8's layer list"), ("R18", 12, 32, "ResNet-18's"),
+                                                     ("A8", 28, 28, None)])
+def test_images_smaller_than_the_net_takes_are_enlarged_and_the_run_says_so(tmp_path, variant, side, size, said):
+    from PIL import Image
+
+    from arcdist import shape
+    from arcdist.train import build_config, parse_args
+
+    for c in ("ant", "bee"):
+        for split, n in (("train", 4), ("test", 2)):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (side, side), 40 * i).save(tmp_path / "d" / split / c / f"{i}.png")
+    cfg = build_config(parse_args(["--variant", variant, "--dataset", "folder", "--data-dir", str(tmp_path / "d")]))
+    assert cfg.model.image_size == size
+    lines = [line for line in shape.notes(cfg) if "enlarged" in line]
+    assert lines == ([f"arcdist: {side}-px images, enlarged to {size} px when decoded, the smallest {said} takes"]
+                     if said else [])
+
+
 def test_a_folder_of_classes_holds_out_a_fraction_of_each_class_by_file_name(tmp_path):
     import hashlib
 
