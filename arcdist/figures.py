@@ -24,7 +24,9 @@ from matplotlib.collections import LineCollection, PatchCollection  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
 from arcdist.palette import (add_legend, class_colours, class_count, dense, row_colours,  # noqa: E402
-                             scatter_classes, unseen_classes)
+                             scatter_classes, unseen_classes, use_installed_fonts)
+
+use_installed_fonts()
 
 COLOURS = class_colours(10)  # ten classes' colours (tab10), the same in every run
 _NAME = re.compile(r"(test|train)-epoch-(\d{4})\.npz$")

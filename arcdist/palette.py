@@ -13,9 +13,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# a class name in a script the installed fonts lack (CJK, say) draws as boxes; matplotlib would warn twice per
-# figure per glyph, every epoch (the explorer's page shows the names in the browser's fonts)
+# a class name in a script no installed font has draws as boxes; matplotlib would warn twice per figure per glyph,
+# every epoch (the explorer's page shows the names in the browser's fonts)
 warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+# fonts a figure falls back to, glyph by glyph, after matplotlib's DejaVu Sans, where installed: class names in
+# Chinese, Japanese, Korean, Arabic, Hebrew, Devanagari, Thai (Linux's packages, then macOS's and Windows's)
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Source Han Sans", "Droid Sans Fallback",
+                  "WenQuanYi Zen Hei", "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari", "Noto Sans Thai",
+                  "Noto Sans", "PingFang SC", "Hiragino Sans", "Apple SD Gothic Neo", "Microsoft YaHei", "Malgun Gothic",
+                  "Arial Unicode MS")
+
+
+def use_installed_fonts() -> list[str]:
+    """Set matplotlib's font family to DejaVu Sans then every installed FALLBACK_FONTS entry (matplotlib takes each
+    glyph from the first font that has it); returns the family list."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    family = ["DejaVu Sans", *(f for f in FALLBACK_FONTS if f in installed)]
+    matplotlib.rcParams["font.family"] = family
+    return family
 
 LEGEND_MAX = 20  # classes named in a legend; above this a figure says "N classes" instead
 

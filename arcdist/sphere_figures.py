@@ -19,7 +19,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from arcdist.palette import add_legend, class_count, dense, row_colours, scatter_classes, unseen_classes
+from arcdist.palette import (add_legend, class_count, dense, row_colours, scatter_classes, unseen_classes,
+                             use_installed_fonts)
+
+use_installed_fonts()
 
 PROJECTION = "projection.npz"
 VIEWS = ((20.0, 35.0), (-20.0, 215.0))  # (elevation, azimuth) degrees: the front and the back of the sphere

@@ -91,6 +91,28 @@ def test_class_names_in_scripts_the_fonts_lack_draw_without_a_warning(tmp_path):
     assert "missing from font" not in proc.stderr and (tmp_path / "f.png").stat().st_size > 0
 
 
+CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Source Han Sans", "Droid Sans Fallback", "WenQuanYi Zen Hei")
+
+
+def test_class_names_in_chinese_and_japanese_draw_from_an_installed_font_not_as_boxes(tmp_path):
+    """DejaVu Sans has no CJK glyphs: the legend drew boxes. An installed fallback font now gives them (matplotlib
+    warns of every glyph no font in the family has, the warning palette otherwise silences)."""
+    import subprocess
+    import sys
+
+    family = palette.use_installed_fonts()
+    if not set(family) & set(CJK_FONTS):
+        pytest.skip("no CJK font installed (.ci/system-deps installs Debian's fonts-droid-fallback)")
+    code = ("import warnings, numpy as np; from arcdist import figures; warnings.resetwarnings(); "
+            "warnings.simplefilter('always'); "
+            "fig = figures.raw_figure(np.eye(3, 2), np.arange(3), 3.0, '数字', ['chat noir', '数字 two', '日本'], "
+            "geometry={'W': np.eye(3, 2)}); fig.savefig(%r); print(figures.plt.rcParams['font.family'])"
+            % str(tmp_path / "f.png"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(family), proc.stderr
+    assert family[0] == "DejaVu Sans" and "missing from font" not in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("n", [2, 20, 1000])
 def test_sphere_figures_draw_every_class(n):
     feats, labels, W = classes(n, dim=3)
