@@ -53,6 +53,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--rows", default=",".join(r for r, _, _ in ROWS))
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a --set for every run (repeatable)")
+    ap.add_argument("--variant", default="", help="the variant of every run (a row's own --variant wins)")
     ap.add_argument("--tag", default="", help="appended to each row's name (runs with --set)")
     a = ap.parse_args()
     data = os.environ.get("ARCDIST_DATA_DIR")
@@ -62,7 +63,7 @@ def main() -> int:
     per = tuple(int(v) for v in a.per_class.split(","))
     wanted = a.rows.split(",")
     results = []
-    sets = [a for s in a.sets for a in ("--set", s)]
+    sets = [a for s in a.sets for a in ("--set", s)] + (["--variant", a.variant] if a.variant else [])
     for row, folder, extra in ((r + a.tag, f, [*e, *sets]) for r, f, e in ROWS if r in wanted):
         d = a.out / "data" / folder
         if not d.exists():
