@@ -53,7 +53,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--rows", default=",".join(r for r, _, _ in ROWS))
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a --set for every run (repeatable)")
-    ap.add_argument("--variant", default="", help="the variant of every run (a row's own --variant wins)")
+    ap.add_argument("--variant", default="", help="the variant of every run (given after a row's own arguments: it wins)")
     ap.add_argument("--tag", default="", help="appended to each row's name (runs with --set)")
     a = ap.parse_args()
     data = os.environ.get("ARCDIST_DATA_DIR")
