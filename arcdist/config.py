@@ -38,10 +38,10 @@ class ModelConfig:
     # resnet18, a new run: the weights to start from, a torchvision state dict file or "imagenet" (torchvision's
     # IMAGENET1K_V1, downloaded once into torch.hub's cache); the fc is left out, a grey run sums conv1's filters
     weights: str = ""
-    # resnet18: its first layers. "imagenet": torchvision's (7x7 convolution of stride 2, 3x3 max pool: 32 px down to
-    # layer4's 1x1 map); "small": a 3x3 convolution of stride 1 and no max pool (CIFAR's ResNet), 4x4 at layer4 for
-    # 32 px; "auto": "small" for images up to SMALL_STEM_MAX px (arcdist/model.py) without model.weights, resolved at start
-    stem: Literal["auto", "imagenet", "small"] = "auto"
+    # resnet18: its first layers. "imagenet": torchvision's (a 7x7 convolution of stride 2 and a 3x3 max pool: 32 px
+    # down to a 1x1 map at layer4); "small": a 3x3 convolution of stride 1 and no max pool (CIFAR's ResNet: 4x4 at
+    # layer4 for 32 px, images from 8 px), at about 2.4x the time (results/folders: no gain at 28 px in 6 epochs)
+    stem: Literal["imagenet", "small"] = "imagenet"
     # where a larger image's map is pooled to the written size: "layout" before the layer that takes it to 1x1 (it
     # keeps the image's layout), "end" at the fc (a mean of local windows; arcdist 0.1's, results/folders)
     pool: Literal["layout", "end"] = "layout"
@@ -199,7 +199,6 @@ def from_dict(d: dict) -> Config:
         raw = {k: _tupleize(v) for k, v in d.get(f.name, {}).items()}
         if f.name == "model" and "model" in d:
             raw.setdefault("pool", "end")  # a config.json from before model.pool was trained with "end"
-            raw.setdefault("stem", "imagenet")  # and one from before model.stem with torchvision's
         if f.name == "data" and "data" in d:
             raw.setdefault("normalize", "dataset")  # and one from before data.normalize with the dataset's figures
         sections[f.name] = HeadConfig.from_dict(raw) if cls is HeadConfig else cls(**raw)

@@ -185,26 +185,14 @@ def fc_map_size(cfg: ModelConfig, channels: int) -> int:
     raise ConfigError(f"unknown fc kind {kind!r}; use 'linear' or 'conv'")
 
 
-SMALL_STEM_MAX = 32  # px: up to this size torchvision's stem leaves layer4 a 1x1 map (its 3x3 convolutions see
-# one position); model.stem=auto gives such images the small stem (results/folders)
-
-
-def resnet_stem(cfg: ModelConfig) -> str:
-    """model.stem resolved: "auto" is "small" for images up to SMALL_STEM_MAX px when no weights are loaded (they
-    are torchvision's, with its stem), else "imagenet"."""
-    if cfg.stem != "auto":
-        return cfg.stem
-    return "small" if cfg.image_size <= SMALL_STEM_MAX and not cfg.weights else "imagenet"
-
-
 def build_resnet18(cfg: ModelConfig) -> nn.Module:
     """torchvision's ResNet-18, randomly initialised, with a feature_dim fc and a first convolution for
-    `cfg.in_channels` (and the small-image stem where `resnet_stem` says); its global average pool takes any image
-    size. `start_weights` loads `cfg.weights`."""
+    `cfg.in_channels` (or the small-image stem, model.stem=small); its global average pool takes any image size.
+    `start_weights` loads `cfg.weights`."""
     from torchvision.models import resnet18
 
     net = resnet18(weights=None, num_classes=cfg.feature_dim)
-    if resnet_stem(cfg) == "small":  # CIFAR's ResNet: full resolution into layer1
+    if cfg.stem == "small":  # CIFAR's ResNet: full resolution into layer1
         net.conv1 = nn.Conv2d(cfg.in_channels, 64, 3, 1, 1, bias=False)
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's init
         net.maxpool = nn.Identity()
@@ -313,7 +301,7 @@ def _describe_resnet(channels: int, size: int, dim: int, stem: str) -> dict:
 def smallest_image(cfg: ModelConfig) -> int:
     """The smallest image size (pixels) whose map reaches the fc's size."""
     if cfg.arch == "resnet18":
-        return 32 if resnet_stem(cfg) == "imagenet" else 8  # five halvings to a 1x1 map, or three
+        return 32 if cfg.stem == "imagenet" else 8  # five halvings to a 1x1 map, or three
     channels = next((e[2] for e in reversed(cfg.layers) if e[0] == "conv"), cfg.in_channels)
     need = fc_map_size(cfg, channels)
     return next((s for s in range(1, 4097) if _map_size(cfg.layers, s) >= need), 4096)
@@ -350,7 +338,7 @@ def describe(cfg: ModelConfig) -> dict:
     """Parameters, forward FLOPs per image (2 x multiply-adds of conv/linear) and shapes, from the layer list."""
     _check_net_size(cfg)
     if cfg.arch == "resnet18":
-        return _describe_resnet(cfg.in_channels, cfg.image_size, cfg.feature_dim, resnet_stem(cfg))
+        return _describe_resnet(cfg.in_channels, cfg.image_size, cfg.feature_dim, cfg.stem)
     c, h = cfg.in_channels, cfg.image_size
     params = flops = 0
     fit_at, fit = collapse_fit(cfg)

@@ -18,7 +18,7 @@ from arcdist.evaluation import openset
 from arcdist.config import Config, ConfigError, ModelConfig
 from arcdist.datasets import Order, dataset_class, dataset_spec, run_spec
 from arcdist.datasets.folder import SPLITS, listing, test_dir
-from arcdist.model import SMALL_STEM_MAX, resnet_stem, smallest_image, takes_net_size, written_size
+from arcdist.model import smallest_image, takes_net_size, written_size
 from arcdist.variants import get_variant
 
 
@@ -48,8 +48,6 @@ def fit_model(cfg: Config, explicit: set[str]) -> Config:
                 raise ConfigError(f"--set {key}={have}: {cfg.data.dataset} has {want}; drop the --set "
                                   f"(or write the images out as a folder: tools/image_folder.py)")
         model = replace(model, in_channels=channels, image_size=size)
-    if model.arch == "resnet18":
-        model = replace(model, stem=resnet_stem(model))
     return replace(cfg, model=model)
 
 
@@ -129,10 +127,6 @@ def notes(cfg: Config, world: int = 1) -> list[str]:
             other = "ResNet-18's" if m.arch == "resnet18" else f"{cfg.variant}'s layer list"
             out.append(f"arcdist: {own}-px images, enlarged to {m.image_size} px when decoded, the smallest "
                        f"{other} takes")
-    if m.arch == "resnet18" and m.stem == "small" and get_variant(cfg.variant).config.model.stem == "auto":
-        out.append(f"arcdist: {m.image_size}-px images: ResNet-18 with the small-image stem (a 3x3 convolution of "
-                   f"stride 1, no max pool; up to {SMALL_STEM_MAX} px torchvision's leaves layer4 a 1x1 map), "
-                   "--set model.stem=imagenet for torchvision's")
     if m.net_size and m.net_size < m.image_size:
         out.append(f"arcdist: {m.image_size}-px images, pooled to {m.net_size} px for {cfg.variant}'s layer list "
                    f"(model.net_size={m.net_size}; --set model.net_size=0 for the full size, or --variant R18)")

@@ -134,39 +134,33 @@ def test_a_config_from_before_model_net_size_runs_at_the_image_size():
     assert from_dict(old).model.net_size == 0
 
 
-@pytest.mark.parametrize("size, weights, stem, want", [
-    (28, "", "auto", "small"), (32, "", "auto", "small"), (33, "", "auto", "imagenet"), (96, "", "auto", "imagenet"),
-    (28, "imagenet", "auto", "imagenet"), (96, "", "small", "small"), (28, "", "imagenet", "imagenet")])
-def test_resnet18_takes_the_small_stem_where_torchvisions_leaves_layer4_one_position(size, weights, stem, want):
-    """model.stem=auto: up to 32 px torchvision's stem (7x7 stride 2, 3x3 max pool) leaves layer4 a 1x1 map, so its
-    3x3 convolutions see one position; the small stem (3x3 stride 1, no max pool) leaves 4x4 at 32 px. Starting
-    weights are torchvision's, so they keep its stem."""
-    from arcdist.model import resnet_stem
-
-    cfg = replace(VARIANTS["R18"].config.model, image_size=size, weights=weights, stem=stem, in_channels=1)
-    assert resnet_stem(cfg) == want
+@pytest.mark.parametrize("stem, size", [("imagenet", 32), ("imagenet", 96), ("small", 8), ("small", 28), ("small", 32)])
+def test_resnet18s_small_stem_keeps_the_resolution_torchvisions_halves_five_times(stem, size):
+    """model.stem=small (CIFAR's ResNet: a 3x3 convolution of stride 1, no max pool) halves an image three times on
+    its way to layer4, torchvision's stem (7x7 stride 2, 3x3 max pool) five: at 32 px 4x4 against 1x1."""
+    cfg = replace(VARIANTS["R18"].config.model, image_size=size, stem=stem, in_channels=1)
     net = build_backbone(cfg).eval()
     maps = []
     net.layer4.register_forward_hook(lambda m, i, o: maps.append(tuple(o.shape[2:])))
     assert net(torch.rand(2, 1, size, size)).shape == (2, 2)
-    side = -(-size // 8) if want == "small" else -(-size // 32)  # three halvings, or five (ceil: padding)
+    side = -(-size // 8) if stem == "small" else -(-size // 32)  # (ceil: the convolutions' padding)
     assert maps == [(side, side)]
-    if want == "small":
+    if stem == "small":
         assert (net.conv1.kernel_size, net.conv1.stride, net.conv1.in_channels) == ((3, 3), (1, 1), 1)
         assert isinstance(net.maxpool, torch.nn.Identity)
     else:
         assert (net.conv1.kernel_size, net.conv1.stride) == ((7, 7), (2, 2))
-    assert smallest_image(cfg) == (8 if want == "small" else 32)
+    assert smallest_image(cfg) == (8 if stem == "small" else 32)
     assert describe(cfg)["params"] == sum(p.numel() for p in net.parameters())
 
 
-def test_a_config_from_before_model_stem_keeps_torchvisions_and_weights_refuse_the_small_stem():
+def test_a_config_from_before_model_stem_is_torchvisions_and_weights_refuse_the_small_stem():
     from arcdist.config import validate
 
-    cfg = replace(VARIANTS["R18"].config, model=replace(VARIANTS["R18"].config.model, image_size=28))
+    cfg = VARIANTS["R18"].config
     old = to_dict(cfg)
     del old["model"]["stem"]
-    assert from_dict(old).model.stem == "imagenet" and from_dict(to_dict(cfg)).model.stem == "auto"
+    assert from_dict(old).model.stem == "imagenet" == cfg.model.stem
     with pytest.raises(ConfigError, match=r"^model.weights=imagenet: torchvision's weights have a 7x7 first "
                                           r"convolution, model.stem=small a 3x3 one; drop one of the two --set$"):
         validate(replace(cfg, model=replace(cfg.model, weights="imagenet", stem="small")))
