@@ -34,7 +34,7 @@ def fit_model(cfg: Config, explicit: set[str]) -> Config:
     channels, size = cls.shape(cfg.data, cfg.model)
     model = cfg.model
     if cfg.data.dataset == "folder":
-        size = max(size, smallest_image(replace(model, in_channels=channels, image_size=size)))
+        size = max(size, smallest_image(replace(model, in_channels=channels)))
         model = replace(model, in_channels=model.in_channels if "model.in_channels" in explicit else channels,
                         image_size=model.image_size if "model.image_size" in explicit else size)
         if "model.net_size" not in explicit:
@@ -118,8 +118,9 @@ def fit_batch(cfg: Config, explicit: set[str], world: int = 1) -> Config:
 
 def notes(cfg: Config, world: int = 1) -> list[str]:
     """The lines a run prints about choices the data and the launch made: a folder's images enlarged to the smallest
-    size the net takes, a layer list computing at a smaller size than the images', a folder's smaller batch and its passes an epoch, a batch rounded to split over `world`
-    processes, a folder's test split (val/, or held out by `data.test_fraction`)."""
+    size the net takes, a layer list computing at a smaller size than the images', a folder's smaller batch and its
+    passes an epoch, a batch rounded to split over `world` processes, a folder's test split (val/, or held out by
+    `data.test_fraction`)."""
     out, m = [], cfg.model
     if cfg.data.dataset == "folder" and m.image_size == smallest_image(m):  # (the images' own size: node-cached)
         own = dataset_class("folder").shape(cfg.data, m)[1]

@@ -1,9 +1,9 @@
 """Training augmentations, one table: each entry is one function on a batch and the DataConfig field that sets it.
 
-An entry's field (data.shift, data.flip, data.crop, data.rotate) is off at its false value. Its `draw` makes the epoch's
-per-image parameters in one go, from the entry's random stream (arcdist.datasets.order.STREAMS): a draw belongs to
-a position of the epoch's order, hence to one image, whatever the batch size or the number of ranks. `apply`
-transforms a batch (N, C, H, W) given its rows of the draws. Entries apply in table order.
+An entry's field (data.shift, data.flip, data.crop, data.rotate) is off at its false value. Its `draw` makes the
+epoch's per-image parameters in one go, from the entry's random stream (arcdist.datasets.order.STREAMS): a draw
+belongs to a position of the epoch's order, hence to one image, whatever the batch size or the number of ranks.
+`apply` transforms a batch (N, C, H, W) given its rows of the draws. Entries apply in table order.
 
 A new augmentation: its function and entry here, its row in order.STREAMS (a stream of its own, so that the others'
 draws stay as they were), its DataConfig field and its check in config.validate.

@@ -10,9 +10,9 @@ is kept as it is). The per-channel mean and std are measured on the decoded trai
 and recorded in config.json (`data.mean`, `data.std`, `data.classes`), so a resume does not measure again.
 
 Every file is checked before anything is written: a file that is not an image (by torchvision's extensions;
-names starting with ".", __MACOSX, Thumbs.db and desktop.ini are skipped; a class folder's sub-folders are read, as torchvision does),
-an image that does not decode, an empty class folder, one of train/ and test/ without the other: each one line
-naming it, exit 2.
+names starting with ".", __MACOSX, Thumbs.db and desktop.ini are skipped; a class folder's sub-folders are read,
+as torchvision does), an image that does not decode, an empty class folder, one of train/ and test/ without the
+other: each one line naming it, exit 2.
 """
 from __future__ import annotations
 
