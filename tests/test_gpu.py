@@ -45,7 +45,8 @@ def test_resume_equals_the_uninterrupted_run_with_deterministic_kernels(real_dat
 
 def test_a_large_colour_folder_runs_twice_to_the_same_figures(real_data, tmp_path):
     """96-px tinted digits: the image pooled to 28 px inside the model (model.net_size, the matrix form: 96 is no
-    multiple of 28) and per image normalised, under train.deterministic (the default) on CUDA."""
+    multiple of 28), per image normalised and randomly cropped (data.crop: grid_sample on the device), under
+    train.deterministic (the default) on CUDA."""
     spec = importlib.util.spec_from_file_location("image_folder", ROOT / "tools" / "image_folder.py")
     image_folder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(image_folder)
@@ -55,11 +56,13 @@ def test_a_large_colour_folder_runs_twice_to_the_same_figures(real_data, tmp_pat
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
         run_train(["--variant", "A8", "--no-progress", "--wandb", "disabled", "--dataset", "folder", "--data-dir",
-                   str(folder), "--epochs", "2", "--output-dir", str(out), "--mixed-precision", "no"])
+                   str(folder), "--epochs", "2", "--output-dir", str(out), "--mixed-precision", "no",
+                   "--set", "data.crop=0.5"])
     config = json.loads((runs[0] / "config.json").read_text())
     model = config["config"]["model"]
     assert config["device"].startswith("cuda") and config["config"]["train"]["deterministic"] is True
-    assert (model["in_channels"], model["image_size"], model["net_size"]) == (3, 96, 28)
+    assert (model["in_channels"], model["image_size"], model["net_size"], config["config"]["data"]["crop"]) == \
+        (3, 96, 28, 0.5)
     assert summary(runs[0])["status"] == "finished" and metric_rows(runs[0]) == metric_rows(runs[1])
 
 
