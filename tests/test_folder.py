@@ -353,6 +353,36 @@ def test_hidden_files_and_folders_are_skipped_and_sub_folders_are_read(tmp_path)
     assert (found, len(paths), labels.count(1)) == (["ant", "bee"], 10, 7)
 
 
+def test_gif_jfif_and_avif_files_are_images_as_pil_reads_them(tmp_path):
+    """torchvision's ImageFolder lists .jpg, .png, .webp, ... but not .gif, .jfif or .avif, which PIL reads (AVIF from
+    Pillow 11.2): a folder of them was refused as "not an image file". A .heic is one with pillow-heif installed
+    (tested where it is: it is not one of arcdist's requirements)."""
+    from PIL import Image
+
+    from arcdist.datasets.folder import Decoder, image_extensions, listing
+    from arcdist.evaluation.embed import image_files
+
+    readable = image_extensions()
+    kinds = {"a.png": "PNG", "b.gif": "GIF", "c.jfif": "JPEG", "d.JPE": "JPEG", **({"e.avif": "AVIF"} if ".avif" in
+             readable else {}), **({"f.heic": "HEIF"} if ".heic" in readable else {})}
+    for c, shade in (("ant", 60), ("bee", 200)):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for name, fmt in kinds.items():
+            Image.new("RGB", (20, 20), (shade, shade, shade)).save(tmp_path / "d" / c / name, format=fmt)
+    _, classes, train, test = listing(tmp_path / "d", 0.5)
+    paths = sorted(train.paths + test.paths)
+    assert classes == ["ant", "bee"] and [Path(p).name for p in paths] == sorted(kinds) * 2
+    decode = Decoder(1, 28)
+    for p in paths:
+        x = decode(p)
+        assert x.shape == (1, 28, 28) and abs(float(x.float().mean()) - (60 if "/ant/" in p else 200)) < 3, p
+    assert len(image_files(tmp_path / "d")[0]) == 2 * len(kinds)
+    if ".heic" not in readable:  # no pillow-heif: a .heic is named as not an image, in one line
+        (tmp_path / "d" / "ant" / "f.heic").write_bytes(b"\x00\x00\x00\x18ftypheic")
+        with pytest.raises(DataError, match=r"ant/f.heic: not an image file \(images end in .jpg, .jpeg"):
+            listing(tmp_path / "d", 0.5)
+
+
 def test_train_beside_val_trains_judges_and_embeds_val(tmp_path):
     """ImageNet's layout: train/ and val/ (no test/) is a split dataset whose test split is val/."""
     import numpy as np

@@ -9,10 +9,10 @@ to `model.image_size`, bilinear with antialiasing, then the centre square cut ou
 is kept as it is). The per-channel mean and std are measured on the decoded train split once, when a run starts,
 and recorded in config.json (`data.mean`, `data.std`, `data.classes`), so a resume does not measure again.
 
-Every file is checked before anything is written: a file that is not an image (by torchvision's extensions;
-names starting with ".", __MACOSX, Thumbs.db and desktop.ini are skipped; a class folder's sub-folders are read,
-as torchvision does), an image that does not decode, an empty class folder, one of train/ and test/ without the
-other: each one line naming it, exit 2.
+Every file is checked before anything is written: a file that is not an image (by its ending: torchvision's, GIF's,
+and AVIF's and HEIC's where PIL reads them, `image_extensions`; names starting with ".", __MACOSX, Thumbs.db and
+desktop.ini are skipped; a class folder's sub-folders are read, as torchvision does), an image that does not
+decode, an empty class folder, one of train/ and test/ without the other: each one line naming it, exit 2.
 """
 from __future__ import annotations
 
@@ -46,6 +46,27 @@ class Listing:
 # a macOS zip's resource forks (never a class); Windows Explorer's thumbnail caches and folder settings, which it
 # writes into any folder of pictures (compared without case, as Windows names them)
 SKIPPED = ("__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini")
+
+
+@functools.cache
+def image_extensions() -> tuple[str, ...]:
+    """The file endings read as images: torchvision's (`IMG_EXTENSIONS`), then GIF, JPEG's other endings, and AVIF
+    and HEIC where this PIL reads them (AVIF from Pillow 11.2, HEIC with the pillow-heif plugin registered)."""
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    try:  # pillow-heif, where installed, reads phones' HEIC photos once registered with PIL
+        from pillow_heif import register_heif_opener
+        register_heif_opener()
+    except ImportError:
+        pass
+    readable = Image.registered_extensions()
+    return IMG_EXTENSIONS + tuple(e for e in (".gif", ".jfif", ".jpe", ".avif", ".heic", ".heif") if e in readable)
+
+
+def is_image(name: str) -> bool:
+    """Whether a file name ends in one of `image_extensions` (any case)."""
+    return name.lower().endswith(image_extensions())
 
 
 def visible(name: str) -> bool:
@@ -91,7 +112,7 @@ def list_split(root: Path, split: str, classes: list[str]) -> Listing:
 def list_classes(split_dir: Path, classes: list[str]) -> Listing:
     """The images of `split_dir`/<class>/** (sub-folders included, as torchvision reads them), checked file by file,
     labelled by their index in `classes`."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
+    from torchvision.datasets.folder import make_dataset
 
     for name in find_classes(split_dir):
         folder = split_dir / name
@@ -99,12 +120,12 @@ def list_classes(split_dir: Path, classes: list[str]) -> Listing:
         if not files:
             raise DataError(f"{folder}: empty class folder; add its images or remove the folder")
         for path in files:
-            if not has_file_allowed_extension(path.name, IMG_EXTENSIONS):
-                raise DataError(f"{path}: not an image file (images end in {', '.join(IMG_EXTENSIONS)}); "
+            if not is_image(path.name):
+                raise DataError(f"{path}: not an image file (images end in {', '.join(image_extensions())}); "
                                 "move it out of the dataset folder")
     # hidden files and folders are skipped here too: torchvision would list macOS's ._name.jpg twins
     shown = lambda p: all(visible(part) for part in Path(p).relative_to(split_dir).parts) and \
-        has_file_allowed_extension(p, IMG_EXTENSIONS)
+        is_image(p)
     samples = make_dataset(str(split_dir), {c: i for i, c in enumerate(classes)}, is_valid_file=shown,
                            allow_empty=True)
     return Listing(tuple(p for p, _ in samples), torch.tensor([y for _, y in samples], dtype=torch.long))
@@ -192,6 +213,8 @@ class Decoder:
     def __call__(self, path: str) -> torch.Tensor:
         from PIL import Image
         from torchvision.transforms import v2
+
+        image_extensions()  # (once per process: a DataLoader worker registers PIL's plugins too)
 
         try:
             with open(path, "rb") as f:

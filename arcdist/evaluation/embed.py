@@ -166,9 +166,7 @@ def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
     """Every image under `root`, sub-folders included, sorted: (paths, labels, classes); a file in `root` itself has
     label -1, one under root/<class>/ the index of <class> among the sub-folders (sorted); hidden names are
     skipped (`folder.visible`)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
-
-    from arcdist.datasets.folder import visible, walk_files
+    from arcdist.datasets.folder import image_extensions, is_image, visible, walk_files
 
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; pass --images DIR with image files (or DIR/<class>/ folders)")
@@ -177,11 +175,11 @@ def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
     paths, labels = [], []
     for label, files in [(-1, loose), *((i, walk_files(root / c)) for i, c in enumerate(classes))]:
         for f in files:
-            if has_file_allowed_extension(f.name, IMG_EXTENSIONS):
+            if is_image(f.name):
                 paths.append(str(f))
                 labels.append(label)
     if not paths:
-        raise DataError(f"{root}: no image files (images end in {', '.join(IMG_EXTENSIONS)}); "
+        raise DataError(f"{root}: no image files (images end in {', '.join(image_extensions())}); "
                         "pass a folder of images")
     return paths, labels, classes
 
