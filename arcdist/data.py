@@ -90,6 +90,10 @@ class DeviceData:
         idx = idx.to(self.device)
         return DeviceData(self.x[idx], self.y[idx], self.spec, self.device)
 
+    def in_memory(self) -> "DeviceData":
+        """The split with every image resident (what moving all of them at once needs): itself."""
+        return self
+
 
 class StreamData(DeviceData):
     """A folder split left on disk: labels on the device, images decoded per batch by DataLoader workers (the
@@ -119,6 +123,12 @@ class StreamData(DeviceData):
     def select(self, idx: torch.Tensor) -> "StreamData":
         return StreamData(tuple(self.paths[i] for i in idx.tolist()), self.y[idx.to(self.device)], self.spec,
                           self.device, self.decode, self.workers)
+
+    def in_memory(self) -> DeviceData:
+        """The split decoded once into a DeviceData, its batches laid out as these are."""
+        resident = DeviceData(self.x, self.y, self.spec, self.device)
+        resident.channels_last = self.channels_last
+        return resident
 
 
 def streams(cfg: "DataConfig", nbytes: int, ranks_on_node: int = 1) -> bool:

@@ -79,6 +79,8 @@ def test_the_shifted_views_of_a_streamed_split_are_those_of_the_same_images_in_m
     views, labels = shifted_features(acc, model, streamed, 2, 4, 1)
     expected, expected_labels = shifted_features(acc, model, in_memory, 2, 4, 1)
     assert views.shape == (9, 11, 2) and torch.equal(views, expected) and torch.equal(labels, expected_labels)
+    streamed.channels_last = True  # (as the trainer sets it): the decoded split keeps the layout
+    assert streamed.in_memory().channels_last is True and in_memory.in_memory() is in_memory
 
 
 def evaluate_cli(*args):

@@ -54,6 +54,13 @@ def shift(x: torch.Tensor, moves: torch.Tensor, pixels: int) -> torch.Tensor:
     return move(x, F.pad(moves, (0, 1)), pixels)
 
 
+def resample(x: torch.Tensor, theta: torch.Tensor, fill: str) -> torch.Tensor:
+    """Each (N, C, H, W) image sampled bilinearly where its (N, 2, 3) `theta` maps the output's [-1, 1] square
+    (grid_sample's padding_mode `fill` outside the image); returns float32."""
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode=fill, align_corners=False)
+
+
 def rotate(x: torch.Tensor, angles: torch.Tensor, degrees: float = 0.0) -> torch.Tensor:
     """Rotate each (N, C, H, W) image by its angle (radians, counter-clockwise on screen) about its centre.
 
@@ -62,9 +69,8 @@ def rotate(x: torch.Tensor, angles: torch.Tensor, degrees: float = 0.0) -> torch
     cos, sin = angles.cos().float(), angles.sin().float()
     # grid_sample's theta maps output to input coordinates (x right, y down): the inverse rotation
     theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
-                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1).to(x.device)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    return resample(x, theta, "zeros")
 
 
 CROP_ASPECT = (3 / 4, 4 / 3)  # a crop box's width / height lies in this range, log-uniformly (torchvision's)
@@ -93,8 +99,7 @@ def crop(x: torch.Tensor, boxes: torch.Tensor, smallest: float = 0.0) -> torch.T
     # 2 x0 + w - 1
     theta = torch.stack([torch.stack([w, zero, 2 * b[:, 2] + w - 1], 1),
                          torch.stack([zero, h, 2 * b[:, 3] + h - 1], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return resample(x, theta, "border")
 
 
 # flip before shift: the pixel moves are exact on the uint8 images; crop and rotation resample them, last

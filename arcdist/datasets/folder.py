@@ -49,17 +49,24 @@ SKIPPED = ("__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini")
 
 
 @functools.cache
+def register_plugins() -> None:
+    """pillow-heif's reader of phones' HEIC photos registered with PIL where installed, once per process (a
+    DataLoader worker that decodes registers it too)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+
+
+@functools.cache
 def image_extensions() -> tuple[str, ...]:
     """The file endings read as images: torchvision's (`IMG_EXTENSIONS`), then GIF, JPEG's other endings, and AVIF
-    and HEIC where this PIL reads them (AVIF from Pillow 11.2, HEIC with the pillow-heif plugin registered)."""
+    and HEIC where this PIL reads them (AVIF from Pillow 11.2, HEIC with pillow-heif: `register_plugins`)."""
     from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    try:  # pillow-heif, where installed, reads phones' HEIC photos once registered with PIL
-        from pillow_heif import register_heif_opener
-        register_heif_opener()
-    except ImportError:
-        pass
+    register_plugins()
     readable = Image.registered_extensions()
     return IMG_EXTENSIONS + tuple(e for e in (".gif", ".jfif", ".jpe", ".avif", ".heic", ".heif") if e in readable)
 
@@ -214,7 +221,7 @@ class Decoder:
         from PIL import Image
         from torchvision.transforms import v2
 
-        image_extensions()  # (once per process: a DataLoader worker registers PIL's plugins too)
+        register_plugins()
 
         try:
             with open(path, "rb") as f:

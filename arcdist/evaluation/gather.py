@@ -7,7 +7,7 @@ import math
 import torch
 from accelerate import Accelerator
 
-from arcdist.data import DeviceData, StreamData, augment, shard_bounds
+from arcdist.data import DeviceData, augment, shard_bounds
 
 
 @torch.no_grad()
@@ -52,8 +52,7 @@ def shifted_features(acc: Accelerator, model: torch.nn.Module, data: DeviceData,
     """gather_features of each of the (2·pixels + 1)² views of `data`, every image moved by (dy, dx) with |dy|, |dx|
     <= pixels (data.augment's zero-filled move, the one a `data.shift=pixels` recipe trains on): features
     (views, N, feature_dim), the unmoved view first, and the labels."""
-    if isinstance(data, StreamData):  # decoded per batch from disk: decoded once here, then moved in memory
-        data = DeviceData(data.x, data.y, data.spec, data.device)
+    data = data.in_memory()  # a streamed split is decoded once here, then moved in memory
     n = len(data)
     moves = [(0, 0)] + [(dy, dx) for dy in range(-pixels, pixels + 1) for dx in range(-pixels, pixels + 1)
                         if (dy, dx) != (0, 0)]
