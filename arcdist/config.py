@@ -33,7 +33,7 @@ class ModelConfig:
     fc: tuple = ("linear", 64)  # the feature layer: ("linear", in_features) or ("conv", in_ch, kernel, stride, pad)
     feature_dim: int = 2  # the post's 2-D feature
     in_channels: int = 1  # image channels (1 grey, 3 colour); from the dataset unless set
-    image_size: int = 28  # pixels, square; from the dataset unless set
+    image_size: int = 28  # pixels, square; from the dataset unless set (a folder's: 224 at most, arcdist.shape)
     arch: Literal["layers", "resnet18"] = "layers"  # "layers": the list above; "resnet18": torchvision's, for photos
     # resnet18, a new run: the weights to start from, a torchvision state dict file or "imagenet" (torchvision's
     # IMAGENET1K_V1, downloaded once into torch.hub's cache); the fc is left out, a grey run sums conv1's filters

@@ -27,14 +27,20 @@ def explicit_keys(overrides: list[str]) -> set[str]:
     return {o.partition("=")[0].strip() for o in overrides}
 
 
+PHOTO_SIZE = 224  # pixels: a folder's image size unless set is at most this, the size torchvision's ImageNet
+# models train and are measured at; a phone's 3,000-px photo decoded whole is 27 MB, at 224 px 150 KB (a JPEG is
+# decoded at a reduced scale that still covers it: bench/decode.py)
+
+
 def fit_model(cfg: Config, explicit: set[str]) -> Config:
     """model.in_channels and model.image_size from the dataset's images unless set (a folder: at least the layer
-    list's smallest size, smaller images are enlarged), and a folder's model.net_size (`auto_net_size`)."""
+    list's smallest size, smaller images are enlarged; at most PHOTO_SIZE, larger ones are shrunk), and a folder's
+    model.net_size (`auto_net_size`)."""
     cls = dataset_class(cfg.data.dataset)
     channels, size = cls.shape(cfg.data, cfg.model)
     model = cfg.model
     if cfg.data.dataset == "folder":
-        size = max(size, smallest_image(replace(model, in_channels=channels)))
+        size = max(min(size, PHOTO_SIZE), smallest_image(replace(model, in_channels=channels)))
         model = replace(model, in_channels=model.in_channels if "model.in_channels" in explicit else channels,
                         image_size=model.image_size if "model.image_size" in explicit else size)
         if "model.net_size" not in explicit:
@@ -118,16 +124,19 @@ def fit_batch(cfg: Config, explicit: set[str], world: int = 1) -> Config:
 
 def notes(cfg: Config, world: int = 1) -> list[str]:
     """The lines a run prints about choices the data and the launch made: a folder's images enlarged to the smallest
-    size the net takes, a layer list computing at a smaller size than the images', a folder's smaller batch and its
-    passes an epoch, a batch rounded to split over `world` processes, a folder's test split (val/, or held out by
-    `data.test_fraction`)."""
+    size the net takes or shrunk to PHOTO_SIZE, a layer list computing at a smaller size than the images', a
+    folder's smaller batch and its passes an epoch, a batch rounded to split over `world` processes, a folder's
+    test split (val/, or held out by `data.test_fraction`)."""
     out, m = [], cfg.model
-    if cfg.data.dataset == "folder" and m.image_size == smallest_image(m):  # (the images' own size: node-cached)
+    if cfg.data.dataset == "folder" and m.image_size in (smallest_image(m), PHOTO_SIZE):  # (own size: node-cached)
         own = dataset_class("folder").shape(cfg.data, m)[1]
         if own < m.image_size:
             other = "ResNet-18's" if m.arch == "resnet18" else f"{cfg.variant}'s layer list"
             out.append(f"arcdist: {own}-px images, enlarged to {m.image_size} px when decoded, the smallest "
                        f"{other} takes")
+        elif own > m.image_size:
+            out.append(f"arcdist: {own}-px images, shrunk to {m.image_size} px when decoded (a folder's largest "
+                       f"size unless set; --set model.image_size={own} keeps theirs)")
     if m.net_size and m.net_size < m.image_size:
         out.append(f"arcdist: {m.image_size}-px images, pooled to {m.net_size} px for {cfg.variant}'s layer list "
                    f"(model.net_size={m.net_size}; --set model.net_size=0 for the full size, or --variant R18)")

@@ -267,8 +267,11 @@ def _class_folders(root: Path, counts: dict[str, int]) -> None:
 @pytest.mark.parametrize("args, side, size, said", [
     (["--variant", "A8"], 12, 24, "A8's layer list"), (["--variant", "R18"], 12, 32, "ResNet-18's"),
     (["--variant", "R18", "--set", "model.stem=small"], 6, 8, "ResNet-18's"),
-    (["--variant", "R18", "--set", "model.stem=small"], 12, 12, None), (["--variant", "A8"], 28, 28, None)])
-def test_images_smaller_than_the_net_takes_are_enlarged_and_the_run_says_so(tmp_path, args, side, size, said):
+    (["--variant", "R18", "--set", "model.stem=small"], 12, 12, None), (["--variant", "A8"], 28, 28, None),
+    (["--variant", "A8"], 300, 224, "shrunk"), (["--variant", "R18"], 225, 224, "shrunk"),
+    (["--variant", "R18"], 224, 224, None), (["--variant", "A8", "--set", "model.image_size=256"], 300, 256, None)])
+def test_images_are_enlarged_to_the_smallest_size_the_net_takes_shrunk_to_224_and_the_run_says_so(
+        tmp_path, args, side, size, said):
     from PIL import Image
 
     from arcdist import shape
@@ -281,8 +284,10 @@ def test_images_smaller_than_the_net_takes_are_enlarged_and_the_run_says_so(tmp_
                 Image.new("L", (side, side), 40 * i).save(tmp_path / "d" / split / c / f"{i}.png")
     cfg = build_config(parse_args([*args, "--dataset", "folder", "--data-dir", str(tmp_path / "d")]))
     assert cfg.model.image_size == size
-    assert [line for line in shape.notes(cfg) if "enlarged" in line] == (
-        [f"arcdist: {side}-px images, enlarged to {size} px when decoded, the smallest {said} takes"] if said else [])
+    want = f"shrunk to {size} px when decoded (a folder's largest size unless set; --set model.image_size={side} " \
+        "keeps theirs)" if said == "shrunk" else f"enlarged to {size} px when decoded, the smallest {said} takes"
+    assert [line for line in shape.notes(cfg) if "px when decoded" in line] == (
+        [f"arcdist: {side}-px images, {want}"] if said else [])  # (a size given with --set is not remarked on)
 
 
 def test_a_folder_of_classes_holds_out_a_fraction_of_each_class_by_file_name(tmp_path):
