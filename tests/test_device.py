@@ -95,3 +95,21 @@ def test_a_cuda_epoch_of_several_passes_serves_its_batches_on_the_device():
         batches = list(train_batches(data, Order(8, seed=1, repeats=3, augment=dict(shift=2, crop=0.5, rotate=10.0)), epoch=1))
     assert len(batches) == 7  # 60 positions // 8
     assert all(xb.device.type == yb.device.type == "cuda" and tuple(xb.shape) == (8, 1, 28, 28) for xb, yb in batches)
+
+
+@pytest.mark.parametrize("stem, channels, size", [("imagenet", 3, 224), ("small", 1, 32)])
+def test_a_cuda_resnet18_of_either_stem_stays_on_the_device(stem, channels, size):
+    """ResNet-18 for photos (224 px, the folder's largest size unless set) and its small-image stem (model.stem)
+    build and run forward on the images' device."""
+    from dataclasses import replace
+
+    from arcdist.model import build_backbone
+    from arcdist.variants import get_variant
+
+    cfg = replace(get_variant("R18").config.model, in_channels=channels, image_size=size, stem=stem, feature_dim=128)
+    with FakeTensorMode():
+        with torch.device("cuda"):
+            net = build_backbone(cfg).train()
+        feats = net(torch.randn(2, channels, size, size, device="cuda"))
+        assert feats.device.type == "cuda" and tuple(feats.shape) == (2, 128) and feats.requires_grad
+        assert all(p.device.type == "cuda" for p in net.parameters())
