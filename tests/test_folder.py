@@ -424,6 +424,18 @@ def test_the_test_split_is_test_then_val_and_a_class_named_val_stays_a_class(tmp
         assert classes == sorted(layout) and len(held.paths) == 2  # round(0.2 x 3) = 1 of each
 
 
+@pytest.mark.parametrize("name, fix", [("photos.zip", "unpack it (unzip photos.zip) and point --data-dir at the folder"),
+                                       ("photos.tar.gz", "unpack it (tar -xf photos.tar.gz) and point --data-dir at"),
+                                       ("cat.jpg", "point --data-dir at a folder")])
+def test_data_dir_at_a_file_is_one_line_naming_the_fix(tmp_path, name, fix):
+    from arcdist.datasets.folder import test_dir
+
+    (tmp_path / name).write_bytes(b"PK")
+    with pytest.raises(DataError) as e:
+        test_dir(tmp_path / name)
+    assert str(e.value).startswith(f"{tmp_path / name}: a file, not a folder; {fix}") and "\n" not in str(e.value)
+
+
 def test_a_test_folder_of_loose_files_is_one_line_naming_the_fix(tmp_path):
     from arcdist.datasets.base import DataError
     from arcdist.datasets.folder import listing

@@ -46,6 +46,9 @@ class Listing:
 # a macOS zip's resource forks (never a class); Windows Explorer's thumbnail caches and folder settings, which it
 # writes into any folder of pictures (compared without case, as Windows names them)
 SKIPPED = ("__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini")
+# a dataset as downloaded, and the command that unpacks it
+ARCHIVES = {".zip": "unzip", ".7z": "7z x", ".rar": "unrar x",
+            **{e: "tar -xf" for e in (".tar", ".tgz", ".gz", ".bz2", ".xz", ".zst")}}
 
 
 @functools.cache
@@ -142,6 +145,12 @@ def test_dir(root: Path) -> str | None:
     """The name of the test split's folder beside DIR/train/: "test", or where there is none "val", "valid" or
     "validation"; None for DIR/<class>/* (split by `held_out`). A DataError for no such folder, or for train/
     without a test split (or test/ without train/)."""
+    if root.is_file():
+        unpack = ARCHIVES.get(root.suffix.lower())
+        fix = f"unpack it ({unpack} {root.name}) and point --data-dir at the folder it holds" if unpack else \
+            "point --data-dir at a folder"
+        raise DataError(f"{root}: a file, not a folder; {fix} (DIR/train/<class>/* and DIR/test/<class>/*, or "
+                        "DIR/<class>/*)")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder; a folder dataset is DIR/train/<class>/* and DIR/test/<class>/*, "
                         "or DIR/<class>/* (point --data-dir at DIR)")
