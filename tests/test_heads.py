@@ -565,3 +565,51 @@ def test_the_saved_geometry_predicts_as_the_live_head(kind, changes):
     assert torch.equal(geometry_scores(x, geometry).argmax(1), live)
     rows = torch.tensor([1, 3, 4, 6, 8, 9, 11])  # a run trained on 7 of 12 classes: rows name them
     assert torch.equal(predicted_labels(x, dict(geometry, rows=rows)), rows[live])
+
+
+def _room(kind: str, cfg: HeadConfig) -> float:
+    """The smallest angle (radians) between two class directions at which a feature on its own class's direction
+    can meet the kind's full margin, by each paper's condition: ArcFace cos(m) > cos(a) (a > m), CosFace
+    1 - m > cos(a), combined cos(m2) - m3 > cos(a) (m1 = 1); SphereFace's cos(m * 0) = 1 and the heads without a
+    margin win at any angle."""
+    if kind in ("arcface", "subcenter"):
+        return cfg.margin
+    if kind == "cosface":
+        return math.acos(1 - cfg.margin)
+    if kind == "combined":
+        m1, m2, m3 = cfg.margins
+        return math.acos(math.cos(m2) - m3)
+    return 0.0
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_margin_met_is_each_papers_condition_for_two_neighbouring_classes(kind):
+    from arcdist.heads import margin_met
+
+    cfg = head_of_kind(HeadConfig(num_classes=10), kind)
+    room = _room(kind, cfg)
+    for angle in (room - 2e-3, room + 2e-3):
+        if angle > 0:
+            assert margin_met(cfg, angle, epochs=6) == (angle > room), (kind, angle, room)
+    if room:  # while the margin warms up a smaller one is in force: met where the full one is not
+        assert margin_met(cfg, 0.8 * room, epochs=0.3) and not margin_met(cfg, 0.8 * room, epochs=6)
+    assert margin_met(cfg, 1e-3, epochs=6) == (room == 0)  # (1,000 classes on a circle are 6.3e-3 rad apart)
+
+
+@pytest.mark.parametrize("n, dim, kind, said", [
+    (10, 2, "arcface", None), (1000, 128, "arcface", None), (20, 2, "arcface", None),
+    (1000, 2, "arcface", "1,000 classes in 2-D are at most 0.36 degrees apart, too close for arcface's margin "
+     "(s = |x|, m 0.2 rad, warm-up 1 ep, W frozen): no feature can meet it, so its loss cannot fall to 0; give it "
+     "room with --set model.feature_dim=4 (or more) or a smaller --set head.margin"),
+    (20, 2, "cosface", "20 classes in 2-D are at most 18 degrees apart, too close for cosface's margin (s 16, m 0.1, "
+     "warm-up 1 ep, W frozen): no feature can meet it, so its loss cannot fall to 0; give it room with --set "
+     "model.feature_dim=3 (or more) or a smaller --set head.margin")])
+def test_a_margin_wider_than_the_classes_can_be_apart_is_said_in_one_line(n, dim, kind, said):
+    from arcdist import shape
+    from arcdist.variants import get_variant
+
+    cfg = get_variant("A8").config  # ArcFace s = |x|, m 0.2 rad, W frozen at its even spread
+    head = cfg.head if kind == "arcface" else head_of_kind(cfg.head, kind)
+    cfg = dataclasses.replace(cfg, head=head.replace(num_classes=n, order=()),
+                              model=dataclasses.replace(cfg.model, feature_dim=dim))
+    assert shape.margin_room(cfg) == ([f"arcdist: {said}"] if said else [])
