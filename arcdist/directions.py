@@ -106,25 +106,6 @@ def chain(u: torch.Tensor) -> torch.Tensor:
     return u[path]
 
 
-def widest_min_angle(n: int, dim: int) -> float:
-    """An upper bound (radians) on the smallest angle between `n` unit directions in `dim` dimensions, however they
-    are placed: caps of half that angle around each are disjoint, so n of them cover at most the sphere; and never
-    above the regular simplex's arccos(-1 / (n - 1)) (Rankin), the optimum for n <= dim + 1. Exact on the circle
-    (2 pi / n)."""
-    if n <= 1:
-        return math.pi
-    simplex = math.acos(-1.0 / (n - 1))
-    if n <= dim + 1:
-        return simplex
-    if dim == 2:
-        return 2 * math.pi / n
-    t = torch.linspace(0, math.pi / 2, 20_001, dtype=torch.float64)
-    density = t.sin() ** (dim - 2)  # a cap's area grows as sin^(d-2) of its angular radius
-    whole = 2 * torch.trapezoid(density, t)
-    cap = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumulative_trapezoid(density, t)]) / whole
-    return min(simplex, 2 * float(t[int((n * cap <= 1).sum()) - 1]))
-
-
 def min_angle_deg(u: torch.Tensor) -> float:
     """Smallest angle (degrees) between two rows of `u`."""
     u = F.normalize(u.double(), dim=1)

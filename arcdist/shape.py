@@ -9,7 +9,6 @@ other data, or another class count, the natural order is used unless set.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from arcdist.evaluation import openset
 from arcdist.config import Config, ConfigError, ModelConfig
 from arcdist.datasets import Order, dataset_class, dataset_spec, run_spec
 from arcdist.datasets.folder import SPLITS, listing, test_dir
-from arcdist.directions import widest_min_angle
-from arcdist.heads import head_settings, margin_met
 from arcdist.model import smallest_image, takes_net_size, written_size
 from arcdist.variants import get_variant
 
@@ -129,8 +126,7 @@ def notes(cfg: Config, world: int = 1) -> list[str]:
     """The lines a run prints about choices the data and the launch made: a folder's images enlarged to the smallest
     size the net takes or shrunk to PHOTO_SIZE, a layer list computing at a smaller size than the images', a
     folder's smaller batch and its passes an epoch, a batch rounded to split over `world` processes, a folder's
-    test split (val/, or held out by `data.test_fraction`), a margin wider than the classes can be apart
-    (`margin_room`)."""
+    test split (val/, or held out by `data.test_fraction`)."""
     out, m = [], cfg.model
     if cfg.data.dataset == "folder" and m.image_size in (smallest_image(m), PHOTO_SIZE):  # (own size: node-cached)
         own = dataset_class("folder").shape(cfg.data, m)[1]
@@ -167,25 +163,7 @@ def notes(cfg: Config, world: int = 1) -> list[str]:
                    f"{cfg.data.test_fraction})")
     elif test != SPLITS[1]:
         out.append(f"arcdist: {cfg.data.data_dir} has no test/: its {test}/ is the test split")
-    return out + margin_room(cfg)
-
-
-FEATURE_SIZES = (3, 4, 8, 16, 32, 64, 128)  # the feature sizes margin_room suggests
-
-
-def margin_room(cfg: Config) -> list[str]:
-    """The line for a head whose margin is wider than its classes can be apart in the feature's dimensions (1,000
-    classes in 2-D: 0.36 degrees against ArcFace's 11.5): no feature meets it (`margin_met` at
-    `widest_min_angle`, the largest smallest angle any placement of W allows); [] where it fits."""
-    n, d = cfg.head.num_classes, cfg.model.feature_dim
-    if margin_met(cfg.head, widest_min_angle(n, d), cfg.train.epochs):
-        return []
-    roomy = next((f for f in FEATURE_SIZES if f > d and margin_met(cfg.head, widest_min_angle(n, f), cfg.train.epochs)),
-                 None)
-    more = f"--set model.feature_dim={roomy} (or more)" if roomy else "more feature dimensions"
-    return [f"arcdist: {n:,} classes in {d}-D are at most {math.degrees(widest_min_angle(n, d)):.2g} degrees apart, "
-            f"too close for {cfg.head.kind}'s margin ({head_settings(cfg.head)}): no feature can meet it, so its loss "
-            f"cannot fall to 0; give it room with {more} or a smaller --set head.margin"]
+    return out
 
 
 def fit_head(cfg: Config, explicit: set[str], own_dataset: str) -> Config:

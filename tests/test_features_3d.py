@@ -27,24 +27,6 @@ def test_even_spread_is_within_a_tenth_of_a_degree_of_the_known_optimum(n, dim, 
     assert best - 0.1 < min_angle_deg(u) <= best + 1e-3
 
 
-@pytest.mark.parametrize("n, dim, best", [(10, 3, 66.147), (12, 3, 63.435), (20, 3, 47.431), (10, 9, 96.379),
-                                          (4, 3, 109.471), (10, 2, 36.0), (1000, 2, 0.36), (1000, 128, None)])
-def test_the_widest_smallest_angle_bounds_the_known_optima(n, dim, best):
-    """An upper bound, exact on the circle and for the simplex, the cap bound 2 acos(1 - 2/n) on the sphere, and
-    Rankin's arccos(-1/(n-1)) in many dimensions."""
-    from arcdist.directions import widest_min_angle
-
-    got = math.degrees(widest_min_angle(n, dim))
-    if dim == 2 or n <= dim + 1:
-        assert got == pytest.approx(best, abs=1e-3)
-    elif dim == 3:
-        assert got == pytest.approx(math.degrees(2 * math.acos(1 - 2 / n)), abs=0.01) and got >= best
-    elif best:
-        assert got >= best
-    else:
-        assert got == pytest.approx(math.degrees(math.acos(-1 / (n - 1))), abs=1e-9)
-
-
 def test_2d_spread_is_the_circle_and_the_slots_are_chained_nearest_first():
     u = spread(10, 2)
     assert torch.allclose(u, torch.stack([torch.cos(torch.arange(10) * 2 * math.pi / 10),

@@ -20,11 +20,11 @@ import pkgutil
 
 from arcdist.heads.base import (HEADS, Head, HeadConfig, KindConfig, ScaledConfig, ScaledHead, WarmupConfig,
                                 build_head, cosines, geometry_scores, head_class, head_settings, head_of_kind,
-                                margin_met, param_count, predicted_labels, register_head)
+                                param_count, predicted_labels, register_head)
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["HEADS", "Head", "HeadConfig", "KindConfig", "ScaledConfig", "ScaledHead", "WarmupConfig", "build_head",
-           "cosines", "geometry_scores", "head_class", "head_settings", "head_of_kind", "margin_met", "param_count",
+           "cosines", "geometry_scores", "head_class", "head_settings", "head_of_kind", "param_count",
            "predicted_labels", "register_head"]

@@ -331,18 +331,6 @@ def build_head(cfg: HeadConfig, feature_dim: int = 2, steps_per_epoch: int = 1) 
     return head_class(cfg.kind)(cfg, feature_dim, steps_per_epoch)
 
 
-def margin_met(cfg: HeadConfig, angle: float, epochs: float) -> bool:
-    """Whether a feature on its class's direction wins its training logits (the margin in force after `epochs`)
-    against a class whose direction is `angle` radians away: the best a feature can do between two neighbouring
-    classes. False: the margin is wider than the classes are apart, and no feature meets it."""
-    head = build_head(cfg.replace(num_classes=2, order=(), init="xavier", freeze=False), 2, steps_per_epoch=10**6)
-    k = head.weight.shape[0] // 2  # (sub-centers: each class's K rows, class by class)
-    with torch.no_grad():
-        head.weight.copy_(torch.tensor([[1.0, 0.0]] * k + [[math.cos(angle), math.sin(angle)]] * k))
-        logits = head(torch.tensor([[10.0, 0.0]]), torch.tensor([0]), float(epochs))
-    return bool(logits[0, 0] > logits[0, 1])
-
-
 def param_count(cfg: HeadConfig, feature_dim: int = 2) -> int:
     """Learned numbers of the head: W, plus what the kind adds (a learned s, b, the centers)."""
     cls = head_class(cfg.kind)
