@@ -8,8 +8,10 @@ the rest of arcdist imports from here.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from arcdist import cluster
@@ -100,8 +102,10 @@ class StreamData(DeviceData):
     same index batches, hence the same images and draws, as DeviceData would serve)."""
 
     def __init__(self, paths: tuple[str, ...], y: torch.Tensor, spec: DatasetSpec, device: torch.device,
-                 decode, workers: int):
+                 decode, workers: int, decoded: "np.ndarray | None" = None, rows: "np.ndarray | None" = None):
         self.paths, self.decode, self.workers = tuple(paths), decode, workers
+        # the split decoded once and memory-mapped (arcdist.datasets.decoded); image i is its row rows[i]
+        self.decoded, self.rows = decoded, (np.arange(len(self.paths)) if rows is None else rows)
         self.y = y.to(device)
         self._place(spec, device)
 
@@ -111,18 +115,24 @@ class StreamData(DeviceData):
     @property
     def x(self) -> torch.Tensor:
         """Every image at once (what a test-time shift needs): decoded now."""
+        if self.decoded is not None:
+            return torch.from_numpy(self.decoded[self.rows]).to(self.device)
         return decode_all(self.paths, self.decode, self.workers).to(self.device)
 
     def images(self, batches: Iterable[torch.Tensor | slice]) -> Iterator[torch.Tensor]:
         n = len(self.paths)
         lists = [list(range(n))[b] if isinstance(b, slice) else b.tolist() for b in batches]
         cuda = self.device.type == "cuda"  # pinned host batches, copied while the GPU works on the last one
+        if self.decoded is not None:
+            rows = (torch.from_numpy(self.decoded[self.rows[idx]]) for idx in lists)
+            return (x.pin_memory().to(self.device, non_blocking=True) if cuda else x for x in rows)
         loader = file_loader(self.paths, self.decode, self.workers, batch_sampler=lists, pin_memory=cuda)
         return (x.to(self.device, non_blocking=cuda) for x in loader)
 
     def select(self, idx: torch.Tensor) -> "StreamData":
-        return StreamData(tuple(self.paths[i] for i in idx.tolist()), self.y[idx.to(self.device)], self.spec,
-                          self.device, self.decode, self.workers)
+        rows = idx.tolist()
+        return StreamData(tuple(self.paths[i] for i in rows), self.y[idx.to(self.device)], self.spec, self.device,
+                          self.decode, self.workers, self.decoded, self.rows[rows])
 
     def in_memory(self) -> DeviceData:
         """The split decoded once into a DeviceData, its batches laid out as these are."""
@@ -150,14 +160,40 @@ def load_to_device(cfg: "DataConfig", device: torch.device, splits: Splits | Non
         folder = ImageFolderDataset(cfg.data_dir, channels=model.in_channels, image_size=model.image_size,
                                     workers=cfg.workers, test_fraction=cfg.test_fraction)
         if streams(cfg, folder.nbytes(), cluster.current().launcher.local_world_size):
-            return (StreamData(folder.train.paths[:lt], folder.train.labels[:lt], spec, device, folder.decode,
-                               cfg.workers),
-                    StreamData(folder.test.paths[:le], folder.test.labels[:le], spec, device, folder.decode,
-                               cfg.workers))
+            return tuple(stream_split(cfg, split, files.paths[:cut], files.labels[:cut], spec, device, folder.decode)
+                         for split, files, cut in (("train", folder.train, lt), ("test", folder.test, le)))
         splits = folder.read()
     splits = splits or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     return (DeviceData(splits.train_x[:lt], splits.train_y[:lt], spec, device),
             DeviceData(splits.test_x[:le], splits.test_y[:le], spec, device))
+
+
+def stream_split(cfg: "DataConfig", split: str, paths: tuple[str, ...], labels: torch.Tensor, spec: DatasetSpec,
+                 device: torch.device, decode) -> StreamData:
+    """A split that streams: read from its decoded copy (`data.decoded_cache`, arcdist.datasets.decoded) where the
+    disk has room, else decoded per batch (`why_not` says why)."""
+    from arcdist.datasets.decoded import decoded_file
+
+    path, why_not = decoded_file(paths, decode, cfg.workers, split) if cfg.decoded_cache else \
+        (None, "data.decoded_cache=false")
+    data = StreamData(paths, labels, spec, device, decode, cfg.workers,
+                      None if path is None else np.load(path, mmap_mode="r"))
+    data.why_not = why_not
+    return data
+
+
+def stream_line(train: StreamData, test: StreamData) -> str:
+    """The line a run prints when its folder streams: read from its decoded copies, or decoded every epoch and why."""
+    from arcdist.datasets.decoded import size_text
+
+    if train.decoded is not None and test.decoded is not None:
+        where = Path(train.decoded.filename).parent
+        return (f"arcdist: the folder streams from disk (data.memory_budget_gb, data.stream), read from its copies "
+                f"decoded once per node in {where} (train {size_text(train.decoded.nbytes)}, test "
+                f"{size_text(test.decoded.nbytes)}; --set data.decoded_cache=false decodes every file each epoch)")
+    why = "; ".join(dict.fromkeys(s.why_not for s in (train, test) if s.decoded is None))
+    return f"arcdist: the folder streams from disk (data.memory_budget_gb, data.stream), every file decoded each " \
+        f"epoch: {why}"
 
 
 def train_batches(data: DeviceData, order: Order, epoch: int, start_step: int = 0

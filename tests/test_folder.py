@@ -60,13 +60,15 @@ def test_settle_records_classes_mean_and_std_of_the_train_split(mnist_pngs):
 
 @needs_mnist
 @pytest.mark.slow
-@pytest.mark.parametrize("world", [1, 2])
-def test_streaming_gives_the_metrics_of_in_memory(mnist_pngs, tmp_path, world):
+@pytest.mark.parametrize("world, cached", [(1, "false"), (2, "true")])
+def test_streaming_gives_the_metrics_of_in_memory(mnist_pngs, tmp_path, world, cached):
+    """Streamed per batch by DataLoader workers, or from the decoded copy both ranks of the node share."""
     rows = {}
     for stream in ("false", "true"):
         out = tmp_path / f"stream-{stream}"
         run_train(tiny_args(mnist_pngs, out, 2, "--dataset", "folder", "--set", f"data.stream={stream}",
-                            "--set", "data.shift=1", "--set", "data.workers=1"), world=world)
+                            "--set", "data.shift=1", "--set", "data.workers=1", "--set",
+                            f"data.decoded_cache={cached}"), world=world)
         rows[stream] = metric_rows(out)
     assert len(rows["true"]) == 2 and rows["true"] == rows["false"]
 
@@ -110,11 +112,65 @@ def test_a_bad_folder_is_one_line_naming_it_exit_2_nothing_written(mnist_pngs, t
 def test_a_corrupt_image_met_by_a_streaming_worker_is_one_line(mnist_pngs, tmp_path):
     """A streamed test split is decoded only at evaluation, in DataLoader workers: still one line, exit 2."""
     data, named = _bad(tmp_path, mnist_pngs, "corrupt-image")
-    proc = run_train(tiny_args(data, tmp_path / "run", 1, "--dataset", "folder", "--set", "data.stream=true"),
-                     check=False)
+    proc = run_train(tiny_args(data, tmp_path / "run", 1, "--dataset", "folder", "--set", "data.stream=true",
+                               "--set", "data.decoded_cache=false"), check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and named in lines[0] and "cannot decode" in lines[0], lines
+
+
+def _pngs(root: Path, n: int = 6, size: int = 20) -> tuple[str, ...]:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(n)
+    for i in range(n):
+        pixels = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(root / f"{i}.png")
+    return tuple(sorted(str(p) for p in root.iterdir()))
+
+
+def test_a_decoded_copy_equals_the_decoded_files_and_is_written_once_per_state_of_the_folder(tmp_path, monkeypatch):
+    import numpy as np
+
+    from arcdist.datasets import decoded
+    from arcdist.datasets.folder import Decoder, decode_all
+
+    monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path / "cache"))
+    paths, decode = _pngs(tmp_path / "d" / "a"), Decoder(3, 16)
+    path, why = decoded.decoded_file(paths, decode, 0, "train")
+    assert why == "" and np.array_equal(np.load(path), decode_all(paths, decode).numpy())
+    assert np.load(path).shape == (6, 3, 16, 16)
+    monkeypatch.setattr(decoded, "file_loader", lambda *a, **k: pytest.fail("decoded again"))
+    assert decoded.decoded_file(paths, decode, 0, "train") == (path, "")  # the node's later readers
+    monkeypatch.undo()
+    monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path / "cache"))
+    test, _ = decoded.decoded_file(paths, decode, 0, "test")  # a held-out test split of the same folder: its own
+    Path(paths[0]).unlink()  # the folder changed: its split decoded again, the earlier copy removed
+    newer, _ = decoded.decoded_file(paths[1:], decode, 0, "train")
+    assert newer != path and not path.exists() and test.exists() and np.load(newer).shape[0] == 5
+    assert sorted(p.name for p in (tmp_path / "cache" / "decoded").glob("*.npy")) == sorted([newer.name, test.name])
+
+
+def test_a_decoded_copy_without_disk_room_or_of_a_corrupt_file_leaves_nothing_behind(tmp_path, monkeypatch):
+    import shutil
+
+    from arcdist.datasets import decoded
+    from arcdist.datasets.folder import Decoder
+
+    monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path / "cache"))
+    paths, decode = _pngs(tmp_path / "d" / "a"), Decoder(1, 16)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(decoded.shutil, "disk_usage", lambda p: usage._replace(free=decoded.SPARE + 6 * 256 - 1))
+    path, why = decoded.decoded_file(paths, decode, 0, "train")
+    assert path is None and why == (f"its decoded train split (2 KB) would leave less than 1.0 GB of the 1.0 GB free "
+                                    f"in {tmp_path / 'cache' / 'decoded'}")
+    monkeypatch.undo()
+    monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path / "cache"))
+    Path(paths[3]).write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot decode"):
+        decoded.decoded_file(paths, decode, 0, "train")
+    assert [p.name for p in (tmp_path / "cache" / "decoded").iterdir() if not p.name.endswith(".lock")] == []
 
 
 def _odd(tmp_path: Path) -> dict[str, tuple[Path, object]]:
