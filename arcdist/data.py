@@ -98,12 +98,14 @@ class DeviceData:
 
 
 class StreamData(DeviceData):
-    """A folder split left on disk: labels on the device, images decoded per batch by DataLoader workers (the
-    same index batches, hence the same images and draws, as DeviceData would serve)."""
+    """A folder split left on disk: labels on the device, images read per batch from the split's decoded copy
+    (`decoded`, memory-mapped; arcdist.datasets.decoded) or, without one, decoded per batch by DataLoader workers
+    (`why_not` says why): the same index batches, hence the same images and draws, as DeviceData would serve."""
 
     def __init__(self, paths: tuple[str, ...], y: torch.Tensor, spec: DatasetSpec, device: torch.device,
-                 decode, workers: int, decoded: "np.ndarray | None" = None, rows: "np.ndarray | None" = None):
-        self.paths, self.decode, self.workers = tuple(paths), decode, workers
+                 decode, workers: int, decoded: "np.ndarray | None" = None, rows: "np.ndarray | None" = None,
+                 why_not: str = ""):
+        self.paths, self.decode, self.workers, self.why_not = tuple(paths), decode, workers, why_not
         # the split decoded once and memory-mapped (arcdist.datasets.decoded); image i is its row rows[i]
         self.decoded, self.rows = decoded, (np.arange(len(self.paths)) if rows is None else rows)
         self.y = y.to(device)
@@ -114,7 +116,7 @@ class StreamData(DeviceData):
 
     @property
     def x(self) -> torch.Tensor:
-        """Every image at once (what a test-time shift needs): decoded now."""
+        """Every image at once (what a test-time shift needs): read from the decoded copy, or decoded now."""
         if self.decoded is not None:
             return torch.from_numpy(self.decoded[self.rows]).to(self.device)
         return decode_all(self.paths, self.decode, self.workers).to(self.device)
@@ -132,7 +134,7 @@ class StreamData(DeviceData):
     def select(self, idx: torch.Tensor) -> "StreamData":
         rows = idx.tolist()
         return StreamData(tuple(self.paths[i] for i in rows), self.y[idx.to(self.device)], self.spec, self.device,
-                          self.decode, self.workers, self.decoded, self.rows[rows])
+                          self.decode, self.workers, self.decoded, self.rows[rows], self.why_not)
 
     def in_memory(self) -> DeviceData:
         """The split decoded once into a DeviceData, its batches laid out as these are."""
@@ -176,10 +178,8 @@ def stream_split(cfg: "DataConfig", split: str, paths: tuple[str, ...], labels: 
 
     path, why_not = decoded_file(paths, decode, cfg.workers, split) if cfg.decoded_cache else \
         (None, "data.decoded_cache=false")
-    data = StreamData(paths, labels, spec, device, decode, cfg.workers,
-                      None if path is None else np.load(path, mmap_mode="r"))
-    data.why_not = why_not
-    return data
+    return StreamData(paths, labels, spec, device, decode, cfg.workers,
+                      None if path is None else np.load(path, mmap_mode="r"), why_not=why_not)
 
 
 def stream_line(train: StreamData, test: StreamData) -> str:
