@@ -102,9 +102,10 @@ class DataConfig:
     # splits (uint8) exceed memory_budget_gb GiB ("auto"), or always (true) or never (false)
     stream: bool | Literal["auto"] = "auto"
     memory_budget_gb: float = 4.0  # GiB of decoded images per node (divided over its ranks) before streaming
-    # a folder that streams is decoded once per node into the node's cache folder (ARCDIST_CACHE_DIR, default
-    # ~/.cache/arcdist/decoded; N x C x S x S bytes, where the disk has room) and read from there each epoch;
-    # false: every file decoded every epoch (arcdist/datasets/decoded.py)
+    # a folder is decoded once per node into the node's cache folder (ARCDIST_CACHE_DIR, default
+    # ~/.cache/arcdist/decoded; N x C x S x S bytes, where the disk has room) and read from there: each epoch where
+    # it streams, at the start of later runs where it is held in memory; false: its files decoded every epoch where
+    # it streams, at every start where not (arcdist/datasets/decoded.py)
     decoded_cache: bool = True
     workers: int = 2  # DataLoader processes that decode a folder's images (0: in the training process)
     # train on these classes only (labels or a folder's class names, e.g. 0,1,2,3,4); the other classes are unseen:

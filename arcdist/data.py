@@ -75,6 +75,9 @@ class DeviceData:
         return self.x.shape[0]
 
     channels_last = False  # hand out NHWC batches (set by the trainer with train.channels_last)
+    # a folder's split: the file of its decoded copy it was read from (arcdist.datasets.decoded), else why none
+    decoded_path: Path | None = None
+    why_not = ""
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         out = normalise(x, self.mean, self.inv_std, self.spec.per_image)
@@ -108,6 +111,7 @@ class StreamData(DeviceData):
         self.paths, self.decode, self.workers, self.why_not = tuple(paths), decode, workers, why_not
         # the split decoded once and memory-mapped (arcdist.datasets.decoded); image i is its row rows[i]
         self.decoded, self.rows = decoded, (np.arange(len(self.paths)) if rows is None else rows)
+        self.decoded_path = None if decoded is None else Path(decoded.filename)
         self.y = y.to(device)
         self._place(spec, device)
 
@@ -162,38 +166,60 @@ def load_to_device(cfg: "DataConfig", device: torch.device, splits: Splits | Non
         folder = ImageFolderDataset(cfg.data_dir, channels=model.in_channels, image_size=model.image_size,
                                     workers=cfg.workers, test_fraction=cfg.test_fraction)
         if streams(cfg, folder.nbytes(), cluster.current().launcher.local_world_size):
-            return tuple(stream_split(cfg, split, files.paths[:cut], files.labels[:cut], spec, device, folder.decode)
+            return tuple(stream_split(cfg, split, files, cut, spec, device, folder.decode)
                          for split, files, cut in (("train", folder.train, lt), ("test", folder.test, le)))
-        splits = folder.read()
+        return tuple(read_split(cfg, split, files, cut, spec, device, folder.decode)
+                     for split, files, cut in (("train", folder.train, lt), ("test", folder.test, le)))
     splits = splits or load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     return (DeviceData(splits.train_x[:lt], splits.train_y[:lt], spec, device),
             DeviceData(splits.test_x[:le], splits.test_y[:le], spec, device))
 
 
-def stream_split(cfg: "DataConfig", split: str, paths: tuple[str, ...], labels: torch.Tensor, spec: DatasetSpec,
-                 device: torch.device, decode) -> StreamData:
-    """A split that streams: read from its decoded copy (`data.decoded_cache`, arcdist.datasets.decoded) where the
-    disk has room, else decoded per batch (`why_not` says why)."""
+def read_split(cfg: "DataConfig", split: str, files, cut: int | None, spec: DatasetSpec, device: torch.device,
+               decode) -> DeviceData:
+    """A folder's split in memory (its listing `files` cut to `cut` images): read from its decoded copy
+    (`data.decoded_cache`, arcdist.datasets.decoded; written by the node's first run that needs it) where the disk
+    has room, else decoded from the files."""
     from arcdist.datasets.decoded import decoded_file
 
-    path, why_not = decoded_file(paths, decode, cfg.workers, split) if cfg.decoded_cache else \
+    path, why_not = decoded_file(files.paths, decode, cfg.workers, split) if cfg.decoded_cache else (None, "")
+    x = torch.from_numpy(np.load(path)) if path else decode_all(files.paths, decode, cfg.workers)
+    data = DeviceData(x[:cut], files.labels[:cut], spec, device)
+    data.decoded_path, data.why_not = path, why_not
+    return data
+
+
+def stream_split(cfg: "DataConfig", split: str, files, cut: int | None, spec: DatasetSpec, device: torch.device,
+                 decode) -> StreamData:
+    """A folder's split that streams (its listing `files` cut to `cut` images): read from its decoded copy
+    (`data.decoded_cache`, arcdist.datasets.decoded) where the disk has room, else decoded per batch."""
+    from arcdist.datasets.decoded import decoded_file
+
+    path, why_not = decoded_file(files.paths, decode, cfg.workers, split) if cfg.decoded_cache else \
         (None, "data.decoded_cache=false")
-    return StreamData(paths, labels, spec, device, decode, cfg.workers,
-                      None if path is None else np.load(path, mmap_mode="r"), why_not=why_not)
+    n = len(files.paths[:cut])
+    return StreamData(files.paths[:cut], files.labels[:cut], spec, device, decode, cfg.workers,
+                      None if path is None else np.load(path, mmap_mode="r"), np.arange(n), why_not)
 
 
-def stream_line(train: StreamData, test: StreamData) -> str:
-    """The line a run prints when its folder streams: read from its decoded copies, or decoded every epoch and why."""
+def folder_line(train: DeviceData, test: DeviceData) -> str | None:
+    """The line a folder run prints about its images: streamed or in memory, read from their decoded copies or
+    decoded (every epoch where they stream) and why; None for a folder read into memory as asked
+    (data.decoded_cache=false)."""
     from arcdist.datasets.decoded import size_text
 
-    if train.decoded is not None and test.decoded is not None:
-        where = Path(train.decoded.filename).parent
-        return (f"arcdist: the folder streams from disk (data.memory_budget_gb, data.stream), read from its copies "
-                f"decoded once per node in {where} (train {size_text(train.decoded.nbytes)}, test "
-                f"{size_text(test.decoded.nbytes)}; --set data.decoded_cache=false decodes every file each epoch)")
-    why = "; ".join(dict.fromkeys(s.why_not for s in (train, test) if s.decoded is None))
-    return f"arcdist: the folder streams from disk (data.memory_budget_gb, data.stream), every file decoded each " \
-        f"epoch: {why}"
+    streamed = isinstance(train, StreamData)
+    how = "the folder streams from disk (data.memory_budget_gb, data.stream)" if streamed else \
+        "the folder is held in memory"
+    if train.decoded_path and test.decoded_path:
+        size = lambda d: size_text(d.decoded_path.stat().st_size)
+        return (f"arcdist: {how}, read from its copies decoded once per node in {train.decoded_path.parent} (train "
+                f"{size(train)}, test {size(test)}; --set data.decoded_cache=false decodes every file "
+                f"{'each epoch' if streamed else 'at each start'})")
+    why = "; ".join(dict.fromkeys(d.why_not for d in (train, test) if not d.decoded_path and d.why_not))
+    if not why and not streamed:
+        return None
+    return f"arcdist: {how}, every file decoded {'each epoch' if streamed else 'at each start'}: {why}"
 
 
 def train_batches(data: DeviceData, order: Order, epoch: int, start_step: int = 0

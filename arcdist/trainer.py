@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from arcdist import checkpoint, preempt, runinfo
 from arcdist.config import Config, ConfigError
-from arcdist.data import DeviceData, Order, StreamData, load_to_device, stream_line, train_batches
+from arcdist.data import DeviceData, Order, folder_line, load_to_device, train_batches
 from arcdist.datasets import run_spec, sample_indices
 from arcdist.faults import Faults
 from arcdist.evaluation.gather import gather_features
@@ -112,8 +112,8 @@ class Trainer:
         self.cfg, self.run_dir, self.acc, self.no_progress = cfg, run_dir, accelerator, no_progress
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.train_data, self.test_data = load_to_device(cfg.data, accelerator.device, data, cfg.model)
-        if isinstance(self.train_data, StreamData):
-            accelerator.print(stream_line(self.train_data, self.test_data))
+        if cfg.data.dataset == "folder" and data is None and (line := folder_line(self.train_data, self.test_data)):
+            accelerator.print(line)
         # data.train_classes: the head's rows are the seen classes; the test split keeps every class (arcdist.evaluation.openset)
         self.seen = SeenClasses.of(cfg.data.train_classes, run_spec(cfg.data, cfg.model).num_classes)
         if self.seen is not None:

@@ -152,6 +152,35 @@ def test_a_decoded_copy_equals_the_decoded_files_and_is_written_once_per_state_o
     assert sorted(p.name for p in (tmp_path / "cache" / "decoded").glob("*.npy")) == sorted([newer.name, test.name])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_folder_split_is_read_from_its_decoded_copy_by_the_nodes_later_runs(tmp_path, monkeypatch, stream):
+    from arcdist import data
+    from arcdist.config import DataConfig
+    from arcdist.datasets import decoded
+    from arcdist.datasets.base import DatasetSpec
+    from arcdist.datasets.folder import Decoder, Listing, decode_all
+
+    monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path / "cache"))
+    paths, decode = _pngs(tmp_path / "d" / "a"), Decoder(3, 16)
+    files = Listing(paths, torch.arange(6))
+    spec = DatasetSpec("folder", 3, 16, (0.5,) * 3, (0.25,) * 3, tuple("abcdef"))
+    split = data.stream_split if stream else data.read_split
+    cfg = DataConfig(dataset="folder", workers=0)
+    off = split(DataConfig(dataset="folder", workers=0, decoded_cache=False), "train", files, 4, spec,
+                torch.device("cpu"), decode)
+    assert off.decoded_path is None and off.why_not == ("data.decoded_cache=false" if stream else "")
+    assert not (tmp_path / "cache" / "decoded").exists()
+    first = split(cfg, "train", files, 4, spec, torch.device("cpu"), decode)
+    monkeypatch.setattr(decoded, "file_loader", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(data, "decode_all", lambda *a, **k: pytest.fail("decoded again"))
+    later = split(cfg, "train", files, 4, spec, torch.device("cpu"), decode)  # a later run: nothing decoded
+    assert later.decoded_path == first.decoded_path and later.decoded_path.parent == tmp_path / "cache" / "decoded"
+    want = decode_all(paths[:4], decode)
+    for d in (first, later):
+        assert len(d) == 4 and torch.equal(d.x, want) and torch.equal(d.y, torch.arange(4))
+        assert torch.equal(next(d.images([torch.tensor([3, 1])])), want[[3, 1]])
+
+
 def test_a_decoded_copy_without_disk_room_or_of_a_corrupt_file_leaves_nothing_behind(tmp_path, monkeypatch):
     import shutil
 

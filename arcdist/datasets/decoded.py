@@ -1,12 +1,13 @@
-"""A streamed folder's split decoded once per node into a file of the node's cache folder, read from there each
-epoch: a folder too large for `data.memory_budget_gb` otherwise decodes every file every epoch (a 12-MP JPEG at
-about 23 images/s per process, docs/known-limits.md), from this file it reads N x C x S x S bytes.
+"""A folder's split decoded once per node into a file of the node's cache folder (`data.decoded_cache`): a split
+that streams reads its batches from it each epoch instead of decoding every file every epoch (a 12-MP JPEG at
+about 23 images/s per process, docs/known-limits.md), and a split held in memory is read from it at the start of
+the node's later runs instead of decoded again.
 
-The file is a NumPy .npy array (N, C, S, S) uint8, memory-mapped by every rank of the node (one copy in the page
-cache), named by the files' paths, sizes and modification times, the channels and the size (`listing_id`): a
-changed folder is decoded again, and the file of the folder's earlier state is removed. It is written under the
-node's lock, to a temporary name renamed into place once whole; where the disk lacks room it is not written and the
-split decodes per batch as before (`data.decoded_cache=false` asks for that).
+The file is a NumPy .npy array (N, C, S, S) uint8, memory-mapped by every rank of the node that streams (one copy
+in the page cache), named by the files' paths, sizes and modification times, the channels and the size
+(`listing_id`): a changed folder is decoded again, and the file of the folder's earlier state is removed. It is
+written under the node's lock, to a temporary name renamed into place once whole; where the disk lacks room it is
+not written and the split is decoded as without it (`data.decoded_cache=false` asks for that).
 """
 from __future__ import annotations
 
