@@ -152,6 +152,17 @@ def test_a_decoded_copy_equals_the_decoded_files_and_is_written_once_per_state_o
     assert sorted(p.name for p in (tmp_path / "cache" / "decoded").glob("*.npy")) == sorted([newer.name, test.name])
 
 
+def test_the_mean_and_std_measured_on_the_decoded_copy_equal_the_files_and_leave_the_copy(tmp_path, monkeypatch):
+    from arcdist.datasets.folder import Decoder, measure_files
+
+    monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path / "cache"))
+    paths, decode = _pngs(tmp_path / "d" / "a"), Decoder(3, 16)
+    want = measure_files(paths, decode, batch=4)
+    assert not (tmp_path / "cache" / "decoded").exists()
+    assert measure_files(paths, decode, batch=4, copy=True) == want  # (batches of 4 over 6 images: 2)
+    assert len(list((tmp_path / "cache" / "decoded").glob("*.npy"))) == 1  # what the run then reads
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_folder_split_is_read_from_its_decoded_copy_by_the_nodes_later_runs(tmp_path, monkeypatch, stream):
     from arcdist import data

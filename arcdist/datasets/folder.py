@@ -341,7 +341,7 @@ class ImageFolderDataset(Dataset):
         stats = once_per_node("folder-stats", dict(files=listing_id(ds.train.paths), channels=model.in_channels,
                                                    size=model.image_size),
                               lambda: dict(zip(("mean", "std"), measure_files(ds.train.paths, ds.decode,
-                                                                              data.workers))))
+                                                                              data.workers, copy=data.decoded_cache))))
         unseen = not data.train_classes and len(ds.trained) < len(ds.classes)  # test/ has classes train/ lacks
         return dataclasses.replace(data, classes=tuple(ds.classes), mean=tuple(stats["mean"]), std=tuple(stats["std"]),
                                    train_classes=tuple(ds.trained) if unseen else data.train_classes)
@@ -397,12 +397,24 @@ def image_shape(paths: tuple[str, ...], sample: int = SHAPE_SAMPLE) -> tuple[int
     return (3 if colour else 1), (sides[len(sides) // 2] if sides else 28)
 
 
-def measure_files(paths: tuple[str, ...], decode: Decoder, workers: int = 0, batch: int = 512
+def measure_files(paths: tuple[str, ...], decode: Decoder, workers: int = 0, batch: int = 512, copy: bool = False
                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """`measure` of the decoded files, one batch at a time (a folder that streams never lies in memory whole)."""
+    """`measure` of the decoded files, one batch at a time (a folder that streams never lies in memory whole); with
+    `copy`, of the train split's decoded copy (arcdist.datasets.decoded), written now where the disk has room, so
+    that the run reads it instead of decoding the files a second time (the same batches, the same figures)."""
+    images = None
+    if copy:
+        import numpy as np
+
+        from arcdist.datasets.decoded import decoded_file
+
+        path = decoded_file(paths, decode, workers, "train")[0]
+        if path is not None:
+            array = np.load(path, mmap_mode="r")
+            images = (torch.from_numpy(np.array(array[i:i + batch])) for i in range(0, len(array), batch))
     total = square = None
     count = 0
-    for x in file_loader(paths, decode, workers, batch_size=batch):
+    for x in images or file_loader(paths, decode, workers, batch_size=batch):
         v = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0
         total = v.sum(1) if total is None else total + v.sum(1)
         square = (v * v).sum(1) if square is None else square + (v * v).sum(1)
