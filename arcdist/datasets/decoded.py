@@ -11,6 +11,7 @@ not written and the split is decoded as without it (`data.decoded_cache=false` a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from arcdist.datasets.folder import Decoder, file_loader, listing_id
+from arcdist.errors import first_line
 from arcdist.nodecache import cache_dir, node_lock
 
 VERSION = 1  # of the decoding (Decoder): a change that alters pixels raises it, so old files are not read
@@ -54,15 +56,15 @@ def decoded_file(paths: tuple[str, ...], decode: Decoder, workers: int, split: s
     with node_lock(folder / f"{stem}.lock"):
         if path.exists():
             return path, ""
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob(f"{stem}-*.npy"):  # the same split of the folder before it changed
-            old.unlink(missing_ok=True)
-        free = shutil.disk_usage(folder).free
-        if free < need + SPARE:
-            return None, (f"its decoded {split} split ({size_text(need)}) would leave less than "
-                          f"{size_text(SPARE)} of the {size_text(free)} free in {folder}")
         tmp = folder / f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp"  # (a cache folder nodes share)
         try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in folder.glob(f"{stem}-*.npy"):  # the same split of the folder before it changed
+                old.unlink(missing_ok=True)
+            free = shutil.disk_usage(folder).free
+            if free < need + SPARE:
+                return None, (f"its decoded {split} split ({size_text(need)}) would leave less than "
+                              f"{size_text(SPARE)} of the {size_text(free)} free in {folder}")
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
                                               shape=(len(paths), channels, decode.size, decode.size))
             at = 0
@@ -72,6 +74,9 @@ def decoded_file(paths: tuple[str, ...], decode: Decoder, workers: int, split: s
             array.flush()
             del array
             os.replace(tmp, path)
+        except OSError as e:  # a cache folder that cannot be written (read-only, full): the files are decoded instead
+            return None, f"its decoded {split} split cannot be written in {folder} ({first_line(e)})"
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return path, ""
