@@ -210,7 +210,7 @@ def test_a_decoded_copy_without_disk_room_or_of_a_corrupt_file_leaves_nothing_be
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path / "a-file" / "cache"))  # a cache folder that cannot be made
     path, why = decoded.decoded_file(paths, decode, 0, "train")
-    assert path is None and why.startswith(f"its decoded train split cannot be written in {tmp_path / 'a-file'}")
+    assert path is None and why.startswith(f"its decoded copy cannot be written in {tmp_path / 'a-file'}")
     monkeypatch.setenv("ARCDIST_CACHE_DIR", str(tmp_path / "cache"))
     Path(paths[3]).write_bytes(b"not a png")
     with pytest.raises(DataError, match="cannot decode"):

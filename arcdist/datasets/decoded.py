@@ -75,7 +75,7 @@ def decoded_file(paths: tuple[str, ...], decode: Decoder, workers: int, split: s
             del array
             os.replace(tmp, path)
         except OSError as e:  # a cache folder that cannot be written (read-only, full): the files are decoded instead
-            return None, f"its decoded {split} split cannot be written in {folder} ({first_line(e)})"
+            return None, f"its decoded copy cannot be written in {folder} ({first_line(e)})"
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
