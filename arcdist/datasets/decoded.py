@@ -51,8 +51,7 @@ def decoded_file(paths: tuple[str, ...], decode: Decoder, workers: int, split: s
     stem, digest = cache_name(paths, decode, split)
     folder = cache_dir() / "decoded"
     path = folder / f"{stem}-{digest}.npy"
-    channels = 1 if decode.mode == "L" else 3
-    need = len(paths) * channels * decode.size ** 2
+    need = len(paths) * decode.channels * decode.size ** 2
     with node_lock(folder / f"{stem}.lock"):
         if path.exists():
             return path, ""
@@ -66,7 +65,7 @@ def decoded_file(paths: tuple[str, ...], decode: Decoder, workers: int, split: s
                 return None, (f"its decoded {split} split ({size_text(need)}) would leave less than "
                               f"{size_text(SPARE)} of the {size_text(free)} free in {folder}")
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                              shape=(len(paths), channels, decode.size, decode.size))
+                                              shape=(len(paths), decode.channels, decode.size, decode.size))
             at = 0
             for x in file_loader(paths, decode, workers, batch_size=256):
                 array[at:at + len(x)] = x.numpy()

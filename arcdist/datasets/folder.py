@@ -224,7 +224,7 @@ class Decoder:
         if channels not in (1, 3):
             raise DataError(f"a folder dataset gives 1 (grey) or 3 (RGB) channels, not {channels}; "
                             "set model.in_channels to 1 or 3")
-        self.mode, self.size = ("L" if channels == 1 else "RGB"), size
+        self.channels, self.mode, self.size = channels, ("L" if channels == 1 else "RGB"), size
 
     def __call__(self, path: str) -> torch.Tensor:
         from PIL import Image
@@ -303,7 +303,7 @@ def file_loader(paths: tuple[str, ...], decode: "Decoder", workers: int, **kwarg
 def decode_all(paths: tuple[str, ...], decode: Decoder, workers: int = 0, batch: int = 512) -> torch.Tensor:
     """Every file decoded, in order, (N, C, S, S) uint8, by a DataLoader with `workers` processes."""
     if not paths:
-        return torch.zeros(0, 1 if decode.mode == "L" else 3, decode.size, decode.size, dtype=torch.uint8)
+        return torch.zeros(0, decode.channels, decode.size, decode.size, dtype=torch.uint8)
     return torch.cat(list(file_loader(paths, decode, workers, batch_size=batch)))
 
 
@@ -328,8 +328,7 @@ class ImageFolderDataset(Dataset):
 
     def nbytes(self) -> int:
         """Bytes of both splits decoded (uint8)."""
-        c = 1 if self.decode.mode == "L" else 3
-        return (len(self.train.paths) + len(self.test.paths)) * c * self.decode.size ** 2
+        return (len(self.train.paths) + len(self.test.paths)) * self.decode.channels * self.decode.size ** 2
 
     @classmethod
     def settle(cls, data, model):
@@ -414,7 +413,7 @@ def measure_files(paths: tuple[str, ...], decode: Decoder, workers: int = 0, bat
             images = (torch.from_numpy(np.array(array[i:i + batch])) for i in range(0, len(array), batch))
     total = square = None
     count = 0
-    for x in images or file_loader(paths, decode, workers, batch_size=batch):
+    for x in images if images is not None else file_loader(paths, decode, workers, batch_size=batch):
         v = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255.0
         total = v.sum(1) if total is None else total + v.sum(1)
         square = (v * v).sum(1) if square is None else square + (v * v).sum(1)
