@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -111,3 +112,20 @@ def min_angle_deg(u: torch.Tensor) -> float:
     u = F.normalize(u.double(), dim=1)
     cos = (u @ u.t()).fill_diagonal_(-1.0)
     return math.degrees(math.acos(float(cos.max().clamp(-1, 1))))
+
+
+def margin_zones(angles: np.ndarray, margin: float) -> list[tuple[float, float]]:
+    """Each direction's sector (start, end), in degrees, where an additive angular margin is met: a feature at
+    angle t from its class's direction and g - t from a neighbour's meets ArcFace's theta_y + m < theta_j only
+    where t < (g - m) / 2 on that side; (a, a), nothing, where the margin is as wide as both gaps (or another
+    direction coincides)."""
+    a = np.asarray(angles, dtype=float) % 360.0
+    order = np.argsort(a, kind="stable")
+    ranked = a[order]
+    after = (np.roll(ranked, -1) - ranked) % 360.0 if len(a) > 1 else np.full(1, 360.0)
+    before = np.roll(after, 1)
+    zones = [(0.0, 0.0)] * len(a)
+    for i, r, gb, ga in zip(order, ranked, before, after):
+        open_ = min(gb, ga) > 0
+        zones[i] = (float(r - open_ * max(0.0, (gb - margin) / 2)), float(r + open_ * max(0.0, (ga - margin) / 2)))
+    return zones

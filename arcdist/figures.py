@@ -4,7 +4,7 @@
 Per epoch, for the test set (and the fixed training sample when saved):
   plots/<split>-raw-epoch-NNNN.png     the post's figure: raw 2-D features, one colour per class, over the head's
                                        decision regions (softmax, center loss: and its centers) or class directions
-  plots/<split>-circle-epoch-NNNN.png  normalised features on the unit circle, W directions, margin wedges
+  plots/<split>-circle-epoch-NNNN.png  normalised features on the unit circle, W directions, where the margin is met
   plots/test-raw.gif                   the raw plots over the epochs, axes fixed for the whole run
 `python -m arcdist.plot RUN_DIR` re-renders all of it from RUN_DIR/features/.
 """
@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.collections import LineCollection, PatchCollection  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
+from arcdist import directions  # noqa: E402
 from arcdist.palette import (add_legend, class_colours, class_count, dense, row_colours,  # noqa: E402
                              scatter_classes, unseen_classes, use_installed_fonts)
 
@@ -109,7 +110,8 @@ def raw_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: st
 
 def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str,
                   caption: str = "", class_names: list[str] | None = None, rows: np.ndarray | None = None) -> Figure:
-    """Features projected onto the unit circle, each class direction W_c and a +-margin wedge around it (`rows`:
+    """Features projected onto the unit circle, each class direction W_c and the sector around it where the margin
+    is met (`arcdist.directions.margin_zones`; none where it is wider than the gaps, said on the figure) (`rows`:
     the class of each row of W, for a run trained on some classes only; the others are drawn as unseen). Above
     20 rows W is a ring of ticks outside the circle, without wedges (`palette.dense`).
 
@@ -124,9 +126,14 @@ def circle_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
         draw_rays(ax, weight, colours, 1.25, start=1.08, lw=1.0)
     else:
         if margin > 0:
-            angles = np.degrees(np.arctan2(weight[:, 1], weight[:, 0]))
-            caps = [Wedge((0, 0), 1.25, a - math.degrees(margin), a + math.degrees(margin)) for a in angles]
-            ax.add_collection(PatchCollection(caps, facecolors=colours, alpha=0.15, linewidths=0))
+            zones = directions.margin_zones(np.degrees(np.arctan2(weight[:, 1], weight[:, 0])), math.degrees(margin))
+            caps = [(Wedge((0, 0), 1.25, lo, hi), c) for (lo, hi), c in zip(zones, colours) if hi > lo]
+            if caps:
+                ax.add_collection(PatchCollection([w for w, _ in caps], facecolors=[c for _, c in caps], alpha=0.15,
+                                                  linewidths=0))
+            else:
+                ax.text(0.5, 0.02, "the margin is met nowhere: wider than the gap between neighbouring directions",
+                        transform=ax.transAxes, ha="center", fontsize=7, color="0.4")
         draw_rays(ax, weight, colours, 1.25, lw=1.5)
     scatter_classes(ax, unit, labels, n, class_names, unseen_classes(n, rows), s=3)
     ax.set_xlim(-1.35, 1.35)

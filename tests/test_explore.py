@@ -405,3 +405,42 @@ def test_a_colour_folder_runs_tooltip_images_are_its_held_out_images_in_colour(t
     series.test_fraction = 0.2  # another split of the folder: 3 test images, not the features' 6
     images, why = explore.load_images(series, None, np.array([0]))
     assert images is None and "do not match" in why
+
+
+def test_the_circle_shades_where_the_margin_is_met(browser, tmp_path):
+    """The page's circle panel shades each class's sector where ArcFace's margin is met, as the figures do
+    (arcdist.directions.margin_zones): at 0.5 rad with ten classes 36 deg apart, +-3.7 deg around each direction;
+    none around an unseen class's zero row, none at all for 20 classes 18 deg apart."""
+    from accelerate import Accelerator
+
+    from arcdist.directions import margin_zones
+    from arcdist.recorder import Recorder
+
+    for n, margin, unseen in ((10, 0.5, 3), (20, 0.5, None)):
+        labels = np.repeat(np.arange(n), 3)
+        angles = 360.0 * np.arange(n) / n
+        W = np.stack([np.cos(np.radians(angles)), np.sin(np.radians(angles))], 1)
+        feats = W[labels] * 2
+        if unseen is not None:
+            W[unseen] = 0.0
+        run = tmp_path / f"zones{n}-s0"
+        run.mkdir()
+        Recorder(run, Accelerator(cpu=True)).save_features(1, "test", torch.tensor(feats, dtype=torch.float32),
+                                                           torch.from_numpy(labels),
+                                                           dict(W=torch.tensor(W, dtype=torch.float32)), margin, "c")
+        explore.build_page(run, tmp_path / f"zones{n}.html", points=0)
+        pg = browser.new_page(viewport=dict(width=1400, height=800))
+        pg.goto((tmp_path / f"zones{n}.html").as_uri())
+        pg.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+        shapes = pg.evaluate("() => document.getElementById('explorer').layout.shapes")
+        pg.close()
+        sectors = [s for s in shapes if s["type"] == "path" and s["xref"] == "x2"]
+        seen = [c for c in range(n) if c != unseen]
+        want = [z for c, z in zip(seen, margin_zones(angles[seen], np.degrees(margin))) if z[1] > z[0]]
+        assert len(sectors) == len(want) == (9 if n == 10 else 0)
+        for s, (lo, hi), c in zip(sectors, want, seen):
+            xy = np.array([p.split() for p in s["path"].rstrip(" Z").split(" L ")[1:]], float)  # the arc's points
+            drawn = np.degrees(np.arctan2(xy[:, 1], xy[:, 0]))
+            assert (drawn[0] - lo + 180) % 360 - 180 == pytest.approx(0, abs=1e-4)
+            assert (drawn[-1] - drawn[0]) % 360 == pytest.approx(hi - lo)
+            assert hi - lo == pytest.approx(36.0 - np.degrees(margin) + (18.0 if c in (2, 4) else 0.0))  # by class 3's gap

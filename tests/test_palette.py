@@ -4,7 +4,7 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.colors import to_hex
 
-from arcdist import figures, palette, sphere_figures
+from arcdist import directions, figures, palette, sphere_figures
 
 COUNTS = [2, 5, 20, 1000]
 
@@ -68,11 +68,36 @@ def test_raw_and_circle_figures_draw_every_class_and_every_w(n):
     wedges = sum(len(c.get_paths()) for c in ax.collections if type(c).__name__ == "PatchCollection") + \
         sum(type(p).__name__ == "Wedge" for p in ax.patches)
     assert len(segments) + len(ax.lines) == n  # W's direction of every class
-    # up to 20 a ray from the origin and a margin cap each; above, a tick outside the unit circle and no cap (1,000
+    # up to 20 a ray from the origin and a sector where the margin is met each (random W: 4 of 20 classes have a
+    # neighbour nearer than the margin on both sides); above, a tick outside the unit circle and no cap (1,000
     # rays from the origin fill the disc and hide the points)
     inner = {round(float(np.linalg.norm(s[0])), 6) for s in segments}
-    assert (inner, wedges) == (({0.0}, n) if n <= 20 else ({1.08}, 0))
+    met = sum(hi > lo for lo, hi in directions.margin_zones(np.degrees(np.arctan2(W[:, 1], W[:, 0])), np.degrees(0.2)))
+    assert (inner, wedges) == (({0.0}, met) if n <= 20 else ({1.08}, 0)) and (n > 20 or met >= n - 4)
     assert legend_entries(ax) == (n if n <= 20 else 0)
+    figures.plt.close(fig)
+
+
+@pytest.mark.parametrize("angles,margin", [(np.arange(10) * 36.0, 0.2), (np.arange(10) * 36.0, 0.5),
+                                          (np.arange(20) * 18.0, 0.2), (np.arange(20) * 18.0, 0.5),
+                                          (np.array([0.0, 180.0]), 0.5), (np.array([5.0, 40.0, 200.0, 310.0]), 0.35),
+                                          (np.array([10.0, 10.0, 100.0]), 0.1)])
+def test_circle_shades_exactly_where_arcfaces_margin_is_met(angles, margin):
+    """A point on the circle is inside its class's sector exactly when theta_y + m < theta_j for every other
+    direction j, each angle an arccos of float64 cosines (the condition, not the sectors' formula)."""
+    W = np.stack([np.cos(np.radians(angles)), np.sin(np.radians(angles))], 1)
+    zones = directions.margin_zones(angles, np.degrees(margin))
+    phi = np.radians(np.arange(0.0, 360.0, 0.05) + 0.025)  # off the sectors' edges
+    theta = np.arccos(np.clip(np.stack([np.cos(phi), np.sin(phi)], 1) @ W.T, -1, 1))  # (points, directions)
+    for y, (lo, hi) in enumerate(zones):
+        met = np.all(np.delete(theta, y, 1) > theta[:, [y]] + margin, 1)
+        inside = ((np.degrees(phi) - lo) % 360.0 < hi - lo) & (hi > lo)
+        assert (inside == met).all(), (y, lo, hi)
+    fig = figures.circle_figure(W * 2, np.arange(len(W)), W, margin, "t")
+    wedges = [p for c in fig.axes[0].collections if type(c).__name__ == "PatchCollection" for p in c.get_paths()]
+    met_anywhere = [hi > lo for lo, hi in zones]
+    assert len(wedges) == sum(met_anywhere)
+    assert ("met nowhere" in note(fig.axes[0])) == (not any(met_anywhere))
     figures.plt.close(fig)
 
 

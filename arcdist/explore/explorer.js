@@ -95,8 +95,9 @@
             y0: 1.08 * Math.sin(a), x1: r * Math.cos(a), y1: r * Math.sin(a), line: {color: col, width: 1}, layer: 'below'});
           return;
         }
-        if (margin > 0) layout.shapes.push({type: 'path', xref: `x${ax}`, yref: `y${ax}`, path: sector(r, a - margin, a + margin),
-          fillcolor: col, opacity: 0.15, line: {width: 0}, layer: 'below'});
+        const z = d.ep.zones ? d.ep.zones[c] : null;  // where the margin is met (arcdist.figures.margin_zones)
+        if (margin > 0 && z && z[1] > z[0]) layout.shapes.push({type: 'path', xref: `x${ax}`, yref: `y${ax}`,
+          path: sector(r, z[0], z[1]), fillcolor: col, opacity: 0.15, line: {width: 0}, layer: 'below'});
         if (!linear || circle) layout.shapes.push({type: 'line', xref: `x${ax}`, yref: `y${ax}`, x0: 0, y0: 0,
           x1: r * Math.cos(a), y1: r * Math.sin(a), line: {color: col, width: circle ? 1.5 : 1, dash: circle ? 'solid' : 'dash'},
           layer: 'below'});

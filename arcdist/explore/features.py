@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from arcdist import runinfo
+from arcdist.directions import margin_zones
 
 
 DEFAULT_POINTS = 2000
@@ -324,6 +325,13 @@ def epoch_payload(d: dict, index: np.ndarray, accuracy: float | None) -> dict:
     for k in ("b", "centers"):
         if k in d:
             out[k] = np.asarray(d[k], float).tolist()
+    W = np.asarray(d["W"], float)
+    if W.shape[1] == 2 and out["margin"] > 0:  # the circle's sectors where the margin is met (arcdist.figures)
+        seen = np.flatnonzero(np.abs(W).sum(1) > 0)
+        zones = np.zeros((len(W), 2))
+        zones[seen] = np.radians(margin_zones(np.degrees(np.arctan2(W[seen, 1], W[seen, 0])),
+                                              np.degrees(out["margin"])))
+        out["zones"] = zones.tolist()
     if "unseen" in d:  # classes the run never trained on: drawn in their own marker, no direction
         out["unseen"] = np.asarray(d["unseen"]).tolist()
     if "ang" in d:  # d > 3: the angles of all d dimensions, in hundredths of a degree
