@@ -108,7 +108,8 @@ def test_no_flag_entry_trains_the_main_job_on_a_cpu_and_on_a_gpu(monkeypatch):
 
     assert MAIN_VARIANT == "A8"
     head = VARIANTS["A8"].config.head
-    assert (head.kind, head.scale_by, head.margin, head.freeze) == ("arcface", "norm", 0.2, True)
+    assert (head.kind, head.scale_by, head.margin, head.freeze) == ("arcface", "norm", 0.5, True)
+    assert VARIANTS["A9"].config.head.margin == VARIANTS["A10"].config.head.margin == 0.2  # their figures' margin
     assert VARIANTS["A8"].config.train.epochs == 6
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = parse_args([])
