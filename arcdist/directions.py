@@ -129,3 +129,15 @@ def margin_zones(angles: np.ndarray, margin: float) -> list[tuple[float, float]]
         open_ = min(gb, ga) > 0
         zones[i] = (float(r - open_ * max(0.0, (gb - margin) / 2)), float(r + open_ * max(0.0, (ga - margin) / 2)))
     return zones
+
+
+def margin_caps(weight: np.ndarray, margin: float) -> np.ndarray:
+    """Each row's cap radius (radians) inside which an additive angular margin is met against every other row: at
+    angle t from its direction, t + m < theta_j holds for all j where t < (d - m) / 2, d the angle to the nearest
+    other direction (the largest cap inside the region, which is a polygon above 2-D); 0 where m >= d."""
+    w = np.asarray(weight, dtype=np.float64)
+    w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+    cos = w @ w.T
+    np.fill_diagonal(cos, -1.0)
+    nearest = np.arccos(np.clip(cos.max(1), -1.0, 1.0)) if len(w) > 1 else np.full(len(w), math.pi)
+    return np.maximum(0.0, (nearest - margin) / 2)

@@ -1,8 +1,8 @@
 """Feature plots above 2-D (matplotlib, headless): 3-D features on the unit sphere, d > 3 through a fixed projection.
 
     plots/<split>-sphere-epoch-NNNN.png   normalised features on the unit sphere, two views (front and back), the
-                                          class directions W and each one's margin cap (the circle at the margin's
-                                          angle around it, for the angular heads)
+                                          class directions W and, for the angular heads, the cap around each inside
+                                          which the margin is met (arcdist.directions.margin_caps)
     plots/<split>-raw-epoch-NNNN.png      the raw features in 3-D, one view
 
 d > 3: every epoch is drawn through one projection onto 3 axes, the PCA of the first saved test epoch's features
@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from arcdist.directions import margin_caps
 from arcdist.palette import (add_legend, class_count, dense, row_colours, scatter_classes, unseen_classes,
                              use_installed_fonts)
 
@@ -83,7 +84,8 @@ def cap_circle(w: np.ndarray, radius: float, n: int = 48) -> np.ndarray:
 def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, margin: float, title: str,
                   caption: str = "", colours: list[str] | None = None, class_names: list[str] | None = None,
                   caps: bool = True, rows: np.ndarray | None = None) -> Figure:
-    """Normalised 3-D features on the unit sphere in two views, with W directions and margin caps (`rows`: the
+    """Normalised 3-D features on the unit sphere in two views, with W directions and the cap around each inside
+    which the margin is met (`arcdist.directions.margin_caps`; none where it cannot be) (`rows`: the
     class of each row of W, for a run trained on some classes only; the others are drawn as unseen)."""
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
@@ -101,8 +103,9 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
         start = 1.05 if dense(len(w)) else 0.0
         ax.add_collection3d(Line3DCollection(np.stack([start * w, 1.3 * w], axis=1), colors=colours, lw=1.6))
         if caps and margin > 0 and not dense(len(w)):
-            rings = [cap_circle(w[c], margin) for c in range(len(w))]
-            ax.add_collection3d(Line3DCollection(rings, colors=colours, lw=1.0))
+            met = [(cap_circle(w[c], r), colours[c]) for c, r in enumerate(margin_caps(w, margin)) if r > 0]
+            if met:
+                ax.add_collection3d(Line3DCollection([m for m, _ in met], colors=[c for _, c in met], lw=1.0))
         ax.view_init(elev=elev, azim=azim)
         ax.set_box_aspect((1, 1, 1))
         for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):

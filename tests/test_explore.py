@@ -444,3 +444,51 @@ def test_the_circle_shades_where_the_margin_is_met(browser, tmp_path):
             assert (drawn[0] - lo + 180) % 360 - 180 == pytest.approx(0, abs=1e-4)
             assert (drawn[-1] - drawn[0]) % 360 == pytest.approx(hi - lo)
             assert hi - lo == pytest.approx(36.0 - np.degrees(margin) + (18.0 if c in (2, 4) else 0.0))  # by class 3's gap
+
+
+def test_the_pages_sphere_caps_are_where_the_margin_is_met_and_absent_through_a_projection():
+    """3-D features: each seen class's cap radius is arcdist.directions.margin_caps' (0 for an unseen zero row);
+    above 3-D (drawn through a projection, which does not keep angles) the page gets no caps, as the figures."""
+    from arcdist.directions import margin_caps, spread
+
+    W = spread(10, 3).double().numpy()
+    W[3] = 0.0
+    labels = np.arange(10).repeat(2)
+    d = dict(features=np.abs(W[labels]) + 0.1, labels=labels, W=W, margin=0.5)
+    out = explore.epoch_payload(d, np.arange(20), None)
+    seen = [c for c in range(10) if c != 3]
+    assert out["caps"][3] == 0.0 and np.allclose([out["caps"][c] for c in seen], margin_caps(W[seen], 0.5))
+    assert min(out["caps"][c] for c in seen) > 0.1
+    out = explore.epoch_payload(dict(d, ang=np.zeros(20)), np.arange(20), None)
+    assert "caps" not in out and "zones" not in out
+
+
+def test_the_sphere_panel_draws_a_cap_where_the_margin_can_be_met(browser, tmp_path):
+    """A 3-D run's page: on the sphere panel every class's direction and, for each non-empty cap, a ring of 33
+    points at the cap's radius (arcdist.directions.margin_caps) around its direction."""
+    from accelerate import Accelerator
+
+    from arcdist.directions import margin_caps, spread
+    from arcdist.recorder import Recorder
+
+    W = spread(10, 3)
+    labels = torch.arange(10).repeat_interleave(3)
+    run = tmp_path / "sphere-s0"
+    run.mkdir()
+    Recorder(run, Accelerator(cpu=True)).save_features(1, "test", W[labels] * 2, labels, dict(W=W), 0.5, "c")
+    explore.build_page(run, tmp_path / "sphere.html", points=0)
+    pg = browser.new_page(viewport=dict(width=1400, height=800))
+    pg.goto((tmp_path / "sphere.html").as_uri())
+    pg.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
+    traces = pg.evaluate("() => document.getElementById('explorer').data.filter((t) => t.meta && "
+                         "t.meta.role === 'directions').map((t) => [t.x, t.y, t.z])")
+    pg.close()
+    xs, ys, zs = max(traces, key=lambda t: len(t[0]))  # the sphere panel's (the raw panel has rays only)
+    cuts = [i for i, v in enumerate(xs) if v is None]
+    pieces = [np.array([xs[a + 1:b], ys[a + 1:b], zs[a + 1:b]], float).T for a, b in zip([-1, *cuts], cuts)]
+    rings = [p for p in pieces if len(p) == 33]
+    radii = margin_caps(W.double().numpy(), 0.5)
+    assert len([p for p in pieces if len(p) == 2]) == 10 and len(rings) == 10
+    for c, ring in enumerate(rings):
+        angle = np.arccos(np.clip(ring @ W[c].double().numpy(), -1, 1))
+        assert np.allclose(angle, radii[c], atol=1e-5)

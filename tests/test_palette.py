@@ -148,6 +148,32 @@ def test_sphere_figures_draw_every_class(n):
     assert points(fig.axes[0]) == 3 * n and legend_entries(fig.axes[0]) == (n if n <= 20 else 0)
 
 
+@pytest.mark.parametrize("n,margin", [(10, 0.2), (10, 0.5), (20, 0.5), (2, 0.5)])
+def test_sphere_caps_hold_only_points_that_meet_the_margin_and_reach_the_first_that_does_not(n, margin):
+    """Every point inside a class's cap meets theta_y + m < theta_j for all j (float64 arccos, the condition itself),
+    and the cap is the largest such: just past its edge towards the nearest direction the condition fails. The
+    sphere figure draws one ring per class whose cap is not empty."""
+    W = directions.spread(n, 3).double().numpy() if n > 2 else np.array([[0, 0, 1.0], [0.6, 0, 0.8]])
+    radii = directions.margin_caps(W, margin)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50_000, 3))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    theta = np.arccos(np.clip(x @ W.T, -1, 1))
+    for y, r in enumerate(radii):
+        inside = theta[:, y] < r
+        assert np.all(np.delete(theta[inside], y, 1) > theta[inside][:, [y]] + margin)
+        j = np.argmax(np.where(np.arange(n) == y, -2, W @ W[y]))  # the nearest other direction
+        if r > 0:
+            towards = W[j] - (W[j] @ W[y]) * W[y]
+            edge = np.cos(r + 1e-6) * W[y] + np.sin(r + 1e-6) * towards / np.linalg.norm(towards)
+            assert np.arccos(edge @ W[y]) + margin >= np.arccos(np.clip(edge @ W[j], -1, 1))
+    assert (radii > 0).sum() == {(10, 0.2): 10, (10, 0.5): 10, (20, 0.5): 20, (2, 0.5): 2}[(n, margin)]
+    fig = sphere_figures.sphere_figure(W[np.arange(n).repeat(2)], np.arange(n).repeat(2), W, margin, "t", "c")
+    fig.canvas.draw()
+    rings = [c for c in fig.axes[0].collections if type(c).__name__ == "Line3DCollection"][2:]  # the wireframe, W
+    assert sum(len(c.get_segments()) for c in rings) == (radii > 0).sum()
+
+
 @pytest.mark.parametrize("n", [5, 1000])
 def test_a_run_trained_on_some_classes_draws_the_unseen_apart_with_a_direction_per_row(n):
     """W's rows stand for the seen classes (`rows`): each row's ray and cap in its class's colour, every class's

@@ -28,22 +28,24 @@
     }
     return (cache[key] = {x: cols[0], y: cols[1], z: cols[2] || null, pred, ang, ep});
   }
-  // a 3-D panel's class directions (and margin caps on the sphere) as one line trace, segments split by nulls
-  function directions(W, r, margin, sphere) {
+  // a 3-D panel's class directions (and on the sphere the caps where the margin is met: arcdist.directions.margin_caps)
+  // as one line trace, segments split by nulls
+  function directions(W, r, caps, sphere) {
     const xs = [], ys = [], zs = [], col = [];
     const push = (p, c) => { xs.push(p ? p[0] : null); ys.push(p ? p[1] : null); zs.push(p ? p[2] : null); col.push(c); };
     W.forEach((w, c) => {
       if (!w.some((v) => v)) return;  // an unseen class: no direction
       const n = Math.hypot(w[0], w[1], w[2]) || 1, u = w.map((v) => v / n), cc = D.colours[c];
       push(u.map((v) => (D.dense ? 1.05 : 0) * v), cc); push(u.map((v) => r * v), cc); push(null, cc);
-      if (!sphere || !(margin > 0) || D.dense) return;
+      const cap = caps ? caps[c] : 0;
+      if (!sphere || !(cap > 0) || D.dense) return;
       const t = Math.abs(u[0]) < 0.9 ? [1, 0, 0] : [0, 1, 0];
       let a = [u[1] * t[2] - u[2] * t[1], u[2] * t[0] - u[0] * t[2], u[0] * t[1] - u[1] * t[0]];
       const na = Math.hypot(...a); a = a.map((v) => v / na);
       const b = [u[1] * a[2] - u[2] * a[1], u[2] * a[0] - u[0] * a[2], u[0] * a[1] - u[1] * a[0]];
       for (let k = 0; k <= 32; k++) {
         const s = 2 * Math.PI * k / 32;
-        push([0, 1, 2].map((j) => Math.cos(margin) * u[j] + Math.sin(margin) * (Math.cos(s) * a[j] + Math.sin(s) * b[j])), cc);
+        push([0, 1, 2].map((j) => Math.cos(cap) * u[j] + Math.sin(cap) * (Math.cos(s) * a[j] + Math.sin(s) * b[j])), cc);
       }
       push(null, cc);
     });
@@ -83,7 +85,7 @@
       const W = d ? d.ep.W : [], margin = d ? d.ep.margin : 0, linear = d && d.ep.b;
       const r = circle ? 1.25 : lim * 1.5;
       if (solid) {
-        const dirs = directions(D.dense && !circle ? [] : W, circle ? 1.3 : lim, margin, circle);
+        const dirs = directions(D.dense && !circle ? [] : W, circle ? 1.3 : lim, d ? d.ep.caps : null, circle);
         for (const t of traces.filter((t) => t.panel === pi && t.role === 'directions')) {
           lineIds.push(t.i); lines.x.push(dirs.x); lines.y.push(dirs.y); lines.z.push(dirs.z); lines['line.color'].push(dirs.col);
         }
@@ -95,7 +97,7 @@
             y0: 1.08 * Math.sin(a), x1: r * Math.cos(a), y1: r * Math.sin(a), line: {color: col, width: 1}, layer: 'below'});
           return;
         }
-        const z = d.ep.zones ? d.ep.zones[c] : null;  // where the margin is met (arcdist.figures.margin_zones)
+        const z = d.ep.zones ? d.ep.zones[c] : null;  // where the margin is met (arcdist.directions.margin_zones)
         if (margin > 0 && z && z[1] > z[0]) layout.shapes.push({type: 'path', xref: `x${ax}`, yref: `y${ax}`,
           path: sector(r, z[0], z[1]), fillcolor: col, opacity: 0.15, line: {width: 0}, layer: 'below'});
         if (!linear || circle) layout.shapes.push({type: 'line', xref: `x${ax}`, yref: `y${ax}`, x0: 0, y0: 0,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from arcdist import runinfo
-from arcdist.directions import margin_zones
+from arcdist.directions import margin_caps, margin_zones
 
 
 DEFAULT_POINTS = 2000
@@ -332,6 +332,11 @@ def epoch_payload(d: dict, index: np.ndarray, accuracy: float | None) -> dict:
         zones[seen] = np.radians(margin_zones(np.degrees(np.arctan2(W[seen, 1], W[seen, 0])),
                                               np.degrees(out["margin"])))
         out["zones"] = zones.tolist()
+    if W.shape[1] == 3 and out["margin"] > 0 and "ang" not in d:  # true 3-D (no projection): the sphere's caps
+        seen = np.flatnonzero(np.abs(W).sum(1) > 0)
+        caps = np.zeros(len(W))
+        caps[seen] = margin_caps(W[seen], out["margin"])
+        out["caps"] = caps.tolist()
     if "unseen" in d:  # classes the run never trained on: drawn in their own marker, no direction
         out["unseen"] = np.asarray(d["unseen"]).tolist()
     if "ang" in d:  # d > 3: the angles of all d dimensions, in hundredths of a degree
