@@ -4,6 +4,7 @@ same retrieval code (arcdist.evaluation.retrieval): raw pixels, their PCA to the
 training images) and A8's backbone untrained.
 
     python tools/open_set_study.py --out /tmp/openset [--seeds 0,1,2] [--epochs 6] [--rows ROW,ROW] [--baselines]
+                                   [--set head.margin=0.2]
     python tools/open_set_study.py --out /tmp/openset --table results/open-set/table.md
 
 A row is DATASET-HEAD-dDIM-SPLIT: SPLIT `lo` trains classes 0-4 and judges 5-9, `hi` the swap. The rows run in
@@ -43,14 +44,15 @@ def parse_row(row: str) -> tuple[str, str, int, str]:
     return "-".join(ds), head, int(dim[1:]), split
 
 
-def train(out: Path, row: str, seed: int, epochs: int) -> dict:
+def train(out: Path, row: str, seed: int, epochs: int, sets: tuple[str, ...] = ()) -> dict:
     dataset, head, dim, split = parse_row(row)
     run = out / "runs" / f"{row}-s{seed}"
     plots = epochs if (dim == 2 and seed == 0) else 0  # the 2-D runs' circles, once a row
     cmd = [sys.executable, str(ROOT / "arcdist" / "train.py"), "--variant", "A8", "--dataset", dataset,
            "--epochs", str(epochs), "--seed", str(seed), "--output-dir", str(run), "--wandb", "disabled",
            "--no-progress", "--plot-every", str(plots), "--set", f"data.train_classes={','.join(map(str, SPLITS[split]))}",
-           "--set", f"model.feature_dim={dim}"] + (["--set", f"head.kind={head}"] if head != "arcface" else [])
+           "--set", f"model.feature_dim={dim}"] + (["--set", f"head.kind={head}"] if head != "arcface" else []) + \
+        [arg for s in sets for arg in ("--set", s)]
     started = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     if proc.returncode:
@@ -59,7 +61,7 @@ def train(out: Path, row: str, seed: int, epochs: int) -> dict:
     return dict(row=row, seed=seed, dataset=dataset, head=head, dim=dim, split=split, seen_accuracy=s["final_accuracy"],
                 seen_p_at_1=s.get("precision_at_1"), unseen_p_at_1=s["unseen_precision_at_1"],
                 unseen_r_precision=s["unseen_r_precision"], unseen_map_at_r=s["unseen_mean_average_precision_at_r"],
-                unseen_auroc=s["unseen_auroc"], seconds=round(time.time() - started, 1))
+                unseen_auroc=s["unseen_auroc"], seconds=round(time.time() - started, 1), sets=list(sets))
 
 
 def baselines(out: Path, seeds: list[int]) -> None:
@@ -179,6 +181,8 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--rows", default=",".join(rows()))
+    ap.add_argument("--set", dest="sets", action="append", default=[],
+                    help="a --set for every run, after the row's own (repeatable; give each its own --out)")
     ap.add_argument("--baselines", action="store_true", help="compute the baselines (no training)")
     ap.add_argument("--table", type=Path, help="write the study's markdown table to this file (no training)")
     a = ap.parse_args()
@@ -202,7 +206,7 @@ def main() -> int:
         for seed in seeds:
             if (row, seed) in done:
                 continue
-            result = train(a.out, row, seed, a.epochs)
+            result = train(a.out, row, seed, a.epochs, tuple(a.sets))
             with (a.out / "rows.jsonl").open("a") as f:
                 f.write(json.dumps(result) + "\n")
             print(json.dumps(result), flush=True)
