@@ -1,10 +1,13 @@
 """Run a grid of variants x seeds x datasets side by side: one GPU (or k) per job, or CPU threads split.
 
     python -m arcdist.grid --grid-id study --variants V1.2.2,V2 --seeds 0,1 --epochs 5
+    python -m arcdist.grid --grid-id m --variants A8 --seeds 0,1,2 --sweep head.margin=0.2,0.5   # a row per value
     python -m arcdist.grid --grid-id study --list              # job index -> run folder
     python -m arcdist.grid --grid-id study --task-index 3      # one job in the foreground (SLURM arrays)
 
-Runs land in OUT/<grid-id>/<variant>-s<seed>/ (with the dataset in front when the grid has several).
+Runs land in OUT/<grid-id>/<variant>-s<seed>/ (with the dataset in front when the grid has several, and a
+sweep's settings after the variant: A8-head.margin=0.5-s0). `--sweep` makes a row of every value (several
+sweeps: every combination); the report compares each row with the first by the seed noise.
 Rerunning skips finished runs and resumes unfinished ones. A failing run is recorded with its error
 in grid.json and does not stop the others. W&B runs are grouped by the grid id.
 """
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from arcdist import cluster, preempt, runinfo
 from arcdist.cli import ArgumentParser
-from arcdist.config import ConfigError
+from arcdist.config import ConfigError, apply_overrides
 from arcdist.data import get_spec
 from arcdist.errors import BadInput, Exit
 from arcdist.runlock import BUSY, RunBusy, RunLock
@@ -50,6 +53,7 @@ class Job:
     wall_time_s: float | None = None
     log: str | None = None
     devices: list[str] = field(default_factory=list)  # its CUDA_VISIBLE_DEVICES entries (indices, MIG-/GPU- ids)
+    sets: list[str] = field(default_factory=list)  # its row's --sweep settings, applied after the grid's --set
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "runs leave most of a GPU idle. With CUDA MPS running (nvidia-cuda-mps-control -d) their "
                         "kernels share the GPU at once instead of taking turns: bench/gpu-lease.sh measures both")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="SECTION.FIELD=V1,V2",
+                   help="a row of the grid per value (repeatable: every combination), e.g. head.margin=0.2,0.5")
     p.add_argument("--wandb", choices=WANDB_MODES, default=None)
     p.add_argument("--list", action="store_true", help="print the job table and exit")
     p.add_argument("--task-index", type=int, default=None, help="run only this job, in the foreground")
@@ -83,8 +89,23 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def sweep_rows(sweeps: list[str]) -> list[list[str]]:
+    """The settings of each row a sweep makes: ["head.margin=0.2,0.5"] -> [["head.margin=0.2"], ["head.margin=0.5"]];
+    several sweeps make every combination, the first varying slowest; no sweep: one row without settings."""
+    rows: list[list[str]] = [[]]
+    for sweep in sweeps:
+        key, sep, values = sweep.partition("=")
+        items = _split(values)
+        if not sep or "." not in key or not items:
+            raise ConfigError(f"--sweep {sweep!r}: expected SECTION.FIELD=V1,V2,..., e.g. head.margin=0.2,0.5")
+        if len(set(items)) < len(items):
+            raise ConfigError(f"--sweep {sweep!r}: a value is given twice; give each once")
+        rows = [[*row, f"{key.strip()}={v}"] for row in rows for v in items]
+    return rows
+
+
 def build_jobs(args: argparse.Namespace) -> list[Job]:
-    """variants x seeds x datasets, in that nesting order; validates every name first."""
+    """variants x sweep rows x seeds x datasets, in that nesting order; validates every name and setting first."""
     variants = [v for name in _split(args.variants) for v in GROUPS.get(name, (name,))]
     datasets = _split(args.datasets) if args.datasets else [None]  # None: the variant's own
     try:
@@ -98,14 +119,23 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
             get_spec(d)
     if not variants or not seeds or not datasets:
         raise ConfigError("the grid is empty; give at least one variant, seed and dataset")
+    rows = sweep_rows(getattr(args, "sweeps", []))
+    for variant in variants:  # each row's settings must apply to each variant (a one-line error names which)
+        cfg = apply_overrides(get_variant(variant).config, args.overrides)
+        for sets in rows:
+            try:
+                apply_overrides(cfg, sets)
+            except ConfigError as e:
+                raise ConfigError(str(e).replace("--set ", "--sweep ", 1)) from None
     root = Path(args.out) / args.grid_id
     jobs = []
     for dataset in datasets:
         for variant in variants:
-            for seed in seeds:
-                name = f"{variant}-s{seed}" if len(datasets) == 1 else f"{dataset}-{variant}-s{seed}"
-                own = dataset or get_variant(variant).config.data.dataset
-                jobs.append(Job(len(jobs), variant, seed, own, str(root / name)))
+            for sets in rows:
+                for seed in seeds:
+                    name = "-".join([*([dataset] if len(datasets) > 1 else []), variant, *sets, f"s{seed}"])
+                    own = dataset or get_variant(variant).config.data.dataset
+                    jobs.append(Job(len(jobs), variant, seed, own, str(root / name), sets=list(sets)))
     return jobs
 
 
@@ -122,7 +152,7 @@ def train_command(job: Job, args: argparse.Namespace, port: int | None = None, t
                "--output-dir", str(run_dir)]
         if args.epochs is not None:
             cmd += ["--epochs", str(args.epochs)]
-        for item in args.overrides:
+        for item in [*args.overrides, *job.sets]:  # the row's sweep settings last: they win
             cmd += ["--set", item]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
@@ -202,7 +232,8 @@ def finish(job: Job, returncode: int, started: float) -> None:
 
 def write_grid_json(root: Path, args: argparse.Namespace, jobs: list[Job]) -> None:
     doc = dict(grid_id=args.grid_id, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs=args.epochs,
-               overrides=args.overrides, datasets=_split(args.datasets or ""), jobs=[asdict(j) for j in jobs])
+               overrides=args.overrides, sweeps=getattr(args, "sweeps", []), datasets=_split(args.datasets or ""),
+               jobs=[asdict(j) for j in jobs])
     try:
         root.mkdir(parents=True, exist_ok=True)
         runinfo.atomic_write(root / "grid.json", json.dumps(doc, indent=1))

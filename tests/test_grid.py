@@ -82,6 +82,32 @@ def test_task_index_and_list():
         grid.build_jobs(grid.parse_args(["--grid-id", "x", "--variants", "V7"]))
 
 
+def test_a_sweep_makes_a_row_per_value_and_its_setting_wins(tmp_path, capsys):
+    """--sweep head.margin=0.2,0.5: a row per value (two sweeps: every combination, the first slowest), each run
+    folder named by its settings, each command's sweep setting after the grid's --set; bad sweeps are one line."""
+    args = grid.parse_args(["--grid-id", "m", "--variants", "T0,A8", "--seeds", "0,1", "--out", str(tmp_path),
+                            "--set", "head.margin=0.3", "--sweep", "head.margin=0.2,0.5"])
+    jobs = grid.build_jobs(args)
+    assert [(j.variant, j.sets, j.seed) for j in jobs] == [
+        (v, [f"head.margin={m}"], s) for v in ("T0", "A8") for m in ("0.2", "0.5") for s in (0, 1)]
+    assert [Path(j.run_dir).name for j in jobs[:4]] == ["T0-head.margin=0.2-s0", "T0-head.margin=0.2-s1",
+                                                        "T0-head.margin=0.5-s0", "T0-head.margin=0.5-s1"]
+    cmd = grid.train_command(jobs[2], args)
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set" and cmd[i + 1].startswith("head.margin")]
+    assert sets == ["head.margin=0.3", "head.margin=0.5"]  # the row's value last: train.py applies it last
+    two = grid.sweep_rows(["head.margin=0.2,0.5", "train.epochs=3,6,9"])
+    assert len(two) == 6 and two[1] == ["head.margin=0.2", "train.epochs=6"] and two[3][0] == "head.margin=0.5"
+    assert grid.sweep_rows([]) == [[]]
+    for bad, says in (("head.margin", "expected SECTION.FIELD=V1,V2"), ("head.margin=", "expected SECTION.FIELD"),
+                      ("head.margin=0.2,0.2", "given twice"), ("head.margn=0.2,0.5", "--sweep head.margn: unknown"),
+                      ("head.margin=wide", "--sweep head.margin=wide: expected a number")):
+        argv = ["--grid-id", "m", "--variants", "A8", "--out", str(tmp_path / "bad"), "--sweep", bad, "--list"]
+        assert grid.main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("arcdist.grid: error:") and says in lines[0], (bad, lines)
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("gpus,per_job,jobs,want", [
     ([0], 1, 3, ["0", "0", "0"]),  # small runs share one GPU
     ([0, 1], 1, 4, ["0", "1", "0", "1"]),  # round-robin over GPUs

@@ -306,3 +306,31 @@ def test_center_loss_is_judged_by_position_and_the_angular_heads_by_angle():
     assert report.measured_verdict(row, 0.97, 20.0) == "separated"
     assert report.measured_verdict(dict(row, head="arcface"), 0.97, 20.0) == "overlap"
     assert report.measured_verdict(dict(row, head="softmax"), 0.97, 20.0) == "overlap"
+
+
+def test_a_sweeps_rows_are_apart_and_each_is_judged_against_the_first(grid, tmp_path):
+    """A grid of one variant swept over two values (the fixture's V2 and V2.1 runs stand in for them): a row per
+    setting, labelled and 'what changed' by it, and an 'acc - <first row>' column whose difference and noise equal
+    the runs' own figures (twice the standard error of the difference)."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    jobs = [dict(index=i, variant="V2", seed=s, dataset="mnist", run_dir=str(grid["grid"] / f"{v}-s{s}"),
+                 status="finished", sets=[f"head.margin={m}"])
+            for i, (v, m, s) in enumerate((v, m, s) for v, m in zip(VARIANTS, ("0.2", "0.5")) for s in SEEDS)]
+    (sweep / "grid.json").write_text(json.dumps(dict(grid_id="sw", sweeps=["head.margin=0.2,0.5"], jobs=jobs)))
+    summary = report.build_report(sweep, out=tmp_path / "out")
+    rows = summary["variants"]
+    assert [r["variant"] for r in rows] == ["V2", "V2"] and [r["sets"] for r in rows] == [["head.margin=0.2"],
+                                                                                           ["head.margin=0.5"]]
+    assert [r["display"]["variant"] for r in rows] == ["V2 head.margin=0.2", "V2 head.margin=0.5"]
+    assert rows[1]["changed"].endswith("; head.margin=0.5")
+    acc = [[json.loads(line)["test_accuracy"] for line in (grid["grid"] / f"{v}-s{s}" / "metrics.jsonl")
+            .read_text().splitlines()][-1] for v in VARIANTS for s in SEEDS]
+    a, b = acc[:2], acc[2:]
+    diff = statistics.mean(b) - statistics.mean(a)
+    noise = 2 * math.sqrt(statistics.variance(a) / 2 + statistics.variance(b) / 2)
+    column = "acc - V2 head.margin=0.2"
+    assert rows[0]["display"][column] == "-"
+    assert rows[1]["display"][column] == f"{diff:+.4f} (noise {noise:.4f}: {'beyond' if abs(diff) > noise else 'within'})"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "sweeps: head.margin=0.2,0.5" in md and "| V2 head.margin=0.5 |" in md

@@ -10,7 +10,7 @@ from arcdist import runinfo
 from arcdist.heads import head_class
 from arcdist.report.plots import curves_figure, features_figure
 from arcdist.report.stats import (STD_NOTE, VERDICT_RULE, ReportError, balanced_cells, display_row, load_grid, loss_row,
-                                  summarise, unseen_cells)
+                                  noise_verdict, summarise, unseen_cells)
 from arcdist.wandb_report import wandb_report_spec
 
 LOSSES = ("Losses side by side: one head per row on the same backbone, recipe and seeds; accuracy by each head's "
@@ -99,10 +99,16 @@ def build_report(grid_dir: Path, out: Path | None = None, threshold_acc: float =
     if any(r["unseen_auroc"]["mean"] is not None for r in rows):  # some runs trained on some classes only
         for r, c in zip(rows, cells):
             c.update(unseen_cells(r))
+    if any(r["sets"] for r in rows):  # a sweep: each row against the first, by the seed noise
+        for r, c in zip(rows, cells):
+            c[f"acc - {rows[0]['label']}"] = noise_verdict(r, rows[0])
     rule = VERDICT_RULE.format(angle=threshold_angle, acc=threshold_acc, gap=threshold_gap)
     epochs = doc.get("epochs") or "each variant's default"
     notes = [f"Grid {doc.get('grid_id', grid_dir.name)}: {len(doc['jobs'])} jobs, epochs: {epochs}, "
-             f"overrides: {', '.join(doc.get('overrides') or []) or 'none'}.",
+             f"overrides: {', '.join(doc.get('overrides') or []) or 'none'}"
+             + (f"; sweeps: {', '.join(doc['sweeps'])} (a row per value; 'acc - ...': the difference to the first "
+                "row and whether it exceeds twice the standard error of the difference)" if doc.get("sweeps") else "")
+             + ".",
              f"Numbers: {STD_NOTE}. Accuracy and angles are those of each run's last epoch; params and FLOPs are "
              "the variant's (arcdist.variants); train time is the sum of epoch times.",
              f"Epochs to acc threshold: first epoch with test accuracy >= {threshold_acc:g}, mean over the seeds "

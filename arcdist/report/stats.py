@@ -118,21 +118,23 @@ def fmt(stat: dict, digits: int) -> str:
 
 
 def summarise(doc: dict, threshold_acc: float, threshold_angle: float, threshold_gap: float = 1.0) -> list[dict]:
-    """One dict per (dataset, variant) of the grid, in the grid's order."""
+    """One dict per (dataset, variant, sweep settings) of the grid, in the grid's order."""
     from arcdist.variants import table_rows
 
     info = {r["name"]: r for r in table_rows()}
     several = len({j["dataset"] for j in doc["jobs"]}) > 1
     groups: dict[tuple, list] = {}
     for job in doc["jobs"]:
-        groups.setdefault((job["dataset"], job["variant"]), []).append(job)
+        groups.setdefault((job["dataset"], job["variant"], tuple(job.get("sets") or ())), []).append(job)
     out = []
-    for (dataset, variant), jobs in groups.items():
+    for (dataset, variant, sets), jobs in groups.items():
         if variant not in info:
             raise ReportError(f"grid.json names variant {variant!r}, which arcdist.variants no longer defines")
         runs = [(j, s) for j in jobs if (s := run_stats(Path(j["run_dir"]), threshold_acc)) is not None]
-        row = dict(variant=variant, dataset=dataset, label=f"{dataset}/{variant}" if several else variant,
-                   parent=info[variant]["parent"], changed=info[variant]["changed"], params=info[variant]["params"],
+        name = " ".join([variant, *sets])
+        row = dict(variant=variant, dataset=dataset, label=f"{dataset}/{name}" if several else name, sets=list(sets),
+                   parent=info[variant]["parent"], params=info[variant]["params"],
+                   changed="; ".join([info[variant]["changed"], *sets]),
                    flops=info[variant]["flops"], post_verdict=info[variant]["verdict"], n_jobs=len(jobs),
                    head=info[variant]["head"], head_settings=info[variant]["head_settings"],
                    seeds=[j["seed"] for j, _ in runs], run_dirs=[j["run_dir"] for j, _ in runs],
