@@ -105,7 +105,7 @@ def sweep_rows(sweeps: list[str]) -> list[list[str]]:
 
 
 def build_jobs(args: argparse.Namespace) -> list[Job]:
-    """variants x sweep rows x seeds x datasets, in that nesting order; validates every name and setting first."""
+    """Every dataset x variant x sweep row x seed (the seed innermost); validates every name and setting first."""
     variants = [v for name in _split(args.variants) for v in GROUPS.get(name, (name,))]
     datasets = _split(args.datasets) if args.datasets else [None]  # None: the variant's own
     try:
