@@ -183,8 +183,10 @@ def read_split(cfg: "DataConfig", split: str, files, cut: int | None, spec: Data
     from arcdist.datasets.decoded import decoded_file
 
     path, why_not = decoded_file(files.paths, decode, cfg.workers, split) if cfg.decoded_cache else (None, "")
-    x = torch.from_numpy(np.load(path)) if path else decode_all(files.paths, decode, cfg.workers)
-    data = DeviceData(x[:cut], files.labels[:cut], spec, device)
+    # only the first `cut` rows of the copy are read (data.limit_train on a large folder)
+    x = torch.from_numpy(np.array(np.load(path, mmap_mode="r")[:cut])) if path else \
+        decode_all(files.paths, decode, cfg.workers)[:cut]
+    data = DeviceData(x, files.labels[:cut], spec, device)
     data.decoded_path, data.why_not = path, why_not
     return data
 
@@ -197,9 +199,8 @@ def stream_split(cfg: "DataConfig", split: str, files, cut: int | None, spec: Da
 
     path, why_not = decoded_file(files.paths, decode, cfg.workers, split) if cfg.decoded_cache else \
         (None, "data.decoded_cache=false")
-    n = len(files.paths[:cut])
     return StreamData(files.paths[:cut], files.labels[:cut], spec, device, decode, cfg.workers,
-                      None if path is None else np.load(path, mmap_mode="r"), np.arange(n), why_not)
+                      None if path is None else np.load(path, mmap_mode="r"), why_not=why_not)
 
 
 def folder_line(train: DeviceData, test: DeviceData) -> str | None:

@@ -119,7 +119,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
             get_spec(d)
     if not variants or not seeds or not datasets:
         raise ConfigError("the grid is empty; give at least one variant, seed and dataset")
-    rows = sweep_rows(getattr(args, "sweeps", []))
+    rows = sweep_rows(args.sweeps)
     for variant in variants:  # each row's settings must apply to each variant (a one-line error names which)
         cfg = apply_overrides(get_variant(variant).config, args.overrides)
         for sets in rows:
@@ -232,7 +232,7 @@ def finish(job: Job, returncode: int, started: float) -> None:
 
 def write_grid_json(root: Path, args: argparse.Namespace, jobs: list[Job]) -> None:
     doc = dict(grid_id=args.grid_id, updated=time.strftime("%Y-%m-%dT%H:%M:%S"), epochs=args.epochs,
-               overrides=args.overrides, sweeps=getattr(args, "sweeps", []), datasets=_split(args.datasets or ""),
+               overrides=args.overrides, sweeps=args.sweeps, datasets=_split(args.datasets or ""),
                jobs=[asdict(j) for j in jobs])
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -96,16 +96,17 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
     fig = Figure(figsize=(10, 5.4), dpi=100)
     FigureCanvasAgg(fig)
     u, v = np.mgrid[0:2 * math.pi:25j, 0:math.pi:13j]
+    rings = []  # (the ring, its colour) of each class whose cap is not empty: the same in both views
+    if caps and margin > 0 and not dense(len(w)):
+        rings = [(cap_circle(w[c], r), colours[c]) for c, r in enumerate(margin_caps(w, margin)) if r > 0]
     for k, (elev, azim) in enumerate(VIEWS):
         ax = fig.add_subplot(1, 2, k + 1, projection="3d")
         ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="0.85", lw=0.4)
         scatter_classes(ax, unit, labels, n, class_names, unseen_classes(n, rows), s=2, depthshade=False)
         start = 1.05 if dense(len(w)) else 0.0
         ax.add_collection3d(Line3DCollection(np.stack([start * w, 1.3 * w], axis=1), colors=colours, lw=1.6))
-        if caps and margin > 0 and not dense(len(w)):
-            met = [(cap_circle(w[c], r), colours[c]) for c, r in enumerate(margin_caps(w, margin)) if r > 0]
-            if met:
-                ax.add_collection3d(Line3DCollection([m for m, _ in met], colors=[c for _, c in met], lw=1.0))
+        if rings:
+            ax.add_collection3d(Line3DCollection([r for r, _ in rings], colors=[c for _, c in rings], lw=1.0))
         ax.view_init(elev=elev, azim=azim)
         ax.set_box_aspect((1, 1, 1))
         for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):

@@ -326,14 +326,13 @@ def epoch_payload(d: dict, index: np.ndarray, accuracy: float | None) -> dict:
         if k in d:
             out[k] = np.asarray(d[k], float).tolist()
     W = np.asarray(d["W"], float)
+    seen = np.flatnonzero(np.abs(W).sum(1) > 0)  # an unseen class's row is zero: no direction, no sector or cap
     if W.shape[1] == 2 and out["margin"] > 0:  # the circle's sectors where the margin is met (arcdist.figures)
-        seen = np.flatnonzero(np.abs(W).sum(1) > 0)
         zones = np.zeros((len(W), 2))
         zones[seen] = np.radians(margin_zones(np.degrees(np.arctan2(W[seen, 1], W[seen, 0])),
                                               np.degrees(out["margin"])))
         out["zones"] = zones.tolist()
     if W.shape[1] == 3 and out["margin"] > 0 and "ang" not in d:  # true 3-D (no projection): the sphere's caps
-        seen = np.flatnonzero(np.abs(W).sum(1) > 0)
         caps = np.zeros(len(W))
         caps[seen] = margin_caps(W[seen], out["margin"])
         out["caps"] = caps.tolist()
