@@ -152,8 +152,10 @@ def train_command(job: Job, args: argparse.Namespace, port: int | None = None, t
                "--output-dir", str(run_dir)]
         if args.epochs is not None:
             cmd += ["--epochs", str(args.epochs)]
-        for item in [*args.overrides, *job.sets]:  # the row's sweep settings last: they win
+        for item in args.overrides:
             cmd += ["--set", item]
+    for item in job.sets:  # the row's settings, applied after --set (a resume checks they still hold)
+        cmd += ["--sweep-set", item]
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     if args.wandb:

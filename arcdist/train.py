@@ -7,6 +7,7 @@ run folder arcdist.rundir, the exit statuses arcdist.errors.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit-test", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set head.margin=0.3 (repeatable)")
+    p.add_argument("--sweep-set", dest="sweep_sets", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="what `arcdist grid --sweep` passes: a --set (applied after the others) that also names "
+                        "the run's grid row in W&B (run name, config `row` and `sweep`)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR after its last checkpoint")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
     p.add_argument("--wandb", choices=tracking.WANDB_MODES, default=None,
@@ -68,6 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="when another process owns the run folder, wait this long for it to exit, then refuse "
                         "(default 60: a requeued job may start while its previous incarnation exits)")
     args = p.parse_args(argv)
+    args.overrides = [*args.overrides, *args.sweep_sets]
     args.default_note = None
     if args.variant is None and not args.resume:  # a resume keeps the run's own variant
         args.variant, args.default_note = default_variant()
@@ -133,6 +138,8 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
     args = parse_args(argv)
     run_dir, saved = rundir.locate(args)  # reads only: bad input leaves the disk as it was
     cfg = build_config(args, saved)
+    if saved is not None and not args.sweep_sets:  # a resume by hand keeps the grid row the run was started in
+        args.sweep_sets = list(json.loads((run_dir / runinfo.CONFIG).read_text()).get("sweep") or [])
     where.run_dir, where.timeout = run_dir, cfg.train.collective_timeout_s
     mode = tracking.resolve_mode(args.wandb)
     cfg, accelerator, choice = setup_accelerator(cfg, log_with=None if mode == "disabled" else "wandb")
@@ -152,6 +159,7 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
                         launch=dict(world_size=accelerator.num_processes, argv=sys.argv if argv is None else argv,
                                     distributed_type=str(accelerator.distributed_type),
                                     device=str(accelerator.device), precision=choice.to_dict(),
+                                    sweep=args.sweep_sets,
                                     **{fingerprint.KEY: data_id})):
             trainer.resume()
             if not recorded and accelerator.is_main_process:  # a run from before fingerprints: record it now
@@ -159,8 +167,9 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
         if mode != "disabled":
             trainer.state.wandb_id = trainer.state.wandb_id or runinfo.new_run_id()
             tracking.init_wandb(accelerator, mode, run_dir, trainer.state.wandb_id,
-                                name=f"{cfg.variant}-s{cfg.train.seed}",
-                                config=dict(cfg.to_dict(), precision=choice.to_dict()), group=args.group,
+                                name="-".join([cfg.variant, *args.sweep_sets, f"s{cfg.train.seed}"]),
+                                config=dict(cfg.to_dict(), precision=choice.to_dict(), sweep=args.sweep_sets,
+                                            row=" ".join([cfg.variant, *args.sweep_sets])), group=args.group,
                                 job_type="train", tags=[cfg.variant, cfg.data.dataset])
         state = trainer.fit(plot_every=args.plot_every)
     finally:

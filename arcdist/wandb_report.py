@@ -28,16 +28,20 @@ def wandb_report_spec(doc: dict, group: str, entity: str | None = None, project:
 
     variants = list(dict.fromkeys(j["variant"] for j in doc["jobs"]))
     info = {r["name"]: r for r in table_rows()}
-    by_variant = dict(groupby="config:variant", agg="mean", range="stddev")
+    # a sweep's rows share a variant: they are told apart by the `row` train.py records ("A8 head.margin=0.5")
+    key = "config:row" if any(j.get("sets") for j in doc["jobs"]) else "config:variant"
+    rows = list(dict.fromkeys(" ".join([j["variant"], *(j.get("sets") or ())]) for j in doc["jobs"]))
+    by_row = dict(groupby=key, agg="mean", range="stddev")
     return dict(
         title=f"arcdist grid {group}", group=group,
         entity=entity or os.environ.get("WANDB_ENTITY"), project=project or os.environ.get("WANDB_PROJECT", "arcdist"),
-        description=f"Variants {', '.join(variants)}; lines and bars are means over seeds, bands one std.",
+        description=f"{'Rows' if key == 'config:row' else 'Variants'} {', '.join(rows)}; lines and bars are means "
+                    "over seeds, bands one std.",
         runset=dict(name=group, filters=[dict(section="run", key="Group", op="==", value=group)],
-                    groupby=["config:variant"]),
-        panels=[dict(type="line", title="test accuracy per epoch", x="Step", y=["test_accuracy"], **by_variant),
-                dict(type="line", title="train loss per epoch", x="Step", y=["train_loss"], **by_variant),
-                dict(type="bar", title="final test accuracy", metrics=["summary:final_accuracy"], **by_variant),
+                    groupby=[key]),
+        panels=[dict(type="line", title="test accuracy per epoch", x="Step", y=["test_accuracy"], **by_row),
+                dict(type="line", title="train loss per epoch", x="Step", y=["train_loss"], **by_row),
+                dict(type="bar", title="final test accuracy", metrics=["summary:final_accuracy"], **by_row),
                 dict(type="scatter", title="parameters vs final test accuracy", x="summary:params",
                      y="summary:final_accuracy", log_x=True),
                 dict(type="media", title="2-D test features (raw)", media_keys=["plots/test_raw"])],
@@ -135,7 +139,8 @@ def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout
         jobs = []
         for run in api.runs(f"{entity or api.default_entity}/{project}", filters={"group": group}):
             variant, seed = run.config.get("variant"), run.config.get("train", {}).get("seed", 0)
-            run_dir = dest / f"{variant}-s{seed}"
+            sets = list(run.config.get("sweep") or [])  # a sweep's row (`arcdist grid --sweep`)
+            run_dir = dest / "-".join([variant, *sets, f"s{seed}"])
             run_dir.mkdir(parents=True, exist_ok=True)
             rows = [dict({k: v for k, v in r.items() if not k.startswith("_") and _finite(v)}, epoch=r["_step"])
                     for r in run.scan_history() if "test_accuracy" in r or "diverged" in r]
@@ -144,7 +149,7 @@ def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout
             summary = {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str, bool))}
             runinfo.atomic_write(run_dir / runinfo.SUMMARY, json.dumps(summary))
             jobs.append(dict(variant=variant, seed=seed, dataset=run.config.get("data", {}).get("dataset", "mnist"),
-                             run_dir=str(run_dir), status=run.state, error=None))
+                             run_dir=str(run_dir), status=run.state, error=None, sets=sets))
         return jobs
 
     jobs = _bounded(pull, timeout, "reading the W&B group")

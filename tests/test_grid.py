@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from arcdist import grid
+from arcdist import grid, train
 from helpers import ROOT, cli_env, make_tiny_mnist
 
 
@@ -93,8 +93,14 @@ def test_a_sweep_makes_a_row_per_value_and_its_setting_wins(tmp_path, capsys):
     assert [Path(j.run_dir).name for j in jobs[:4]] == ["T0-head.margin=0.2-s0", "T0-head.margin=0.2-s1",
                                                         "T0-head.margin=0.5-s0", "T0-head.margin=0.5-s1"]
     cmd = grid.train_command(jobs[2], args)
-    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set" and cmd[i + 1].startswith("head.margin")]
-    assert sets == ["head.margin=0.3", "head.margin=0.5"]  # the row's value last: train.py applies it last
+    train_args = train.parse_args(cmd[cmd.index(str(grid.TRAIN_SCRIPT)) + 1:])
+    assert [o for o in train_args.overrides if o.startswith("head.margin")] == ["head.margin=0.3", "head.margin=0.5"]
+    assert train_args.sweep_sets == ["head.margin=0.5"]  # the row W&B names: A8-head.margin=0.5-s0, row "A8 ..."
+    Path(jobs[2].run_dir).mkdir(parents=True)
+    (Path(jobs[2].run_dir) / "config.json").write_text("{}")
+    resumed = grid.train_command(jobs[2], args)  # a resume carries the row too (train.py checks it still holds)
+    assert resumed[resumed.index("--resume") + 1] == jobs[2].run_dir and "--set" not in resumed
+    assert [resumed[i + 1] for i, a in enumerate(resumed) if a == "--sweep-set"] == ["head.margin=0.5"]
     two = grid.sweep_rows(["head.margin=0.2,0.5", "train.epochs=3,6,9"])
     assert len(two) == 6 and two[1] == ["head.margin=0.2", "train.epochs=6"] and two[3][0] == "head.margin=0.5"
     assert grid.sweep_rows([]) == [[]]

@@ -23,7 +23,7 @@ def wandb_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("wb") / "run"
     args = [a for a in TINY if a not in ("--wandb", "disabled")]
     run_train([*args, "--wandb", "offline", "--group", "grid-xyz", "--epochs", str(EPOCHS), "--data-dir",
-               str(tiny_data), "--output-dir", str(out), "--set", "data.batch_size=64"])
+               str(tiny_data), "--output-dir", str(out), "--sweep-set", "data.batch_size=64"])  # as a grid row
     return out
 
 
@@ -41,7 +41,9 @@ def test_offline_wandb_holds_history_config_and_summary(wandb_run):
     cfg = json.loads((wandb_run / "config.json").read_text())["config"]
     assert from_dict({k: v["value"] if isinstance(v, dict) and "value" in v else v
                       for k, v in wb["config"].items() if not k.startswith("_")}) == from_dict(cfg)
-    assert wb["run"]["name"] == "T0-s0" and wb["run"]["group"] == "grid-xyz"
+    assert cfg["data"]["batch_size"] == 64  # --sweep-set applies like --set, and names the grid row:
+    assert wb["run"]["name"] == "T0-data.batch_size=64-s0" and wb["run"]["group"] == "grid-xyz"
+    assert (wb["config"]["row"], wb["config"]["sweep"]) == ("T0 data.batch_size=64", ["data.batch_size=64"])
     assert set(wb["run"]["tags"]) == {"T0", "mnist"} and wb["run"]["job_type"] == "train"
     summary = json.loads((wandb_run / "summary.json").read_text())
     assert wb["summary"]["best_accuracy"] == summary["best_accuracy"]
@@ -56,6 +58,7 @@ def test_resume_continues_the_same_wandb_run(wandb_run, tiny_data):
                "--data-dir", str(tiny_data)])
     wb = read_offline_run(wandb_run)
     assert wb["run"]["id"] == first
+    assert wb["config"]["row"] == "T0 data.batch_size=64"  # a resume by hand keeps the run's grid row
     assert [h["_step"] for h in wb["history"] if "test_accuracy" in h] == [EPOCHS + 1]
 
 

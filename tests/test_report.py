@@ -1,5 +1,6 @@
 """arcdist.report on a real tiny grid: numbers against metrics.jsonl, a self-contained page, the W&B spec."""
 import base64
+import importlib.util
 import io
 import json
 import math
@@ -9,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -169,6 +171,45 @@ def test_spec_converts_to_wandb_workspaces_offline(grid):
     assert views[0][1]["metrics"] == ["test_accuracy"] and views[0][1]["groupBy"] == "variant.value"
     assert views[2][1]["metrics"] == ["summary_metrics.final_accuracy"]
     assert views[3][1]["xAxis"] == "summary:params" and views[4][1]["mediaKeys"] == ["plots/test_raw"]
+
+
+class _FakeRun:
+    """What pull_group reads of a W&B run (wandb.apis.public.Run)."""
+
+    def __init__(self, margin, seed, acc):
+        self.config = dict(variant="A8", train=dict(seed=seed), data=dict(dataset="mnist"), row=f"A8 head.margin={margin}",
+                           sweep=[f"head.margin={margin}"])
+        self.summary, self.state, self.acc = dict(final_accuracy=acc, best_accuracy=acc), "finished", acc
+
+    def scan_history(self):
+        return [dict(_step=1, test_accuracy=self.acc - 0.01, train_loss=1.0), dict(_step=2, test_accuracy=self.acc)]
+
+
+def test_a_sweeps_rows_stay_apart_in_the_wandb_report_and_when_pulled_back(tmp_path, monkeypatch):
+    """A sweep's rows share their variant: the W&B Report groups by the `row` train.py records ("A8
+    head.margin=0.5"), and a pulled group gives each row's seeds their own folders and report row (they shared
+    A8-s0 and overwrote each other before)."""
+    runs = [_FakeRun(m, s, acc) for m, accs in (("0.2", (0.90, 0.92)), ("0.5", (0.95, 0.97)))
+            for s, acc in enumerate(accs)]
+    api = type("Api", (), dict(default_entity="e", runs=lambda self, path, filters: runs))()
+    monkeypatch.setattr(wandb_report, "_wandb_api", lambda timeout: api)
+    doc = json.loads((wandb_report.pull_group("m", "e", "arcdist", tmp_path / "m") / "grid.json").read_text())
+    assert sorted(Path(j["run_dir"]).name for j in doc["jobs"]) == [
+        "A8-head.margin=0.2-s0", "A8-head.margin=0.2-s1", "A8-head.margin=0.5-s0", "A8-head.margin=0.5-s1"]
+    rows = report.stats.summarise(doc, threshold_acc=0.5, threshold_angle=5.0)
+    assert [(r["label"], r["seeds"], r["final_accuracy"]["mean"]) for r in rows] == [
+        ("A8 head.margin=0.2", [0, 1], pytest.approx(0.91)), ("A8 head.margin=0.5", [0, 1], pytest.approx(0.96))]
+    spec = wandb_report.wandb_report_spec(doc, "m")
+    assert spec["runset"]["groupby"] == ["config:row"]
+    assert [p["groupby"] for p in spec["panels"] if p["type"] in ("line", "bar")] == ["config:row"] * 3
+    assert "Rows A8 head.margin=0.2, A8 head.margin=0.5;" in spec["description"]
+    plain = wandb_report.wandb_report_spec(dict(doc, jobs=[dict(j, sets=[]) for j in doc["jobs"]]), "m")
+    assert plain["runset"]["groupby"] == ["config:variant"]  # no sweep: by variant, as grids before `row` existed
+    if importlib.util.find_spec("wandb_workspaces"):
+        model = json.loads(wandb_report.to_wandb_report(spec, entity="", project="arcdist")._to_model()
+                           .spec.model_dump_json(by_alias=True, exclude_none=True))
+        block = next(b for b in model["blocks"] if b.get("type") == "panel-grid")["metadata"]
+        assert block["panelBankSectionConfig"]["panels"][0]["config"]["groupBy"] == "row.value"
 
 
 @pytest.mark.parametrize("case", ["missing", "no-grid-json", "wandb-group-offline"])
