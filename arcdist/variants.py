@@ -229,9 +229,9 @@ def default_variant(cuda: bool | None = None) -> tuple[str, str]:
         import torch  # local: keep `arcdist.variants` torch-free to import
 
         cuda = torch.cuda.is_available()
-    where = "a GPU" if cuda else "a CPU"
+    where, cfg = ("a GPU" if cuda else "a CPU"), VARIANTS[MAIN_VARIANT].config
     return MAIN_VARIANT, (f"arcdist: no --variant: training {MAIN_VARIANT}, the main job (ArcFace, s = |x|, "
-                          f"{VARIANTS[MAIN_VARIANT].config.train.epochs} epochs) "
+                          f"margin {cfg.head.margin:g} rad, {cfg.train.epochs} epochs) "
                           f"on {where}; --variant V1.1 is the post's best, python -m arcdist.variants lists all")
 GROUPS = {"post": POST_VARIANTS, "losses": LOSS_VARIANTS, "arcface": ARCFACE_VARIANTS}  # names that stand for several rows (grid --variants)
 

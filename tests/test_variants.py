@@ -114,7 +114,7 @@ def test_no_flag_entry_trains_the_main_job_on_a_cpu_and_on_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = parse_args([])
     assert args.variant == "A8" and "training A8, the main job" in args.default_note and "on a CPU" in args.default_note
-    assert "s = |x|, 6 epochs)" in args.default_note  # the row's own epoch count
+    assert "s = |x|, margin 0.5 rad, 6 epochs)" in args.default_note  # the row's own margin and epoch count
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     name, note = default_variant()
     assert name == "A8" and note.endswith("python -m arcdist.variants lists all") and "on a GPU" in note
