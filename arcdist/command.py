@@ -1,4 +1,4 @@
-"""`arcdist SUBCOMMAND ...`: one command for every tool (`python -m arcdist.X ...` is the same thing).
+"""`arcdist SUBCOMMAND ...`: one command for every tool (`python -m arcdist SUBCOMMAND ...` is the same thing).
 
     arcdist train      one training run in this process (several: accelerate launch arcdist/train.py ...)
     arcdist grid       variants x seeds x datasets side by side, or one job of a Slurm array
@@ -38,7 +38,7 @@ def usage() -> str:
              "ArcFace-family heads on small ConvNets, trained with Accelerate (CPU, GPUs, nodes, Slurm).", "",
              "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "arcdist COMMAND --help shows a command's options; python -m arcdist.COMMAND is the same."]
+    lines += ["", "arcdist COMMAND --help shows a command's options; python -m arcdist COMMAND is the same."]
     return "\n".join(lines)
 
 

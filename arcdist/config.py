@@ -29,7 +29,7 @@ Layers = tuple[tuple, ...]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    layers: Layers = ()  # the ConvLayer/pool list, e.g. (("conv", 1, 32, 3, 1, 1), ("pool", 2, 2)); see above
+    layers: Layers = ()  # the ConvLayer/pool list, e.g. (("conv", 1, 32, 3, 1, 1), ("pool", 2, 2)): conv in, out, kernel, stride, padding; pool kernel, stride
     fc: tuple = ("linear", 64)  # the feature layer: ("linear", in_features) or ("conv", in_ch, kernel, stride, pad)
     feature_dim: int = 2  # the post's 2-D feature
     in_channels: int = 1  # image channels (1 grey, 3 colour); from the dataset unless set

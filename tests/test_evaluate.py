@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from arcdist.config import ConfigError
 from arcdist.evaluation import evaluate
 from arcdist.data import DeviceData, augment, get_spec
 from arcdist.evaluation.gather import gather_features, shifted_features
@@ -129,7 +130,11 @@ def test_evaluate_refuses_a_corrupted_checkpoint_and_moves_nothing(trained, tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fails its checksums" in err and "--checkpoint" in err
     assert snapshot(copy) == before
-    older = evaluate_cli(copy, "--data-dir", data, "--checkpoint", "epoch-0001", "--shift", "0", "--json",
+    named = [evaluate.choose_checkpoint(copy, n).name for n in ("epoch-0001", "epoch-1", "1", "checkpoints/epoch-1")]
+    assert named == ["epoch-0001"] * 4
+    with pytest.raises(ConfigError, match="has no checkpoint epoch-3; pick one of"):
+        evaluate.choose_checkpoint(copy, "epoch-3")
+    older = evaluate_cli(copy, "--data-dir", data, "--checkpoint", "epoch-1", "--shift", "0", "--json",
                          tmp_path / "e1.json")
     assert older.returncode == 0, older.stderr
     result = json.loads((tmp_path / "e1.json").read_text())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -50,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="average each test feature over the image moved by up to PIXELS in each direction "
                         "(default 1: 9 views; 0: plain only)")
     p.add_argument("--checkpoint", default=None, metavar="NAME",
-                   help="the checkpoint folder to evaluate, e.g. epoch-0020 (default: the newest)")
+                   help="the checkpoint to evaluate: its folder or epoch, e.g. epoch-0020 or 20 (default: the newest)")
     p.add_argument("--data-dir", default=None, help="where the dataset is (default $ARCDIST_DATA_DIR, then the run's)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE (JSON)")
     p.add_argument("--pairs", type=int, default=0, metavar="N", help="verification on N seeded test pairs")
@@ -68,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def choose_checkpoint(run_dir: Path, name: str | None) -> Path:
     """The named checkpoint folder, or the newest; ConfigError when there is none or it fails its checksums."""
     found = checkpoint.list_checkpoints(run_dir)
-    if name is not None:
-        found = [p for p in found if p.name == Path(name).name]
+    if name is not None:  # epoch-0006, epoch-6, 6 or checkpoints/epoch-0006: the same folder
+        number = re.fullmatch(r"(?:epoch-)?(\d+)", Path(name).name)
+        found = [p for p in found if (int(p.name.split("-")[1]) == int(number[1]) if number else p.name == name)]
         if not found:
             raise ConfigError(f"{run_dir} has no checkpoint {name}; pick one of checkpoints/epoch-*")
     elif not found:

@@ -8,7 +8,7 @@ Panels side by side share an epoch slider with play/pause; each panel draws its 
 (class directions W, where the margin is met, decision regions of W x + b, center loss's centers) on its own
 axes. Hovering a point shows the test image, its label, the prediction and its angle to its class direction;
 misclassified points are drawn as crosses; clicking a class in the legend hides it in every panel. The page is
-plotly (plotly.js embedded, no network): features are stored per epoch as 16-bit codes over that epoch's range, predictions as bytes, and the
+plotly (plotly.js embedded, no network): features are stored per epoch as 16-bit codes over that epoch's range, predictions as 16-bit integers, and the
 images once as a PNG sprite, so that a 12-run grid of 100 epochs fits the default 20 MB (`--max-mb`).
 """
 from arcdist.explore.cli import main, parse_args

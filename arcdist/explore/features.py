@@ -312,7 +312,7 @@ def find_panels(folder: Path) -> tuple[list[Series], list[Panel], str]:
 
 
 def epoch_payload(d: dict, index: np.ndarray, accuracy: float | None) -> dict:
-    """One epoch of one run as the page stores it: coordinates as 16-bit codes, predictions as bytes, geometry."""
+    """One epoch of one run as the page stores it: coordinates and predictions as 16-bit codes, geometry."""
     feats = d["features"][index].astype(np.float64)
     codes, lo, hi = zip(*(quantise(feats[:, k]) for k in range(feats.shape[1])))
     geometry = {k: d[k] for k in ("W", "b", "centers", "sub_centers") if k in d}
@@ -349,6 +349,7 @@ def _extent(d: dict) -> np.ndarray:
     return np.concatenate([d["features"], d["centers"]]) if "centers" in d else d["features"]
 
 
-def estimate_bytes(n_series: int, n_epochs: int, n_points: int) -> int:
-    """Bytes of the stored epochs: 5 bytes per point (two 16-bit codes and a prediction), base64, plus geometry."""
-    return int(n_series * n_epochs * (n_points * 5 * 4 / 3 + 1200))
+def estimate_bytes(n_series: int, n_epochs: int, n_points: int, dims: int = 2) -> int:
+    """Bytes of the stored epochs: per point a 16-bit code per coordinate and a 16-bit prediction, base64, plus
+    geometry."""
+    return int(n_series * n_epochs * (n_points * (2 * dims + 2) * 4 / 3 + 1200))

@@ -48,12 +48,13 @@ def build_page(folder: Path, out: Path | None = None, every: int | None = None, 
     all_epochs = sorted({e for s in series for e in s.epochs})
     js_plotly = len(plotly.offline.get_plotlyjs())
     n_points = max(len(src["index"]) for src in sources.values())
+    dims = max(np.shape(next(iter(s.epochs.values()))["features"])[1] for s in series)
     sprites = {k: (sprite(src["images"]) if src["images"] is not None else None) for k, src in sources.items()}
     fixed = js_plotly + sum(len(v or "") for v in sprites.values()) + 60_000
     if every is None:  # the smallest step that fits the budget (the first and last epoch are always kept)
         every = 1
         while (every < max(all_epochs) and fixed + estimate_bytes(len(series), len(pick_epochs(all_epochs, every)),
-                                                                  n_points) > max_mb * 1e6):
+                                                                  n_points, dims) > max_mb * 1e6):
             every += 1
     chosen = pick_epochs(all_epochs, every)
     payload_series = []
