@@ -31,6 +31,8 @@ def spread(n: int, dim: int) -> torch.Tensor:
 
 SMALL = 2_000_000  # n * n * dim up to which the exact float64 descent runs (every 10-class run: unchanged)
 BUDGET = 6e10  # n * n * dim * steps of the large descent: 1,000 directions in 128-D in about 5 s on 2 cores
+LARGE_STEPS = 1000  # at most: 2,000 took twice as long for a smallest angle within 0.05 degrees (results/performance-notes.md)
+LARGE_VERSION = 2  # of the large descent, in its cache file's name: nodes never read a spread another version made
 
 
 @functools.lru_cache(maxsize=32)
@@ -66,7 +68,7 @@ def _large(n: int, dim: int) -> torch.Tensor:
     least 50), computed once per node and kept in the node's cache folder (arcdist.nodecache), chained as above."""
     from arcdist.nodecache import cache_dir, node_lock
 
-    path = cache_dir() / "directions" / f"{n}x{dim}.pt"
+    path = cache_dir() / "directions" / f"{n}x{dim}-v{LARGE_VERSION}.pt"
     with node_lock(path.with_suffix(".lock")):
         try:
             return torch.load(path)
@@ -74,7 +76,7 @@ def _large(n: int, dim: int) -> torch.Tensor:
             pass
         g = torch.Generator().manual_seed(0)
         x = F.normalize(torch.randn(n, dim, generator=g), dim=1).requires_grad_(True)
-        steps = max(50, min(2000, int(BUDGET / (n * n * dim))))
+        steps = max(50, min(LARGE_STEPS, int(BUDGET / (n * n * dim))))
         opt = torch.optim.Adam([x], lr=0.02)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         eye = torch.eye(n, dtype=torch.bool)
