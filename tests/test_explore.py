@@ -492,3 +492,16 @@ def test_the_sphere_panel_draws_a_cap_where_the_margin_can_be_met(browser, tmp_p
     for c, ring in enumerate(rings):
         angle = np.arccos(np.clip(ring @ W[c].double().numpy(), -1, 1))
         assert np.allclose(angle, radii[c], atol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_page_budget_counts_every_stored_byte_of_an_epoch(dims):
+    """The size estimate that picks how many epochs fit `--max-mb` matches what an epoch stores: a 16-bit code per
+    coordinate and a 16-bit prediction (it counted 5 bytes a point, short by 1 in 2-D and by 3 in 3-D)."""
+    from arcdist.explore.features import epoch_payload, estimate_bytes
+
+    rng, n, classes = np.random.default_rng(0), 3000, 10
+    W = rng.normal(size=(classes, dims))
+    d = dict(features=rng.normal(size=(n, dims)), labels=rng.integers(0, classes, n), W=W, margin=0.0)
+    stored = json.dumps(epoch_payload(d, np.arange(n), 0.5))
+    assert len(stored) <= estimate_bytes(1, 1, n, dims) <= 1.05 * len(stored)  # never short: the page fits
