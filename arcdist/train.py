@@ -16,7 +16,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arcdist import checkpoint, cluster, errors, fingerprint, preempt, rundir, runinfo, shape, tracking
+from arcdist import checkpoint, cluster, errors, fingerprint, preempt, rundir, runinfo, shape, tracking, wandb_report
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError, apply_overrides, validate
 from arcdist.data import resolve_data_dir
@@ -169,7 +169,8 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
             tracking.init_wandb(accelerator, mode, run_dir, trainer.state.wandb_id,
                                 name="-".join([cfg.variant, *args.sweep_sets, f"s{cfg.train.seed}"]),
                                 config=dict(cfg.to_dict(), precision=choice.to_dict(), sweep=args.sweep_sets,
-                                            row=" ".join([cfg.variant, *args.sweep_sets])), group=args.group,
+                                            row=wandb_report.row_name(cfg.variant, cfg.data.dataset,
+                                                                      args.sweep_sets)), group=args.group,
                                 job_type="train", tags=[cfg.variant, cfg.data.dataset])
         state = trainer.fit(plot_every=args.plot_every)
     finally:

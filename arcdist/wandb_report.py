@@ -15,10 +15,20 @@ from pathlib import Path
 
 from arcdist import runinfo
 from arcdist.status import RunStatus
+from arcdist.variants import VARIANTS
 
 
 class WandbError(Exception):
     """No credentials, or nothing in the group: one line (the report's CLI exits 2, or waits with the spec)."""
+
+
+def row_name(variant: str, dataset: str, sets) -> str:
+    """A run's grid row as W&B's config records it (`row`): the variant, its dataset where that is not the variant's
+    own, and a sweep's settings, e.g. "A8 head.margin=0.5" or "fashion-mnist A8"."""
+    from arcdist.variants import get_variant
+
+    own = get_variant(variant).config.data.dataset if variant in VARIANTS else dataset
+    return " ".join([*([dataset] if dataset != own else []), variant, *sets])
 
 
 def wandb_report_spec(doc: dict, group: str, entity: str | None = None, project: str | None = None) -> dict:
@@ -28,9 +38,11 @@ def wandb_report_spec(doc: dict, group: str, entity: str | None = None, project:
 
     variants = list(dict.fromkeys(j["variant"] for j in doc["jobs"]))
     info = {r["name"]: r for r in table_rows()}
-    # a sweep's rows share a variant: they are told apart by the `row` train.py records ("A8 head.margin=0.5")
-    key = "config:row" if any(j.get("sets") for j in doc["jobs"]) else "config:variant"
-    rows = list(dict.fromkeys(" ".join([j["variant"], *(j.get("sets") or ())]) for j in doc["jobs"]))
+    # a sweep's rows, or one variant's datasets, share a variant: they are told apart by the `row` train.py records
+    # ("A8 head.margin=0.5", "fashion-mnist A8")
+    several = len({j["dataset"] for j in doc["jobs"]}) > 1
+    key = "config:row" if several or any(j.get("sets") for j in doc["jobs"]) else "config:variant"
+    rows = list(dict.fromkeys(row_name(j["variant"], j["dataset"], j.get("sets") or ()) for j in doc["jobs"]))
     by_row = dict(groupby=key, agg="mean", range="stddev")
     return dict(
         title=f"arcdist grid {group}", group=group,
@@ -136,11 +148,13 @@ def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout
     """W&B runs of `group` written as a grid folder (no features: the report's 2-D panel says so)."""
     def pull() -> list[dict]:
         api = _wandb_api(timeout)
-        jobs = []
-        for run in api.runs(f"{entity or api.default_entity}/{project}", filters={"group": group}):
+        jobs, runs = [], list(api.runs(f"{entity or api.default_entity}/{project}", filters={"group": group}))
+        several = len({r.config.get("data", {}).get("dataset", "mnist") for r in runs}) > 1
+        for run in runs:  # each run in the folder `arcdist grid` gave it
             variant, seed = run.config.get("variant"), run.config.get("train", {}).get("seed", 0)
+            dataset = run.config.get("data", {}).get("dataset", "mnist")
             sets = list(run.config.get("sweep") or [])  # a sweep's row (`arcdist grid --sweep`)
-            run_dir = dest / "-".join([variant, *sets, f"s{seed}"])
+            run_dir = dest / "-".join([*([dataset] if several else []), variant, *sets, f"s{seed}"])
             run_dir.mkdir(parents=True, exist_ok=True)
             rows = [dict({k: v for k, v in r.items() if not k.startswith("_") and _finite(v)}, epoch=r["_step"])
                     for r in run.scan_history() if "test_accuracy" in r or "diverged" in r]
@@ -148,8 +162,8 @@ def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout
             runinfo.atomic_write(run_dir / runinfo.METRICS, "".join(json.dumps(r) + "\n" for r in rows))
             summary = {k: v for k, v in run.summary.items() if isinstance(v, (int, float, str, bool))}
             runinfo.atomic_write(run_dir / runinfo.SUMMARY, json.dumps(summary))
-            jobs.append(dict(variant=variant, seed=seed, dataset=run.config.get("data", {}).get("dataset", "mnist"),
-                             run_dir=str(run_dir), status=run.state, error=None, sets=sets))
+            jobs.append(dict(variant=variant, seed=seed, dataset=dataset, run_dir=str(run_dir), status=run.state,
+                             error=None, sets=sets))
         return jobs
 
     jobs = _bounded(pull, timeout, "reading the W&B group")

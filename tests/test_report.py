@@ -176,9 +176,10 @@ def test_spec_converts_to_wandb_workspaces_offline(grid):
 class _FakeRun:
     """What pull_group reads of a W&B run (wandb.apis.public.Run)."""
 
-    def __init__(self, margin, seed, acc):
-        self.config = dict(variant="A8", train=dict(seed=seed), data=dict(dataset="mnist"), row=f"A8 head.margin={margin}",
-                           sweep=[f"head.margin={margin}"])
+    def __init__(self, margin, seed, acc, dataset="mnist"):
+        sweep = [f"head.margin={margin}"] if margin else []
+        self.config = dict(variant="A8", train=dict(seed=seed), data=dict(dataset=dataset), sweep=sweep,
+                           row=wandb_report.row_name("A8", dataset, sweep))
         self.summary, self.state, self.acc = dict(final_accuracy=acc, best_accuracy=acc), "finished", acc
 
     def scan_history(self):
@@ -205,6 +206,14 @@ def test_a_sweeps_rows_stay_apart_in_the_wandb_report_and_when_pulled_back(tmp_p
     assert "Rows A8 head.margin=0.2, A8 head.margin=0.5;" in spec["description"]
     plain = wandb_report.wandb_report_spec(dict(doc, jobs=[dict(j, sets=[]) for j in doc["jobs"]]), "m")
     assert plain["runset"]["groupby"] == ["config:variant"]  # no sweep: by variant, as grids before `row` existed
+    two = [_FakeRun(None, 0, 0.99), _FakeRun(None, 0, 0.90, "fashion-mnist")]  # one variant on two datasets
+    monkeypatch.setattr(wandb_report, "_wandb_api", lambda timeout: type("Api", (), dict(
+        default_entity="e", runs=lambda self, path, filters: two))())
+    doc2 = json.loads((wandb_report.pull_group("d", "e", "arcdist", tmp_path / "d") / "grid.json").read_text())
+    assert [Path(j["run_dir"]).name for j in doc2["jobs"]] == ["mnist-A8-s0", "fashion-mnist-A8-s0"]  # as grid names them
+    spec2 = wandb_report.wandb_report_spec(doc2, "d")
+    assert spec2["runset"]["groupby"] == ["config:row"] and "Rows A8, fashion-mnist A8;" in spec2["description"]
+    assert [r.config["row"] for r in two] == ["A8", "fashion-mnist A8"]
     if importlib.util.find_spec("wandb_workspaces"):
         model = json.loads(wandb_report.to_wandb_report(spec, entity="", project="arcdist")._to_model()
                            .spec.model_dump_json(by_alias=True, exclude_none=True))
