@@ -39,6 +39,17 @@ def resolve_data_dir(flag: str | None) -> str:
     return flag or os.environ.get("ARCDIST_DATA_DIR") or "./data"
 
 
+def run_data_dir(recorded: str, flag: str | None) -> str:
+    """Where a recorded run's data is (resume, evaluate, embed): --data-dir, else the folder the run recorded while
+    it exists (a folder run's images are not in $ARCDIST_DATA_DIR, a machine's default for the built-in
+    datasets), else $ARCDIST_DATA_DIR, else the recorded one."""
+    if flag:
+        return flag
+    if Path(recorded).is_dir() or not os.environ.get("ARCDIST_DATA_DIR"):
+        return recorded
+    return os.environ["ARCDIST_DATA_DIR"]
+
+
 def pixel_scale(mean: tuple[float, ...], std: tuple[float, ...],
                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The dataset's per-channel mean and 1/std (0..1 scale) as `normalise` takes them: on the 0..255 scale,

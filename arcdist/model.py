@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import pickle
 from pathlib import Path
 
 import torch
@@ -227,10 +226,15 @@ def start_weights(backbone: nn.Module, cfg: ModelConfig) -> None:
 
 def load_state(path: str) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as e:
-        raise ConfigError(f"model.weights={path}: cannot load it ({str(e).splitlines()[0]}); pass a "
-                          "torchvision ResNet-18 state dict file") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file fails in many ways (a KeyError for junk bytes)
+        why = (str(e).splitlines() or [""])[0]
+        raise ConfigError(f"model.weights={path}: cannot load it ({type(e).__name__}: {why}); pass a "
+                          "torchvision ResNet-18 state dict file (torch.save(model.state_dict(), PATH))") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"model.weights={path} holds a {type(state).__name__}, not a state dict; pass a torchvision "
+                          "ResNet-18 state dict file (torch.save(model.state_dict(), PATH))")
+    return state
 
 
 def imagenet_state() -> dict:

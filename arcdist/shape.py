@@ -76,10 +76,10 @@ def auto_batch(n: int, batch: int) -> int:
     """A folder's data.batch_size unless set: the variant's, halved while an epoch of `n` training images would take
     fewer than MIN_STEPS steps, not below 16: about the steps an epoch the variant's recipe was written for (A8's
     256 is MNIST's 234 steps an epoch). A folder of 3,000 images took 11 at 256 (results/folders: tinted 48-px
-    digits 76.7 % at 256, 88.6 % at 64 (46 steps), 93.5 % at 16 (187), as at 64 for twice the epochs)."""
+    digits 76.7 % at 256, 88.6 % at 64 (46 steps), 93.5 % at 16 (187), as at 64 for twice the epochs); at most `n`."""
     while batch // 2 >= 16 and n // batch < MIN_STEPS:
         batch //= 2
-    return batch
+    return max(1, min(batch, n))  # a folder of fewer images than 16: one batch of all of them
 
 
 def auto_repeats(n: int, batch: int) -> int:

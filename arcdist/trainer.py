@@ -120,8 +120,9 @@ class Trainer:
             self.train_data = self.seen.train_only(self.train_data)
         n = len(self.train_data)
         if cfg.data.batch_size > n:
+            more = " or raise --limit-train" if cfg.data.limit_train else ""
             raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {n} training images; "
-                              "lower --set data.batch_size or raise --limit-train")
+                              f"lower --set data.batch_size{more}")
         if cfg.data.batch_size % self.world:
             lo = cfg.data.batch_size // self.world * self.world
             near = " or ".join(str(b) for b in sorted({max(lo, self.world), lo + self.world}))

@@ -230,3 +230,19 @@ def test_cifar_pickle_that_runs_code_is_refused(tmp_path):
 def test_cifar_missing_is_one_line_naming_the_folder(tmp_path):
     with pytest.raises(DataError, match="cifar10: missing data_batch_1.*cifar-10-batches-py"):
         load_dataset("cifar10", tmp_path, download=False)
+
+
+def test_a_recorded_runs_data_is_its_own_folder_while_it_exists(tmp_path, monkeypatch):
+    """evaluate, embed and resume read the folder the run recorded: $ARCDIST_DATA_DIR (the built-in datasets'
+    home on a machine) is for a recorded folder that is gone; --data-dir always wins."""
+    from arcdist.data import run_data_dir
+
+    recorded, other = tmp_path / "my-photos", tmp_path / "builtin"
+    recorded.mkdir()
+    monkeypatch.setenv("ARCDIST_DATA_DIR", str(other))
+    assert run_data_dir(str(recorded), None) == str(recorded)  # evaluate read $ARCDIST_DATA_DIR here before
+    assert run_data_dir(str(recorded), "given") == "given"
+    recorded.rmdir()
+    assert run_data_dir(str(recorded), None) == str(other)
+    monkeypatch.delenv("ARCDIST_DATA_DIR")
+    assert run_data_dir(str(recorded), None) == str(recorded)  # nowhere else to look: the error will name it

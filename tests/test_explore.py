@@ -355,7 +355,7 @@ def test_above_20_classes_w_is_a_ring_of_ticks_without_caps_and_absent_behind_ra
     run = tmp_path / "dense-s0"
     run.mkdir()
     (run / "config.json").write_text(json.dumps(dict(config=dict(data=dict(dataset="folder", classes=[
-        f"c{k}" for k in range(n)])))))
+        "<i>c0</i>", *(f"c{k}" for k in range(1, n))])))))  # a folder name is text, never markup
     Recorder(run, Accelerator(cpu=True)).save_features(1, "test", torch.from_numpy(feats), torch.from_numpy(labels),
                                                        dict(W=W), 0.2, "arcface caption")
     explore.build_page(run, tmp_path / "dense.html", points=0)
@@ -365,7 +365,15 @@ def test_above_20_classes_w_is_a_ring_of_ticks_without_caps_and_absent_behind_ra
     shapes = pg.evaluate("() => document.getElementById('explorer').layout.shapes")
     entries = pg.evaluate("() => document.querySelectorAll('.legend .traces').length")
     note = pg.inner_text("p.note")
+    xy = pg.evaluate("""() => { const gd = document.getElementById('explorer'), L = gd._fullLayout,
+        r = gd.getBoundingClientRect();
+        return [r.left + L.xaxis._offset + L.xaxis.l2p(2), r.top + L.yaxis._offset + L.yaxis.l2p(0)]; }""")
+    pg.mouse.move(xy[0] - 30, xy[1] - 30)
+    pg.mouse.move(*xy, steps=5)  # class 0's points, at (2, 0) in the raw panel
+    pg.wait_for_selector("#tip", state="visible", timeout=10_000)
+    tip = pg.inner_text("#tip-text")
     pg.close()
+    assert "label <i>c0</i>\npredicted <i>c0</i>" in tip, tip
     assert entries == 0 and "25 classes (colours by label, cyclic): hover a point for its class" in note  # no legend
     lines = [s for s in shapes if s["type"] == "line"]
     assert not [s for s in shapes if s["type"] == "path"]  # no margin sectors

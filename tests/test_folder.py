@@ -568,12 +568,12 @@ def test_a_split_that_cannot_be_made_is_one_line_exit_2_nothing_written(tmp_path
 
 
 @pytest.mark.parametrize("n, batch", [(60_000, 256), (30_000, 128), (7_500, 32), (6_000, 32), (3_000, 16),
-                                      (1_500, 16), (200, 16), (10, 16)])
+                                      (1_500, 16), (200, 16), (16, 16), (10, 10), (7, 7)])
 def test_a_folder_batch_leaves_an_epoch_at_least_128_steps(n, batch):
     from arcdist.shape import MIN_STEPS, auto_batch
 
     assert auto_batch(n, 256) == batch
-    assert n // batch >= MIN_STEPS or batch == 16  # the floor
+    assert n // batch >= MIN_STEPS or batch == min(16, n)  # the floor, or every image of a folder of fewer
     assert auto_batch(n, 64) == min(batch, 64)  # never above the variant's
 
 

@@ -104,9 +104,13 @@ def test_resnet18_takes_any_channels_and_size_and_loads_local_weights(tmp_path):
     loaded = net.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in ref.state_dict().items() if not k.startswith("fc."))
     assert loaded["fc.weight"].shape == (2, 512)
-    (tmp_path / "bad.pt").write_bytes(b"not a state dict")
-    with pytest.raises(ConfigError, match="model.weights=.*bad.pt: cannot load it"):
-        start_weights(build_backbone(cfg), replace(cfg, weights=str(tmp_path / "bad.pt")))
+    for junk in (b"not a state dict", b"junk\n"):  # the second unpickles to a KeyError, not an UnpicklingError
+        (tmp_path / "bad.pt").write_bytes(junk)
+        with pytest.raises(ConfigError, match="model.weights=.*bad.pt: cannot load it"):
+            start_weights(build_backbone(cfg), replace(cfg, weights=str(tmp_path / "bad.pt")))
+    torch.save([ref.conv1.weight], tmp_path / "list.pt")
+    with pytest.raises(ConfigError, match="list.pt holds a list, not a state dict"):
+        start_weights(build_backbone(cfg), replace(cfg, weights=str(tmp_path / "list.pt")))
 
 
 def test_imagenet_weights_come_from_torch_hubs_cache_and_a_grey_run_sums_the_first_filters(tmp_path, monkeypatch):

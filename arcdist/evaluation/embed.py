@@ -32,7 +32,7 @@ from torch import nn
 from arcdist import checkpoint, errors, rundir
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError
-from arcdist.data import normalise, pixel_scale
+from arcdist.data import normalise, pixel_scale, run_data_dir
 from arcdist.errors import DataError, Exit
 
 BATCH = 256  # images per forward pass
@@ -231,8 +231,8 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
             labels = [classes.index(found[k]) if k >= 0 and found[k] in classes else -1 for k in labels]
             y, extra = torch.tensor(labels), dict(paths=np.array(paths))
         else:
-            data_dir = data_dir or os.environ.get("ARCDIST_DATA_DIR") or cfg.data.data_dir
-            splits = load_dataset(name, data_dir, download=False)
+            splits = load_dataset(name, run_data_dir(cfg.data.data_dir, data_dir) if name == cfg.data.dataset else
+                                  (data_dir or os.environ.get("ARCDIST_DATA_DIR") or cfg.data.data_dir), download=False)
             x, y = (splits.test_x, splits.test_y) if split == "test" else (splits.train_x, splits.train_y)
             if tuple(x.shape[1:]) != (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size):
                 raise ConfigError(f"{name} has {'x'.join(map(str, x.shape[1:]))} images, the run takes "
@@ -278,7 +278,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="the npz to write")
     p.add_argument("--split", choices=("test", "train"), default="test")
     p.add_argument("--dataset", default=None, help="a built-in dataset (default: the run's)")
-    p.add_argument("--data-dir", default=None, help="where the dataset is (default $ARCDIST_DATA_DIR, then the run's)")
+    p.add_argument("--data-dir", default=None, help="where the dataset is (default: the run's recorded folder while it "
+                                                     "exists, else $ARCDIST_DATA_DIR)")
     p.add_argument("--images", default=None, metavar="DIR", help="a folder of images: DIR/<class>/* or DIR/*")
     p.add_argument("--epoch", type=int, default=None, help="the checkpoint of epoch N (default: the newest)")
     p.add_argument("--no-progress", action="store_true")

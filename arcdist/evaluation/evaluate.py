@@ -33,6 +33,7 @@ from accelerate import PartialState
 from arcdist import checkpoint, errors, fingerprint, rundir, runinfo
 from arcdist.cli import ArgumentParser
 from arcdist.config import ConfigError
+from arcdist.data import run_data_dir
 from arcdist.errors import Exit
 from arcdist.evaluation import verification
 from arcdist.evaluation.gather import shifted_features
@@ -52,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default 1: 9 views; 0: plain only)")
     p.add_argument("--checkpoint", default=None, metavar="NAME",
                    help="the checkpoint to evaluate: its folder or epoch, e.g. epoch-0020 or 20 (default: the newest)")
-    p.add_argument("--data-dir", default=None, help="where the dataset is (default $ARCDIST_DATA_DIR, then the run's)")
+    p.add_argument("--data-dir", default=None, help="where the dataset is (default: the run's recorded folder while it "
+                                                     "exists, else $ARCDIST_DATA_DIR)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE (JSON)")
     p.add_argument("--pairs", type=int, default=0, metavar="N", help="verification on N seeded test pairs")
     p.add_argument("--pairs-out", default="pairs.npz", metavar="FILE",
@@ -88,8 +90,7 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
              pairs: int = 0, pairs_seed: int = 0) -> dict:
     """The figures of one checkpoint: {"checkpoint", "epoch", "shift", "views", "plain": {...}, "averaged": {...}}."""
     cfg = rundir.load_saved_config(run_dir, flag="")
-    data_dir = data_dir or os.environ.get("ARCDIST_DATA_DIR") or cfg.data.data_dir
-    cfg = replace(cfg, data=replace(cfg.data, data_dir=data_dir, download=False))
+    cfg = replace(cfg, data=replace(cfg.data, data_dir=run_data_dir(cfg.data.data_dir, data_dir), download=False))
     path = choose_checkpoint(run_dir, name)
     cfg, acc, _ = setup_accelerator(cfg)
     trainer = Trainer(cfg, run_dir, acc, no_progress=True)

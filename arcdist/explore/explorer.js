@@ -4,6 +4,7 @@
   const bytes = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
   const u16 = (s) => { const b = bytes(s); return new Uint16Array(b.buffer, b.byteOffset, b.length / 2); };
   const u32 = (s) => { const b = bytes(s); return new Uint32Array(b.buffer, b.byteOffset, b.length / 4); };
+  const esc = (t) => String(t).replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'})[c]);
   const sources = D.sources.map((s) => ({...s, index: u32(s.index), labels: u16(s.labels)}));
   const cache = {};
   // one epoch of one run, decoded: x, y (and z for 3-D; NaN where not finite), predictions, angle to the class
@@ -188,9 +189,10 @@
       img.style.backgroundPosition = `-${col * w * k}px -${row * h * k}px`;
     } else img.style.display = 'none';
     const wrong = pred !== label ? ' class="wrong"' : '';
-    document.getElementById('tip-text').innerHTML = `${s.name}, test image #${src.index[i]}<br>label ${D.classes[label]}` +
-      `<br><span${wrong}>predicted ${D.classes[pred]}</span><br>` + ((d.ep.unseen || []).includes(label) ?
-      'a class unseen in training' : `${d.ang[i].toFixed(1)}° from W of ${D.classes[label]}`);
+    const name = (k) => esc(D.classes[k]);  // folder names are the user's: shown as text, never as markup
+    document.getElementById('tip-text').innerHTML = `${esc(s.name)}, test image #${src.index[i]}<br>label ${name(label)}` +
+      `<br><span${wrong}>predicted ${name(pred)}</span><br>` + ((d.ep.unseen || []).includes(label) ?
+      'a class unseen in training' : `${d.ang[i].toFixed(1)}° from W of ${name(label)}`);
     const m = ev.event && ev.event.clientX !== undefined ? ev.event : mouse;  // a 3-D scene's event has no position
     tip.style.left = `${m.clientX + 14}px`;
     tip.style.top = `${m.clientY + 14}px`;
