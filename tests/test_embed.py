@@ -110,6 +110,10 @@ def test_embed_a_folder_with_unknown_and_unlabelled_images(run, tmp_path):
     assert list(f["labels"]) == [-1, -1, -1, 0, 0, 0, 1, 1, 1] and len(f["paths"]) == 9
     assert list(f["run_classes"]) == [str(d) for d in range(10)]  # predicted as one of the run's classes all the same
     assert f["predicted"].shape == (9,) and set(f["predicted"]) <= set(range(10))
+    one = tmp_path / "one.npz"  # one image file: embedded alone, unlabelled, as in the folder
+    assert embed.main([str(run), "--images", str(tmp_path / "imgs" / "dogs" / "1.png"), "--out", str(one)]) == 0
+    g = np.load(one)
+    assert list(g["labels"]) == [-1] and np.allclose(g["features"][0], f["features"][7], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["softmax", "subcenter", "center"])
@@ -139,13 +143,16 @@ def subcenter_run(tiny_data, tmp_path_factory):
 
 def test_embed_of_a_run_trained_on_some_classes_predicts_only_those(some_classes_run, tiny_data, tmp_path, capsys):
     """data.train_classes: the head's rows are the seen classes; a prediction is a dataset label among them, and
-    the printed count is over every labelled image, the unseen ones counted wrong."""
+    the printed count is over the images of the seen classes (the run's own test accuracy), the others left out."""
     out = some_classes_run
     assert embed.main([str(out), "--out", str(tmp_path / "e.npz"), "--data-dir", str(tiny_data), "--no-progress"]) == 0
     f = np.load(tmp_path / "e.npz")
     assert set(f["predicted"]) <= {1, 3, 5, 7} and len(f["run_classes"]) == 10
-    right = int((f["predicted"] == f["labels"]).sum())
-    assert f"predicted: {right:,} of the 101 images of the run's classes right" in capsys.readouterr().out
+    seen = np.isin(f["labels"], [1, 3, 5, 7])
+    right, n = int((f["predicted"] == f["labels"]).sum()), int(seen.sum())
+    assert round(right / n, 4) == round(metric_rows(out)[0]["test_accuracy"], 4)  # the run's own figure
+    assert (f"predicted: {right:,} of the {n:,} images of the run's classes right ({100 * right / n:.2f} %); "
+            f"{101 - n:,} images of classes it never trained on left out") in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("which", ["subcenter_run", "some_classes_run"])
@@ -204,7 +211,8 @@ def test_the_exported_model_equals_embed_at_any_batch_size(which, request, tmp_p
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["no checkpoint", "no images", "missing format package", "no such epoch"])
+@pytest.mark.parametrize("case", ["no checkpoint", "no images", "missing format package", "no such epoch",
+                                  "a file that is not an image"])
 def test_bad_input_is_one_line_exit_2_nothing_written(run, tmp_path, monkeypatch, capsys, case):
     import shutil
 
@@ -223,6 +231,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(run, tmp_path, monkeypatch
         monkeypatch.setitem(export.FORMATS, "onnx", ("onnx", "no_such_package_x"))
         argv, main, want = [str(run), "--format", "onnx", "--out", str(target)], export.main, \
             'no_such_package_x, not installed; pip install "arcdist[export]"'
+    elif case == "a file that is not an image":
+        (tmp_path / "notes.txt").write_text("not an image")
+        argv, main, want = [str(run), "--images", str(tmp_path / "notes.txt"), "--out", str(target)], embed.main, \
+            "notes.txt: not an image file; pass --images DIR"
     else:
         argv, main, want = [str(run), "--epoch", "9", "--out", str(target)], embed.main, "no checkpoint of epoch 9"
     before = snapshot(run)
@@ -248,5 +260,35 @@ def test_evaluate_pairs_writes_the_pairs_and_the_figures(run, tiny_data, tmp_pat
     x = feats / np.linalg.norm(feats, axis=1, keepdims=True)
     np.testing.assert_allclose(p["score"], np.sum(x[p["i"]] * x[p["j"]], axis=1), atol=1e-5)
     assert set(figures) >= {"accuracy", "roc_auc", "tar_at_far_0.001", "tar_at_far_0.01", "threshold"}
-    assert "verification, 200 pairs: accuracy" in capsys.readouterr().out
+    distinct = len({(min(a, b), max(a, b)) for a, b in zip(p["i"].tolist(), p["j"].tolist())})
+    assert figures["distinct_pairs"] == distinct
+    printed = capsys.readouterr().out
+    assert "verification, 200 pairs: accuracy" in printed and ", plain: test accuracy" in printed
+    assert "averaged over" not in printed  # --shift 0: the one view is the plain one
+    assert ("the 10-fold figures are optimistic" in printed) == (distinct < 200)
+    assert evaluate.main([str(run), "--shift", "0", "--pairs", "20000", "--pairs-out", str(tmp_path / "many.npz"),
+                          "--data-dir", str(tiny_data)]) == 0  # 101 test images: 5,050 pairs at most
+    assert "pairs differ (a small test split); the 10-fold figures are optimistic" in capsys.readouterr().out
     assert snapshot(run) == before  # reads only
+
+
+def test_one_unseen_class_skips_its_retrieval_and_pairs_with_a_line(tiny_data, tmp_path_factory, tmp_path, capsys):
+    """A run trained on 9 of 10 digits: among one unseen class every neighbour is right and no pair differs, so
+    its retrieval figures are left out of the metrics and `evaluate --pairs` says why it skips their pairs (it
+    was a traceback)."""
+    import json
+
+    from arcdist.evaluation import evaluate
+
+    out = trained(tmp_path_factory, tiny_data, "one-unseen", 1, "--set", "data.train_classes=[0,1,2,3,4,5,6,7,8]",
+                  "--set", "train.retrieval=true")
+    row = metric_rows(out)[-1]
+    assert "unseen_auroc" in row and "unseen_precision_at_1" not in row and "precision_at_1" in row
+    assert evaluate.main([str(out), "--shift", "0", "--pairs", "100", "--pairs-out", str(tmp_path / "p.npz"),
+                          "--data-dir", str(tiny_data), "--json", str(tmp_path / "all.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "verification, 100 pairs: accuracy" in printed
+    assert "verification, unseen classes: skipped (the unseen classes' " in printed and "at least two classes" in printed
+    result = json.loads((tmp_path / "all.json").read_text())
+    assert "verification" in result and "verification_unseen" not in result
+    assert result["verification_unseen_skipped"].startswith("the unseen classes' ")

@@ -25,6 +25,8 @@ DIGITS = tuple(str(d) for d in range(10))
 def test_train_classes_resolve_labels_and_names_and_refuse_none_or_all():
     assert resolve((4, 0, "2", 2), DIGITS) == (0, 2, 4)  # labels or names, each once, sorted
     assert resolve(("cat",), ("cat", "dog", "emu")) == (0,)
+    assert resolve((1, 2), ("1", "2", "7")) == (0, 1)  # folders named 1 and 2, not labels 1 and 2 ("2" and "7")
+    assert resolve((2,), ("0", "1", "cat")) == (2,)  # a number that names no class is a label
     for wanted, words in ((("cow",), "'cow' is no class"), ((10,), "10 is no class"),
                           (tuple(range(10)), "lists 10 of the 10 classes")):
         with pytest.raises(ConfigError, match=words):
@@ -54,6 +56,8 @@ def test_unseen_metrics_equal_retrieval_of_the_unseen_and_a_brute_force_auroc():
     assert rows.tolist() == [0, 1, -1, -1] * 15
     kept, kept_rows = seen.closed_set(feats, labels)
     assert kept.shape == (30, 3) and kept_rows.tolist() == [0, 1] * 15
+    one = unseen_metrics(feats, labels, W, SeenClasses.of((0, 1, 2), 4))  # one unseen class: every neighbour right
+    assert set(one) == {"unseen_auroc", "unseen_auroc_norm"}  # so no retrieval figure (it read 1.0 always)
 
 
 def test_a_run_trains_on_the_listed_classes_and_judges_the_others_by_retrieval(tiny_data, tmp_path):

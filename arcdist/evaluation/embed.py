@@ -139,6 +139,10 @@ class Classifier(nn.Module):
         s = geometry_scores(features, {k: getattr(self, k) for k in self.names})
         return s if self.place is None else s @ self.place + self.unseen
 
+    def trained(self) -> list[int] | None:
+        """The labels of the classes the head has rows for (a data.train_classes run), None when it has all."""
+        return None if self.unseen is None else torch.nonzero(self.unseen == 0).flatten().tolist()
+
 
 def load_classifier(run_dir: Path, epoch: int | None = None) -> tuple[Config, Classifier, Path]:
     """`load_embedder`'s, with the checkpoint's head read into its prediction rule (`Classifier`)."""
@@ -163,13 +167,17 @@ def predict(model: Classifier, features: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def image_files(root: Path) -> tuple[list[str], list[int], list[str]]:
-    """Every image under `root`, sub-folders included, sorted: (paths, labels, classes); a file in `root` itself has
+    """Every image under `root` (or `root` itself, one image file), sub-folders included, sorted: (paths, labels,
+    classes); a file in `root` itself has
     label -1, one under root/<class>/ the index of <class> among the sub-folders (sorted); hidden names are
     skipped (`folder.visible`)."""
     from arcdist.datasets.folder import image_extensions, is_image, visible, walk_files
 
+    if root.is_file() and is_image(root.name):  # one image: embedded alone, unlabelled
+        return [str(root)], [-1], []
     if not root.is_dir():
-        raise DataError(f"{root}: no such folder; pass --images DIR with image files (or DIR/<class>/ folders)")
+        what = "not an image file" if root.is_file() else "no such folder"
+        raise DataError(f"{root}: {what}; pass --images DIR with image files (or DIR/<class>/ folders), or one image")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and visible(d.name))
     loose = [f for f in sorted(root.iterdir()) if f.is_file() and visible(f.name)]
     paths, labels = [], []
@@ -260,16 +268,19 @@ def embed(run_dir: Path, out: Path, split: str = "test", dataset: str | None = N
              predicted=predicted, score=score, run_classes=np.array(run_classes), **extra)
     os.replace(tmp, out)
     return dict(out=str(out), images=len(feats), dim=feats.shape[1], checkpoint=str(path),
-                **agreement(y.numpy(), classes, predicted, run_classes))
+                **agreement(y.numpy(), classes, predicted, run_classes, classifier.trained()))
 
 
-def agreement(labels: np.ndarray, classes: list[str], predicted: np.ndarray, run_classes: list[str]) -> dict:
-    """How many images carry the name of one of the run's classes (by their class folder or split) and how many
-    of those the run predicts as that class."""
+def agreement(labels: np.ndarray, classes: list[str], predicted: np.ndarray, run_classes: list[str],
+              trained: list[int] | None = None) -> dict:
+    """How many images carry the name of one of the classes the run trained on (by their class folder or split;
+    `trained`: the labels of a data.train_classes run's head rows, None for all) and how many of those the run
+    predicts as that class (the run's own test accuracy on its split); `unseen`: images of its other classes."""
     named = {i: run_classes.index(c) for i, c in enumerate(classes) if c in run_classes}
     truth = np.array([named.get(int(k), -1) for k in labels], dtype=np.int64)
-    known = truth >= 0
-    return dict(known=int(known.sum()), right=int((predicted[known] == truth[known]).sum()))
+    seen = np.isin(truth, trained) if trained is not None else truth >= 0
+    return dict(known=int(seen.sum()), right=int((predicted[seen] == truth[seen]).sum()),
+                unseen=int(((truth >= 0) & ~seen).sum()))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -297,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{done['images']:,} features of {done['dim']} dimensions by {done['checkpoint']} -> {done['out']}")
     if done["known"]:
         print(f"predicted: {done['right']:,} of the {done['known']:,} images of the run's classes right "
-              f"({100 * done['right'] / done['known']:.2f} %)")
+              f"({100 * done['right'] / done['known']:.2f} %)" + (f"; {done['unseen']:,} images of classes it never "
+                                                                    "trained on left out" if done["unseen"] else ""))
     return Exit.OK
 
 

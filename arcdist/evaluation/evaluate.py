@@ -112,11 +112,18 @@ def evaluate(run_dir: Path, pixels: int = 1, name: str | None = None, data_dir: 
         kept = {m: metrics[m] for m in REPORTED if m in metrics}
         out[key] = kept | dict(errors=round((1 - metrics["accuracy"]) * len(rows)), images=len(rows))
     if pairs:
-        out["verification"], out["pairs"] = _verify(views[0].numpy(), labels.numpy(), np.arange(len(labels)), pairs,
-                                                    pairs_seed)
+        try:
+            out["verification"], out["pairs"] = _verify(views[0].numpy(), labels.numpy(), np.arange(len(labels)),
+                                                        pairs, pairs_seed)
+        except ValueError as e:
+            raise ConfigError(f"--pairs: the test split's {len(labels):,} images cannot make pairs ({e}); evaluate "
+                              "a run whose test split holds at least two classes and two images of one") from None
         if trainer.seen is not None:  # the same protocol among the classes the run never trained on
             away = np.flatnonzero(trainer.seen.rows(labels).numpy() < 0)
-            out["verification_unseen"], _ = _verify(views[0].numpy(), labels.numpy(), away, pairs, pairs_seed)
+            try:
+                out["verification_unseen"], _ = _verify(views[0].numpy(), labels.numpy(), away, pairs, pairs_seed)
+            except ValueError as e:
+                out["verification_unseen_skipped"] = f"the unseen classes' {len(away):,} test images: {e}"
     return out
 
 
@@ -126,7 +133,9 @@ def _verify(features: np.ndarray, labels: np.ndarray, among: np.ndarray, n: int,
     i, j, same = verification.make_pairs(labels[among], n, seed)
     i, j = among[i], among[j]
     scores = verification.cosine_scores(features, i, j)
-    return verification.verify(scores, same) | dict(seed=seed), dict(i=i, j=j, same=same, score=scores)
+    distinct = len({(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())})
+    return verification.verify(scores, same) | dict(seed=seed, distinct_pairs=distinct), \
+        dict(i=i, j=j, same=same, score=scores)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,15 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"arcdist evaluate: error: {e}; check the path and that it is writable", file=sys.stderr)
         return Exit.BAD_INPUT
-    for key in ("plain", "averaged"):
+    for key in ("plain", "averaged") if result["shift"] else ("plain",):  # --shift 0: the one view is the plain one
         m = result[key]
         what = "plain" if key == "plain" else f"averaged over {result['views']} shifts (up to {result['shift']} px)"
         print(f"epoch {result['epoch']}, {what}: test accuracy {100 * m['accuracy']:.2f} % ({m['errors']} errors in "
               f"{m['images']:,})" + "".join(f", {name} {m[key]:{form}} deg" for key, name, form in SHOWN if key in m))
+    if "verification_unseen_skipped" in result:
+        print(f"verification, unseen classes: skipped ({result['verification_unseen_skipped']})")
     for key, what in (("verification", "verification"), ("verification_unseen", "verification, unseen classes")):
         if key not in result:
             continue
         v = result[key]
+        if v["distinct_pairs"] < v["pairs"]:  # a small test split: the same pair is drawn again and lands in
+            # several folds, so a fold's threshold has seen the pairs it is judged on
+            print(f"{what}: only {v['distinct_pairs']:,} of the {v['pairs']:,} pairs differ (a small test split); "
+                  "the 10-fold figures are optimistic: ask for fewer --pairs")
         print(f"{what}, {v['pairs']:,} pairs: accuracy {100 * v['accuracy']:.2f} ± {100 * v['accuracy_std']:.2f} % "
               f"(10 folds), ROC AUC {v['roc_auc']:.4f}, TAR {100 * v['tar_at_far_0.001']:.2f} % at FAR 1e-3, "
               f"{100 * v['tar_at_far_0.01']:.2f} % at FAR 1e-2, threshold {v['threshold']:.4f} (cosine)")

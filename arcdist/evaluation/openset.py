@@ -27,12 +27,14 @@ __all__ = ["SeenClasses", "resolve", "unseen_metrics"]
 
 
 def resolve(wanted: tuple, names: tuple[str, ...]) -> tuple[int, ...]:
-    """The labels (sorted) that `wanted` names: labels 0..C-1 or class names; refused in one line when an item names
-    no class, or when the list names every class (then nothing is unseen) or none."""
+    """The labels (sorted) that `wanted` names: labels 0..C-1 or class names (a number that is a class's name means
+    that class: a folder of classes 1, 2, 7 reads train_classes=1,2 as the folders 1 and 2, not labels 1 and 2);
+    refused in one line when an item names no class, or when the list names every class (then nothing is unseen) or
+    none."""
     n, labels = len(names), set()
     for item in wanted:
-        if isinstance(item, str) and item in names:
-            labels.add(names.index(item))
+        if str(item) in names:
+            labels.add(names.index(str(item)))
         elif isinstance(item, int) and 0 <= item < n:
             labels.add(item)
         else:
@@ -94,7 +96,7 @@ def unseen_metrics(features: torch.Tensor, labels: torch.Tensor, weight: torch.T
     best = cosines(host, weight.float().cpu()).amax(1)
     out = dict(unseen_auroc=roc_auc(best.numpy().astype(np.float64), seen_mask),
                unseen_auroc_norm=roc_auc(host.norm(dim=1).numpy().astype(np.float64), seen_mask))
-    if retrieval and unseen.sum() > 1:
+    if retrieval and len(labels[unseen.to(labels.device)].unique()) > 1:  # among one class every neighbour is right
         figures = retrieval_metrics(features[unseen.to(features.device)], labels[unseen.to(labels.device)], by=by)
         out.update({f"unseen_{k}": v for k, v in figures.items()})
     return out
