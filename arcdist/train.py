@@ -152,7 +152,9 @@ def run(argv: list[str] | None = None, where: Where | None = None) -> int:
         trainer = Trainer(cfg, run_dir, accelerator, no_progress=no_progress,  # checks data before writing anything
                           new_run=new_run)
         data_id = fingerprint.of_splits(trainer.train_data, trainer.test_data)
-        recorded = saved is not None and fingerprint.check(
+        # a run with no checkpoint trains again from epoch 1 (claim), so it may meet other data: say a streamed
+        # image that failed to decode in its first epoch, mended since; it records this data's fingerprint anew
+        recorded = saved is not None and not new_run and fingerprint.check(
             run_dir, data_id, "--resume", "point --data-dir at the data this run was trained on, or start a new "
             "run with another --output-dir", warn=accelerator.is_main_process)
         if rundir.claim(run_dir, accelerator, cfg, resume=saved is not None, lock_wait=args.lock_wait,

@@ -110,13 +110,18 @@ def test_a_bad_folder_is_one_line_naming_it_exit_2_nothing_written(mnist_pngs, t
 @needs_mnist
 @pytest.mark.slow
 def test_a_corrupt_image_met_by_a_streaming_worker_is_one_line(mnist_pngs, tmp_path):
-    """A streamed test split is decoded only at evaluation, in DataLoader workers: still one line, exit 2."""
+    """A streamed test split is decoded only at evaluation, in DataLoader workers: still one line, exit 2; the run
+    folder it started is resumable once the file is mended (its fingerprint was refused before: no checkpoint, so
+    the resume trains from epoch 1 on the mended data and records it)."""
     data, named = _bad(tmp_path, mnist_pngs, "corrupt-image")
     proc = run_train(tiny_args(data, tmp_path / "run", 1, "--dataset", "folder", "--set", "data.stream=true",
                                "--set", "data.decoded_cache=false"), check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and named in lines[0] and "cannot decode" in lines[0], lines
+    shutil.copy(mnist_pngs / Path(named).relative_to(data), named)
+    run_train(["--resume", str(tmp_path / "run"), "--no-progress", "--wandb", "disabled"])
+    assert [r["epoch"] for r in metric_rows(tmp_path / "run")] == [1]
 
 
 def _pngs(root: Path, n: int = 6, size: int = 20) -> tuple[str, ...]:
