@@ -119,6 +119,20 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
             get_spec(d)
     if not variants or not seeds or not datasets:
         raise ConfigError("the grid is empty; give at least one variant, seed and dataset")
+    for flag, items in (("--variants", variants), ("--seeds", seeds), ("--datasets", datasets)):
+        twice = sorted({str(v) for v in items if items.count(v) > 1})
+        if twice:  # two jobs would share one run folder (and a report count one seed twice)
+            why = " (a group and its member count)" if flag == "--variants" else ""
+            raise ConfigError(f"{flag}: {', '.join(twice)} given twice{why}; give each once")
+    for flag, given in (("--jobs", args.jobs), ("--gpus-per-job", args.gpus_per_job)):
+        if given is not None and given < 1:
+            raise ConfigError(f"{flag} {given}: expected 1 or more")
+    for flag, item in [*(("--set", o) for o in args.overrides), *(("--sweep", s) for s in args.sweeps)]:
+        key = item.partition("=")[0].strip()
+        own = {"train.seed": "--seeds", "data.dataset": "--datasets"}.get(key)
+        if own or (key == "train.epochs" and args.epochs is not None):  # two values for one field: which one won
+            # was silent (a sweep of train.seed gave two folders the same seed: a false noise verdict)
+            raise ConfigError(f"{flag} {item}: the grid sets {key} from {own or '--epochs'}; give it there, once")
     rows = sweep_rows(args.sweeps)
     for variant in variants:  # each row's settings must apply to each variant (a one-line error names which)
         cfg = apply_overrides(get_variant(variant).config, args.overrides)

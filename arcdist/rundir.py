@@ -102,6 +102,11 @@ def claim(run_dir: Path, accelerator: Accelerator, cfg: Config, *, resume: bool,
             _HELD[-1].acquire(lock_wait)
         except ConfigError as e:
             busy[0] = str(e)
+        else:  # a new run found the folder empty before the lock: another start may have filled it since
+            if not resume and not elastic_restart() and (run_dir / runinfo.CONFIG).exists():
+                _HELD.pop().release()
+                busy[0] = (f"{run_dir} already holds a run (another process started it meanwhile); pass --resume "
+                           f"{run_dir} to continue it, or choose another --output-dir")
     if accelerator.num_processes > 1:
         broadcast_object_list(busy, from_process=0)
     if busy[0]:

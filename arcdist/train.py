@@ -95,6 +95,12 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
     flags = {"train.epochs": args.epochs, "train.seed": args.seed, "train.mixed_precision": precision,
              "data.dataset": args.dataset, "data.limit_train": args.limit_train, "data.limit_test": args.limit_test,
              "train.cpu": True if args.cpu else None}
+    typed = dict(flags, **{"train.mixed_precision": args.mixed_precision})  # (not the launcher's)
+    for item in args.overrides:  # which of two values won was silent (the --set)
+        key = item.partition("=")[0].strip()
+        if typed.get(key) is not None:
+            flag = {"train.cpu": "--cpu"}.get(key, "--" + key.split(".")[1].replace("_", "-"))
+            raise ConfigError(f"--set {item}: {flag} gives {key} too; give it once")
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     cfg = apply_overrides(cfg, overrides)
     if saved is not None and not args.data_dir and (Path(saved.data.data_dir).is_dir()

@@ -1,4 +1,6 @@
 """Typed dotted overrides and JSON round trips."""
+import re
+
 import pytest
 import torch
 
@@ -130,3 +132,17 @@ def test_mixed_precision_from_flag_launcher_and_variant(monkeypatch, flag, env, 
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", env)
     argv = ["--variant", variant] + (["--mixed-precision", flag] if flag else [])
     assert build_config(parse_args(argv)).train.mixed_precision == want
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--epochs", "1", "--set", "train.epochs=2"], "--set train.epochs=2: --epochs gives train.epochs too"),
+    (["--seed", "1", "--set", "train.seed=2"], "--set train.seed=2: --seed gives train.seed too"),
+    (["--limit-train", "10", "--set", "data.limit_train=5"],
+     "--set data.limit_train=5: --limit-train gives data.limit_train too")])
+def test_a_flag_and_a_set_of_the_same_field_are_refused(argv, says):
+    """Which of the two won was silent (the --set: 2 epochs trained while a grid recorded 1)."""
+    from arcdist.config import ConfigError
+    from arcdist.train import build_config, parse_args
+
+    with pytest.raises(ConfigError, match=f"^{re.escape(says)}; give it once$"):
+        build_config(parse_args(["--variant", "T0", *argv]))

@@ -239,3 +239,24 @@ def test_one_grid_has_one_runner_started_together_or_mid_grid(tmp_path):
         assert [r["epoch"] for r in rows] == [1]
     third = subprocess.run(args, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and third.stdout.count("skipped") == 2, third.stdout + third.stderr
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--variants", "T0,T0"], "--variants: T0 given twice"), (["--seeds", "0,1,0"], "--seeds: 0 given twice"),
+    (["--datasets", "mnist,mnist"], "--datasets: mnist given twice"),
+    (["--sweep", "train.seed=5,6"], "--sweep train.seed=5,6: the grid sets train.seed from --seeds"),
+    (["--set", "train.seed=3"], "--set train.seed=3: the grid sets train.seed from --seeds"),
+    (["--set", "data.dataset=fashion-mnist"], "the grid sets data.dataset from --datasets"),
+    (["--epochs", "1", "--set", "train.epochs=2"], "--set train.epochs=2: the grid sets train.epochs from --epochs"),
+    (["--jobs", "-1"], "--jobs -1: expected 1 or more"), (["--jobs", "0"], "--jobs 0: expected 1 or more")])
+def test_a_grid_refuses_two_values_for_one_field_and_jobs_that_share_a_folder(tmp_path, capsys, extra, says):
+    """Two jobs in one run folder (a report then counted one seed twice), a swept seed that overrode --seeds (two
+    folders of one seed: a false noise verdict), --jobs -1 (it hung): each one line, exit 2, nothing written."""
+    argv = ["--grid-id", "g", "--out", str(tmp_path / "g"), *(["--variants", "T0"] if "--variants" not in extra
+                                                              else []), *extra, "--list"]
+    assert grid.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], lines
+    assert not (tmp_path / "g").exists()
+    assert grid.main(["--grid-id", "g", "--variants", "T0", "--out", str(tmp_path / "g"), "--sweep", "train.epochs=1,2",
+                      "--list"]) == 0  # epochs swept without --epochs: one value each

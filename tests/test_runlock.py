@@ -82,3 +82,25 @@ def test_a_start_killed_before_config_json_is_started_again(tiny_data, tmp_path)
     (run / LOCK_FILE).write_text("host 1 killed\n")
     run_train(tiny_args(tiny_data, run, 1))
     assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_new_run_refuses_a_folder_another_start_filled_while_it_waited_for_the_lock(tmp_path):
+    """Two starts of one new folder at once both found it empty; the second to get the lock finds config.json and
+    refuses in one line, lock released (both trained into one folder, two epoch-1 rows, before)."""
+    from accelerate import Accelerator
+
+    from arcdist import rundir
+    from arcdist.config import ConfigError
+    from arcdist.variants import get_variant
+
+    run = tmp_path / "same"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # what the first start wrote after this one's checks
+    with pytest.raises(ConfigError, match="already holds a run \\(another process started it meanwhile\\); pass "
+                                          "--resume"):
+        rundir.claim(run, Accelerator(cpu=True), get_variant("T0").config, resume=False, lock_wait=0, launch={})
+    assert (run / "config.json").read_text() == "{}"
+    lock = RunLock(run)
+    lock.acquire(0)  # released by the refusal
+    lock.release()
+    assert sorted(p.name for p in run.iterdir()) == [".arcdist.lock", "config.json"]
