@@ -180,8 +180,14 @@ def train_command(job: Job, args: argparse.Namespace, port: int | None = None, t
     return cluster.job_command(str(TRAIN_SCRIPT), cmd, args.gpus_per_job, port, launcher=cluster.Accelerate)
 
 
-def is_finished(job: Job) -> bool:
-    return runinfo.read_summary(Path(job.run_dir)).get("status") in ENDED
+def is_finished(job: Job, epochs: int | None = None) -> bool:
+    """Whether the job ended (finished, diverged, failed for good); a finished one asked for more `epochs` (the
+    grid rerun with a larger --epochs) has not: it resumes to them."""
+    summary = runinfo.read_summary(Path(job.run_dir))
+    if summary.get("status") not in ENDED:
+        return False
+    return not (epochs is not None and summary.get("status") == RunStatus.FINISHED
+                and summary.get("epochs", 0) < epochs)
 
 
 def free_port() -> int:
@@ -261,7 +267,10 @@ def write_grid_json(root: Path, args: argparse.Namespace, jobs: list[Job]) -> No
 def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
     """Run every unfinished job, `len(slots)` at a time; never stops on a failure."""
     root = Path(args.out) / args.grid_id
-    (root / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # before any job: nothing started
+        raise ConfigError(f"cannot create {root / 'logs'} ({e.strerror or e}); choose a writable --out") from None
     lock = RunLock(root, GRID_LOCK)  # one runner per grid, for its whole life (the kernel drops it if it dies)
     try:
         lock.acquire(0)
@@ -270,7 +279,7 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
                           "grid.json: wait for it to end (or stop it), then rerun the same command") from None
     queue = []
     for job in jobs:
-        if is_finished(job):
+        if is_finished(job, args.epochs):
             job.status = RunStatus.SKIPPED
             summary = runinfo.read_summary(Path(job.run_dir))
             job.final_accuracy, job.best_accuracy = summary.get("final_accuracy"), summary.get("best_accuracy")
@@ -344,7 +353,7 @@ def run_task(args: argparse.Namespace, jobs: list[Job]) -> int:
     if not 0 <= args.task_index < len(jobs):
         raise ConfigError(f"--task-index {args.task_index}: the grid has jobs 0..{len(jobs) - 1}")
     job = jobs[args.task_index]
-    if is_finished(job):
+    if is_finished(job, args.epochs):
         print(f"[grid] {Path(job.run_dir).name} already finished; nothing to do")
         return Exit.OK
     Path(job.run_dir).parent.mkdir(parents=True, exist_ok=True)

@@ -17,12 +17,18 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not (args.run_dir / "features").is_dir():
-        print(f"arcdist.plot: error: {args.run_dir} has no features/ folder; pass a run folder written by "
-              "arcdist.train", file=sys.stderr)
+        why = "a run that ended before its first epoch has none" if (args.run_dir / "config.json").is_file() else \
+            "pass a run folder written by arcdist.train"
+        print(f"arcdist.plot: error: {args.run_dir} has no features/ folder; {why}", file=sys.stderr)
         return Exit.BAD_INPUT
     from arcdist import figures
 
-    written = figures.render_all(args.run_dir)
+    try:
+        written = figures.render_all(args.run_dir)
+    except OSError as e:  # a read-only copy of a run, a full disk
+        print(f"arcdist.plot: error: cannot write {args.run_dir / 'plots'} ({e.strerror or e}); plot a writable "
+              "copy of the run folder", file=sys.stderr)
+        return Exit.BAD_INPUT
     print(f"wrote {len(written)} files under {args.run_dir / 'plots'}")
     return Exit.OK
 

@@ -41,6 +41,8 @@ def default_run_dir(args: argparse.Namespace) -> Path:
 def load_saved_config(run_dir: Path, flag: str = "--resume ") -> Config:
     """The config a run recorded in its folder; ConfigError (one line, `flag` first) when there is none."""
     path = run_dir / runinfo.CONFIG
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{flag}{run_dir}: a file, not a run folder; pass the folder a run wrote")
     try:
         return from_dict(json.loads(path.read_text())["config"])
     except FileNotFoundError:
@@ -67,6 +69,8 @@ def locate(args: argparse.Namespace) -> tuple[Path, Config | None]:
         return run_dir, saved
     if elastic_restart() and run_dir.is_dir():
         return run_dir, None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a folder; choose another --output-dir")
     # a start killed before config.json leaves only the lock file (or a temporary beside it): not a run yet
     leftovers = (LOCK_FILE,)
     if run_dir.exists() and any(p.name not in leftovers and not p.name.endswith(".tmp") for p in run_dir.iterdir()):

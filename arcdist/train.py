@@ -118,7 +118,7 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}
         if (changed or cfg.train.seed != saved.train.seed or max(1, cfg.data.repeats) != max(1, saved.data.repeats)
                 or any(getattr(cfg.data, k) != getattr(saved.data, k)
-                       for k in ("dataset", "normalize", "test_fraction", "batch_size"))):
+                       for k in ("dataset", "normalize", "test_fraction", "batch_size", "limit_train", "limit_test"))):
             raise ConfigError("--resume: only --epochs and --data-dir may change on resume; start a new run instead")
     if saved is None:  # the data's files are checked, and what a run records of them measured (a folder's classes,
         # mean, std), before the precision probe and before anything is written; the data decides the shape

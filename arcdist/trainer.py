@@ -290,6 +290,9 @@ class Trainer:
     # -- the whole run -----------------------------------------------------------------------------
     def fit(self, plot_every: int = 1) -> TrainState:
         """Train until cfg.train.epochs, a preemption or a divergence; returns the state."""
+        if self.state.epoch >= self.cfg.train.epochs:  # a resume of a finished run, --epochs not above it
+            self.acc.print(f"arcdist: {self.run_dir} has trained {self.state.epoch} epochs, --epochs asks for "
+                           f"{self.cfg.train.epochs}: nothing to train (--epochs {self.state.epoch + 1} or more trains on)")
         while self.state.epoch < self.cfg.train.epochs:
             epoch = self.state.epoch
             result = self.train_epoch(epoch)

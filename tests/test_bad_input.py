@@ -78,6 +78,10 @@ CASES = {
     "resume with more passes an epoch": (lambda w: ["--resume", str(w["run"]), "--set", "data.repeats=2"],
                                          "only --epochs and --data-dir may change on resume"),
     "held-out share of 0": (lambda w: ["--set", "data.test_fraction=0"], "data.test_fraction must be between 0 and 1"),
+    "output folder is a file": (lambda w: ["--output-dir", str(w["blocker"])], "a-file is a file, not a folder"),
+    "resume a file": (lambda w: ["--resume", str(w["blocker"])], "a-file: a file, not a run folder"),
+    "resume on fewer images": (lambda w: ["--resume", str(w["run"]), "--limit-train", "64"],
+                               "only --epochs and --data-dir may change on resume"),  # (a fingerprint line before)
 }  # a truncated checkpoint is moved aside, not refused as it stands: tests/test_torn_files.py
 
 

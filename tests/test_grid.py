@@ -239,6 +239,16 @@ def test_one_grid_has_one_runner_started_together_or_mid_grid(tmp_path):
         assert [r["epoch"] for r in rows] == [1]
     third = subprocess.run(args, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and third.stdout.count("skipped") == 2, third.stdout + third.stderr
+    more = [*args[:args.index("--epochs") + 1], "2", *args[args.index("--epochs") + 2:]]
+    more[more.index("--seeds") + 1] = "0"  # the grid rerun for more epochs resumes its finished job (it skipped it)
+    fourth = subprocess.run(more, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert fourth.returncode == 0 and "skipped" not in fourth.stdout, fourth.stdout + fourth.stderr
+    rows = [json.loads(line) for line in (Path(doc["jobs"][0]["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    again = subprocess.run([sys.executable, "-m", "arcdist.train", "--resume", doc["jobs"][0]["run_dir"], "--epochs",
+                            "2", "--no-progress", "--wandb", "disabled"], cwd=ROOT, env=cli_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and "has trained 2 epochs, --epochs asks for 2: nothing to train" in again.stdout
 
 
 @pytest.mark.parametrize("extra, says", [
