@@ -143,8 +143,8 @@ class TrainConfig:
     # per-step decay of an exponential moving average of the backbone (e.g. 0.999); 0 = off. With it, evaluation,
     # plots and metrics use the averaged backbone; training continues on the live one
     ema: float = 0.0
-    # a non-finite loss or gradient: stop the run (status diverged), or roll back to the last checkpoint and go on
-    # with the learning rates halved (max_rollbacks times at most)
+    # a non-finite loss or gradient: stop the run (status diverged), or roll back to the last checkpoint (before
+    # the first one: to the start) and go on with the learning rates halved (max_rollbacks times at most)
     on_diverge: Literal["stop", "rollback"] = "stop"
     max_rollbacks: int = 3  # with on_diverge=rollback: lr halved and retried up to N times
     # seconds a rank waits in one collective (all-reduce, gather, barrier) for the others before it fails:

@@ -6,6 +6,7 @@ process's files and W&B, arcdist.checkpoint saves and loads, and `TrainState` is
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -272,13 +273,22 @@ class Trainer:
         if self.acc.is_main_process:
             runinfo.truncate_metrics(self.run_dir, self.state.epoch, checkpoint.saved_metrics(path))
 
+    def _stateful(self) -> list:
+        """What a step changes: both models, optimizers and schedulers, the average (train.ema), the fp16 scaler."""
+        found = [self.backbone, self.head, self.opt_net, self.opt_head, self.sched_net, self.sched_head, self.ema,
+                 self.acc.scaler]
+        return [obj for obj in found if obj is not None]
+
     def rollback(self) -> None:
-        """Restore the last checkpoint with both learning rates halved (--set train.on_diverge=rollback)."""
+        """Restore the last checkpoint with both learning rates halved (--set train.on_diverge=rollback); before the
+        first checkpoint, the state the run started from (kept in memory by `fit`)."""
         rollbacks, path = self.state.rollbacks + 1, checkpoint.latest_checkpoint(self.run_dir)
         if path is not None:
             self.state.load_state_dict(checkpoint.load_checkpoint(self.acc, path))
-        else:  # diverged before the first checkpoint: the bad step was not applied, so restart the epoch
-            self.state.step, self.state.loss_sum = 0, 0.0
+        else:  # the steps of the epoch before the bad one were applied: back to the start, not on top of them
+            for obj, saved in zip(self._stateful(), self._start):
+                obj.load_state_dict(copy.deepcopy(saved))
+            self.state.step, self.state.loss_sum, self.state.lr_scale = 0, 0.0, 1.0
         factor = 0.5 ** rollbacks / self.state.lr_scale  # the checkpoint's lrs already carry its lr_scale
         for opt in (self.opt_net, self.opt_head):
             for group in opt.param_groups:
@@ -290,6 +300,8 @@ class Trainer:
     # -- the whole run -----------------------------------------------------------------------------
     def fit(self, plot_every: int = 1) -> TrainState:
         """Train until cfg.train.epochs, a preemption or a divergence; returns the state."""
+        if self.cfg.train.on_diverge == "rollback" and checkpoint.latest_checkpoint(self.run_dir) is None:
+            self._start = copy.deepcopy([obj.state_dict() for obj in self._stateful()])  # what rollback restores
         if self.state.epoch >= self.cfg.train.epochs:  # a resume of a finished run, --epochs not above it
             self.acc.print(f"arcdist: {self.run_dir} has trained {self.state.epoch} epochs, --epochs asks for "
                            f"{self.cfg.train.epochs}: nothing to train (--epochs {self.state.epoch + 1} or more trains on)")

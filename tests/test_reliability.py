@@ -88,6 +88,22 @@ def test_rollback_restores_checkpoint_with_half_the_lr(data, tmp_path):
     assert b[2]["lr"] == pytest.approx(a[2]["lr"] / 2)
 
 
+def test_a_rollback_before_the_first_checkpoint_starts_again_from_the_first_step(data, tmp_path):
+    """Diverged at step 3 of epoch 1, no checkpoint yet: the run goes back to the state it started from, at half the
+    learning rates, so its epoch 1 is a fresh run's at those rates (it replayed the epoch on top of steps 0-2)."""
+    from arcdist.variants import get_variant
+
+    rolled, half = tmp_path / "rolled", tmp_path / "half"
+    run_train([*common(data, rolled, epochs=1), "--set", "train.on_diverge=rollback"],
+              env=cli_env(ARCDIST_FAULT_NAN="1:3"))
+    optim = get_variant("T0").config.optim
+    run_train([*common(data, half, epochs=1), "--set", f"optim.lr={optim.lr / 2}", "--set",
+               f"optim.head_lr={optim.head_lr / 2}"])
+    assert json.loads((rolled / "summary.json").read_text())["rollbacks"] == 1
+    keep = lambda r: {k: v for k, v in r.items() if "time" not in k and not k.endswith("_per_s")}  # noqa: E731
+    assert [keep(r) for r in rows(rolled)] == [keep(r) for r in rows(half)]
+
+
 @pytest.mark.slow
 def test_unsafe_checkpoint_pickle_is_refused(data, tmp_path):
     out = tmp_path / "run"
