@@ -346,6 +346,10 @@ def validate(cfg: Config) -> None:
         (not cfg.model.weights or cfg.model.stem != "small", f"model.weights={cfg.model.weights}: torchvision's "
          "weights have a 7x7 first convolution, model.stem=small a 3x3 one; drop one of the two --set"),
         (cfg.optim.step_size > 0, "optim.step_size must be > 0; pass --set optim.step_size=20"),
+        (cfg.optim.gamma > 0, f"optim.gamma must be > 0 (got {cfg.optim.gamma}; 1.0 keeps the lr); pass --set "
+                              "optim.gamma=0.8"),
+        (cfg.train.max_rollbacks >= 0, f"train.max_rollbacks must be >= 0 (got {cfg.train.max_rollbacks}); pass "
+                                       "--set train.max_rollbacks=3"),
         (cfg.data.limit_train >= 0 and cfg.data.limit_test >= 0, "--limit-train/--limit-test must be >= 0 (0 = all)"),
         (0 <= cfg.data.shift < cfg.model.image_size // 2,
          f"data.shift must be 0..{cfg.model.image_size // 2 - 1} pixels (got {cfg.data.shift}); try --set data.shift=2"),

@@ -37,7 +37,8 @@ def test_bad_overrides_name_the_problem(item, match):
 
 
 @pytest.mark.parametrize("item,match", [
-    ("train.epochs=0", "epochs must be > 0"), ("optim.lr=0", "optim.lr must be > 0"),
+    ("train.epochs=0", "epochs must be > 0"), ("optim.gamma=0", "optim.gamma must be > 0"),
+    ("train.max_rollbacks=-1", "train.max_rollbacks must be >= 0"), ("optim.lr=0", "optim.lr must be > 0"),
     ("optim.lr=-1", "optim.lr must be > 0"), ("data.batch_size=0", "batch size must be > 0"),
     ("optim.head_lr=-0.5", "head_lr must be > 0"), ("head.margin=2", "head.margin must be in"),
 ])

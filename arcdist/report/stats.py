@@ -35,7 +35,8 @@ def load_grid(grid_dir: Path) -> dict:
     """grid.json, with each job's run folder resolved (the grid folder may have moved since)."""
     grid_dir = Path(grid_dir)
     if not grid_dir.is_dir():
-        raise ReportError(f"{grid_dir} does not exist; pass the folder made by "
+        what = "is a file, not a grid folder" if grid_dir.exists() else "does not exist"
+        raise ReportError(f"{grid_dir} {what}; pass the folder made by "
                           "`python -m arcdist.grid --grid-id ID` (OUT/ID, runs/ID by default)")
     path = grid_dir / "grid.json"
     if not path.is_file():
