@@ -364,12 +364,15 @@ def run_task(args: argparse.Namespace, jobs: list[Job]) -> int:
 
 
 def format_jobs(jobs: list[Job]) -> str:
-    lines = [f"{'run':24s} {'status':9s} {'final acc':>9s} {'best acc':>9s} {'time s':>8s}  error"]
+    """The grid's table, its columns as wide as their longest entry (a sweep's run names, "interrupted")."""
+    w = max([24, *(len(Path(j.run_dir).name) for j in jobs)])
+    s = max([9, *(len(str(j.status)) for j in jobs)])
+    lines = [f"{'run':{w}s} {'status':{s}s} {'final acc':>9s} {'best acc':>9s} {'time s':>8s}  error"]
     for j in jobs:
         acc = f"{j.final_accuracy:.4f}" if j.final_accuracy is not None else "-"
         best = f"{j.best_accuracy:.4f}" if j.best_accuracy is not None else "-"
         wall = f"{j.wall_time_s:.0f}" if j.wall_time_s is not None else "-"
-        lines.append(f"{Path(j.run_dir).name:24s} {j.status:9s} {acc:>9s} {best:>9s} {wall:>8s}  {j.error or ''}")
+        lines.append(f"{Path(j.run_dir).name:{w}s} {str(j.status):{s}s} {acc:>9s} {best:>9s} {wall:>8s}  {j.error or ''}")
     return "\n".join(lines)
 
 
