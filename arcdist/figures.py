@@ -188,11 +188,12 @@ def render_3d(run_dir: Path, split: str, epoch: int, limit: float, d, title: str
     feats, W = sf.to_3d(d["features"], proj), sf.to_3d(d["W"], proj, centre=False)
     names = class_names(run_dir)
     caption = " / ".join(t for t in (str(d["caption"]) if "caption" in d else "", sf.projection_caption(proj, dim)) if t)
+    centers = sf.to_3d(d["centers"], proj) if "centers" in d else None
     if proj is not None:
-        limit = float(np.abs(feats).max()) * 1.05 or 1.0
+        limit = float(np.abs(feats if centers is None else np.concatenate([feats, centers])).max()) * 1.05 or 1.0
     return {
         f"{split}_raw": _save(sf.raw3d_figure(feats, d["labels"], limit, title, sf.projection_caption(proj, dim),
-                                              names), out / f"{split}-raw-epoch-{epoch:04d}.png"),
+                                              names, centers, d.get("rows")), out / f"{split}-raw-epoch-{epoch:04d}.png"),
         f"{split}_sphere": _save(sf.sphere_figure(feats, d["labels"], W, float(d["margin"]), title, caption,
                                                   class_names=names, caps=proj is None, rows=d.get("rows")),
                                  out / f"{split}-sphere-epoch-{epoch:04d}.png"),
@@ -246,7 +247,9 @@ def render_gif(run_dir: Path, split: str = "test", frame_ms: int = 400) -> Path 
             from arcdist import sphere_figures as sf
 
             proj = _projection(Path(run_dir), dim)
-            fig = sf.raw3d_figure(sf.to_3d(d["features"], proj), d["labels"], limit, title)
+            centers = sf.to_3d(d["centers"], proj) if "centers" in d else None
+            fig = sf.raw3d_figure(sf.to_3d(d["features"], proj), d["labels"], limit, title, centers=centers,
+                                  rows=d.get("rows"))
         else:
             fig = raw_figure(d["features"], d["labels"], limit, title)
         fig.canvas.draw()

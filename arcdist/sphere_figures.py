@@ -121,13 +121,17 @@ def sphere_figure(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, 
 
 
 def raw3d_figure(features: np.ndarray, labels: np.ndarray, limit: float, title: str, caption: str = "",
-                 class_names: list[str] | None = None) -> Figure:
-    """The raw 3-D features, one colour per class, axes [-limit, limit]^3."""
+                 class_names: list[str] | None = None, centers: np.ndarray | None = None, rows=None) -> Figure:
+    """The raw 3-D features, one colour per class, axes [-limit, limit]^3; center loss's `centers` as crosses in
+    their class's colour (as in 2-D)."""
     fig = Figure(figsize=(5.6, 5.4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1, projection="3d")
     n = class_count(labels, names=class_names)
     scatter_classes(ax, features, labels, n, class_names, s=2, depthshade=False)
+    if centers is not None:
+        ax.scatter(*centers.T, marker="X", s=60, c=row_colours(n, rows, len(centers)), edgecolors="black",
+                   linewidths=0.8, depthshade=False)
     for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         setter(-limit, limit)
     ax.set_box_aspect((1, 1, 1))

@@ -179,3 +179,22 @@ def test_hover_legend_and_class_names_in_3d(page3d, runs):
     names = page3d.evaluate("() => Array.from(document.querySelectorAll('.legend .traces .legendtext'))"
                             ".map((t) => t.textContent)")
     assert names == [f"c{k}" for k in range(10)]
+
+
+def test_the_3d_raw_plot_draws_center_losss_centers_it_sizes_its_axes_for():
+    """Center loss in 3-D: the axes fit the centers (figures._extent), so the figure draws them, as crosses in
+    their class's colour (it drew none: the cloud sat squeezed inside axes sized for absent points)."""
+    from matplotlib.colors import to_hex
+
+    from arcdist.palette import class_colours
+    from arcdist.sphere_figures import raw3d_figure
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 25)
+    centers = rng.normal(size=(4, 3)) * 3
+    limit = float(np.abs(centers).max()) * 1.05
+    fig = raw3d_figure(rng.normal(size=(100, 3)), labels, limit, "t", centers=centers, rows=np.array([0, 1, 2, 3]))
+    crosses = fig.axes[0].collections[-1]
+    assert np.allclose(np.stack(crosses._offsets3d, 1), centers)
+    assert [to_hex(c) for c in crosses._original_facecolor] == class_colours(4)  # (matplotlib 3.11: as given)
+    assert len(raw3d_figure(rng.normal(size=(100, 3)), labels, 4.0, "t").axes[0].collections) == 4  # none without
