@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, cli_env
 
 
 def _load(name: str):
@@ -76,3 +78,20 @@ def test_w_drift_measures_a_known_rotation_and_the_errors_depth(tmp_path):
     # W turned 2 deg: a misplaced feature is 2 deg from the predicted direction and 34 from its own, 16 past the
     # boundary; every feature is 16 or 18 deg from a boundary, none within 1
     assert r["errors"] == 2 and r["depth"] == pytest.approx(16.0, abs=1e-3) and r["near"] == 0
+
+
+@pytest.mark.parametrize("tool, args, says", [
+    ("image_folder.py", ["--classes", "42", "--per-class", "3,1"], "--classes: 42 not among mnist's classes"),
+    ("image_folder.py", ["--per-class", "3"], "--per-class 3: expected TRAIN,TEST"),
+    ("image_folder.py", ["--size", "3"], "--size 3: expected 8 pixels or more"),
+    ("folder_study.py", ["--rows", "ten,NOPE"], "--rows: no row NOPE; the rows are twenty"),
+    ("open_set_study.py", ["--rows", "mnist-arcface-d2-lo,NOPE"], "--rows: 'NOPE' is no DATASET-HEAD-dDIM-SPLIT row")])
+def test_the_tools_refuse_bad_arguments_in_one_line_writing_nothing(tmp_path, tool, args, says):
+    """An unknown class wrote an empty dataset and said "wrote 0"; a misspelt study row was skipped, then the study
+    crashed: one line, exit 2, nothing written."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / tool), *(["--out"] if "study" in tool else []),
+                           str(out), *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
+    assert not out.exists()

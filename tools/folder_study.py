@@ -13,7 +13,6 @@ ResNet-18 (`--variant R18`) on the 96 px colour digits, `colour48-30ep` the 48 p
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -46,12 +45,15 @@ ROWS = [("twenty", "twenty", []), ("twenty-3d", "twenty", ["--set", "model.featu
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from arcdist.cli import ArgumentParser  # a bad argument is one line, exit 2
+
+    ap = ArgumentParser(prog="tools/folder_study.py", description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--per-class", default="300,100")
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--rows", default=",".join(r for r, _, _ in ROWS))
+    ap.add_argument("--rows", default=",".join(r for r, _, _ in ROWS),
+                    help=f"comma-separated rows (default all: {', '.join(r for r, _, _ in ROWS)})")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a --set for every run (repeatable)")
     ap.add_argument("--variant", default="", help="the variant of every run (given after a row's own arguments: it wins)")
     ap.add_argument("--tag", default="", help="appended to each row's name (runs with --set)")
@@ -62,6 +64,9 @@ def main() -> int:
         return 2
     per = tuple(int(v) for v in a.per_class.split(","))
     wanted = a.rows.split(",")
+    unknown = [r for r in wanted if r not in {name for name, _, _ in ROWS}]
+    if unknown:
+        ap.error(f"--rows: no row {', '.join(unknown)}; the rows are {', '.join(r for r, _, _ in ROWS)}")
     results = []
     sets = [a for s in a.sets for a in ("--set", s)] + (["--variant", a.variant] if a.variant else [])
     for row, folder, extra in ((r + a.tag, f, [*e, *sets]) for r, f, e in ROWS if r in wanted):

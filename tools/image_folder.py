@@ -14,7 +14,6 @@ colour on a random background colour (seeded by its index: the same file every t
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import zlib
@@ -87,8 +86,9 @@ def write_mixed(out: Path, names: list[str], data_dir: str, classes: list[str] |
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tools/image_folder.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from arcdist.cli import ArgumentParser  # a bad argument is one line, exit 2
+
+    p = ArgumentParser(prog="tools/image_folder.py", description=__doc__)
     p.add_argument("out", type=Path)
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--data-dir", default=os.environ.get("ARCDIST_DATA_DIR", "./data"))
@@ -101,12 +101,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("png", "jpg"), default="png")
     a = p.parse_args(argv)
     names = a.dataset.split(",")
-    if len(names) > 1 or a.classes or a.per_class or a.tint or a.size or a.format != "png":
+    try:
         per = tuple(int(v) for v in a.per_class.split(",")) if a.per_class else (0, 0)
-        counts = write_mixed(a.out, names, a.data_dir, a.classes.split(",") if a.classes else None, per, a.tint,
-                             a.size, a.format)
-    else:
-        counts = write_folder(a.out, a.dataset, a.data_dir, a.limit_train, a.limit_test)
+    except ValueError:
+        per = ()
+    if len(per) != 2 or min(per) < 0:
+        p.error(f"--per-class {a.per_class}: expected TRAIN,TEST (two counts, e.g. 300,100)")
+    if a.size < 0 or 0 < a.size < 8:
+        p.error(f"--size {a.size}: expected 8 pixels or more (0 keeps the dataset's size)")
+    if a.classes:
+        from arcdist.datasets import dataset_spec
+
+        known = [c for n in names for c in dataset_spec(n).classes]
+        unknown = [c for c in a.classes.split(",") if c not in known]
+        if unknown:
+            p.error(f"--classes: {', '.join(unknown)} not among {a.dataset}'s classes ({', '.join(known[:20])})")
+    from arcdist.errors import BadInput
+
+    try:
+        if len(names) > 1 or a.classes or a.per_class or a.tint or a.size or a.format != "png":
+            counts = write_mixed(a.out, names, a.data_dir, a.classes.split(",") if a.classes else None, per, a.tint,
+                                 a.size, a.format)
+        else:
+            counts = write_folder(a.out, a.dataset, a.data_dir, a.limit_train, a.limit_test)
+    except BadInput as e:  # no such dataset, its files missing
+        p.error(str(e))
     print(f"wrote {counts['train']:,} train and {counts['test']:,} test images of {a.dataset} to {a.out}")
     return 0
 

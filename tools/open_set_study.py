@@ -13,9 +13,9 @@ cut short keeps what it measured. Baselines go to OUT/baselines.jsonl.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -176,16 +176,26 @@ def table(out: Path) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from arcdist.cli import ArgumentParser  # a bad argument is one line, exit 2
+
+    ap = ArgumentParser(prog="tools/open_set_study.py", description=__doc__)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--rows", default=",".join(rows()))
+    ap.add_argument("--rows", default=",".join(rows()),
+                    help=f"comma-separated DATASET-HEAD-dDIM-SPLIT rows (dataset mnist or fashion-mnist, head one "
+                         f"of {', '.join(HEADS)}, split lo (trains 0-4) or hi (5-9)); default: {', '.join(rows())}")
     ap.add_argument("--set", dest="sets", action="append", default=[],
                     help="a --set for every run, after the row's own (repeatable; give each its own --out)")
     ap.add_argument("--baselines", action="store_true", help="compute the baselines (no training)")
     ap.add_argument("--table", type=Path, help="write the study's markdown table to this file (no training)")
     a = ap.parse_args()
+    for row in a.rows.split(","):
+        parts = row.split("-")
+        ok = len(parts) >= 4 and "-".join(parts[:-3]) in ("mnist", "fashion-mnist") and parts[-3] in HEADS and \
+            re.fullmatch(r"d\d+", parts[-2]) and int(parts[-2][1:]) >= 2 and parts[-1] in SPLITS
+        if not ok:
+            ap.error(f"--rows: {row!r} is no DATASET-HEAD-dDIM-SPLIT row, e.g. mnist-arcface-d2-lo")
     if not os.environ.get("ARCDIST_DATA_DIR"):
         print("open_set_study: set ARCDIST_DATA_DIR to a folder holding MNIST/ and FashionMNIST/", file=sys.stderr)
         return 2
