@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,23 +35,18 @@ def one(variant: str, precision: str, matmul: bool, malloc: bool, steps: int, th
     """Time `steps` steps in this process with the given fixes; images/s and minor faults per step."""
     import resource
     import tempfile
-    from dataclasses import replace
 
     import torch
     import torch.nn.functional as F
 
     from arcdist import hardware, model
-    from arcdist.config import apply_overrides
     from arcdist.train import Trainer, setup_accelerator
-    from arcdist.variants import get_variant
 
     if not malloc:
         hardware.tune_malloc = lambda: False  # configure_cpu calls it; glibc's defaults stay
     if not matmul:
         model.Conv2d.forward = torch.nn.Conv2d.forward
-    cfg = apply_overrides(get_variant(variant).config, [f"train.mixed_precision={precision}",
-                                                        "train.channels_last=true", f"train.threads={threads}"])
-    cfg = replace(cfg, data=replace(cfg.data, data_dir=os.environ.get("ARCDIST_DATA_DIR", str(ROOT / "data"))))
+    cfg = config(variant, precision, threads)
     cfg, acc, _ = setup_accelerator(cfg)
     trainer = Trainer(cfg, Path(tempfile.mkdtemp()), acc, no_progress=True)
     bs = cfg.data.batch_size
@@ -78,12 +74,27 @@ def one(variant: str, precision: str, matmul: bool, malloc: bool, steps: int, th
                 faults_per_step=(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps)
 
 
+def config(variant: str, precision: str, threads: int):
+    """The variant at this precision and thread count, its image shape fitted to MNIST as `arcdist train` does."""
+    from arcdist import shape
+    from arcdist.config import apply_overrides
+    from arcdist.variants import get_variant
+
+    sets = [f"train.mixed_precision={precision}", "train.channels_last=true", f"train.threads={threads}"]
+    cfg = apply_overrides(get_variant(variant).config, sets)
+    cfg = replace(cfg, data=replace(cfg.data, data_dir=os.environ.get("ARCDIST_DATA_DIR", str(ROOT / "data"))))
+    return shape.fit_model(cfg, shape.explicit_keys(sets))
+
+
 SETTINGS = {"conv, glibc": (False, False), "matmul, glibc": (True, False), "conv, malloc": (False, True),
             "matmul, malloc (arcdist)": (True, True)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from arcdist.cli import ArgumentParser  # a bad argument is one line, exit 2
+    from arcdist.errors import BadInput
+
+    p = ArgumentParser(prog="bench/cpu_step.py", description=__doc__)
     p.add_argument("--variant", default="A8")
     p.add_argument("--precision", default="bf16", help="train.mixed_precision: bf16 or no (fp32)")
     p.add_argument("--rounds", type=int, default=5)
@@ -91,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="0: every core")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        p.error(f"--steps {args.steps} --rounds {args.rounds}: expected 1 or more of each")
+    try:
+        config(args.variant, args.precision, args.threads)
+    except BadInput as e:
+        p.error(str(e))
     if args.one:
         matmul, malloc = SETTINGS[args.one]
         print(json.dumps(one(args.variant, args.precision, matmul, malloc, args.steps, args.threads)), flush=True)

@@ -31,8 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+MODES = ("post", "arcdist", "bare", "ddp2")
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from arcdist.cli import ArgumentParser  # a bad argument is one line, exit 2
+
+    p = ArgumentParser(prog="bench/throughput.py", description=__doc__)
     p.add_argument("--variant", default="V1.2.2")
     p.add_argument("--modes", default="post,arcdist,bare,ddp2", help="comma-separated, or none")
     p.add_argument("--steps", type=int, default=30, help="timed steps per mode (after --warmup)")
@@ -46,17 +51,34 @@ def parse_args(argv=None):
     p.add_argument("--precision-table", action="store_true",
                    help="arcdist's step in fp32 / bf16 x NCHW / channels_last and auto, as a markdown table")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one mode, print JSON
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.one:  # (a child runs what its parent checked)
+        from arcdist.errors import BadInput
+
+        unknown = [m for m in args.modes.split(",") if m and m not in (*MODES, "none")]
+        if unknown:
+            p.error(f"--modes: {', '.join(unknown)} unknown; the modes are {', '.join(MODES)} (or none)")
+        if args.steps < 1 or args.warmup < 0:
+            p.error(f"--steps {args.steps} --warmup {args.warmup}: expected at least 1 timed step and 0 warm-up")
+        try:
+            _config(args)
+        except BadInput as e:
+            p.error(str(e))
+    return args
 
 
 def _config(args):
+    """The variant with --set applied and its image shape fitted to the dataset, as `arcdist train` does (R18's
+    3-channel 96-px stem takes MNIST's grey 28 px)."""
     from dataclasses import replace
 
+    from arcdist import shape
     from arcdist.config import apply_overrides
     from arcdist.variants import get_variant
 
     cfg = apply_overrides(get_variant(args.variant).config, args.overrides)
-    return replace(cfg, data=replace(cfg.data, data_dir=args.data_dir))
+    cfg = replace(cfg, data=replace(cfg.data, data_dir=args.data_dir))
+    return shape.fit_model(cfg, shape.explicit_keys(args.overrides))
 
 
 def _timed(step, n_warm: int, n: int, batch: int, sync) -> float:

@@ -81,3 +81,15 @@ def test_gpu_smoke_dry_run_on_the_cpu(tmp_path, real_data):
     assert json.loads((out / "summary.json").read_text())["status"] == "finished"
     log = (out / "smoke.log").read_text()
     assert "== " in log and "main command:" in log and "done (status 0)" in log
+
+
+@pytest.mark.parametrize("script, args, says", [
+    ("throughput.py", ["--modes", "bogus"], "--modes: bogus unknown; the modes are post, arcdist, bare, ddp2"),
+    ("throughput.py", ["--modes", "bare", "--set", "head.margin"], "expected SECTION.FIELD=VALUE"),
+    ("cpu_step.py", ["--steps", "0"], "--steps 0 --rounds 5: expected 1 or more of each")])
+def test_the_benches_refuse_bad_arguments_in_one_line(script, args, says):
+    """They printed tracebacks (a KeyError for an unknown mode, a ZeroDivisionError for 0 steps)."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=cli_env(),
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
