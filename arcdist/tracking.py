@@ -4,6 +4,7 @@ Also reads an offline run's `.wandb` log back (wandb 0.31 ships no reader), for 
 """
 from __future__ import annotations
 
+import math
 import netrc
 import os
 import struct
@@ -31,9 +32,32 @@ def has_credentials() -> bool:
 
 
 def resolve_mode(flag: str | None) -> str:
-    """--wandb, else $WANDB_MODE, else online with credentials and offline without."""
+    """--wandb, else $WANDB_MODE, else online with credentials and offline without; ConfigError (before anything is
+    written) for a mode W&B does not know or an ARCDIST_WANDB_INIT_TIMEOUT that is not a number of seconds."""
+    from arcdist.errors import ConfigError
+
     mode = flag or os.environ.get("WANDB_MODE") or ("online" if has_credentials() else "offline")
-    return "disabled" if mode == "dryrun" else mode
+    mode = "disabled" if mode == "dryrun" else mode
+    if mode not in WANDB_MODES:
+        raise ConfigError(f"WANDB_MODE={mode}: expected one of {', '.join(WANDB_MODES)} (or dryrun); set it so, "
+                          "or pass --wandb MODE")
+    if mode != "disabled":
+        init_timeout()
+    return mode
+
+
+def init_timeout() -> float:
+    """Seconds an online start may take ($ARCDIST_WANDB_INIT_TIMEOUT, default 30) before the offline fallback."""
+    from arcdist.errors import ConfigError
+
+    text = os.environ.get("ARCDIST_WANDB_INIT_TIMEOUT", "30")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise ConfigError(f"ARCDIST_WANDB_INIT_TIMEOUT={text}: expected seconds above 0, e.g. 30")
+    return value
 
 
 def init_wandb(accelerator: Accelerator, mode: str, run_dir: Path, run_id: str, name: str, config: dict,
@@ -53,7 +77,7 @@ def init_wandb(accelerator: Accelerator, mode: str, run_dir: Path, run_id: str, 
                   dir=os.environ.get("WANDB_DIR") or str(run_dir), entity=os.environ.get("WANDB_ENTITY"))
     project = os.environ.get("WANDB_PROJECT", DEFAULT_PROJECT)
     if init_timeout_s is None:
-        init_timeout_s = float(os.environ.get("ARCDIST_WANDB_INIT_TIMEOUT", "30"))
+        init_timeout_s = init_timeout()
     for attempt in ((mode,) if mode == "offline" else (mode, "offline")):
         settings = wandb.Settings(mode=attempt, init_timeout=init_timeout_s, console="off", silent=True,
                                   x_disable_stats=True)

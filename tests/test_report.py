@@ -67,7 +67,10 @@ def expected(grid_dir, threshold_acc):
         stats = {k: (statistics.mean(x), statistics.stdev(x)) for k, x in per.items()}
         reached = [next((x["epoch"] for x in r if x["test_accuracy"] >= threshold_acc), None) for r in runs]
         reached = [e for e in reached if e is not None]
-        out[v] = dict(stats=stats, epochs_to=statistics.mean(reached) if reached else None, n_reached=len(reached))
+        worst = [r[-1]["worst_class"] for r in runs]  # each seed's own: one label per class, most frequent first
+        label = ", ".join(str(w) for w in sorted(set(worst), key=lambda w: (-worst.count(w), w)))
+        out[v] = dict(stats=stats, epochs_to=statistics.mean(reached) if reached else None, n_reached=len(reached),
+                      worst=label)
     return out
 
 
@@ -89,6 +92,7 @@ def test_numbers_match_metrics_and_appear_in_html(grid):
             assert rows[v][key]["mean"] == pytest.approx(mean, rel=1e-9, abs=1e-12), (v, key)
             assert rows[v][key]["std"] == pytest.approx(std, rel=1e-9, abs=1e-12), (v, key)
             assert f"{mean:.{DIGITS[key]}f} ± {std:.{DIGITS[key]}f}" in page, (v, key)
+        assert rows[v]["worst_class"] == want["worst"], v
         epochs = rows[v]["display"]["epochs to acc threshold"]
         assert epochs == "never" if want["epochs_to"] is None else epochs.startswith(f"{want['epochs_to']:.1f}")
     md = (grid["out"] / "report.md").read_text()
@@ -384,3 +388,34 @@ def test_a_sweeps_rows_are_apart_and_each_is_judged_against_the_first(grid, tmp_
     assert rows[1]["display"][column] == f"{diff:+.4f} (noise {noise:.4f}: {'beyond' if abs(diff) > noise else 'within'})"
     md = (tmp_path / "out" / "report.md").read_text()
     assert "sweeps: head.margin=0.2,0.5" in md and "| V2 head.margin=0.5 |" in md
+
+
+@pytest.mark.parametrize("flag, value, says", [("--threshold-acc", "97", "a fraction in [0, 1]"),
+                                               ("--threshold-acc", "nan", "a fraction in [0, 1]"),
+                                               ("--threshold-angle", "-5", "0 or more"),
+                                               ("--timeout", "0", "more than 0 seconds")])
+def test_report_thresholds_out_of_range_are_one_line(flag, value, says, capsys):
+    """97 (a percentage) made every row "never" and "overlap" without a word; a timeout of 0 failed every call."""
+    from arcdist.report.cli import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["g", flag, value])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(lines) == 1 and f"{flag} {value}: expected {says}" in lines[0], lines
+
+
+@pytest.mark.parametrize("env, says", [(dict(WANDB_MODE="bogus"), "WANDB_MODE=bogus: expected one of online"),
+                                       (dict(WANDB_MODE="offline", ARCDIST_WANDB_INIT_TIMEOUT="abc"),
+                                        "ARCDIST_WANDB_INIT_TIMEOUT=abc: expected seconds above 0")])
+def test_a_bad_wandb_setting_is_refused_before_anything_is_written(monkeypatch, env, says):
+    """A pydantic traceback (WANDB_MODE) or a ValueError (the timeout), raised after the run folder was made, before."""
+    from arcdist import tracking
+    from arcdist.config import ConfigError
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        tracking.resolve_mode(None)
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    monkeypatch.setenv("ARCDIST_WANDB_INIT_TIMEOUT", "30")
+    assert tracking.resolve_mode(None) == "disabled" and tracking.resolve_mode("offline") == "offline"

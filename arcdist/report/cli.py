@@ -30,7 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--entity", default=None)
     p.add_argument("--project", default=None)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed for W&B calls (default 60)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value, ok, want in (("--threshold-acc", args.threshold_acc, 0 <= args.threshold_acc <= 1,
+                                   "a fraction in [0, 1], e.g. 0.97 (not a percentage)"),
+                                  ("--threshold-angle", args.threshold_angle, args.threshold_angle >= 0, "0 or more"),
+                                  ("--threshold-gap", args.threshold_gap, args.threshold_gap >= 0, "0 or more"),
+                                  ("--timeout", args.timeout, args.timeout > 0, "more than 0 seconds")):
+        if not ok:  # (NaN fails every comparison)
+            p.error(f"{flag} {value:g}: expected {want}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,11 +144,12 @@ def summarise(doc: dict, threshold_acc: float, threshold_angle: float, threshold
                    diverged_seeds=sum(s["diverged"] for _, s in runs))
         row.update({k: mean_std([s[k] for _, s in runs]) for k in STATS})
         worst = [s["worst_class"] for _, s in runs if s["worst_class"] is not None]
-        row["worst_class"] = max(set(worst), key=worst.count) if worst else None  # the seeds' most frequent
         names = class_names(Path(runs[0][0]["run_dir"])) if runs else None  # a folder dataset's own names
-        w = row["worst_class"]
-        if w is not None and names and w < len(names) and names[w] != str(w):
-            row["worst_class"] = names[w]
+        name = lambda w: names[w] if names and w < len(names) else str(w)  # noqa: E731
+        # each seed's worst class, most frequent first: the accuracy beside it is the mean over the seeds of their
+        # own worst class's (naming one class for it mixed classes when the seeds disagree)
+        row["worst_class"] = ", ".join(name(w) for w in sorted(set(worst), key=lambda w: (-worst.count(w), w))) \
+            if worst else None
         reached = [s["epochs_to"] for _, s in runs if s["epochs_to"] is not None]
         row["epochs_to"] = dict(mean=float(np.mean(reached)) if reached else None, reached=len(reached), n=len(runs))
         row["curves"] = {k: _mean_curve([s["curves"][k] for _, s in runs]) for k in ("test_accuracy", "train_loss")}
