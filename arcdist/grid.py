@@ -104,6 +104,12 @@ def sweep_rows(sweeps: list[str]) -> list[list[str]]:
     return rows
 
 
+def run_name(variant: str, seed: int, sets=(), dataset: str | None = None) -> str:
+    """A job's run folder: [dataset-]variant[-settings]-s<seed>, e.g. A8-head.margin=0.5-s0 (the dataset in front
+    only in a grid of several)."""
+    return "-".join([*([dataset] if dataset else []), variant, *sets, f"s{seed}"])
+
+
 def build_jobs(args: argparse.Namespace) -> list[Job]:
     """Every dataset x variant x sweep row x seed (the seed innermost); validates every name and setting first."""
     variants = [v for name in _split(args.variants) for v in GROUPS.get(name, (name,))]
@@ -147,7 +153,7 @@ def build_jobs(args: argparse.Namespace) -> list[Job]:
         for variant in variants:
             for sets in rows:
                 for seed in seeds:
-                    name = "-".join([*([dataset] if len(datasets) > 1 else []), variant, *sets, f"s{seed}"])
+                    name = run_name(variant, seed, sets, dataset if len(datasets) > 1 else None)
                     own = dataset or get_variant(variant).config.data.dataset
                     jobs.append(Job(len(jobs), variant, seed, own, str(root / name), sets=list(sets)))
     return jobs
@@ -180,10 +186,9 @@ def train_command(job: Job, args: argparse.Namespace, port: int | None = None, t
     return cluster.job_command(str(TRAIN_SCRIPT), cmd, args.gpus_per_job, port, launcher=cluster.Accelerate)
 
 
-def is_finished(job: Job, epochs: int | None = None) -> bool:
-    """Whether the job ended (finished, diverged, failed for good); a finished one asked for more `epochs` (the
-    grid rerun with a larger --epochs) has not: it resumes to them."""
-    summary = runinfo.read_summary(Path(job.run_dir))
+def is_finished(summary: dict, epochs: int | None = None) -> bool:
+    """Whether a job whose summary.json holds `summary` ended (finished, diverged); a finished one asked for more
+    `epochs` (the grid rerun with a larger --epochs) has not: it resumes to them."""
     if summary.get("status") not in ENDED:
         return False
     return not (epochs is not None and summary.get("status") == RunStatus.FINISHED
@@ -279,9 +284,9 @@ def run_grid(args: argparse.Namespace, jobs: list[Job]) -> list[Job]:
                           "grid.json: wait for it to end (or stop it), then rerun the same command") from None
     queue = []
     for job in jobs:
-        if is_finished(job, args.epochs):
+        summary = runinfo.read_summary(Path(job.run_dir))
+        if is_finished(summary, args.epochs):
             job.status = RunStatus.SKIPPED
-            summary = runinfo.read_summary(Path(job.run_dir))
             job.final_accuracy, job.best_accuracy = summary.get("final_accuracy"), summary.get("best_accuracy")
         else:
             queue.append(job)
@@ -353,7 +358,7 @@ def run_task(args: argparse.Namespace, jobs: list[Job]) -> int:
     if not 0 <= args.task_index < len(jobs):
         raise ConfigError(f"--task-index {args.task_index}: the grid has jobs 0..{len(jobs) - 1}")
     job = jobs[args.task_index]
-    if is_finished(job, args.epochs):
+    if is_finished(runinfo.read_summary(Path(job.run_dir)), args.epochs):
         print(f"[grid] {Path(job.run_dir).name} already finished; nothing to do")
         return Exit.OK
     Path(job.run_dir).parent.mkdir(parents=True, exist_ok=True)

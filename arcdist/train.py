@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ if __package__ in (None, ""):  # run as a script by `accelerate launch arcdist/t
 from arcdist import checkpoint, cluster, errors, fingerprint, preempt, rundir, runinfo, shape, tracking, wandb_report
 from arcdist.cli import ArgumentParser
 from arcdist.config import Config, ConfigError, apply_overrides, validate
-from arcdist.data import resolve_data_dir
+from arcdist.data import resolve_data_dir, run_data_dir
 from arcdist.datasets import dataset_class, normalization
 from arcdist.errors import Exit
 from arcdist.faults import Faults
@@ -103,16 +102,14 @@ def build_config(args: argparse.Namespace, saved: Config | None = None) -> Confi
             raise ConfigError(f"--set {item}: {flag} gives {key} too; give it once")
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides)
     cfg = apply_overrides(cfg, overrides)
-    if saved is not None and not args.data_dir and (Path(saved.data.data_dir).is_dir()
-                                                    or not os.environ.get("ARCDIST_DATA_DIR")):
-        # resume reads the folder the run recorded: ARCDIST_DATA_DIR, a machine's default for where the built-in
-        # datasets live, is for a recorded folder that is gone (a folder run's images are not there)
-        data_dir = saved.data.data_dir
+    # a resume reads the folder the run recorded (run_data_dir: as evaluate and embed do)
+    data_dir = resolve_data_dir(args.data_dir) if saved is None else run_data_dir(saved.data.data_dir, args.data_dir)
+    if saved is not None and not args.data_dir and data_dir == saved.data.data_dir:
         if not Path(data_dir).is_dir():
             raise ConfigError(f"--resume: the run's data folder {data_dir} is gone; pass --data-dir DIR "
                               f"(or set ARCDIST_DATA_DIR) with the dataset's files")
     else:
-        data_dir = str(Path(resolve_data_dir(args.data_dir)).absolute())  # recorded absolute: resumable anywhere
+        data_dir = str(Path(data_dir).absolute())  # recorded absolute: resumable anywhere
     cfg = replace(cfg, data=replace(cfg.data, data_dir=data_dir))
     if saved is not None:
         changed = {k for k in ("model", "head", "optim") if getattr(cfg, k) != getattr(saved, k)}

@@ -25,9 +25,7 @@ class WandbError(Exception):
 def row_name(variant: str, dataset: str, sets) -> str:
     """A run's grid row as W&B's config records it (`row`): the variant, its dataset where that is not the variant's
     own, and a sweep's settings, e.g. "A8 head.margin=0.5" or "fashion-mnist A8"."""
-    from arcdist.variants import get_variant
-
-    own = get_variant(variant).config.data.dataset if variant in VARIANTS else dataset
+    own = VARIANTS[variant].config.data.dataset if variant in VARIANTS else dataset
     return " ".join([*([dataset] if dataset != own else []), variant, *sets])
 
 
@@ -146,6 +144,8 @@ def _finite(x) -> bool:
 
 def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout: float = 60.0) -> Path:
     """W&B runs of `group` written as a grid folder (no features: the report's 2-D panel says so)."""
+    from arcdist.grid import run_name
+
     def pull() -> list[dict]:
         api = _wandb_api(timeout)
         jobs, runs = [], list(api.runs(f"{entity or api.default_entity}/{project}", filters={"group": group}))
@@ -154,7 +154,7 @@ def pull_group(group: str, entity: str | None, project: str, dest: Path, timeout
             variant, seed = run.config.get("variant"), run.config.get("train", {}).get("seed", 0)
             dataset = run.config.get("data", {}).get("dataset", "mnist")
             sets = list(run.config.get("sweep") or [])  # a sweep's row (`arcdist grid --sweep`)
-            run_dir = dest / "-".join([*([dataset] if several else []), variant, *sets, f"s{seed}"])
+            run_dir = dest / run_name(variant, seed, sets, dataset if several else None)
             run_dir.mkdir(parents=True, exist_ok=True)
             rows = [dict({k: v for k, v in r.items() if not k.startswith("_") and _finite(v)}, epoch=r["_step"])
                     for r in run.scan_history() if "test_accuracy" in r or "diverged" in r]

@@ -96,7 +96,8 @@ def unseen_metrics(features: torch.Tensor, labels: torch.Tensor, weight: torch.T
     best = cosines(host, weight.float().cpu()).amax(1)
     out = dict(unseen_auroc=roc_auc(best.numpy().astype(np.float64), seen_mask),
                unseen_auroc_norm=roc_auc(host.norm(dim=1).numpy().astype(np.float64), seen_mask))
-    if retrieval and len(labels[unseen.to(labels.device)].unique()) > 1:  # among one class every neighbour is right
-        figures = retrieval_metrics(features[unseen.to(features.device)], labels[unseen.to(labels.device)], by=by)
+    away = labels[unseen.to(labels.device)]
+    if retrieval and len(away.unique()) > 1:  # among one class every neighbour is right
+        figures = retrieval_metrics(features[unseen.to(features.device)], away, by=by)
         out.update({f"unseen_{k}": v for k, v in figures.items()})
     return out
